@@ -1,0 +1,252 @@
+//! The TOML file format. Values are read with their spans so that every error,
+//! from a syntax slip to a root that does not exist, names file:line:column.
+
+use crate::{
+    check_root, check_workers, parse_duration, parse_listen, Config, ConfigError, Workers,
+};
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    root: Option<Spanned<String>>,
+    workers: Option<Spanned<RawWorkers>>,
+    pid_file: Option<Spanned<String>>,
+    stats_path: Option<Spanned<String>>,
+    backlog: Option<Spanned<i64>>,
+    timeouts: Option<RawTimeouts>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawWorkers {
+    Count(i64),
+    Name(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    header: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    send: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connections_per_worker: Option<Spanned<i64>>,
+    request_head_bytes: Option<Spanned<i64>>,
+    uri_bytes: Option<Spanned<i64>>,
+    discard_body_bytes: Option<Spanned<i64>>,
+}
+
+/// Turns spans into file:line:column errors for one file.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::At {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn check<T, U>(
+        &self,
+        value: &Spanned<T>,
+        f: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Result<U, ConfigError> {
+        f(value.get_ref()).map_err(|m| self.error(value.span(), m))
+    }
+
+    fn in_range(
+        &self,
+        value: &Spanned<i64>,
+        name: &str,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
+        self.check(value, |&v| {
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(format!("{name} must be from {min} to {max}, not {v}"))
+            }
+        })
+    }
+}
+
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let at = Locator { text, file: path };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => at.error(span, message),
+            None => ConfigError::File {
+                file: path.to_owned(),
+                message,
+            },
+        }
+    })?;
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    let relative_to_file = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+
+    let mut config = Config {
+        source: Some(path.to_owned()),
+        ..Config::default()
+    };
+    if let Some(listen) = &raw.listen {
+        if listen.get_ref().is_empty() {
+            return Err(at.error(listen.span(), "listen needs at least one address"));
+        }
+        config.listen = listen
+            .get_ref()
+            .iter()
+            .map(|a| at.check(a, |s| parse_listen(s)))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(root) = &raw.root {
+        config.root = at.check(root, |r| check_root(&relative_to_file(r)))?;
+    } else {
+        config.root = check_root(&base.join(".")).map_err(ConfigError::Invalid)?;
+    }
+    if let Some(workers) = &raw.workers {
+        config.workers = at.check(workers, |w| match w {
+            RawWorkers::Count(n) => check_workers(*n).map(Workers::Count),
+            RawWorkers::Name(s) if s == "auto" => Ok(Workers::Auto),
+            RawWorkers::Name(s) => Err(format!("workers must be \"auto\" or a number, not {s:?}")),
+        })?;
+    }
+    if let Some(p) = &raw.pid_file {
+        config.pid_file = Some(relative_to_file(p.get_ref()));
+    }
+    if let Some(p) = &raw.stats_path {
+        config.stats_path = Some(relative_to_file(p.get_ref()));
+    }
+    if let Some(b) = &raw.backlog {
+        config.backlog = at.in_range(b, "backlog", 1, 1 << 20)? as u32;
+    }
+    if let Some(t) = &raw.timeouts {
+        let slots = [
+            (&t.header, &mut config.timeouts.header),
+            (&t.idle, &mut config.timeouts.idle),
+            (&t.send, &mut config.timeouts.send),
+            (&t.drain, &mut config.timeouts.drain),
+        ];
+        for (raw, value) in slots {
+            if let Some(raw) = raw {
+                *value = at.check(raw, |s| parse_duration(s))?;
+            }
+        }
+    }
+    if let Some(l) = &raw.limits {
+        let limits = &mut config.limits;
+        if let Some(v) = &l.connections_per_worker {
+            limits.connections_per_worker =
+                at.in_range(v, "connections_per_worker", 1, 1 << 20)? as usize;
+        }
+        if let Some(v) = &l.request_head_bytes {
+            limits.request_head_bytes =
+                at.in_range(v, "request_head_bytes", 1024, 1 << 20)? as usize;
+        }
+        if let Some(v) = &l.uri_bytes {
+            let max = limits.request_head_bytes as i64;
+            limits.uri_bytes =
+                at.in_range(v, "uri_bytes (at most request_head_bytes)", 16, max)? as usize;
+        }
+        if let Some(v) = &l.discard_body_bytes {
+            limits.discard_body_bytes = at.in_range(v, "discard_body_bytes", 0, 1 << 40)? as u64;
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+        parse(text, &dir.join("tine.toml"))
+    }
+
+    #[test]
+    fn full_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("www")).unwrap();
+        let c = parse_in(
+            dir.path(),
+            r#"
+listen = ["127.0.0.1:0", "[::1]:9000"]
+root = "www"
+workers = 3
+stats_path = "/dev/shm/x.stats"
+[timeouts]
+header = "5s"
+drain = "500ms"
+[limits]
+connections_per_worker = 100
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(
+            c.root,
+            std::fs::canonicalize(dir.path().join("www")).unwrap()
+        );
+        assert_eq!(c.workers, Workers::Count(3));
+        assert_eq!(c.timeouts.header, Duration::from_secs(5));
+        assert_eq!(c.timeouts.drain, Duration::from_millis(500));
+        assert_eq!(c.timeouts.idle, Config::default().timeouts.idle);
+        assert_eq!(c.limits.connections_per_worker, 100);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("workers = 0\n", 1, "workers must be"),
+            ("\n\nlisten = [\"nonsense\"]\n", 3, "is not IP:PORT"),
+            ("[timeouts]\nheader = \"soon\"\n", 2, "not a duration"),
+            ("root = \"does-not-exist\"\n", 1, "does-not-exist"),
+            ("\nwokers = 2\n", 2, "unknown field"),
+            ("listen = [\n", 1, "unclosed array"),
+            (
+                "[limits]\nrequest_head_bytes = 10\n",
+                2,
+                "request_head_bytes must be",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let err = parse_in(dir.path(), text).expect_err(text);
+            let shown = err.to_string();
+            assert!(
+                shown.contains(&format!("tine.toml:{line}:")),
+                "{text:?} gave {shown}"
+            );
+            assert!(shown.contains(needle), "{text:?} gave {shown}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! tine's configuration: the model the rest of the server runs on, its defaults,
+//! and loading from TOML with every error pointing at file:line.
+//!
+//! A configuration file is optional; command-line flags override what it says
+//! (see [`Overrides`]). docs/configuration.md is the reference for operators.
+
+mod duration;
+mod file;
+
+pub use duration::parse_duration;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The address tine listens on when neither file nor flags name one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Everything a master and its workers run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    /// Directory served as the document root (absolute once loaded).
+    pub root: PathBuf,
+    pub workers: Workers,
+    /// Where the master writes its pid; `None` picks a per-port default.
+    pub pid_file: Option<PathBuf>,
+    /// Where the stats region lives; `None` picks a per-port default in /dev/shm.
+    pub stats_path: Option<PathBuf>,
+    /// Accept-queue length asked of the kernel (capped by net.core.somaxconn).
+    pub backlog: u32,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// The file this was loaded from, for reloads and messages.
+    pub source: Option<PathBuf>,
+}
+
+/// How many worker processes to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// One per CPU this process may run on.
+    Auto,
+    Count(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From a connection's first byte (or its last response) to a complete head.
+    pub header: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle: Duration,
+    /// How long a response may make no progress because the client is not reading.
+    pub send: Duration,
+    /// How long a graceful stop waits for in-flight responses.
+    pub drain: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections per worker; past it the worker stops accepting.
+    pub connections_per_worker: usize,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub request_head_bytes: usize,
+    /// Longest request target in bytes; longer gets 414.
+    pub uri_bytes: usize,
+    /// Largest request body read and thrown away on a request that takes none;
+    /// larger bodies get the response and then the connection is closed.
+    pub discard_body_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![DEFAULT_LISTEN.parse().expect("default address parses")],
+            root: PathBuf::from("."),
+            workers: Workers::Auto,
+            pid_file: None,
+            stats_path: None,
+            backlog: 4096,
+            timeouts: Timeouts {
+                header: Duration::from_secs(10),
+                idle: Duration::from_secs(60),
+                send: Duration::from_secs(60),
+                drain: Duration::from_secs(30),
+            },
+            limits: Limits {
+                connections_per_worker: 16_384,
+                request_head_bytes: 16 * 1024,
+                uri_bytes: 8 * 1024,
+                discard_body_bytes: 1024 * 1024,
+            },
+            source: None,
+        }
+    }
+}
+
+/// A configuration error, located in its file when it came from one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    At {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: {message}", file.display())]
+    File { file: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings given on the command line; each one that is set wins over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub listen: Vec<String>,
+    pub workers: Option<usize>,
+    pub stats_path: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            file: path.to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        file::parse(text, path)
+    }
+
+    /// Loads `file` if given (defaults otherwise), then applies the flags.
+    pub fn resolve(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::load(path)?,
+            None => Config::default(),
+        };
+        config.apply(flags)?;
+        Ok(config)
+    }
+
+    /// Applies command-line flags over this configuration and checks the result.
+    pub fn apply(&mut self, flags: &Overrides) -> Result<(), ConfigError> {
+        if let Some(root) = &flags.root {
+            self.root = root.clone();
+        }
+        if !flags.listen.is_empty() {
+            self.listen = flags
+                .listen
+                .iter()
+                .map(|a| parse_listen(a).map_err(ConfigError::Invalid))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(n) = flags.workers {
+            self.workers = Workers::Count(check_workers(n as i64).map_err(ConfigError::Invalid)?);
+        }
+        if let Some(p) = &flags.stats_path {
+            self.stats_path = Some(p.clone());
+        }
+        if let Some(p) = &flags.pid_file {
+            self.pid_file = Some(p.clone());
+        }
+        self.root = check_root(&self.root).map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+}
+
+/// Parses `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("listen address {text:?} is not IP:PORT (for example 127.0.0.1:8080 or [::1]:8080)")
+    })
+}
+
+pub(crate) fn check_workers(n: i64) -> Result<usize, String> {
+    if (1..=1024).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(format!("workers must be \"auto\" or 1 to 1024, not {n}"))
+    }
+}
+
+/// The root must be a readable directory; returns it made absolute.
+pub(crate) fn check_root(root: &Path) -> Result<PathBuf, String> {
+    let abs = std::fs::canonicalize(root).map_err(|e| format!("root {}: {e}", root.display()))?;
+    if !abs.is_dir() {
+        return Err(format!("root {} is not a directory", root.display()));
+    }
+    Ok(abs)
+}

@@ -1,0 +1,40 @@
+//! HTTP/1.1 as tine speaks it: request heads parsed strictly (anything ambiguous is
+//! an error, never a guess), request targets turned into safe relative paths,
+//! response heads, the cached Date header, byte ranges and validators.
+//!
+//! Nothing here does I/O; the worker feeds bytes in and writes bytes out.
+
+pub mod date;
+pub mod request;
+pub mod response;
+pub mod target;
+pub mod validators;
+
+pub use request::{parse_request, Limits, Method, Request};
+pub use response::{HeadWriter, Status};
+
+/// Why a request is refused before any handler sees it. Every variant maps to one
+/// status code, and all of them close the connection after the response, because
+/// after a malformed head tine cannot know where the next request starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request target longer than the limit")]
+    UriTooLong,
+    #[error("request head larger than the limit")]
+    HeadTooLarge,
+    #[error("HTTP version not supported")]
+    VersionNotSupported,
+}
+
+impl HttpError {
+    pub fn status(self) -> Status {
+        match self {
+            HttpError::BadRequest(_) => Status::BAD_REQUEST,
+            HttpError::UriTooLong => Status::URI_TOO_LONG,
+            HttpError::HeadTooLarge => Status::HEADER_FIELDS_TOO_LARGE,
+            HttpError::VersionNotSupported => Status::VERSION_NOT_SUPPORTED,
+        }
+    }
+}

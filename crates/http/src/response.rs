@@ -1,0 +1,164 @@
+//! Response heads, written straight into the connection's output buffer with no
+//! intermediate allocation.
+
+/// An HTTP status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status(pub u16);
+
+impl Status {
+    pub const OK: Status = Status(200);
+    pub const PARTIAL_CONTENT: Status = Status(206);
+    pub const MOVED_PERMANENTLY: Status = Status(301);
+    pub const NOT_MODIFIED: Status = Status(304);
+    pub const BAD_REQUEST: Status = Status(400);
+    pub const FORBIDDEN: Status = Status(403);
+    pub const NOT_FOUND: Status = Status(404);
+    pub const METHOD_NOT_ALLOWED: Status = Status(405);
+    pub const PAYLOAD_TOO_LARGE: Status = Status(413);
+    pub const URI_TOO_LONG: Status = Status(414);
+    pub const RANGE_NOT_SATISFIABLE: Status = Status(416);
+    pub const HEADER_FIELDS_TOO_LARGE: Status = Status(431);
+    pub const INTERNAL_SERVER_ERROR: Status = Status(500);
+    pub const SERVICE_UNAVAILABLE: Status = Status(503);
+    pub const VERSION_NOT_SUPPORTED: Status = Status(505);
+
+    pub fn reason(self) -> &'static str {
+        match self.0 {
+            200 => "OK",
+            206 => "Partial Content",
+            301 => "Moved Permanently",
+            304 => "Not Modified",
+            400 => "Bad Request",
+            403 => "Forbidden",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            413 => "Content Too Large",
+            414 => "URI Too Long",
+            416 => "Range Not Satisfiable",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            503 => "Service Unavailable",
+            505 => "HTTP Version Not Supported",
+            _ => "Unknown",
+        }
+    }
+
+    /// 1 for 1xx, 2 for 2xx, ... 5 for 5xx.
+    pub fn class(self) -> usize {
+        (self.0 / 100) as usize
+    }
+
+    /// Whether a response with this status may carry a body at all.
+    pub fn allows_body(self) -> bool {
+        !(self.0 < 200 || self.0 == 204 || self.0 == 304)
+    }
+}
+
+/// What the `Connection` header must say, given the request's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// Keep the connection; HTTP/1.0 clients are told so explicitly.
+    KeepAlive {
+        http10: bool,
+    },
+    Close,
+}
+
+/// Appends one response head to `out`.
+pub struct HeadWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> HeadWriter<'a> {
+    /// Writes the status line and the headers every response carries.
+    pub fn start(out: &'a mut Vec<u8>, status: Status, date: &[u8]) -> Self {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_u64(out, status.0 as u64);
+        out.push(b' ');
+        out.extend_from_slice(status.reason().as_bytes());
+        out.extend_from_slice(b"\r\nServer: tine\r\nDate: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+        HeadWriter { out }
+    }
+
+    pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    pub fn header_u64(&mut self, name: &str, value: u64) -> &mut Self {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        push_u64(self.out, value);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// `Content-Range: bytes FIRST-LAST/SIZE`.
+    pub fn content_range(&mut self, first: u64, last: u64, size: u64) -> &mut Self {
+        self.out.extend_from_slice(b"Content-Range: bytes ");
+        push_u64(self.out, first);
+        self.out.push(b'-');
+        push_u64(self.out, last);
+        self.out.push(b'/');
+        push_u64(self.out, size);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Ends the head with the Connection header and the blank line.
+    pub fn finish(self, persistence: Persistence) {
+        match persistence {
+            Persistence::KeepAlive { http10: true } => {
+                self.out.extend_from_slice(b"Connection: keep-alive\r\n")
+            }
+            Persistence::KeepAlive { http10: false } => {}
+            Persistence::Close => self.out.extend_from_slice(b"Connection: close\r\n"),
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Decimal digits of `v`, without going through `fmt`.
+pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_bytes() {
+        let mut out = Vec::new();
+        let mut h = HeadWriter::start(
+            &mut out,
+            Status::NOT_FOUND,
+            b"Thu, 01 Jan 1970 00:00:00 GMT",
+        );
+        h.header_u64("Content-Length", 0).content_range(0, 9, 10);
+        h.finish(Persistence::Close);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nServer: tine\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
+             Content-Length: 0\r\nContent-Range: bytes 0-9/10\r\nConnection: close\r\n\r\n"
+        );
+        let mut n = Vec::new();
+        push_u64(&mut n, u64::MAX);
+        assert_eq!(n, u64::MAX.to_string().as_bytes());
+    }
+}

@@ -1,0 +1,223 @@
+//! Socket system calls the standard library does not offer (or offers only with
+//! extra syscalls): SO_REUSEPORT listeners, accept4 with flags, MSG_MORE sends,
+//! sendfile.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn check_size(rc: libc::ssize_t) -> io::Result<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// A non-blocking, close-on-exec TCP listener with SO_REUSEADDR and SO_REUSEPORT.
+pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the descriptor is owned right after the check.
+    let fd = check(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: fresh descriptor, owned from here on so every error path closes it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if addr.is_ipv6() {
+        set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    let (storage, len) = to_sockaddr(addr);
+    // SAFETY: storage is a valid sockaddr of `len` bytes for the socket's family.
+    check(unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) })?;
+    let backlog = backlog.min(i32::MAX as u32) as i32;
+    // SAFETY: plain syscall on a descriptor we own.
+    check(unsafe { libc::listen(fd, backlog) })?;
+    Ok(owned)
+}
+
+pub fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the option value is a live i32 of the size passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            size_of::<i32>() as u32,
+        )
+    })
+    .map(drop)
+}
+
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// The address a socket is bound to.
+pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: an all-zero sockaddr_storage is valid; the kernel fills at most len.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for writing.
+    check(unsafe {
+        libc::getsockname(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len)
+    })?;
+    from_sockaddr(&storage).ok_or_else(|| io::Error::other("not an IP socket"))
+}
+
+/// Accepts one connection, non-blocking and close-on-exec in the same call.
+/// `Ok(None)` means the queue is empty.
+pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, Option<SocketAddr>)>> {
+    // SAFETY: as in local_addr.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for writing; flags are constants.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: accept4 returned a fresh descriptor that nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Some((owned, from_sockaddr(&storage))))
+}
+
+/// Reads into `buf`; `Ok(0)` is end of stream.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writing buf.len() bytes.
+    check_size(unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) })
+}
+
+/// Sends `buf`; with `more`, tells TCP that more data follows (MSG_MORE) so the
+/// head and the body that sendfile sends next leave in the same segment.
+pub fn send(fd: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: buf is valid for reading buf.len() bytes.
+    check_size(unsafe { libc::send(fd, buf.as_ptr() as *const libc::c_void, buf.len(), flags) })
+}
+
+/// Copies up to `count` bytes of `file` from `*offset` to the socket in the kernel,
+/// advancing `*offset` by what was sent.
+pub fn sendfile(socket: RawFd, file: RawFd, offset: &mut u64, count: usize) -> io::Result<usize> {
+    let mut off = *offset as libc::off_t;
+    // SAFETY: `off` is a live off_t the kernel updates; both descriptors are open.
+    let n = check_size(unsafe { libc::sendfile(socket, file, &mut off, count) })?;
+    *offset = off as u64;
+    Ok(n)
+}
+
+/// Half-closes the sending side, so the client sees the end before the close.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall; failure (already closed, reset) is harmless here.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn reuseport_sockets_share_a_port() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = local_addr(a.as_raw_fd()).unwrap();
+        assert_ne!(addr.port(), 0);
+        let b = reuseport_listener(addr, 16).unwrap();
+        assert_eq!(local_addr(b.as_raw_fd()).unwrap(), addr);
+        let v6 = reuseport_listener("[::1]:0".parse().unwrap(), 16);
+        if let Ok(v6) = v6 {
+            assert!(local_addr(v6.as_raw_fd()).unwrap().is_ipv6());
+        }
+        assert!(accept(a.as_raw_fd()).unwrap().is_none());
+    }
+}

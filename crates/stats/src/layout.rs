@@ -1,0 +1,261 @@
+//! The byte layout of the region, version 1. docs/stats-abi.md describes it for
+//! readers in other languages; change the two together.
+//!
+//! ```text
+//! offset 0              Header         (HEADER_SIZE bytes)
+//! header.master_offset  MasterSection  (one writer: the master)
+//! header.listeners_offset  listener_count x 64-byte NUL-padded address text
+//! header.slots_offset   slot_count x slot_size bytes, one Slot per worker slot
+//! ```
+//!
+//! Every number is a native-endian u64 (the header's `endian_check` tells a reader
+//! which endianness that is), every section starts on a 64-byte boundary, and each
+//! slot is padded to whole cache lines so two workers never share one.
+
+use std::sync::atomic::AtomicU64;
+
+/// First eight bytes of every region.
+pub const MAGIC: [u8; 8] = *b"TINESTAT";
+/// Bumped only for changes an old reader would misread; appending fields to a
+/// section grows its size in the header instead.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Written natively; reads back as 0x04030201 on a machine of the other endianness.
+pub const ENDIAN_CHECK: u32 = 0x0102_0304;
+/// Bytes reserved for each listen address, NUL-padded.
+pub const LISTENER_ENTRY_SIZE: usize = 64;
+
+/// The fixed header at offset 0.
+#[repr(C, align(64))]
+pub struct Header {
+    /// [`MAGIC`]; written last when a region is created, so a reader that sees it
+    /// sees a fully initialised region.
+    pub magic: [u8; 8],
+    pub layout_version: u32,
+    pub endian_check: u32,
+    pub header_size: u32,
+    pub master_size: u32,
+    pub slot_count: u32,
+    pub slot_size: u32,
+    pub listener_count: u32,
+    pub listener_entry_size: u32,
+    pub master_offset: u64,
+    pub listeners_offset: u64,
+    pub slots_offset: u64,
+    pub total_size: u64,
+    /// Pid of the master that owns the region now (changes on binary upgrade).
+    pub master_pid: AtomicU64,
+    /// When the region was created: counters count from here.
+    pub start_unix_ms: AtomicU64,
+    /// Stamped by the master about once a second while it runs.
+    pub heartbeat_unix_ms: AtomicU64,
+    /// A [`RegionState`] value.
+    pub state: AtomicU64,
+}
+
+/// Lifecycle of the whole region, as stored in [`Header::state`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionState {
+    Running = 1,
+    Stopping = 2,
+    Stopped = 3,
+}
+
+impl RegionState {
+    pub fn from_raw(v: u64) -> Option<Self> {
+        match v {
+            1 => Some(Self::Running),
+            2 => Some(Self::Stopping),
+            3 => Some(Self::Stopped),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// Lifecycle of one worker slot, as stored in [`Slot::state`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    Empty = 0,
+    Starting = 1,
+    Running = 2,
+    Draining = 3,
+    Dead = 4,
+    Backoff = 5,
+}
+
+impl SlotState {
+    pub fn from_raw(v: u64) -> Option<Self> {
+        match v {
+            0 => Some(Self::Empty),
+            1 => Some(Self::Starting),
+            2 => Some(Self::Running),
+            3 => Some(Self::Draining),
+            4 => Some(Self::Dead),
+            5 => Some(Self::Backoff),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Draining => "draining",
+            Self::Dead => "dead",
+            Self::Backoff => "backoff",
+        }
+    }
+}
+
+/// How a reader should treat a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only ever increases for the life of the region.
+    Counter,
+    /// Goes up and down; the sum over slots is meaningful.
+    Gauge,
+    /// Describes the slot (pid, cpu, ...); never summed.
+    Info,
+}
+
+/// One u64 field of a section, for renderers and the ABI document.
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub offset: usize,
+    pub help: &'static str,
+}
+
+/// Declares a section once and derives from it the shared-memory struct, the
+/// plain-value struct a snapshot holds, and the field table renderers walk, so
+/// the three can never disagree.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        $section:ident / $values:ident / $fields:ident {
+            $( $name:ident : $kind:ident = $help:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C, align(64))]
+        pub struct $section {
+            $( #[doc = $help] pub $name: AtomicU64, )*
+        }
+
+        /// Plain copy of every field of the section, loaded with relaxed atomics.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct $values {
+            $( #[doc = $help] pub $name: u64, )*
+        }
+
+        impl $section {
+            pub fn load(&self) -> $values {
+                $values { $( $name: self.$name.load(std::sync::atomic::Ordering::Relaxed), )* }
+            }
+        }
+
+        impl $values {
+            /// The value of the field at this index of the field table.
+            pub fn get(&self, index: usize) -> u64 {
+                let all = [$( self.$name, )*];
+                all[index]
+            }
+        }
+
+        pub const $fields: &[Field] = &[
+            $( Field {
+                name: stringify!($name),
+                kind: Kind::$kind,
+                offset: std::mem::offset_of!($section, $name),
+                help: $help,
+            }, )*
+        ];
+    };
+}
+
+section! {
+    /// One worker slot. Written by its worker (one writer, relaxed adds) and by the
+    /// master only while no worker runs in it.
+    Slot / SlotFields / SLOT_FIELDS {
+        pid: Info = "pid of the worker now in the slot (0 when none)",
+        cpu: Info = "CPU the slot is pinned to",
+        state: Info = "slot state: 0 empty, 1 starting, 2 running, 3 draining, 4 dead, 5 backoff",
+        generation: Info = "how many workers have been started in this slot",
+        started_unix_ms: Info = "when the current worker started (ms since the epoch)",
+        heartbeat_unix_ms: Info = "stamped by the worker as its event loop turns (ms since the epoch)",
+        accepted: Counter = "connections accepted",
+        active: Gauge = "connections open now",
+        requests: Counter = "requests whose head was parsed",
+        responses_1xx: Counter = "responses with a 1xx status",
+        responses_2xx: Counter = "responses with a 2xx status",
+        responses_3xx: Counter = "responses with a 3xx status",
+        responses_4xx: Counter = "responses with a 4xx status",
+        responses_5xx: Counter = "responses with a 5xx status",
+        bytes_received: Counter = "bytes read from clients",
+        bytes_sent: Counter = "bytes written to clients, heads and bodies, by any means",
+        bytes_sent_sendfile: Counter = "the part of bytes_sent that went out by sendfile",
+        timeouts: Counter = "connections closed by a header, idle or send timeout",
+        parse_errors: Counter = "requests rejected as malformed (400, 414, 431, 505)",
+        closed_by_reset: Counter = "connections the client reset or broke mid-response",
+    }
+}
+
+section! {
+    /// Counters about the master itself.
+    MasterSection / MasterFields / MASTER_FIELDS {
+        generation: Info = "configuration generation, 1 at start, +1 per successful reload",
+        reloads: Counter = "successful configuration reloads",
+        reloads_failed: Counter = "reloads refused because the new configuration was invalid",
+        respawns: Counter = "workers started again after one exited unexpectedly",
+        watchdog_kills: Counter = "workers killed because their heartbeat stopped",
+        backoffs: Counter = "respawns delayed because a slot kept crashing right after start",
+    }
+}
+
+/// Header size rounded to its alignment, as stored in the header.
+pub const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+pub const MASTER_SIZE: usize = std::mem::size_of::<MasterSection>();
+pub const SLOT_SIZE: usize = std::mem::size_of::<Slot>();
+
+/// Where each section lives for a region with this many slots and listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub master: usize,
+    pub listeners: usize,
+    pub slots: usize,
+    pub total: usize,
+}
+
+impl Offsets {
+    pub fn compute(slot_count: usize, listener_count: usize) -> Self {
+        let master = HEADER_SIZE;
+        let listeners = master + MASTER_SIZE;
+        let slots = round_up(listeners + listener_count * LISTENER_ENTRY_SIZE, 64);
+        let total = slots + slot_count * SLOT_SIZE;
+        Offsets {
+            master,
+            listeners,
+            slots,
+            total,
+        }
+    }
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+// The ABI promises these; a change here is a layout change.
+const _: () = assert!(HEADER_SIZE == 128);
+const _: () = assert!(SLOT_SIZE % 64 == 0);
+const _: () = assert!(MASTER_SIZE % 64 == 0);
+const _: () = assert!(std::mem::align_of::<Slot>() == 64);

@@ -1,0 +1,38 @@
+//! The statistics region: a file on tmpfs that the master creates, workers write
+//! their counters into, and any ops tool maps read-only.
+//!
+//! The layout in [`layout`] is a documented ABI (docs/stats-abi.md); [`writer`]
+//! creates and adopts regions, [`reader`] maps them read-only and validates them,
+//! [`snapshot`] is a consistent-enough copy of every counter, and [`render`]
+//! turns a snapshot into the text table and JSON that `tine stats` prints.
+//!
+//! This crate depends on no other tine crate, so an ops tool can link it alone.
+
+pub mod layout;
+pub mod reader;
+pub mod render;
+pub mod snapshot;
+pub mod writer;
+
+pub use layout::{Header, MasterSection, RegionState, Slot, SlotState, LAYOUT_VERSION, MAGIC};
+pub use reader::{ReadError, Reader};
+pub use snapshot::{SlotValues, Snapshot, Totals};
+pub use writer::{CreateError, Region};
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp in the region.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// True when a process with this pid exists (signal 0 probes without sending).
+pub fn pid_alive(pid: u64) -> bool {
+    if pid == 0 || pid > i32::MAX as u64 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 performs only the existence and permission check.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -1,0 +1,188 @@
+//! The read-only side: maps a region with PROT_READ (so no reader can corrupt a
+//! counter) and refuses anything that is not a complete region of a layout it knows.
+
+use crate::layout::{
+    Header, MasterSection, RegionState, Slot, ENDIAN_CHECK, HEADER_SIZE, LAYOUT_VERSION,
+    LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE,
+};
+use crate::snapshot::Snapshot;
+use crate::{pid_alive, unix_millis};
+use memmap2::Mmap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// A master stamps its heartbeat every second; this much silence means it is gone.
+pub const STALE_AFTER_MS: u64 = 5_000;
+
+/// Why a region cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no stats region at {path}: is tine running, and with this --stats-path?")]
+    Missing { path: PathBuf },
+    #[error("cannot open stats region {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("not a tine stats region (bad magic or too short; {0} bytes)")]
+    NotARegion(usize),
+    #[error("stats region has layout version {found}; this tine reads version {LAYOUT_VERSION}")]
+    Version { found: u32 },
+    #[error("stats region was written on a machine of the other byte order")]
+    Endianness,
+    #[error("stats region is inconsistent: {0}")]
+    Corrupt(&'static str),
+}
+
+/// A read-only mapping of a validated region.
+pub struct Reader {
+    map: Mmap,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let file = File::open(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => ReadError::Missing {
+                path: path.to_owned(),
+            },
+            _ => ReadError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        // SAFETY: a read-only shared mapping; the writers change it only through
+        // atomics, and every read of a changing field here is an atomic load.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        validate(&map)?;
+        Ok(Reader {
+            map,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: validate() checked the size; the mapping is page aligned.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    pub fn master(&self) -> &MasterSection {
+        let at = self.header().master_offset as usize;
+        // SAFETY: validate() checked that the section lies inside the mapping and
+        // is 64-byte aligned; it is made only of atomics.
+        unsafe { &*(self.map.as_ptr().add(at) as *const MasterSection) }
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.header().slot_count as usize
+    }
+
+    pub fn slot(&self, index: usize) -> &Slot {
+        let h = self.header();
+        assert!(index < h.slot_count as usize, "slot {index} out of range");
+        let at = h.slots_offset as usize + index * h.slot_size as usize;
+        // SAFETY: validate() checked every slot lies inside the mapping and is
+        // 64-byte aligned; Slot is made only of atomics.
+        unsafe { &*(self.map.as_ptr().add(at) as *const Slot) }
+    }
+
+    /// The listen addresses recorded by the master, as text.
+    pub fn listeners(&self) -> Vec<String> {
+        let h = self.header();
+        (0..h.listener_count as usize)
+            .map(|i| {
+                let at = h.listeners_offset as usize + i * h.listener_entry_size as usize;
+                let entry = &self.map[at..at + h.listener_entry_size as usize];
+                let end = entry.iter().position(|&b| b == 0).unwrap_or(entry.len());
+                String::from_utf8_lossy(&entry[..end]).into_owned()
+            })
+            .collect()
+    }
+
+    /// Whether the master that owns the region is gone: it said it stopped, its
+    /// process no longer exists, or its heartbeat has been silent too long.
+    pub fn liveness(&self) -> Liveness {
+        let h = self.header();
+        let heartbeat = h.heartbeat_unix_ms.load(Ordering::Relaxed);
+        let pid = h.master_pid.load(Ordering::Relaxed);
+        match RegionState::from_raw(h.state.load(Ordering::Relaxed)) {
+            Some(RegionState::Stopped) => Liveness::Stale {
+                since_unix_ms: heartbeat,
+            },
+            _ if !pid_alive(pid) => Liveness::Stale {
+                since_unix_ms: heartbeat,
+            },
+            _ if unix_millis().saturating_sub(heartbeat) > STALE_AFTER_MS => Liveness::Stale {
+                since_unix_ms: heartbeat,
+            },
+            _ => Liveness::Live,
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::take(self)
+    }
+}
+
+/// Answer of [`Reader::liveness`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    /// The master last showed life at this time.
+    Stale {
+        since_unix_ms: u64,
+    },
+}
+
+/// Checks that `bytes` hold a complete region of the layout this crate knows.
+pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
+    if bytes.len() < HEADER_SIZE || bytes[..8] != MAGIC {
+        return Err(ReadError::NotARegion(bytes.len()));
+    }
+    // SAFETY: at least HEADER_SIZE bytes, and the mapping is page aligned.
+    let h = unsafe { &*(bytes.as_ptr() as *const Header) };
+    if h.endian_check != ENDIAN_CHECK {
+        return Err(if h.endian_check == ENDIAN_CHECK.swap_bytes() {
+            ReadError::Endianness
+        } else {
+            ReadError::Corrupt("endianness marker")
+        });
+    }
+    if h.layout_version != LAYOUT_VERSION {
+        return Err(ReadError::Version {
+            found: h.layout_version,
+        });
+    }
+    // A newer writer may append fields; never read past what it declares, and
+    // never accept sections smaller than what this reader knows.
+    if (h.header_size as usize) < HEADER_SIZE
+        || (h.master_size as usize) < MASTER_SIZE
+        || (h.slot_size as usize) < SLOT_SIZE
+        || h.slot_size % 64 != 0
+    {
+        return Err(ReadError::Corrupt("section sizes"));
+    }
+    if (h.listener_entry_size as usize) < LISTENER_ENTRY_SIZE {
+        return Err(ReadError::Corrupt("listener entry size"));
+    }
+    let len = bytes.len() as u64;
+    let within = |offset: u64, size: u64| offset.checked_add(size).is_some_and(|end| end <= len);
+    let slots_bytes = (h.slot_count as u64).saturating_mul(h.slot_size as u64);
+    let listener_bytes = (h.listener_count as u64).saturating_mul(h.listener_entry_size as u64);
+    if h.total_size > len
+        || h.master_offset % 64 != 0
+        || h.slots_offset % 64 != 0
+        || !within(h.master_offset, h.master_size as u64)
+        || !within(h.listeners_offset, listener_bytes)
+        || !within(h.slots_offset, slots_bytes)
+    {
+        return Err(ReadError::Corrupt("section offsets"));
+    }
+    Ok(())
+}

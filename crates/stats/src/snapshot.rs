@@ -1,0 +1,87 @@
+//! A plain copy of every value in the region at one moment, and the totals over
+//! all worker slots. Each value is loaded atomically; the set is not one atomic
+//! picture, which monotonic counters do not need.
+
+use crate::layout::{Kind, MasterFields, RegionState, SlotFields, SlotState, SLOT_FIELDS};
+use crate::reader::{Liveness, Reader};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+
+/// Values of one worker slot, with its index.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlotValues {
+    pub slot: usize,
+    #[serde(flatten)]
+    pub fields: SlotFields,
+}
+
+impl SlotValues {
+    pub fn state(&self) -> &'static str {
+        SlotState::from_raw(self.fields.state).map_or("unknown", SlotState::as_str)
+    }
+}
+
+/// Sums over every slot of the counters and gauges (info fields are left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// (field name, sum), in field-table order.
+    pub values: Vec<(&'static str, u64)>,
+}
+
+impl Totals {
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub path: String,
+    pub master_pid: u64,
+    pub start_unix_ms: u64,
+    pub heartbeat_unix_ms: u64,
+    pub state: &'static str,
+    pub liveness: Liveness,
+    pub listeners: Vec<String>,
+    pub master: MasterFields,
+    pub slots: Vec<SlotValues>,
+    pub taken_unix_ms: u64,
+}
+
+impl Snapshot {
+    pub(crate) fn take(reader: &Reader) -> Self {
+        let h = reader.header();
+        let slots = (0..reader.slot_count())
+            .map(|i| SlotValues {
+                slot: i,
+                fields: reader.slot(i).load(),
+            })
+            .collect();
+        Snapshot {
+            path: reader.path().display().to_string(),
+            master_pid: h.master_pid.load(Ordering::Relaxed),
+            start_unix_ms: h.start_unix_ms.load(Ordering::Relaxed),
+            heartbeat_unix_ms: h.heartbeat_unix_ms.load(Ordering::Relaxed),
+            state: RegionState::from_raw(h.state.load(Ordering::Relaxed))
+                .map_or("unknown", RegionState::as_str),
+            liveness: reader.liveness(),
+            listeners: reader.listeners(),
+            master: reader.master().load(),
+            slots,
+            taken_unix_ms: crate::unix_millis(),
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        let values = SLOT_FIELDS
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind != Kind::Info)
+            .map(|(i, f)| (f.name, self.slots.iter().map(|s| s.fields.get(i)).sum()))
+            .collect();
+        Totals { values }
+    }
+}

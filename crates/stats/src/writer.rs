@@ -1,0 +1,222 @@
+//! The read-write side: the master creates (or, after a binary upgrade, adopts) the
+//! region, and workers inherit the same shared mapping across fork.
+
+use crate::layout::{
+    Header, MasterSection, Offsets, RegionState, Slot, ENDIAN_CHECK, HEADER_SIZE, LAYOUT_VERSION,
+    LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE,
+};
+use crate::reader::{validate, ReadError};
+use crate::{pid_alive, unix_millis};
+use memmap2::MmapMut;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, Ordering};
+
+/// Why a region could not be created or adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("stats region {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "stats region {path} belongs to a running tine master (pid {pid}); \
+         stop it or choose another --stats-path"
+    )]
+    InUse { path: PathBuf, pid: u64 },
+    #[error("stats region {path} cannot be adopted: {source}")]
+    Incompatible { path: PathBuf, source: ReadError },
+    #[error("a stats region needs at least one slot and at most 4096, not {0}")]
+    SlotCount(usize),
+    #[error("listen address {0:?} is longer than the region's 63-byte entry")]
+    ListenerTooLong(String),
+}
+
+/// A read-write mapping of the region.
+pub struct Region {
+    map: MmapMut,
+    path: PathBuf,
+}
+
+impl Region {
+    /// Creates a fresh region at `path` with the given slots and listen addresses.
+    /// A leftover region whose master is gone is replaced; one whose master still
+    /// runs is refused, which also stops two servers sharing one path.
+    pub fn create(
+        path: &Path,
+        slot_count: usize,
+        listeners: &[String],
+    ) -> Result<Self, CreateError> {
+        if slot_count == 0 || slot_count > 4096 {
+            return Err(CreateError::SlotCount(slot_count));
+        }
+        if let Some(long) = listeners.iter().find(|l| l.len() >= LISTENER_ENTRY_SIZE) {
+            return Err(CreateError::ListenerTooLong(long.clone()));
+        }
+        let io_err = |source| CreateError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        refuse_if_live(path)?;
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(io_err)?;
+        let offsets = Offsets::compute(slot_count, listeners.len());
+        file.set_len(offsets.total as u64).map_err(io_err)?;
+        let map = map_rw(&file).map_err(io_err)?;
+        let mut region = Region {
+            map,
+            path: path.to_owned(),
+        };
+        region.initialise(slot_count, listeners, offsets);
+        Ok(region)
+    }
+
+    /// Maps an existing region read-write so that a new master (binary upgrade)
+    /// continues its counters.
+    pub fn adopt(path: &Path) -> Result<Self, CreateError> {
+        let io_err = |source| CreateError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err)?;
+        let map = map_rw(&file).map_err(io_err)?;
+        validate(&map).map_err(|source| CreateError::Incompatible {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Region {
+            map,
+            path: path.to_owned(),
+        })
+    }
+
+    fn initialise(&mut self, slot_count: usize, listeners: &[String], offsets: Offsets) {
+        let bytes = &mut self.map[..];
+        for (i, l) in listeners.iter().enumerate() {
+            let at = offsets.listeners + i * LISTENER_ENTRY_SIZE;
+            bytes[at..at + l.len()].copy_from_slice(l.as_bytes());
+        }
+        // SAFETY: the mapping is at least `offsets.total` bytes, page aligned, and
+        // Header is repr(C) plain data whose all-zero pattern is valid.
+        let header = unsafe { &mut *(bytes.as_mut_ptr() as *mut Header) };
+        header.layout_version = LAYOUT_VERSION;
+        header.endian_check = ENDIAN_CHECK;
+        header.header_size = HEADER_SIZE as u32;
+        header.master_size = MASTER_SIZE as u32;
+        header.slot_count = slot_count as u32;
+        header.slot_size = SLOT_SIZE as u32;
+        header.listener_count = listeners.len() as u32;
+        header.listener_entry_size = LISTENER_ENTRY_SIZE as u32;
+        header.master_offset = offsets.master as u64;
+        header.listeners_offset = offsets.listeners as u64;
+        header.slots_offset = offsets.slots as u64;
+        header.total_size = offsets.total as u64;
+        let now = unix_millis();
+        header
+            .master_pid
+            .store(std::process::id() as u64, Ordering::Relaxed);
+        header.start_unix_ms.store(now, Ordering::Relaxed);
+        header.heartbeat_unix_ms.store(now, Ordering::Relaxed);
+        header
+            .state
+            .store(RegionState::Running as u64, Ordering::Relaxed);
+        for i in 0..slot_count {
+            self.slot(i).cpu.store(u64::MAX, Ordering::Relaxed);
+        }
+        // Readers check the magic first: publish it only after everything else.
+        fence(Ordering::Release);
+        self.header_mut().magic = MAGIC;
+    }
+
+    fn header_mut(&mut self) -> &mut Header {
+        // SAFETY: validated or initialised to at least HEADER_SIZE bytes; page aligned.
+        unsafe { &mut *(self.map.as_mut_ptr() as *mut Header) }
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: as in header_mut; shared access only touches atomics or fields
+        // that no longer change after creation.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    pub fn master(&self) -> &MasterSection {
+        let at = self.header().master_offset as usize;
+        // SAFETY: the offset was computed or validated to lie within the mapping and
+        // to be 64-byte aligned; MasterSection is made only of atomics.
+        unsafe { &*(self.map.as_ptr().add(at) as *const MasterSection) }
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.header().slot_count as usize
+    }
+
+    /// The slot at `index`. Panics on an index past `slot_count`, which is a bug in
+    /// the caller, never input.
+    pub fn slot(&self, index: usize) -> &Slot {
+        let h = self.header();
+        assert!(index < h.slot_count as usize, "slot {index} out of range");
+        let at = h.slots_offset as usize + index * h.slot_size as usize;
+        // SAFETY: in range by the assert and the validated size; 64-byte aligned;
+        // Slot is made only of atomics, which are safe to share across processes.
+        unsafe { &*(self.map.as_ptr().add(at) as *const Slot) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn set_state(&self, state: RegionState) {
+        self.header().state.store(state as u64, Ordering::Relaxed);
+    }
+
+    /// Records that this process is now the region's master.
+    pub fn claim_master(&self) {
+        let h = self.header();
+        h.master_pid
+            .store(std::process::id() as u64, Ordering::Relaxed);
+        h.state
+            .store(RegionState::Running as u64, Ordering::Relaxed);
+        self.heartbeat();
+    }
+
+    pub fn heartbeat(&self) {
+        self.header()
+            .heartbeat_unix_ms
+            .store(unix_millis(), Ordering::Relaxed);
+    }
+}
+
+fn map_rw(file: &File) -> io::Result<MmapMut> {
+    // SAFETY: the file is tine's own region; other processes change it only
+    // through atomics, which is how this mapping is read as well.
+    unsafe { MmapMut::map_mut(file) }
+}
+
+fn refuse_if_live(path: &Path) -> Result<(), CreateError> {
+    let Ok(reader) = crate::Reader::open(path) else {
+        return Ok(());
+    };
+    let pid = reader.header().master_pid.load(Ordering::Relaxed);
+    let state = reader.header().state.load(Ordering::Relaxed);
+    if pid != std::process::id() as u64 && state != RegionState::Stopped as u64 && pid_alive(pid) {
+        return Err(CreateError::InUse {
+            path: path.to_owned(),
+            pid,
+        });
+    }
+    Ok(())
+}
