@@ -1,1 +1,151 @@
-//! placeholder
+//! A tine worker process. The master forks it into a slot; it pins itself to the
+//! slot's CPU, names itself, arranges to hear of the master's death, and runs one
+//! epoll loop ([`event_loop`]) over the slot's listening sockets until it is told
+//! to stop. Connections are the state machine in [`connection`].
+//!
+//! A worker shares nothing mutable with anyone except its own statistics slot.
+
+pub mod buffer_pool;
+pub mod connection;
+pub mod context;
+pub mod event_loop;
+pub mod responses;
+pub mod slab;
+pub mod static_files;
+pub mod timer_wheel;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+use tine_config::Config;
+use tine_stats::Slot;
+
+pub use event_loop::Exit;
+
+/// Everything a freshly forked worker needs from its master.
+pub struct WorkerInit<'a> {
+    pub slot: usize,
+    pub cpu: Option<usize>,
+    pub master_pid: u32,
+    /// This slot's listening sockets, one per listen address.
+    pub listeners: Vec<RawFd>,
+    /// Descriptors inherited across fork that are not the worker's (other
+    /// slots' sockets, the master's signalfd); the worker closes them.
+    pub close_fds: Vec<RawFd>,
+    pub config: &'a Config,
+    pub stats: &'a Slot,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the master (pid {0}) is already gone")]
+    Orphaned(u32),
+    #[error("cannot set up the worker: {0}")]
+    Setup(#[from] std::io::Error),
+    #[error("cannot open the document root {path}: {source}")]
+    Root {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs a worker to completion. Called in the child right after fork.
+pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
+    die_with_master(init.master_pid)?;
+    name_process(&format!("tine: worker {}", init.slot));
+    if let Some(cpu) = init.cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            log::warn!("worker {}: cannot pin to CPU {cpu}", init.slot);
+        }
+    }
+    for &fd in &init.close_fds {
+        // SAFETY: inherited across fork and unused here; the master's values
+        // that own them are never dropped in a worker, which exits without
+        // returning into the master's frames.
+        unsafe { libc::close(fd) };
+    }
+    let signals = worker_signals()?;
+    let config = init.config;
+    let root =
+        static_files::StaticRoot::open(&config.root).map_err(|source| WorkerError::Root {
+            path: config.root.display().to_string(),
+            source,
+        })?;
+    let now = Instant::now();
+    let ctx = context::Ctx {
+        timeouts: config.timeouts,
+        http_limits: tine_http::Limits {
+            head_bytes: config.limits.request_head_bytes,
+            uri_bytes: config.limits.uri_bytes,
+        },
+        discard_body_bytes: config.limits.discard_body_bytes,
+        root,
+        date: Default::default(),
+        stats: init.stats,
+        pool: buffer_pool::BufferPool::new(config.limits.request_head_bytes, 1024),
+        wheel: timer_wheel::TimerWheel::new(now),
+        path: Default::default(),
+        now,
+        draining: false,
+    };
+    init.stats
+        .heartbeat_unix_ms
+        .store(tine_stats::unix_millis(), Relaxed);
+    let mut event_loop = event_loop::EventLoop::new(
+        ctx,
+        init.listeners,
+        signals,
+        config.limits.connections_per_worker,
+    )?;
+    Ok(event_loop.run()?)
+}
+
+/// Asks the kernel to send SIGQUIT (a graceful stop) when the master dies, even by
+/// SIGKILL, so that an orphan never keeps accepting on a port a new master binds.
+fn die_with_master(master_pid: u32) -> Result<(), WorkerError> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT as libc::c_ulong) };
+    // The master may have died before the request took effect.
+    if std::os::unix::process::parent_id() != master_pid {
+        return Err(WorkerError::Orphaned(master_pid));
+    }
+    Ok(())
+}
+
+/// Sets the process name shown by ps and top (comm, at most 15 bytes).
+pub fn name_process(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: buf is NUL-terminated and outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
+/// The master blocks its control signals before forking (it reads them from a
+/// signalfd), so the worker inherits them blocked and reads the ones it acts on
+/// from its own signalfd inside the event loop. The rest stay blocked: a stray
+/// HUP or USR1 sent to a worker is ignored rather than fatal.
+fn worker_signals() -> std::io::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+        mask.add(s);
+    }
+    let mut blocked = mask;
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        blocked.add(s);
+    }
+    blocked.thread_block().map_err(std::io::Error::from)?;
+    // The master's SIGCHLD handling is not the worker's business.
+    let mut unblock = SigSet::empty();
+    unblock.add(Signal::SIGCHLD);
+    unblock.thread_unblock().map_err(std::io::Error::from)?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(std::io::Error::from)
+}

@@ -1,0 +1,72 @@
+//! Forking a worker into its slot. The child never returns into the master's
+//! code: it runs the worker and exits, so none of the master's destructors (pid
+//! file, region) ever run in a worker.
+
+use crate::MasterError;
+use nix::unistd::{fork, ForkResult, Pid};
+use std::os::fd::RawFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::Relaxed;
+use tine_config::Config;
+use tine_net::ListenerSet;
+use tine_stats::{Region, SlotState};
+use tine_worker::{WorkerError, WorkerInit};
+
+/// Exit code of a worker that panicked: a bug, which the master survives.
+pub const EXIT_PANIC: i32 = 70;
+
+pub struct Spawn<'a> {
+    pub slot: usize,
+    pub cpu: Option<usize>,
+    pub listeners: &'a ListenerSet,
+    /// Master-only descriptors the child must not keep (its signalfd).
+    pub master_fds: &'a [RawFd],
+    pub config: &'a Config,
+    pub region: &'a Region,
+}
+
+/// Forks a worker for `spec.slot` and returns its pid.
+pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
+    let stats = spec.region.slot(spec.slot);
+    stats.generation.fetch_add(1, Relaxed);
+    stats.state.store(SlotState::Starting as u64, Relaxed);
+    stats
+        .cpu
+        .store(spec.cpu.map_or(u64::MAX, |c| c as u64), Relaxed);
+    stats.active.store(0, Relaxed);
+    let master_pid = std::process::id();
+    // SAFETY: the master is single-threaded (signals come through a signalfd, no
+    // thread is ever started), so the child may run arbitrary code after fork.
+    match unsafe { fork() }.map_err(|e| MasterError::Fork(e.into()))? {
+        ForkResult::Parent { child } => {
+            stats.pid.store(child.as_raw() as u64, Relaxed);
+            stats
+                .started_unix_ms
+                .store(tine_stats::unix_millis(), Relaxed);
+            Ok(child)
+        }
+        ForkResult::Child => {
+            let mut close_fds = spec.listeners.all_but_slot(spec.slot);
+            close_fds.extend_from_slice(spec.master_fds);
+            let init = WorkerInit {
+                slot: spec.slot,
+                cpu: spec.cpu,
+                master_pid,
+                listeners: spec.listeners.for_slot(spec.slot),
+                close_fds,
+                config: spec.config,
+                stats,
+            };
+            let code = match std::panic::catch_unwind(AssertUnwindSafe(|| tine_worker::run(init))) {
+                Ok(Ok(_)) | Ok(Err(WorkerError::Orphaned(_))) => 0,
+                Ok(Err(e)) => {
+                    log::error!("worker {}: {e}", spec.slot);
+                    1
+                }
+                // The panic hook has already printed the message.
+                Err(_) => EXIT_PANIC,
+            };
+            std::process::exit(code)
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Read buffers and head buffers come from a per-worker pool and go back to it
+//! when a connection goes idle, so idle keep-alive connections hold no buffer.
+
+/// A read buffer: bytes `start..end` are unread.
+pub struct ReadBuf {
+    data: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    fn new(size: usize) -> Self {
+        ReadBuf {
+            data: vec![0; size].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Free space at the end, after moving unread bytes to the front if that helps.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.data.len());
+    }
+}
+
+/// Keeps released buffers for reuse, up to a bound, so a burst does not pin its
+/// peak memory forever.
+pub struct BufferPool {
+    read_size: usize,
+    reads: Vec<ReadBuf>,
+    writes: Vec<Vec<u8>>,
+    keep: usize,
+}
+
+const WRITE_CAPACITY: usize = 1024;
+
+impl BufferPool {
+    pub fn new(read_size: usize, keep: usize) -> Self {
+        BufferPool {
+            read_size,
+            reads: Vec::new(),
+            writes: Vec::new(),
+            keep,
+        }
+    }
+
+    pub fn read_buf(&mut self) -> ReadBuf {
+        self.reads
+            .pop()
+            .unwrap_or_else(|| ReadBuf::new(self.read_size))
+    }
+
+    pub fn put_read(&mut self, mut buf: ReadBuf) {
+        if self.reads.len() < self.keep {
+            buf.start = 0;
+            buf.end = 0;
+            self.reads.push(buf);
+        }
+    }
+
+    pub fn write_buf(&mut self) -> Vec<u8> {
+        self.writes
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_CAPACITY))
+    }
+
+    pub fn put_write(&mut self, mut buf: Vec<u8>) {
+        // A buffer that grew for a large page is not worth keeping.
+        if self.writes.len() < self.keep && buf.capacity() <= 4 * WRITE_CAPACITY {
+            buf.clear();
+            self.writes.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buf_compacts() {
+        let mut b = ReadBuf::new(8);
+        b.spare()[..8].copy_from_slice(b"abcdefgh");
+        b.commit(8);
+        b.consume(6);
+        assert_eq!(b.filled(), b"gh");
+        assert_eq!(b.spare().len(), 6);
+        assert_eq!(b.filled(), b"gh");
+    }
+}

@@ -1,0 +1,444 @@
+//! One client connection, as an explicit state machine:
+//!
+//! ```text
+//!            accept
+//!              |
+//!              v
+//!   +----> ReadHead --(complete head)--> Send --(done, keep-alive)--+
+//!   |          |                           |                        |
+//!   |   (bad head: error page)      (done, close)                   |
+//!   |          +-------> Send ------------ +--> Linger --> closed   |
+//!   +---------------------------------------------------------------+
+//! ```
+//!
+//! Sockets are edge-triggered, so the connection remembers readability itself and
+//! reads until EAGAIN. Pipelined requests are answered one at a time, in order,
+//! straight from the read buffer. Bodies of requests that take none are read and
+//! thrown away before the next head is parsed, so they can never be misread as a
+//! request. After the last response of a connection the write side is shut and
+//! the rest of the client's input is drained for a moment (a lingering close), so
+//! that unread input does not turn the close into a reset that destroys the
+//! response in flight.
+
+use crate::context::Ctx;
+use crate::responses::{error_page, Framing, Reply};
+use crate::static_files::{self, FileBody};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tine_http::request::{Body, Method, Request};
+use tine_http::response::{Persistence, Status};
+use tine_http::{parse_request, HttpError};
+use tine_net::sys;
+
+use crate::buffer_pool::ReadBuf;
+
+/// Most body bytes one connection sends per turn of the loop before letting
+/// others run, so one fast reader of a large file cannot starve the rest.
+const SEND_BUDGET: usize = 1 << 20;
+/// How long a closing connection's leftover input is drained.
+const LINGER: Duration = Duration::from_secs(2);
+/// How much leftover input a closing connection drains at most.
+const LINGER_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    ReadHead,
+    Send,
+    Linger,
+}
+
+/// What the event loop must do with the connection after driving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Blocked on the socket; the next epoll event resumes it.
+    Wait,
+    /// Used its turn's send budget while still writable; drive it again soon.
+    Yield,
+    Close(CloseReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Done,
+    PeerClosed,
+    Reset,
+    Timeout,
+    Drained,
+    Error,
+}
+
+pub struct Conn {
+    token: u64,
+    fd: OwnedFd,
+    phase: Phase,
+    /// Unread input; `None` while idle so an idle connection holds no buffer.
+    rbuf: Option<ReadBuf>,
+    /// The response head (and small bodies) being written; empty while idle.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    body: Option<FileBody>,
+    /// Body bytes of the last request still to read and throw away.
+    discard: u64,
+    keep_alive: bool,
+    /// Edge-triggered readiness not yet consumed by a read that hit EAGAIN.
+    readable: bool,
+    served: u64,
+    lingered: u64,
+    /// Tick at which the current phase times out.
+    pub deadline: u64,
+    /// Tick under which the connection is filed in the timer wheel, if any.
+    pub timer_tick: Option<u64>,
+}
+
+impl Conn {
+    pub fn new(token: u64, fd: OwnedFd, ctx: &mut Ctx) -> Self {
+        let mut conn = Conn {
+            token,
+            fd,
+            phase: Phase::ReadHead,
+            rbuf: None,
+            wbuf: Vec::new(),
+            wpos: 0,
+            body: None,
+            discard: 0,
+            keep_alive: true,
+            readable: false,
+            served: 0,
+            lingered: 0,
+            deadline: 0,
+            timer_tick: None,
+        };
+        conn.arm(ctx, ctx.timeouts.header);
+        conn
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True when the connection is between requests with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::ReadHead
+            && self.discard == 0
+            && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
+    }
+
+    pub fn mark_readable(&mut self) {
+        self.readable = true;
+    }
+
+    /// Why the connection closes when its deadline passes.
+    pub fn timeout_reason(&self) -> CloseReason {
+        match self.phase {
+            Phase::Linger => CloseReason::Done,
+            _ => CloseReason::Timeout,
+        }
+    }
+
+    /// Gives the connection's buffers back to the pool before it is dropped.
+    pub fn release(&mut self, ctx: &mut Ctx) {
+        if let Some(buf) = self.rbuf.take() {
+            ctx.pool.put_read(buf);
+        }
+        if self.wbuf.capacity() > 0 {
+            ctx.pool.put_write(std::mem::take(&mut self.wbuf));
+        }
+    }
+
+    /// Runs the state machine until the socket blocks, the turn's budget is
+    /// spent, or the connection is done.
+    pub fn drive(&mut self, ctx: &mut Ctx) -> Outcome {
+        let mut budget = SEND_BUDGET;
+        loop {
+            let step = match self.phase {
+                Phase::ReadHead => self.read_head(ctx),
+                Phase::Send => self.send(ctx, &mut budget),
+                Phase::Linger => self.linger(),
+            };
+            if let Some(outcome) = step {
+                return outcome;
+            }
+        }
+    }
+
+    fn arm(&mut self, ctx: &mut Ctx, timeout: Duration) {
+        let tick = ctx.wheel.deadline(ctx.now, timeout);
+        self.deadline = tick;
+        if self.timer_tick.is_none_or(|filed| tick < filed) {
+            ctx.wheel.schedule(self.token, tick);
+            self.timer_tick = Some(tick);
+        }
+    }
+
+    fn read_head(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
+        if let Some(buf) = self.rbuf.as_mut() {
+            let n = (self.discard.min(buf.filled().len() as u64)) as usize;
+            buf.consume(n);
+            self.discard -= n as u64;
+        }
+        let parsed = match self.rbuf.as_ref() {
+            Some(buf) if self.discard == 0 && !buf.is_empty() => {
+                parse_request(buf.filled(), &ctx.http_limits)
+            }
+            _ => Ok(None),
+        };
+        match parsed {
+            Ok(Some(req)) => {
+                if self.wbuf.capacity() == 0 {
+                    self.wbuf = ctx.pool.write_buf();
+                }
+                let started = start_response(&req, ctx, &mut self.wbuf);
+                let head_len = req.head_len;
+                if let Some(buf) = self.rbuf.as_mut() {
+                    buf.consume(head_len);
+                }
+                self.begin_send(ctx, started);
+                return None;
+            }
+            Err(e) => {
+                self.reject(ctx, e);
+                return None;
+            }
+            Ok(None) => {}
+        }
+        if ctx.draining && self.is_idle() {
+            return Some(Outcome::Close(CloseReason::Drained));
+        }
+        if !self.readable {
+            if self.is_idle() {
+                self.release(ctx);
+            }
+            return Some(Outcome::Wait);
+        }
+        let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
+        let was_empty = buf.is_empty();
+        let spare = buf.spare();
+        if spare.is_empty() {
+            // The parser refuses a full buffer as too large; never spin on one.
+            return Some(Outcome::Close(CloseReason::Error));
+        }
+        match sys::read(self.fd.as_raw_fd(), spare) {
+            Ok(0) => Some(Outcome::Close(CloseReason::PeerClosed)),
+            Ok(n) => {
+                buf.commit(n);
+                ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
+                if was_empty && self.served > 0 && self.discard == 0 {
+                    // A new request began on a kept-alive connection: from now
+                    // on the head must arrive within the header timeout.
+                    self.arm(ctx, ctx.timeouts.header);
+                }
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Loop once more: read_head then decides between Wait and Close.
+                self.readable = false;
+                None
+            }
+            Err(e) => close_or_retry(e),
+        }
+    }
+
+    fn begin_send(&mut self, ctx: &mut Ctx, started: Started) {
+        count_response(ctx, started.reply.status);
+        self.keep_alive = started.keep_alive;
+        self.discard = started.discard;
+        self.body = started.reply.body;
+        self.wpos = 0;
+        self.phase = Phase::Send;
+        self.arm(ctx, ctx.timeouts.send);
+    }
+
+    /// Answers a head that cannot be parsed, then closes: after a malformed head
+    /// there is no telling where the next request would start.
+    fn reject(&mut self, ctx: &mut Ctx, e: HttpError) {
+        ctx.stats.parse_errors.fetch_add(1, Relaxed);
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = ctx.pool.write_buf();
+        }
+        let framing = Framing {
+            date: ctx.date.bytes(),
+            persistence: Persistence::Close,
+            head_request: false,
+        };
+        let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
+        if let Some(buf) = self.rbuf.as_mut() {
+            buf.consume(usize::MAX);
+        }
+        self.begin_send(
+            ctx,
+            Started {
+                reply,
+                keep_alive: false,
+                discard: 0,
+            },
+        );
+    }
+
+    fn send(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
+        let fd = self.fd.as_raw_fd();
+        while self.wpos < self.wbuf.len() {
+            match sys::send(fd, &self.wbuf[self.wpos..], self.body.is_some()) {
+                Ok(n) => {
+                    self.wpos += n;
+                    ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) => return self.blocked_sending(ctx, e),
+            }
+        }
+        if let Some(body) = self.body.as_mut() {
+            while body.offset < body.end {
+                if *budget == 0 {
+                    return Some(Outcome::Yield);
+                }
+                let chunk = (body.end - body.offset).min(*budget as u64) as usize;
+                match sys::sendfile(fd, body.file.as_raw_fd(), &mut body.offset, chunk) {
+                    Ok(0) => {
+                        log::warn!("a file shrank while it was being sent; closing the connection");
+                        return Some(Outcome::Close(CloseReason::Error));
+                    }
+                    Ok(n) => {
+                        *budget -= n;
+                        ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                        ctx.stats.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
+                    }
+                    Err(e) => return self.blocked_sending(ctx, e),
+                }
+            }
+        }
+        self.finish_response(ctx);
+        None
+    }
+
+    fn blocked_sending(&mut self, ctx: &mut Ctx, e: io::Error) -> Option<Outcome> {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            // Progress was made or the response just started: the client has
+            // another full send timeout to read.
+            self.arm(ctx, ctx.timeouts.send);
+        }
+        close_or_retry(e)
+    }
+
+    fn finish_response(&mut self, ctx: &mut Ctx) {
+        self.body = None;
+        self.wbuf.clear();
+        self.wpos = 0;
+        self.served += 1;
+        if self.keep_alive && !ctx.draining {
+            self.phase = Phase::ReadHead;
+            let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
+            let timeout = if pending {
+                ctx.timeouts.header
+            } else {
+                ctx.timeouts.idle
+            };
+            self.arm(ctx, timeout);
+        } else {
+            sys::shutdown_write(self.fd.as_raw_fd());
+            self.phase = Phase::Linger;
+            self.arm(ctx, LINGER);
+        }
+    }
+
+    fn linger(&mut self) -> Option<Outcome> {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match sys::read(self.fd.as_raw_fd(), &mut scratch) {
+                Ok(0) => return Some(Outcome::Close(CloseReason::Done)),
+                Ok(n) => {
+                    self.lingered += n as u64;
+                    if self.lingered > LINGER_BYTES {
+                        return Some(Outcome::Close(CloseReason::Done));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Outcome::Wait),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(Outcome::Close(CloseReason::Done)),
+            }
+        }
+    }
+}
+
+/// Maps a socket error to what happens next: EAGAIN waits for the next event,
+/// EINTR retries, a reset closes and is counted as one.
+fn close_or_retry(e: io::Error) -> Option<Outcome> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Some(Outcome::Wait),
+        io::ErrorKind::Interrupted => None,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+            Some(Outcome::Close(CloseReason::Reset))
+        }
+        _ => Some(Outcome::Close(CloseReason::Error)),
+    }
+}
+
+/// What start_response decided about a request.
+struct Started {
+    reply: Reply,
+    keep_alive: bool,
+    discard: u64,
+}
+
+/// Routes a parsed request to its handler, which writes the head into `out`.
+fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
+    ctx.stats.requests.fetch_add(1, Relaxed);
+    let mut keep_alive = req.keep_alive && !ctx.draining;
+    let discard = match req.body {
+        Body::None => 0,
+        Body::Length(n) if n <= ctx.discard_body_bytes => n,
+        // Too large to throw away, or chunked: answer, then close.
+        Body::Length(_) | Body::Chunked => {
+            keep_alive = false;
+            0
+        }
+    };
+    let framing = Framing {
+        date: ctx.date.bytes(),
+        persistence: if keep_alive {
+            Persistence::KeepAlive {
+                http10: req.minor_version == 0,
+            }
+        } else {
+            Persistence::Close
+        },
+        head_request: req.method == Method::Head,
+    };
+    let reply = match req.method {
+        Method::Other => error_page(
+            Status::METHOD_NOT_ALLOWED,
+            &framing,
+            Some(("Allow", b"GET, HEAD")),
+            out,
+        ),
+        Method::Get | Method::Head => match tine_http::target::normalise(req.target, &mut ctx.path)
+        {
+            Ok(()) => static_files::respond(&ctx.root, req, &ctx.path, &framing, out),
+            Err(e) => {
+                ctx.stats.parse_errors.fetch_add(1, Relaxed);
+                error_page(e.status(), &framing, None, out)
+            }
+        },
+    };
+    Started {
+        reply,
+        keep_alive,
+        discard,
+    }
+}
+
+fn count_response(ctx: &Ctx, status: Status) {
+    let s = &ctx.stats;
+    let counter = match status.class() {
+        1 => &s.responses_1xx,
+        2 => &s.responses_2xx,
+        3 => &s.responses_3xx,
+        4 => &s.responses_4xx,
+        _ => &s.responses_5xx,
+    };
+    counter.fetch_add(1, Relaxed);
+}

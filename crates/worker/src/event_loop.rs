@@ -1,0 +1,309 @@
+//! The worker cycle: one thread, one epoll loop. Each turn waits for events,
+//! accepts on this slot's listeners, drives the connections that are ready,
+//! expires deadlines from the timer wheel and stamps the heartbeat. Read this
+//! file top to bottom to see everything a worker does.
+
+use crate::connection::{CloseReason, Conn, Outcome};
+use crate::context::Ctx;
+use crate::slab::{Slab, RESERVED_TOKENS};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+use tine_net::{sys, Epoll, Event, Interest};
+use tine_stats::SlotState;
+
+const SIGNAL_TOKEN: u64 = u64::MAX;
+/// Listener i has token LISTENER_TOKEN + i.
+const LISTENER_TOKEN: u64 = RESERVED_TOKENS;
+/// Connections accepted per listener event, so that one busy listener cannot
+/// keep the loop from serving the connections it already has.
+const ACCEPT_BATCH: usize = 64;
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// TERM or INT: stop at once.
+    Terminated,
+    /// QUIT (or the master's death): every connection finished or the drain
+    /// timeout passed.
+    Drained,
+}
+
+pub struct EventLoop<'a> {
+    epoll: Epoll,
+    signals: SignalFd,
+    listeners: Vec<RawFd>,
+    accepting: bool,
+    /// Accepting is paused until then after the process ran out of descriptors.
+    accept_retry_at: Option<Instant>,
+    max_connections: usize,
+    conns: Slab<Conn>,
+    ctx: Ctx<'a>,
+    events: Vec<Event>,
+    /// Connections that used their send budget while still writable.
+    ready: Vec<u64>,
+    expired: Vec<(u64, u64)>,
+    drain_deadline: Option<Instant>,
+}
+
+impl<'a> EventLoop<'a> {
+    pub fn new(
+        ctx: Ctx<'a>,
+        listeners: Vec<RawFd>,
+        signals: SignalFd,
+        max_connections: usize,
+    ) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.add(signals.as_raw_fd(), SIGNAL_TOKEN, Interest::READABLE)?;
+        let mut el = EventLoop {
+            epoll,
+            signals,
+            listeners,
+            accepting: false,
+            accept_retry_at: None,
+            max_connections,
+            conns: Slab::default(),
+            ctx,
+            events: Vec::with_capacity(512),
+            ready: Vec::new(),
+            expired: Vec::new(),
+            drain_deadline: None,
+        };
+        el.resume_accepting()?;
+        Ok(el)
+    }
+
+    pub fn run(&mut self) -> io::Result<Exit> {
+        self.ctx
+            .stats
+            .state
+            .store(SlotState::Running as u64, Relaxed);
+        loop {
+            let timeout = if self.ready.is_empty() {
+                self.ctx.wheel.until_next_tick(Instant::now())
+            } else {
+                0
+            };
+            self.epoll.wait(&mut self.events, timeout)?;
+            self.begin_turn();
+            for i in 0..self.events.len() {
+                let event = self.events[i];
+                if let Some(exit) = self.dispatch(event)? {
+                    return Ok(exit);
+                }
+            }
+            self.drive_ready();
+            self.expire_deadlines();
+            self.maybe_resume_accepting()?;
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || self.ctx.now >= deadline {
+                    return Ok(Exit::Drained);
+                }
+            }
+        }
+    }
+
+    fn begin_turn(&mut self) {
+        self.ctx.now = Instant::now();
+        self.ctx.date.refresh(SystemTime::now());
+        self.ctx
+            .stats
+            .heartbeat_unix_ms
+            .store(tine_stats::unix_millis(), Relaxed);
+    }
+
+    fn dispatch(&mut self, event: Event) -> io::Result<Option<Exit>> {
+        match event.token() {
+            SIGNAL_TOKEN => return self.on_signals(),
+            t if t >= LISTENER_TOKEN => self.accept_batch((t - LISTENER_TOKEN) as usize),
+            token => {
+                let Some(conn) = self.conns.get_mut(token) else {
+                    return Ok(None);
+                };
+                if event.readable() {
+                    conn.mark_readable();
+                }
+                let outcome = conn.drive(&mut self.ctx);
+                self.settle(token, outcome);
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_signals(&mut self) -> io::Result<Option<Exit>> {
+        while let Some(info) = self.signals.read_signal().map_err(io::Error::from)? {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => return Ok(Some(Exit::Terminated)),
+                Ok(Signal::SIGQUIT) => self.start_draining(),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Graceful stop: stop accepting (the master keeps the sockets, so waiting
+    /// connections stay queued for the next worker), close idle connections, and
+    /// let the others finish their response and close.
+    fn start_draining(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        log::info!("worker draining {} connection(s)", self.conns.len());
+        self.ctx.draining = true;
+        self.ctx
+            .stats
+            .state
+            .store(SlotState::Draining as u64, Relaxed);
+        self.drain_deadline = Some(self.ctx.now + self.ctx.timeouts.drain);
+        self.pause_accepting();
+        for token in self.conns.tokens() {
+            if self.conns.get_mut(token).is_some_and(|c| c.is_idle()) {
+                self.close(token, CloseReason::Drained);
+            }
+        }
+    }
+
+    fn accept_batch(&mut self, index: usize) {
+        let Some(&listener) = self.listeners.get(index) else {
+            return;
+        };
+        for _ in 0..ACCEPT_BATCH {
+            if self.conns.len() >= self.max_connections {
+                // The rest wait in the kernel's queue until a connection closes.
+                self.pause_accepting();
+                return;
+            }
+            match sys::accept(listener) {
+                Ok(Some((fd, _peer))) => self.open(fd),
+                Ok(None) => return,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => {
+                        log::error!("accept: {e}; pausing accepts for a moment");
+                        self.pause_accepting();
+                        self.accept_retry_at = Some(self.ctx.now + crate::timer_wheel::TICK * 5);
+                        return;
+                    }
+                    // The client gave up while queued, or a transient error.
+                    Some(libc::ECONNABORTED)
+                    | Some(libc::EINTR)
+                    | Some(libc::EPROTO)
+                    | Some(libc::EPERM) => {}
+                    _ => {
+                        log::error!("accept: {e}");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn open(&mut self, fd: OwnedFd) {
+        // Heads are written with MSG_MORE, so Nagle has nothing left to merge.
+        let _ = sys::set_nodelay(fd.as_raw_fd());
+        let raw = fd.as_raw_fd();
+        let ctx = &mut self.ctx;
+        let token = self.conns.insert_with(|token| Conn::new(token, fd, ctx));
+        if let Err(e) = self.epoll.add(raw, token, Interest::CONNECTION) {
+            log::error!("epoll add: {e}");
+            if let Some(mut conn) = self.conns.remove(token) {
+                conn.release(&mut self.ctx);
+            }
+            return;
+        }
+        self.ctx.stats.accepted.fetch_add(1, Relaxed);
+        self.ctx.stats.active.fetch_add(1, Relaxed);
+    }
+
+    fn settle(&mut self, token: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Wait => {}
+            Outcome::Yield => self.ready.push(token),
+            Outcome::Close(reason) => self.close(token, reason),
+        }
+    }
+
+    fn drive_ready(&mut self) {
+        for token in std::mem::take(&mut self.ready) {
+            if let Some(conn) = self.conns.get_mut(token) {
+                let outcome = conn.drive(&mut self.ctx);
+                self.settle(token, outcome);
+            }
+        }
+    }
+
+    fn expire_deadlines(&mut self) {
+        self.ctx.wheel.advance(self.ctx.now, &mut self.expired);
+        let now_tick = self.ctx.wheel.tick_of(self.ctx.now);
+        for (token, tick) in std::mem::take(&mut self.expired) {
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
+            };
+            if conn.timer_tick != Some(tick) {
+                continue; // superseded by an earlier filing
+            }
+            if conn.deadline <= now_tick {
+                let reason = conn.timeout_reason();
+                self.close(token, reason);
+            } else {
+                // The deadline moved later since it was filed: file it again.
+                conn.timer_tick = Some(conn.deadline);
+                self.ctx.wheel.schedule(token, conn.deadline);
+            }
+        }
+    }
+
+    fn close(&mut self, token: u64, reason: CloseReason) {
+        let Some(mut conn) = self.conns.remove(token) else {
+            return;
+        };
+        conn.release(&mut self.ctx);
+        let stats = self.ctx.stats;
+        stats.active.fetch_sub(1, Relaxed);
+        match reason {
+            CloseReason::Timeout => {
+                stats.timeouts.fetch_add(1, Relaxed);
+            }
+            CloseReason::Reset => {
+                stats.closed_by_reset.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+        // Dropping the descriptor closes it, which also removes it from epoll.
+        drop(conn);
+    }
+
+    fn pause_accepting(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        for &fd in &self.listeners {
+            let _ = self.epoll.delete(fd);
+        }
+        self.accepting = false;
+    }
+
+    fn resume_accepting(&mut self) -> io::Result<()> {
+        for (i, &fd) in self.listeners.iter().enumerate() {
+            self.epoll
+                .add(fd, LISTENER_TOKEN + i as u64, Interest::READABLE)?;
+        }
+        self.accepting = true;
+        Ok(())
+    }
+
+    fn maybe_resume_accepting(&mut self) -> io::Result<()> {
+        if self.accepting || self.ctx.draining || self.conns.len() >= self.max_connections {
+            return Ok(());
+        }
+        if self.accept_retry_at.is_some_and(|at| self.ctx.now < at) {
+            return Ok(());
+        }
+        self.accept_retry_at = None;
+        // Listeners are level-triggered: a non-empty queue reports at once.
+        self.resume_accepting()
+    }
+}

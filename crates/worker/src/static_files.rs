@@ -1,0 +1,289 @@
+//! The static-file handler: opens the file a request names strictly beneath the
+//! document root and writes the response head (and, for errors, the small body)
+//! into the connection's output buffer. The file body itself is left to the
+//! connection, which sends it with sendfile.
+//!
+//! Two walls keep requests inside the root: the target is normalised by
+//! `tine_http::target` (no `..`, no NUL), and every open goes through openat2 with
+//! RESOLVE_BENEATH, so a symlink that leaves the root fails with EXDEV. Where
+//! openat2 is unavailable, the opened file's real path is checked instead.
+
+use crate::responses::{error_page, Framing, Reply};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use tine_http::request::{Method, Request};
+use tine_http::response::{HeadWriter, Status};
+use tine_http::target::TargetPath;
+use tine_http::validators::{self, ETag, RangeAnswer};
+
+pub struct StaticRoot {
+    dir: OwnedFd,
+    canonical: PathBuf,
+    openat2: bool,
+}
+
+/// The body a reply sends after its head.
+pub struct FileBody {
+    pub file: File,
+    pub offset: u64,
+    pub end: u64,
+}
+
+impl StaticRoot {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let canonical = std::fs::canonicalize(path)?;
+        let c = CString::new(canonical.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("root path contains NUL"))?;
+        // SAFETY: c is a valid C string; the result is checked before use.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut root = StaticRoot {
+            dir,
+            canonical,
+            openat2: true,
+        };
+        // Probe once; a seccomp filter may refuse openat2 even on a new kernel.
+        if let Err(e) = root.openat2(b".") {
+            if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+                log::warn!("openat2 unavailable ({e}); checking real paths instead");
+                root.openat2 = false;
+            }
+        }
+        Ok(root)
+    }
+
+    /// Opens `relative` (already normalised) read-only beneath the root.
+    pub fn open_beneath(&self, relative: &[u8]) -> io::Result<File> {
+        let relative = if relative.is_empty() {
+            &b"."[..]
+        } else {
+            relative
+        };
+        let fd = if self.openat2 {
+            self.openat2(relative)?
+        } else {
+            self.openat_checked(relative)?
+        };
+        Ok(File::from(fd))
+    }
+
+    fn openat2(&self, relative: &[u8]) -> io::Result<OwnedFd> {
+        /// struct open_how from linux/openat2.h.
+        #[repr(C)]
+        struct OpenHow {
+            flags: u64,
+            mode: u64,
+            resolve: u64,
+        }
+        const SYS_OPENAT2: libc::c_long = 437;
+        let c = CString::new(relative).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let how = OpenHow {
+            // O_NONBLOCK so that a FIFO under the root cannot block the worker.
+            flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: c and how outlive the call, and the size passed is how's size.
+        let fd = unsafe {
+            libc::syscall(
+                SYS_OPENAT2,
+                self.dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    fn openat_checked(&self, relative: &[u8]) -> io::Result<OwnedFd> {
+        let c = CString::new(relative).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+        // SAFETY: c outlives the call; the result is checked before use.
+        let fd = unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let real = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+        if real != self.canonical && !real.starts_with(&self.canonical) {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        Ok(owned)
+    }
+}
+
+/// Answers a GET or HEAD for `path`: writes the head into `out` and returns the
+/// body to send, if any.
+pub fn respond(
+    root: &StaticRoot,
+    req: &Request<'_>,
+    path: &TargetPath,
+    framing: &Framing,
+    out: &mut Vec<u8>,
+) -> Reply {
+    let date = framing.date;
+    let mut file = match root.open_beneath(&path.relative) {
+        Ok(f) => f,
+        Err(e) => return error_page(status_for_open_error(&e), framing, None, out),
+    };
+    let mut meta = match file.metadata() {
+        Ok(m) => m,
+        Err(_) => return error_page(Status::INTERNAL_SERVER_ERROR, framing, None, out),
+    };
+    // The name whose extension decides Content-Type: the index file for a directory.
+    let mut served: std::borrow::Cow<'_, [u8]> = (&path.relative[..]).into();
+    if meta.is_dir() {
+        if !path.trailing_slash {
+            return redirect_to_directory(req.target, framing, out);
+        }
+        let mut index = path.relative.clone();
+        if !index.is_empty() {
+            index.push(b'/');
+        }
+        index.extend_from_slice(b"index.html");
+        (file, meta) = match root
+            .open_beneath(&index)
+            .and_then(|f| f.metadata().map(|m| (f, m)))
+        {
+            Ok((f, m)) if m.is_file() => (f, m),
+            // A directory without an index is not listed.
+            _ => return error_page(Status::FORBIDDEN, framing, None, out),
+        };
+        served = index.into();
+    } else if !meta.is_file() || path.trailing_slash {
+        return error_page(Status::NOT_FOUND, framing, None, out);
+    }
+    let size = meta.len();
+    let mtime = meta.mtime().max(0) as u64;
+    let etag = ETag::new(mtime, size);
+    let last_modified = validators::http_date(mtime);
+
+    let not_modified = match (req.if_none_match, req.if_modified_since) {
+        (Some(inm), _) => validators::none_match_hits(inm, &etag),
+        (None, Some(ims)) => validators::not_modified_since(ims, mtime),
+        (None, None) => false,
+    };
+    if not_modified {
+        let mut h = HeadWriter::start(out, Status::NOT_MODIFIED, date);
+        h.header("ETag", etag.as_bytes())
+            .header("Last-Modified", last_modified.as_bytes());
+        h.finish(framing.persistence);
+        return Reply::head_only(Status::NOT_MODIFIED);
+    }
+
+    let range = match req.range {
+        Some(r)
+            if req
+                .if_range
+                .is_none_or(|ir| validators::if_range_holds(ir, &etag, &last_modified)) =>
+        {
+            validators::range(r, size)
+        }
+        _ => RangeAnswer::Full,
+    };
+    let (status, first, last) = match range {
+        RangeAnswer::Full => (Status::OK, 0, size),
+        RangeAnswer::Part { first, last } => (Status::PARTIAL_CONTENT, first, last + 1),
+        RangeAnswer::Unsatisfiable => {
+            let mut value = b"bytes */".to_vec();
+            tine_http::response::push_u64(&mut value, size);
+            let extra = Some(("Content-Range", value.as_slice()));
+            return error_page(Status::RANGE_NOT_SATISFIABLE, framing, extra, out);
+        }
+    };
+    let mut h = HeadWriter::start(out, status, date);
+    h.header("Content-Type", content_type(&served).as_bytes())
+        .header_u64("Content-Length", last - first)
+        .header("Last-Modified", last_modified.as_bytes())
+        .header("ETag", etag.as_bytes())
+        .header("Accept-Ranges", b"bytes");
+    if status == Status::PARTIAL_CONTENT {
+        h.content_range(first, last - 1, size);
+    }
+    h.finish(framing.persistence);
+    let body = (req.method == Method::Get && last > first).then_some(FileBody {
+        file,
+        offset: first,
+        end: last,
+    });
+    Reply { status, body }
+}
+
+fn status_for_open_error(e: &io::Error) -> Status {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => Status::NOT_FOUND,
+        // EXDEV: a symlink that leaves the root; ELOOP: too many or magic links.
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EXDEV) | Some(libc::ELOOP) => {
+            Status::FORBIDDEN
+        }
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => {
+            log::error!("cannot open a file: {e}");
+            Status::SERVICE_UNAVAILABLE
+        }
+        _ => {
+            log::error!("cannot open a file: {e}");
+            Status::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// `/dir` names a directory: send the client to `/dir/`, keeping its query.
+fn redirect_to_directory(target: &[u8], framing: &Framing, out: &mut Vec<u8>) -> Reply {
+    let path_end = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
+    // An absolute-form target keeps only its path in the Location.
+    let path_start = if target.first() == Some(&b'/') {
+        0
+    } else {
+        let after_scheme = target
+            .windows(3)
+            .position(|w| w == b"://")
+            .map_or(0, |i| i + 3);
+        target[after_scheme..path_end]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(path_end, |i| after_scheme + i)
+    };
+    let mut location = Vec::with_capacity(target.len() + 2);
+    if path_start == path_end {
+        location.push(b'/');
+    } else {
+        location.extend_from_slice(&target[path_start..path_end]);
+    }
+    location.push(b'/');
+    location.extend_from_slice(&target[path_end..]);
+    let mut h = HeadWriter::start(out, Status::MOVED_PERMANENTLY, framing.date);
+    h.header("Location", &location)
+        .header_u64("Content-Length", 0);
+    h.finish(framing.persistence);
+    Reply::head_only(Status::MOVED_PERMANENTLY)
+}
+
+fn content_type(relative: &[u8]) -> &'static str {
+    let name = std::ffi::OsStr::from_bytes(relative);
+    mime_guess::from_path(name)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
+}
