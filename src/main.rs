@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use tine_config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(
-    name = "tine",
-    version,
-    about = "A pre-fork HTTP/1.1 front end for Linux"
-)]
+#[command(name = "tine", version, about = "A pre-fork HTTP/1.1 front end for Linux")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -20,10 +20,7 @@ pub fn run(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         );
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&render::json(&snapshot))?
-        );
+        println!("{}", serde_json::to_string_pretty(&render::json(&snapshot))?);
     } else {
         print!("{}", render::text(&snapshot));
     }
@@ -46,10 +43,7 @@ fn find_region() -> anyhow::Result<PathBuf> {
         1 => Ok(live.into_iter().next().expect("one element")),
         _ => {
             let list: Vec<String> = live.iter().map(|p| format!("  {}", p.display())).collect();
-            bail!(
-                "several tine servers are running; pick one with --stats-path:\n{}",
-                list.join("\n")
-            )
+            bail!("several tine servers are running; pick one with --stats-path:\n{}", list.join("\n"))
         }
     }
 }

@@ -7,19 +7,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (use e.g. 500ms, 10s, 2m, 1h)"))?;
+    let n: u64 =
+        digits.parse().map_err(|_| format!("{text:?} is not a duration (use e.g. 500ms, 10s, 2m, 1h)"))?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
-            ))
-        }
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m or h)")),
     };
     if d.is_zero() {
         return Err(format!("{text:?}: a duration must be more than zero"));

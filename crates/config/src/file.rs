@@ -1,9 +1,7 @@
 //! The TOML file format. Values are read with their spans so that every error,
 //! from a syntax slip to a root that does not exist, names file:line:column.
 
-use crate::{
-    check_root, check_workers, parse_duration, parse_listen, Config, ConfigError, Workers,
-};
+use crate::{check_root, check_workers, parse_duration, parse_listen, Config, ConfigError, Workers};
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -58,12 +56,7 @@ impl Locator<'_> {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        ConfigError::At {
-            file: self.file.to_owned(),
-            line,
-            column,
-            message: message.into(),
-        }
+        ConfigError::At { file: self.file.to_owned(), line, column, message: message.into() }
     }
 
     fn check<T, U>(
@@ -74,13 +67,7 @@ impl Locator<'_> {
         f(value.get_ref()).map_err(|m| self.error(value.span(), m))
     }
 
-    fn in_range(
-        &self,
-        value: &Spanned<i64>,
-        name: &str,
-        min: i64,
-        max: i64,
-    ) -> Result<i64, ConfigError> {
+    fn in_range(&self, value: &Spanned<i64>, name: &str, min: i64, max: i64) -> Result<i64, ConfigError> {
         self.check(value, |&v| {
             if (min..=max).contains(&v) {
                 Ok(v)
@@ -97,10 +84,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let message = e.message().trim().to_string();
         match e.span() {
             Some(span) => at.error(span, message),
-            None => ConfigError::File {
-                file: path.to_owned(),
-                message,
-            },
+            None => ConfigError::File { file: path.to_owned(), message },
         }
     })?;
     let base = path.parent().map(Path::to_owned).unwrap_or_default();
@@ -113,19 +97,13 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     };
 
-    let mut config = Config {
-        source: Some(path.to_owned()),
-        ..Config::default()
-    };
+    let mut config = Config { source: Some(path.to_owned()), ..Config::default() };
     if let Some(listen) = &raw.listen {
         if listen.get_ref().is_empty() {
             return Err(at.error(listen.span(), "listen needs at least one address"));
         }
-        config.listen = listen
-            .get_ref()
-            .iter()
-            .map(|a| at.check(a, |s| parse_listen(s)))
-            .collect::<Result<_, _>>()?;
+        config.listen =
+            listen.get_ref().iter().map(|a| at.check(a, |s| parse_listen(s))).collect::<Result<_, _>>()?;
     }
     if let Some(root) = &raw.root {
         config.root = at.check(root, |r| check_root(&relative_to_file(r)))?;
@@ -164,17 +142,14 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(l) = &raw.limits {
         let limits = &mut config.limits;
         if let Some(v) = &l.connections_per_worker {
-            limits.connections_per_worker =
-                at.in_range(v, "connections_per_worker", 1, 1 << 20)? as usize;
+            limits.connections_per_worker = at.in_range(v, "connections_per_worker", 1, 1 << 20)? as usize;
         }
         if let Some(v) = &l.request_head_bytes {
-            limits.request_head_bytes =
-                at.in_range(v, "request_head_bytes", 1024, 1 << 20)? as usize;
+            limits.request_head_bytes = at.in_range(v, "request_head_bytes", 1024, 1 << 20)? as usize;
         }
         if let Some(v) = &l.uri_bytes {
             let max = limits.request_head_bytes as i64;
-            limits.uri_bytes =
-                at.in_range(v, "uri_bytes (at most request_head_bytes)", 16, max)? as usize;
+            limits.uri_bytes = at.in_range(v, "uri_bytes (at most request_head_bytes)", 16, max)? as usize;
         }
         if let Some(v) = &l.discard_body_bytes {
             limits.discard_body_bytes = at.in_range(v, "discard_body_bytes", 0, 1 << 40)? as u64;
@@ -212,10 +187,7 @@ connections_per_worker = 100
         )
         .unwrap();
         assert_eq!(c.listen.len(), 2);
-        assert_eq!(
-            c.root,
-            std::fs::canonicalize(dir.path().join("www")).unwrap()
-        );
+        assert_eq!(c.root, std::fs::canonicalize(dir.path().join("www")).unwrap());
         assert_eq!(c.workers, Workers::Count(3));
         assert_eq!(c.timeouts.header, Duration::from_secs(5));
         assert_eq!(c.timeouts.drain, Duration::from_millis(500));
@@ -233,19 +205,12 @@ connections_per_worker = 100
             ("root = \"does-not-exist\"\n", 1, "does-not-exist"),
             ("\nwokers = 2\n", 2, "unknown field"),
             ("listen = [\n", 1, "unclosed array"),
-            (
-                "[limits]\nrequest_head_bytes = 10\n",
-                2,
-                "request_head_bytes must be",
-            ),
+            ("[limits]\nrequest_head_bytes = 10\n", 2, "request_head_bytes must be"),
         ];
         for (text, line, needle) in cases {
             let err = parse_in(dir.path(), text).expect_err(text);
             let shown = err.to_string();
-            assert!(
-                shown.contains(&format!("tine.toml:{line}:")),
-                "{text:?} gave {shown}"
-            );
+            assert!(shown.contains(&format!("tine.toml:{line}:")), "{text:?} gave {shown}");
             assert!(shown.contains(needle), "{text:?} gave {shown}");
         }
     }

@@ -98,12 +98,7 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}:{line}:{column}: {message}", file.display())]
-    At {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    At { file: PathBuf, line: usize, column: usize, message: String },
     #[error("{}: {message}", file.display())]
     File { file: PathBuf, message: String },
     #[error("{0}")]
@@ -123,10 +118,8 @@ pub struct Overrides {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            file: path.to_owned(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { file: path.to_owned(), message: format!("cannot read: {e}") })?;
         Self::parse(&text, path)
     }
 

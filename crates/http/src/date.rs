@@ -12,10 +12,7 @@ pub struct DateCache {
 
 impl Default for DateCache {
     fn default() -> Self {
-        let mut cache = DateCache {
-            second: u64::MAX,
-            text: [b' '; DATE_LEN],
-        };
+        let mut cache = DateCache { second: u64::MAX, text: [b' '; DATE_LEN] };
         cache.refresh(SystemTime::now());
         cache
     }

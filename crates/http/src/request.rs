@@ -127,37 +127,21 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         return Err(HttpError::BadRequest("HTTP/1.1 request without Host"));
     }
     out.body = match (transfer_encoding, content_length) {
-        (Some(_), Some(_)) => {
-            return Err(HttpError::BadRequest(
-                "both Transfer-Encoding and Content-Length",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length")),
         (Some(_), None) if minor_version == 0 => {
-            return Err(HttpError::BadRequest(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ))
+            return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
         }
         (Some(te), None) => {
-            let last = te
-                .rsplit(|&b| b == b',')
-                .next()
-                .map(trim)
-                .unwrap_or_default();
+            let last = te.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
             if !last.eq_ignore_ascii_case(b"chunked") {
-                return Err(HttpError::BadRequest(
-                    "Transfer-Encoding does not end in chunked",
-                ));
+                return Err(HttpError::BadRequest("Transfer-Encoding does not end in chunked"));
             }
             Body::Chunked
         }
         (None, Some(0)) | (None, None) => Body::None,
         (None, Some(n)) => Body::Length(n),
     };
-    out.keep_alive = if minor_version == 1 {
-        !conn_close
-    } else {
-        conn_keep_alive && !conn_close
-    };
+    out.keep_alive = if minor_version == 1 { !conn_close } else { conn_keep_alive && !conn_close };
     Ok(Some(out))
 }
 
@@ -183,9 +167,7 @@ fn map_parse_error(e: httparse::Error, buf: &[u8], limits: &Limits) -> HttpError
         _ if !buf.contains(&b'\n') && buf.len() > limits.uri_bytes + 32 => HttpError::UriTooLong,
         httparse::Error::HeaderName => HttpError::BadRequest("invalid header name"),
         httparse::Error::HeaderValue => HttpError::BadRequest("invalid header value"),
-        httparse::Error::NewLine | httparse::Error::Status => {
-            HttpError::BadRequest("malformed line ending")
-        }
+        httparse::Error::NewLine | httparse::Error::Status => HttpError::BadRequest("malformed line ending"),
         httparse::Error::Token => HttpError::BadRequest("malformed request line"),
     }
 }
@@ -195,21 +177,12 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(BAD);
     }
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(BAD)
+    std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(BAD)
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
     &v[start..end]
 }
 
@@ -217,10 +190,7 @@ fn trim(v: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        head_bytes: 1024,
-        uri_bytes: 256,
-    };
+    const LIMITS: Limits = Limits { head_bytes: 1024, uri_bytes: 256 };
 
     fn parse(raw: &str) -> Result<Option<Request<'_>>, HttpError> {
         parse_request(raw.as_bytes(), &LIMITS)
@@ -228,9 +198,7 @@ mod tests {
 
     #[test]
     fn simple_get() {
-        let r = parse("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\nGET /next")
-            .unwrap()
-            .unwrap();
+        let r = parse("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\nGET /next").unwrap().unwrap();
         assert_eq!(r.method, Method::Get);
         assert_eq!(r.target, b"/a?b");
         assert!(r.keep_alive);
@@ -241,14 +209,10 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         let ka = |raw| parse(raw).unwrap().unwrap().keep_alive;
-        assert!(!ka(
-            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        ));
+        assert!(!ka("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
-        assert!(ka(
-            "GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, keep-alive\r\n\r\n"
-        ));
+        assert!(ka("GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, keep-alive\r\n\r\n"));
     }
 
     #[test]
@@ -273,14 +237,9 @@ mod tests {
             "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
             "\x01GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
-            assert!(
-                matches!(parse(raw), Err(HttpError::BadRequest(_))),
-                "{raw:?} gave {:?}",
-                parse(raw)
-            );
+            assert!(matches!(parse(raw), Err(HttpError::BadRequest(_))), "{raw:?} gave {:?}", parse(raw));
         }
-        let same =
-            parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
+        let same = parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(same.unwrap().unwrap().body, Body::Length(3));
     }
 
@@ -292,9 +251,6 @@ mod tests {
         assert_eq!(parse(&long_partial).unwrap_err(), HttpError::UriTooLong);
         let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(1100));
         assert_eq!(parse(&big).unwrap_err(), HttpError::HeadTooLarge);
-        assert_eq!(
-            parse("GET / HTTP/2.0\r\n\r\n").unwrap_err(),
-            HttpError::VersionNotSupported
-        );
+        assert_eq!(parse("GET / HTTP/2.0\r\n\r\n").unwrap_err(), HttpError::VersionNotSupported);
     }
 }

@@ -145,11 +145,7 @@ mod tests {
     #[test]
     fn head_bytes() {
         let mut out = Vec::new();
-        let mut h = HeadWriter::start(
-            &mut out,
-            Status::NOT_FOUND,
-            b"Thu, 01 Jan 1970 00:00:00 GMT",
-        );
+        let mut h = HeadWriter::start(&mut out, Status::NOT_FOUND, b"Thu, 01 Jan 1970 00:00:00 GMT");
         h.header_u64("Content-Length", 0).content_range(0, 9, 10);
         h.finish(Persistence::Close);
         assert_eq!(

@@ -18,10 +18,7 @@ pub struct TargetPath {
 /// (`http://host/a/b`) target, reusing `out`'s allocation.
 pub fn normalise(target: &[u8], out: &mut TargetPath) -> Result<(), HttpError> {
     let path = path_of(target)?;
-    let path = &path[..path
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(path.len())];
+    let path = &path[..path.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(path.len())];
     out.relative.clear();
     out.trailing_slash = path.ends_with(b"/");
     let mut decoded_segment = Vec::new();
@@ -53,10 +50,7 @@ fn path_of(target: &[u8]) -> Result<&[u8], HttpError> {
     for scheme in [&b"http://"[..], b"https://"] {
         if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
             let rest = &target[scheme.len()..];
-            return Ok(rest
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(b"/", |i| &rest[i..]));
+            return Ok(rest.iter().position(|&b| b == b'/').map_or(b"/", |i| &rest[i..]));
         }
     }
     Err(HttpError::BadRequest("request target is not a path"))
@@ -67,9 +61,7 @@ fn percent_decode(raw: &[u8], out: &mut Vec<u8>) -> Result<(), HttpError> {
     while i < raw.len() {
         let b = raw[i];
         if b == b'%' {
-            let hex = raw
-                .get(i + 1..i + 3)
-                .ok_or(HttpError::BadRequest("truncated percent-escape"))?;
+            let hex = raw.get(i + 1..i + 3).ok_or(HttpError::BadRequest("truncated percent-escape"))?;
             let v = (hex_val(hex[0])? << 4) | hex_val(hex[1])?;
             if v == 0 {
                 return Err(HttpError::BadRequest("NUL byte in path"));

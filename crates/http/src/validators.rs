@@ -97,30 +97,21 @@ pub fn range(header: &[u8], size: u64) -> RangeAnswer {
             if n == 0 || size == 0 {
                 RangeAnswer::Unsatisfiable
             } else {
-                RangeAnswer::Part {
-                    first: size.saturating_sub(n),
-                    last: size - 1,
-                }
+                RangeAnswer::Part { first: size.saturating_sub(n), last: size - 1 }
             }
         }
         (Some(f), None) if last.is_empty() => {
             if f >= size {
                 RangeAnswer::Unsatisfiable
             } else {
-                RangeAnswer::Part {
-                    first: f,
-                    last: size - 1,
-                }
+                RangeAnswer::Part { first: f, last: size - 1 }
             }
         }
         (Some(f), Some(l)) if f <= l => {
             if f >= size {
                 RangeAnswer::Unsatisfiable
             } else {
-                RangeAnswer::Part {
-                    first: f,
-                    last: l.min(size - 1),
-                }
+                RangeAnswer::Part { first: f, last: l.min(size - 1) }
             }
         }
         _ => RangeAnswer::Full,
@@ -147,10 +138,7 @@ pub fn if_range_holds(header: &[u8], etag: &ETag, last_modified: &str) -> bool {
 
 /// The modification time of file metadata in whole seconds since the epoch.
 pub fn mtime_secs(modified: std::io::Result<SystemTime>) -> u64 {
-    modified
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+    modified.ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -170,28 +158,10 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(range(b"bytes=0-9", 100), Part { first: 0, last: 9 });
-        assert_eq!(
-            range(b"bytes=90-", 100),
-            Part {
-                first: 90,
-                last: 99
-            }
-        );
-        assert_eq!(
-            range(b"bytes=-10", 100),
-            Part {
-                first: 90,
-                last: 99
-            }
-        );
+        assert_eq!(range(b"bytes=90-", 100), Part { first: 90, last: 99 });
+        assert_eq!(range(b"bytes=-10", 100), Part { first: 90, last: 99 });
         assert_eq!(range(b"bytes=-1000", 100), Part { first: 0, last: 99 });
-        assert_eq!(
-            range(b"bytes=50-5000", 100),
-            Part {
-                first: 50,
-                last: 99
-            }
-        );
+        assert_eq!(range(b"bytes=50-5000", 100), Part { first: 50, last: 99 });
         assert_eq!(range(b"bytes=100-", 100), Unsatisfiable);
         assert_eq!(range(b"bytes=-0", 100), Unsatisfiable);
         assert_eq!(range(b"bytes=0-0", 0), Unsatisfiable);

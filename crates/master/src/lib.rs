@@ -27,10 +27,7 @@ pub enum MasterError {
     )]
     AlreadyRunning { path: PathBuf, pid: i32 },
     #[error("pid file {path}: {source}")]
-    PidFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    PidFile { path: PathBuf, source: std::io::Error },
     #[error("signal set-up: {0}")]
     Signals(std::io::Error),
     #[error("cannot fork a worker: {0}")]

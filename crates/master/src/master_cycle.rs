@@ -82,20 +82,13 @@ impl Master {
         // server on the same port would otherwise silently share its traffic.
         let pid_path = config.pid_file.clone();
         if first_port != 0 {
-            PidFile::check_free(
-                &pid_path
-                    .clone()
-                    .unwrap_or_else(|| default_pid_file(first_port)),
-            )?;
+            PidFile::check_free(&pid_path.clone().unwrap_or_else(|| default_pid_file(first_port)))?;
         }
         let signals = master_signalfd().map_err(MasterError::Signals)?;
         let listeners = ListenerSet::bind(&config.listen, count, config.backlog)?;
         let port = listeners.addrs()[0].port();
         let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
-        let stats_path = config
-            .stats_path
-            .clone()
-            .unwrap_or_else(|| default_stats_path(port));
+        let stats_path = config.stats_path.clone().unwrap_or_else(|| default_stats_path(port));
         let region = Region::create(&stats_path, count, &addrs)?;
         region.master().generation.store(1, Relaxed);
         let pid_file = PidFile::write(&pid_path.unwrap_or_else(|| default_pid_file(port)))?;
@@ -120,15 +113,8 @@ impl Master {
                 respawn_at: Some(now),
             })
             .collect();
-        let mut master = Master {
-            config,
-            listeners,
-            region,
-            pid_file,
-            signals,
-            slots,
-            phase: Phase::Running,
-        };
+        let mut master =
+            Master { config, listeners, region, pid_file, signals, slots, phase: Phase::Running };
         master.respawn_due();
         Ok(master)
     }
@@ -144,10 +130,9 @@ impl Master {
             match self.phase {
                 Phase::Running => self.respawn_due(),
                 Phase::Stopping { .. } if self.live_workers() == 0 => return,
-                Phase::Stopping {
-                    deadline,
-                    killed: false,
-                } if Instant::now() >= deadline => self.kill_stragglers(),
+                Phase::Stopping { deadline, killed: false } if Instant::now() >= deadline => {
+                    self.kill_stragglers()
+                }
                 Phase::Stopping { .. } => {}
             }
         }
@@ -172,10 +157,7 @@ impl Master {
             return;
         }
         let (signal, grace) = if graceful {
-            (
-                Signal::SIGQUIT,
-                self.config.timeouts.drain + GRACEFUL_STOP_SLACK,
-            )
+            (Signal::SIGQUIT, self.config.timeouts.drain + GRACEFUL_STOP_SLACK)
         } else {
             (Signal::SIGTERM, FAST_STOP_GRACE)
         };
@@ -185,10 +167,7 @@ impl Master {
             self.live_workers()
         );
         self.region.set_state(RegionState::Stopping);
-        self.phase = Phase::Stopping {
-            deadline: Instant::now() + grace,
-            killed: false,
-        };
+        self.phase = Phase::Stopping { deadline: Instant::now() + grace, killed: false };
         for slot in &mut self.slots {
             slot.respawn_at = None;
             if let Some(pid) = slot.pid {
@@ -198,20 +177,14 @@ impl Master {
     }
 
     fn kill_stragglers(&mut self) {
-        log::warn!(
-            "{} worker(s) still running at the stop deadline; killing them",
-            self.live_workers()
-        );
+        log::warn!("{} worker(s) still running at the stop deadline; killing them", self.live_workers());
         for slot in &self.slots {
             if let Some(pid) = slot.pid {
                 let _ = kill(pid, Signal::SIGKILL);
             }
         }
         if let Phase::Stopping { deadline, .. } = self.phase {
-            self.phase = Phase::Stopping {
-                deadline,
-                killed: true,
-            };
+            self.phase = Phase::Stopping { deadline, killed: true };
         }
     }
 
@@ -304,9 +277,7 @@ impl Master {
     fn wait_ms(&self) -> i32 {
         let now = Instant::now();
         let next = self.slots.iter().filter_map(|s| s.respawn_at).min();
-        let until = next.map_or(Duration::from_secs(1), |at| {
-            at.saturating_duration_since(now)
-        });
+        let until = next.map_or(Duration::from_secs(1), |at| at.saturating_duration_since(now));
         until.min(Duration::from_secs(1)).as_millis() as i32
     }
 
@@ -330,21 +301,14 @@ fn backoff(quick_exits: u32) -> Duration {
 
 /// The CPUs this process may run on, in order (empty if that cannot be read).
 fn allowed_cpus() -> Vec<usize> {
-    core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
+    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
 /// Raises the soft descriptor limit to the hard one: every connection costs a
 /// descriptor, and the default soft limit of 1024 is far below what a front end
 /// needs.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: lim is a valid rlimit to fill and then to read back.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {

@@ -15,10 +15,7 @@ impl PidFile {
     pub fn check_free(path: &Path) -> Result<(), MasterError> {
         match read_pid(path) {
             Some(pid) if pid as u32 != std::process::id() && tine_stats::pid_alive(pid as u64) => {
-                Err(MasterError::AlreadyRunning {
-                    path: path.to_owned(),
-                    pid,
-                })
+                Err(MasterError::AlreadyRunning { path: path.to_owned(), pid })
             }
             _ => Ok(()),
         }
@@ -27,18 +24,13 @@ impl PidFile {
     /// Writes this process's pid atomically (temporary file, then rename).
     pub fn write(path: &Path) -> Result<Self, MasterError> {
         Self::check_free(path)?;
-        let err = |source| MasterError::PidFile {
-            path: path.to_owned(),
-            source,
-        };
+        let err = |source| MasterError::PidFile { path: path.to_owned(), source };
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         writeln!(f, "{}", std::process::id()).map_err(err)?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(err)?;
-        Ok(PidFile {
-            path: path.to_owned(),
-        })
+        Ok(PidFile { path: path.to_owned() })
     }
 
     pub fn path(&self) -> &Path {
@@ -55,10 +47,5 @@ impl PidFile {
 
 /// The pid a pid file names, if it exists and holds one.
 pub fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&p: &i32| p > 0)
+    std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|&p: &i32| p > 0)
 }

@@ -24,8 +24,7 @@ pub fn master_signalfd() -> io::Result<SignalFd> {
         mask.add(s);
     }
     mask.thread_block().map_err(io::Error::from)?;
-    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(io::Error::from)
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)
 }
 
 /// Reads every pending signal.
@@ -41,11 +40,7 @@ pub fn drain(fd: &SignalFd) -> Vec<Signal> {
 
 /// Waits until the descriptor is readable or `timeout_ms` passes.
 pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, and its count is 1.
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
 }

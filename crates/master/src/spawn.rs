@@ -30,9 +30,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
     let stats = spec.region.slot(spec.slot);
     stats.generation.fetch_add(1, Relaxed);
     stats.state.store(SlotState::Starting as u64, Relaxed);
-    stats
-        .cpu
-        .store(spec.cpu.map_or(u64::MAX, |c| c as u64), Relaxed);
+    stats.cpu.store(spec.cpu.map_or(u64::MAX, |c| c as u64), Relaxed);
     stats.active.store(0, Relaxed);
     let master_pid = std::process::id();
     // SAFETY: the master is single-threaded (signals come through a signalfd, no
@@ -40,9 +38,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
     match unsafe { fork() }.map_err(|e| MasterError::Fork(e.into()))? {
         ForkResult::Parent { child } => {
             stats.pid.store(child.as_raw() as u64, Relaxed);
-            stats
-                .started_unix_ms
-                .store(tine_stats::unix_millis(), Relaxed);
+            stats.started_unix_ms.store(tine_stats::unix_millis(), Relaxed);
             Ok(child)
         }
         ForkResult::Child => {

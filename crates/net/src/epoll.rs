@@ -26,8 +26,7 @@ impl Event {
         self.0.u64
     }
     pub fn readable(&self) -> bool {
-        self.0.events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
-            != 0
+        self.0.events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
     }
     pub fn writable(&self) -> bool {
         self.0.events & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
@@ -46,9 +45,7 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     pub fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
@@ -60,10 +57,7 @@ impl Epoll {
     }
 
     fn ctl(&self, op: i32, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: interest.0,
-            u64: token,
-        };
+        let mut ev = libc::epoll_event { events: interest.0, u64: token };
         // SAFETY: `ev` lives across the call; the kernel copies it.
         let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) };
         if rc < 0 {
@@ -89,11 +83,7 @@ impl Epoll {
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(0)
-            } else {
-                Err(e)
-            };
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
         }
         // SAFETY: see above; n <= cap.
         unsafe { events.set_len(n as usize) };

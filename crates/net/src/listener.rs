@@ -28,10 +28,7 @@ impl ListenerSet {
     /// Binds `slots` sockets on each address. For port 0 the first socket picks the
     /// port and the others join it, so all slots share one port.
     pub fn bind(addrs: &[SocketAddr], slots: usize, backlog: u32) -> Result<Self, NetError> {
-        let mut set = ListenerSet {
-            addrs: Vec::new(),
-            sockets: Vec::new(),
-        };
+        let mut set = ListenerSet { addrs: Vec::new(), sockets: Vec::new() };
         for &requested in addrs {
             let mut addr = requested;
             let mut group = Vec::with_capacity(slots);
@@ -60,10 +57,7 @@ impl ListenerSet {
 
     /// The sockets of one slot, one per address, in address order.
     pub fn for_slot(&self, slot: usize) -> Vec<RawFd> {
-        self.sockets
-            .iter()
-            .map(|group| group[slot].as_raw_fd())
-            .collect()
+        self.sockets.iter().map(|group| group[slot].as_raw_fd()).collect()
     }
 
     /// Every socket except those of `slot`, for a worker to close what it must
@@ -72,11 +66,7 @@ impl ListenerSet {
         self.sockets
             .iter()
             .flat_map(|group| {
-                group
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != slot)
-                    .map(|(_, fd)| fd.as_raw_fd())
+                group.iter().enumerate().filter(|(i, _)| *i != slot).map(|(_, fd)| fd.as_raw_fd())
             })
             .collect()
     }

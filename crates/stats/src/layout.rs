@@ -204,7 +204,7 @@ section! {
         bytes_sent: Counter = "bytes written to clients, heads and bodies, by any means",
         bytes_sent_sendfile: Counter = "the part of bytes_sent that went out by sendfile",
         timeouts: Counter = "connections closed by a header, idle or send timeout",
-        parse_errors: Counter = "requests rejected as malformed (400, 414, 431, 505)",
+        parse_errors: Counter = "requests refused as malformed: bad heads (400, 414, 431, 505) and unsafe paths (400)",
         closed_by_reset: Counter = "connections the client reset or broke mid-response",
     }
 }
@@ -241,12 +241,7 @@ impl Offsets {
         let listeners = master + MASTER_SIZE;
         let slots = round_up(listeners + listener_count * LISTENER_ENTRY_SIZE, 64);
         let total = slots + slot_count * SLOT_SIZE;
-        Offsets {
-            master,
-            listeners,
-            slots,
-            total,
-        }
+        Offsets { master, listeners, slots, total }
     }
 }
 

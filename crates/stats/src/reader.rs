@@ -2,8 +2,8 @@
 //! counter) and refuses anything that is not a complete region of a layout it knows.
 
 use crate::layout::{
-    Header, MasterSection, RegionState, Slot, ENDIAN_CHECK, HEADER_SIZE, LAYOUT_VERSION,
-    LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE,
+    Header, MasterSection, RegionState, Slot, ENDIAN_CHECK, HEADER_SIZE, LAYOUT_VERSION, LISTENER_ENTRY_SIZE,
+    MAGIC, MASTER_SIZE, SLOT_SIZE,
 };
 use crate::snapshot::Snapshot;
 use crate::{pid_alive, unix_millis};
@@ -42,25 +42,15 @@ pub struct Reader {
 impl Reader {
     pub fn open(path: &Path) -> Result<Self, ReadError> {
         let file = File::open(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => ReadError::Missing {
-                path: path.to_owned(),
-            },
-            _ => ReadError::Io {
-                path: path.to_owned(),
-                source,
-            },
+            io::ErrorKind::NotFound => ReadError::Missing { path: path.to_owned() },
+            _ => ReadError::Io { path: path.to_owned(), source },
         })?;
         // SAFETY: a read-only shared mapping; the writers change it only through
         // atomics, and every read of a changing field here is an atomic load.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io { path: path.to_owned(), source })?;
         validate(&map)?;
-        Ok(Reader {
-            map,
-            path: path.to_owned(),
-        })
+        Ok(Reader { map, path: path.to_owned() })
     }
 
     pub fn path(&self) -> &Path {
@@ -112,15 +102,11 @@ impl Reader {
         let heartbeat = h.heartbeat_unix_ms.load(Ordering::Relaxed);
         let pid = h.master_pid.load(Ordering::Relaxed);
         match RegionState::from_raw(h.state.load(Ordering::Relaxed)) {
-            Some(RegionState::Stopped) => Liveness::Stale {
-                since_unix_ms: heartbeat,
-            },
-            _ if !pid_alive(pid) => Liveness::Stale {
-                since_unix_ms: heartbeat,
-            },
-            _ if unix_millis().saturating_sub(heartbeat) > STALE_AFTER_MS => Liveness::Stale {
-                since_unix_ms: heartbeat,
-            },
+            Some(RegionState::Stopped) => Liveness::Stale { since_unix_ms: heartbeat },
+            _ if !pid_alive(pid) => Liveness::Stale { since_unix_ms: heartbeat },
+            _ if unix_millis().saturating_sub(heartbeat) > STALE_AFTER_MS => {
+                Liveness::Stale { since_unix_ms: heartbeat }
+            }
             _ => Liveness::Live,
         }
     }
@@ -155,9 +141,7 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
         });
     }
     if h.layout_version != LAYOUT_VERSION {
-        return Err(ReadError::Version {
-            found: h.layout_version,
-        });
+        return Err(ReadError::Version { found: h.layout_version });
     }
     // A newer writer may append fields; never read past what it declares, and
     // never accept sections smaller than what this reader knows.

@@ -20,12 +20,8 @@ pub fn json(s: &Snapshot) -> Value {
     for (i, f) in MASTER_FIELDS.iter().enumerate() {
         master.insert(f.name.into(), json!(s.master.get(i)));
     }
-    let total: Map<String, Value> = s
-        .totals()
-        .values
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), json!(v)))
-        .collect();
+    let total: Map<String, Value> =
+        s.totals().values.into_iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
     let workers: Vec<Value> = s.slots.iter().map(worker_json).collect();
     json!({
         "path": s.path,
@@ -91,12 +87,7 @@ pub fn text(s: &Snapshot) -> String {
         s.master.generation,
         s.slots.len()
     );
-    let _ = writeln!(
-        out,
-        "region {}  listening on {}",
-        s.path,
-        s.listeners.join(", ")
-    );
+    let _ = writeln!(out, "region {}  listening on {}", s.path, s.listeners.join(", "));
     let _ = writeln!(
         out,
         "reloads {} (failed {}), respawns {}, watchdog kills {}, backoffs {}",
@@ -107,42 +98,23 @@ pub fn text(s: &Snapshot) -> String {
         s.master.backoffs
     );
     out.push('\n');
-    let _ = write!(
-        out,
-        "{:>5} {:>8} {:>4} {:<9} {:>4}",
-        "slot", "pid", "cpu", "state", "gen"
-    );
+    let _ = write!(out, "{:>5} {:>8} {:>4} {:<9} {:>4}", "slot", "pid", "cpu", "state", "gen");
     for (heading, _) in TABLE {
         let _ = write!(out, " {heading:>12}");
     }
     out.push('\n');
     for slot in &s.slots {
         let f = &slot.fields;
-        let cpu = if f.cpu == u64::MAX {
-            "-".to_string()
-        } else {
-            f.cpu.to_string()
-        };
-        let _ = write!(
-            out,
-            "{:>5} {:>8} {:>4} {:<9} {:>4}",
-            slot.slot,
-            f.pid,
-            cpu,
-            slot.state(),
-            f.generation
-        );
+        let cpu = if f.cpu == u64::MAX { "-".to_string() } else { f.cpu.to_string() };
+        let _ =
+            write!(out, "{:>5} {:>8} {:>4} {:<9} {:>4}", slot.slot, f.pid, cpu, slot.state(), f.generation);
         for (_, name) in TABLE {
             let _ = write!(out, " {:>12}", slot_value(slot, name));
         }
         out.push('\n');
     }
     let totals = s.totals();
-    let _ = write!(
-        out,
-        "{:>5} {:>8} {:>4} {:<9} {:>4}",
-        "total", "", "", "", ""
-    );
+    let _ = write!(out, "{:>5} {:>8} {:>4} {:<9} {:>4}", "total", "", "", "", "");
     for (_, name) in TABLE {
         let _ = write!(out, " {:>12}", totals.get(name).unwrap_or(0));
     }
@@ -151,10 +123,7 @@ pub fn text(s: &Snapshot) -> String {
 }
 
 fn slot_value(slot: &SlotValues, name: &str) -> u64 {
-    SLOT_FIELDS
-        .iter()
-        .position(|f| f.name == name && f.kind != Kind::Info)
-        .map_or(0, |i| slot.fields.get(i))
+    SLOT_FIELDS.iter().position(|f| f.name == name && f.kind != Kind::Info).map_or(0, |i| slot.fields.get(i))
 }
 
 fn human_duration(secs: u64) -> String {

@@ -30,10 +30,7 @@ pub struct Totals {
 
 impl Totals {
     pub fn get(&self, name: &str) -> Option<u64> {
-        self.values
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|&(_, v)| v)
+        self.values.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
     }
 }
 
@@ -54,12 +51,8 @@ pub struct Snapshot {
 impl Snapshot {
     pub(crate) fn take(reader: &Reader) -> Self {
         let h = reader.header();
-        let slots = (0..reader.slot_count())
-            .map(|i| SlotValues {
-                slot: i,
-                fields: reader.slot(i).load(),
-            })
-            .collect();
+        let slots =
+            (0..reader.slot_count()).map(|i| SlotValues { slot: i, fields: reader.slot(i).load() }).collect();
         Snapshot {
             path: reader.path().display().to_string(),
             master_pid: h.master_pid.load(Ordering::Relaxed),

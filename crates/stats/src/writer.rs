@@ -42,21 +42,14 @@ impl Region {
     /// Creates a fresh region at `path` with the given slots and listen addresses.
     /// A leftover region whose master is gone is replaced; one whose master still
     /// runs is refused, which also stops two servers sharing one path.
-    pub fn create(
-        path: &Path,
-        slot_count: usize,
-        listeners: &[String],
-    ) -> Result<Self, CreateError> {
+    pub fn create(path: &Path, slot_count: usize, listeners: &[String]) -> Result<Self, CreateError> {
         if slot_count == 0 || slot_count > 4096 {
             return Err(CreateError::SlotCount(slot_count));
         }
         if let Some(long) = listeners.iter().find(|l| l.len() >= LISTENER_ENTRY_SIZE) {
             return Err(CreateError::ListenerTooLong(long.clone()));
         }
-        let io_err = |source| CreateError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| CreateError::Io { path: path.to_owned(), source };
         refuse_if_live(path)?;
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -73,10 +66,7 @@ impl Region {
         let offsets = Offsets::compute(slot_count, listeners.len());
         file.set_len(offsets.total as u64).map_err(io_err)?;
         let map = map_rw(&file).map_err(io_err)?;
-        let mut region = Region {
-            map,
-            path: path.to_owned(),
-        };
+        let mut region = Region { map, path: path.to_owned() };
         region.initialise(slot_count, listeners, offsets);
         Ok(region)
     }
@@ -84,24 +74,11 @@ impl Region {
     /// Maps an existing region read-write so that a new master (binary upgrade)
     /// continues its counters.
     pub fn adopt(path: &Path) -> Result<Self, CreateError> {
-        let io_err = |source| CreateError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_err)?;
+        let io_err = |source| CreateError::Io { path: path.to_owned(), source };
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err)?;
         let map = map_rw(&file).map_err(io_err)?;
-        validate(&map).map_err(|source| CreateError::Incompatible {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Region {
-            map,
-            path: path.to_owned(),
-        })
+        validate(&map).map_err(|source| CreateError::Incompatible { path: path.to_owned(), source })?;
+        Ok(Region { map, path: path.to_owned() })
     }
 
     fn initialise(&mut self, slot_count: usize, listeners: &[String], offsets: Offsets) {
@@ -126,14 +103,10 @@ impl Region {
         header.slots_offset = offsets.slots as u64;
         header.total_size = offsets.total as u64;
         let now = unix_millis();
-        header
-            .master_pid
-            .store(std::process::id() as u64, Ordering::Relaxed);
+        header.master_pid.store(std::process::id() as u64, Ordering::Relaxed);
         header.start_unix_ms.store(now, Ordering::Relaxed);
         header.heartbeat_unix_ms.store(now, Ordering::Relaxed);
-        header
-            .state
-            .store(RegionState::Running as u64, Ordering::Relaxed);
+        header.state.store(RegionState::Running as u64, Ordering::Relaxed);
         for i in 0..slot_count {
             self.slot(i).cpu.store(u64::MAX, Ordering::Relaxed);
         }
@@ -186,17 +159,13 @@ impl Region {
     /// Records that this process is now the region's master.
     pub fn claim_master(&self) {
         let h = self.header();
-        h.master_pid
-            .store(std::process::id() as u64, Ordering::Relaxed);
-        h.state
-            .store(RegionState::Running as u64, Ordering::Relaxed);
+        h.master_pid.store(std::process::id() as u64, Ordering::Relaxed);
+        h.state.store(RegionState::Running as u64, Ordering::Relaxed);
         self.heartbeat();
     }
 
     pub fn heartbeat(&self) {
-        self.header()
-            .heartbeat_unix_ms
-            .store(unix_millis(), Ordering::Relaxed);
+        self.header().heartbeat_unix_ms.store(unix_millis(), Ordering::Relaxed);
     }
 }
 
@@ -213,10 +182,7 @@ fn refuse_if_live(path: &Path) -> Result<(), CreateError> {
     let pid = reader.header().master_pid.load(Ordering::Relaxed);
     let state = reader.header().state.load(Ordering::Relaxed);
     if pid != std::process::id() as u64 && state != RegionState::Stopped as u64 && pid_alive(pid) {
-        return Err(CreateError::InUse {
-            path: path.to_owned(),
-            pid,
-        });
+        return Err(CreateError::InUse { path: path.to_owned(), pid });
     }
     Ok(())
 }

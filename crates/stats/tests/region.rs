@@ -46,10 +46,7 @@ fn a_region_owned_by_a_live_master_is_not_replaced() {
 fn reader_refuses_what_is_not_a_region() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
-    assert!(matches!(
-        Reader::open(&missing),
-        Err(ReadError::Missing { .. })
-    ));
+    assert!(matches!(Reader::open(&missing), Err(ReadError::Missing { .. })));
     let junk = dir.path().join("junk");
     std::fs::write(&junk, b"hello").unwrap();
     assert!(matches!(Reader::open(&junk), Err(ReadError::NotARegion(5))));
@@ -59,10 +56,7 @@ fn reader_refuses_what_is_not_a_region() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[8] = 99; // layout_version
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(
-        Reader::open(&path),
-        Err(ReadError::Version { found: 99 })
-    ));
+    assert!(matches!(Reader::open(&path), Err(ReadError::Version { found: 99 })));
 
     drop(Region::create(&path, 2, &[]).unwrap());
     let bytes = std::fs::read(&path).unwrap();

@@ -10,11 +10,7 @@ pub struct ReadBuf {
 
 impl ReadBuf {
     fn new(size: usize) -> Self {
-        ReadBuf {
-            data: vec![0; size].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        ReadBuf { data: vec![0; size].into_boxed_slice(), start: 0, end: 0 }
     }
 
     pub fn filled(&self) -> &[u8] {
@@ -61,18 +57,11 @@ const WRITE_CAPACITY: usize = 1024;
 
 impl BufferPool {
     pub fn new(read_size: usize, keep: usize) -> Self {
-        BufferPool {
-            read_size,
-            reads: Vec::new(),
-            writes: Vec::new(),
-            keep,
-        }
+        BufferPool { read_size, reads: Vec::new(), writes: Vec::new(), keep }
     }
 
     pub fn read_buf(&mut self) -> ReadBuf {
-        self.reads
-            .pop()
-            .unwrap_or_else(|| ReadBuf::new(self.read_size))
+        self.reads.pop().unwrap_or_else(|| ReadBuf::new(self.read_size))
     }
 
     pub fn put_read(&mut self, mut buf: ReadBuf) {
@@ -84,9 +73,7 @@ impl BufferPool {
     }
 
     pub fn write_buf(&mut self) -> Vec<u8> {
-        self.writes
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(WRITE_CAPACITY))
+        self.writes.pop().unwrap_or_else(|| Vec::with_capacity(WRITE_CAPACITY))
     }
 
     pub fn put_write(&mut self, mut buf: Vec<u8>) {

@@ -124,9 +124,7 @@ impl Conn {
 
     /// True when the connection is between requests with nothing buffered.
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::ReadHead
-            && self.discard == 0
-            && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
+        self.phase == Phase::ReadHead && self.discard == 0 && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
     }
 
     pub fn mark_readable(&mut self) {
@@ -261,23 +259,13 @@ impl Conn {
         if self.wbuf.capacity() == 0 {
             self.wbuf = ctx.pool.write_buf();
         }
-        let framing = Framing {
-            date: ctx.date.bytes(),
-            persistence: Persistence::Close,
-            head_request: false,
-        };
+        let framing =
+            Framing { date: ctx.date.bytes(), persistence: Persistence::Close, head_request: false };
         let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
         if let Some(buf) = self.rbuf.as_mut() {
             buf.consume(usize::MAX);
         }
-        self.begin_send(
-            ctx,
-            Started {
-                reply,
-                keep_alive: false,
-                discard: 0,
-            },
-        );
+        self.begin_send(ctx, Started { reply, keep_alive: false, discard: 0 });
     }
 
     fn send(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
@@ -332,11 +320,7 @@ impl Conn {
         if self.keep_alive && !ctx.draining {
             self.phase = Phase::ReadHead;
             let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
-            let timeout = if pending {
-                ctx.timeouts.header
-            } else {
-                ctx.timeouts.idle
-            };
+            let timeout = if pending { ctx.timeouts.header } else { ctx.timeouts.idle };
             self.arm(ctx, timeout);
         } else {
             sys::shutdown_write(self.fd.as_raw_fd());
@@ -400,23 +384,15 @@ fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Starte
     let framing = Framing {
         date: ctx.date.bytes(),
         persistence: if keep_alive {
-            Persistence::KeepAlive {
-                http10: req.minor_version == 0,
-            }
+            Persistence::KeepAlive { http10: req.minor_version == 0 }
         } else {
             Persistence::Close
         },
         head_request: req.method == Method::Head,
     };
     let reply = match req.method {
-        Method::Other => error_page(
-            Status::METHOD_NOT_ALLOWED,
-            &framing,
-            Some(("Allow", b"GET, HEAD")),
-            out,
-        ),
-        Method::Get | Method::Head => match tine_http::target::normalise(req.target, &mut ctx.path)
-        {
+        Method::Other => error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out),
+        Method::Get | Method::Head => match tine_http::target::normalise(req.target, &mut ctx.path) {
             Ok(()) => static_files::respond(&ctx.root, req, &ctx.path, &framing, out),
             Err(e) => {
                 ctx.stats.parse_errors.fetch_add(1, Relaxed);
@@ -424,11 +400,7 @@ fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Starte
             }
         },
     };
-    Started {
-        reply,
-        keep_alive,
-        discard,
-    }
+    Started { reply, keep_alive, discard }
 }
 
 fn count_response(ctx: &Ctx, status: Status) {

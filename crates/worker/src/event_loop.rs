@@ -77,16 +77,10 @@ impl<'a> EventLoop<'a> {
     }
 
     pub fn run(&mut self) -> io::Result<Exit> {
-        self.ctx
-            .stats
-            .state
-            .store(SlotState::Running as u64, Relaxed);
+        self.ctx.stats.state.store(SlotState::Running as u64, Relaxed);
         loop {
-            let timeout = if self.ready.is_empty() {
-                self.ctx.wheel.until_next_tick(Instant::now())
-            } else {
-                0
-            };
+            let timeout =
+                if self.ready.is_empty() { self.ctx.wheel.until_next_tick(Instant::now()) } else { 0 };
             self.epoll.wait(&mut self.events, timeout)?;
             self.begin_turn();
             for i in 0..self.events.len() {
@@ -109,10 +103,7 @@ impl<'a> EventLoop<'a> {
     fn begin_turn(&mut self) {
         self.ctx.now = Instant::now();
         self.ctx.date.refresh(SystemTime::now());
-        self.ctx
-            .stats
-            .heartbeat_unix_ms
-            .store(tine_stats::unix_millis(), Relaxed);
+        self.ctx.stats.heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
     }
 
     fn dispatch(&mut self, event: Event) -> io::Result<Option<Exit>> {
@@ -153,10 +144,7 @@ impl<'a> EventLoop<'a> {
         }
         log::info!("worker draining {} connection(s)", self.conns.len());
         self.ctx.draining = true;
-        self.ctx
-            .stats
-            .state
-            .store(SlotState::Draining as u64, Relaxed);
+        self.ctx.stats.state.store(SlotState::Draining as u64, Relaxed);
         self.drain_deadline = Some(self.ctx.now + self.ctx.timeouts.drain);
         self.pause_accepting();
         for token in self.conns.tokens() {
@@ -180,18 +168,15 @@ impl<'a> EventLoop<'a> {
                 Ok(Some((fd, _peer))) => self.open(fd),
                 Ok(None) => return,
                 Err(e) => match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                    | Some(libc::ENOMEM) => {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
                         log::error!("accept: {e}; pausing accepts for a moment");
                         self.pause_accepting();
                         self.accept_retry_at = Some(self.ctx.now + crate::timer_wheel::TICK * 5);
                         return;
                     }
                     // The client gave up while queued, or a transient error.
-                    Some(libc::ECONNABORTED)
-                    | Some(libc::EINTR)
-                    | Some(libc::EPROTO)
-                    | Some(libc::EPERM) => {}
+                    Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) | Some(libc::EPERM) => {
+                    }
                     _ => {
                         log::error!("accept: {e}");
                         return;
@@ -288,8 +273,7 @@ impl<'a> EventLoop<'a> {
 
     fn resume_accepting(&mut self) -> io::Result<()> {
         for (i, &fd) in self.listeners.iter().enumerate() {
-            self.epoll
-                .add(fd, LISTENER_TOKEN + i as u64, Interest::READABLE)?;
+            self.epoll.add(fd, LISTENER_TOKEN + i as u64, Interest::READABLE)?;
         }
         self.accepting = true;
         Ok(())

@@ -45,10 +45,7 @@ pub enum WorkerError {
     #[error("cannot set up the worker: {0}")]
     Setup(#[from] std::io::Error),
     #[error("cannot open the document root {path}: {source}")]
-    Root {
-        path: String,
-        source: std::io::Error,
-    },
+    Root { path: String, source: std::io::Error },
 }
 
 /// Runs a worker to completion. Called in the child right after fork.
@@ -68,11 +65,8 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     }
     let signals = worker_signals()?;
     let config = init.config;
-    let root =
-        static_files::StaticRoot::open(&config.root).map_err(|source| WorkerError::Root {
-            path: config.root.display().to_string(),
-            source,
-        })?;
+    let root = static_files::StaticRoot::open(&config.root)
+        .map_err(|source| WorkerError::Root { path: config.root.display().to_string(), source })?;
     let now = Instant::now();
     let ctx = context::Ctx {
         timeouts: config.timeouts,
@@ -90,15 +84,9 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         now,
         draining: false,
     };
-    init.stats
-        .heartbeat_unix_ms
-        .store(tine_stats::unix_millis(), Relaxed);
-    let mut event_loop = event_loop::EventLoop::new(
-        ctx,
-        init.listeners,
-        signals,
-        config.limits.connections_per_worker,
-    )?;
+    init.stats.heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
+    let mut event_loop =
+        event_loop::EventLoop::new(ctx, init.listeners, signals, config.limits.connections_per_worker)?;
     Ok(event_loop.run()?)
 }
 
@@ -133,12 +121,7 @@ fn worker_signals() -> std::io::Result<SignalFd> {
         mask.add(s);
     }
     let mut blocked = mask;
-    for s in [
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
+    for s in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH] {
         blocked.add(s);
     }
     blocked.thread_block().map_err(std::io::Error::from)?;
@@ -146,6 +129,5 @@ fn worker_signals() -> std::io::Result<SignalFd> {
     let mut unblock = SigSet::empty();
     unblock.add(Signal::SIGCHLD);
     unblock.thread_unblock().map_err(std::io::Error::from)?;
-    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(std::io::Error::from)
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)
 }

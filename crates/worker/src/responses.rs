@@ -37,8 +37,7 @@ pub fn error_page(
         reason = status.reason()
     );
     let mut h = HeadWriter::start(out, status, framing.date);
-    h.header("Content-Type", b"text/html")
-        .header_u64("Content-Length", page.len() as u64);
+    h.header("Content-Type", b"text/html").header_u64("Content-Length", page.len() as u64);
     if let Some((name, value)) = extra {
         h.header(name, value);
     }

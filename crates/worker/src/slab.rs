@@ -18,11 +18,7 @@ struct Entry<T> {
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab {
-            entries: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
+        Slab { entries: Vec::new(), free: Vec::new(), len: 0 }
     }
 }
 
@@ -45,10 +41,7 @@ impl<T> Slab<T> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.entries.push(Entry {
-                    generation: 0,
-                    value: None,
-                });
+                self.entries.push(Entry { generation: 0, value: None });
                 (self.entries.len() - 1) as u32
             }
         };
@@ -71,10 +64,7 @@ impl<T> Slab<T> {
 
     pub fn remove(&mut self, token: u64) -> Option<T> {
         let (generation, index) = split(token);
-        let entry = self
-            .entries
-            .get_mut(index as usize)
-            .filter(|e| e.generation == generation)?;
+        let entry = self.entries.get_mut(index as usize).filter(|e| e.generation == generation)?;
         let value = entry.value.take()?;
         self.free.push(index);
         self.len -= 1;

@@ -40,22 +40,13 @@ impl StaticRoot {
         let c = CString::new(canonical.as_os_str().as_bytes())
             .map_err(|_| io::Error::other("root path contains NUL"))?;
         // SAFETY: c is a valid C string; the result is checked before use.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let dir = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut root = StaticRoot {
-            dir,
-            canonical,
-            openat2: true,
-        };
+        let mut root = StaticRoot { dir, canonical, openat2: true };
         // Probe once; a seccomp filter may refuse openat2 even on a new kernel.
         if let Err(e) = root.openat2(b".") {
             if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
@@ -68,16 +59,8 @@ impl StaticRoot {
 
     /// Opens `relative` (already normalised) read-only beneath the root.
     pub fn open_beneath(&self, relative: &[u8]) -> io::Result<File> {
-        let relative = if relative.is_empty() {
-            &b"."[..]
-        } else {
-            relative
-        };
-        let fd = if self.openat2 {
-            self.openat2(relative)?
-        } else {
-            self.openat_checked(relative)?
-        };
+        let relative = if relative.is_empty() { &b"."[..] } else { relative };
+        let fd = if self.openat2 { self.openat2(relative)? } else { self.openat_checked(relative)? };
         Ok(File::from(fd))
     }
 
@@ -161,10 +144,7 @@ pub fn respond(
             index.push(b'/');
         }
         index.extend_from_slice(b"index.html");
-        (file, meta) = match root
-            .open_beneath(&index)
-            .and_then(|f| f.metadata().map(|m| (f, m)))
-        {
+        (file, meta) = match root.open_beneath(&index).and_then(|f| f.metadata().map(|m| (f, m))) {
             Ok((f, m)) if m.is_file() => (f, m),
             // A directory without an index is not listed.
             _ => return error_page(Status::FORBIDDEN, framing, None, out),
@@ -185,18 +165,13 @@ pub fn respond(
     };
     if not_modified {
         let mut h = HeadWriter::start(out, Status::NOT_MODIFIED, date);
-        h.header("ETag", etag.as_bytes())
-            .header("Last-Modified", last_modified.as_bytes());
+        h.header("ETag", etag.as_bytes()).header("Last-Modified", last_modified.as_bytes());
         h.finish(framing.persistence);
         return Reply::head_only(Status::NOT_MODIFIED);
     }
 
     let range = match req.range {
-        Some(r)
-            if req
-                .if_range
-                .is_none_or(|ir| validators::if_range_holds(ir, &etag, &last_modified)) =>
-        {
+        Some(r) if req.if_range.is_none_or(|ir| validators::if_range_holds(ir, &etag, &last_modified)) => {
             validators::range(r, size)
         }
         _ => RangeAnswer::Full,
@@ -221,11 +196,8 @@ pub fn respond(
         h.content_range(first, last - 1, size);
     }
     h.finish(framing.persistence);
-    let body = (req.method == Method::Get && last > first).then_some(FileBody {
-        file,
-        offset: first,
-        end: last,
-    });
+    let body =
+        (req.method == Method::Get && last > first).then_some(FileBody { file, offset: first, end: last });
     Reply { status, body }
 }
 
@@ -233,9 +205,7 @@ fn status_for_open_error(e: &io::Error) -> Status {
     match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => Status::NOT_FOUND,
         // EXDEV: a symlink that leaves the root; ELOOP: too many or magic links.
-        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EXDEV) | Some(libc::ELOOP) => {
-            Status::FORBIDDEN
-        }
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EXDEV) | Some(libc::ELOOP) => Status::FORBIDDEN,
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => {
             log::error!("cannot open a file: {e}");
             Status::SERVICE_UNAVAILABLE
@@ -249,22 +219,13 @@ fn status_for_open_error(e: &io::Error) -> Status {
 
 /// `/dir` names a directory: send the client to `/dir/`, keeping its query.
 fn redirect_to_directory(target: &[u8], framing: &Framing, out: &mut Vec<u8>) -> Reply {
-    let path_end = target
-        .iter()
-        .position(|&b| b == b'?')
-        .unwrap_or(target.len());
+    let path_end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
     // An absolute-form target keeps only its path in the Location.
     let path_start = if target.first() == Some(&b'/') {
         0
     } else {
-        let after_scheme = target
-            .windows(3)
-            .position(|w| w == b"://")
-            .map_or(0, |i| i + 3);
-        target[after_scheme..path_end]
-            .iter()
-            .position(|&b| b == b'/')
-            .map_or(path_end, |i| after_scheme + i)
+        let after_scheme = target.windows(3).position(|w| w == b"://").map_or(0, |i| i + 3);
+        target[after_scheme..path_end].iter().position(|&b| b == b'/').map_or(path_end, |i| after_scheme + i)
     };
     let mut location = Vec::with_capacity(target.len() + 2);
     if path_start == path_end {
@@ -275,15 +236,12 @@ fn redirect_to_directory(target: &[u8], framing: &Framing, out: &mut Vec<u8>) ->
     location.push(b'/');
     location.extend_from_slice(&target[path_end..]);
     let mut h = HeadWriter::start(out, Status::MOVED_PERMANENTLY, framing.date);
-    h.header("Location", &location)
-        .header_u64("Content-Length", 0);
+    h.header("Location", &location).header_u64("Content-Length", 0);
     h.finish(framing.persistence);
     Reply::head_only(Status::MOVED_PERMANENTLY)
 }
 
 fn content_type(relative: &[u8]) -> &'static str {
     let name = std::ffi::OsStr::from_bytes(relative);
-    mime_guess::from_path(name)
-        .first_raw()
-        .unwrap_or("application/octet-stream")
+    mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream")
 }

@@ -18,11 +18,7 @@ pub struct TimerWheel {
 
 impl TimerWheel {
     pub fn new(now: Instant) -> Self {
-        TimerWheel {
-            start: now,
-            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
-            next: 0,
-        }
+        TimerWheel { start: now, slots: (0..SLOTS).map(|_| Vec::new()).collect(), next: 0 }
     }
 
     pub fn tick_of(&self, t: Instant) -> u64 {

@@ -1,0 +1,393 @@
+//! Harness for end-to-end tests: runs the real `tine` binary on 127.0.0.1 port 0
+//! with its own temporary root, stats region and pid file, and talks to it as a
+//! client would. Readiness is observed (the `listening on` line, the stats
+//! region), never assumed from a sleep.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Upper bound on any wait in a test, so a broken server fails a test instead
+/// of hanging it. Never a performance threshold.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn tine() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tine"))
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub stats_path: PathBuf,
+    pub pid_file: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct Builder {
+    workers: usize,
+    config: Option<String>,
+    extra: Vec<String>,
+}
+
+impl Builder {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// TOML appended to the generated configuration (listen, root, paths).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.to_string());
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("www");
+        std::fs::create_dir(&root).unwrap();
+        let stats_path = dir.path().join("tine.stats");
+        let pid_file = dir.path().join("tine.pid");
+        let mut cmd = tine();
+        cmd.arg("serve");
+        if let Some(extra_toml) = &self.config {
+            let path = dir.path().join("tine.toml");
+            std::fs::write(&path, extra_toml).unwrap();
+            cmd.arg("--config").arg(&path);
+        }
+        cmd.arg("--root")
+            .arg(&root)
+            .args(["--listen", "127.0.0.1:0", "--workers", &self.workers.to_string()])
+            .arg("--stats-path")
+            .arg(&stats_path)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tine");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(PATIENCE) {
+            Ok(a) => a.parse().expect("address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tine did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        let server = Server { child: Some(child), addr, dir, root, stats_path, pid_file, log };
+        server.wait_until("all workers running", |s| {
+            s["workers"].as_array().unwrap().iter().all(|w| w["state"] == "running")
+        });
+        server
+    }
+}
+
+impl Server {
+    pub fn builder() -> Builder {
+        Builder { workers: 1, config: None, extra: Vec::new() }
+    }
+
+    pub fn start(workers: usize) -> Server {
+        Self::builder().workers(workers).start()
+    }
+
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.root.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    pub fn master_pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// `tine stats --json` for this server, parsed.
+    pub fn stats(&self) -> Value {
+        let out = tine()
+            .args(["stats", "--json", "--stats-path"])
+            .arg(&self.stats_path)
+            .output()
+            .expect("run tine stats");
+        assert!(out.status.success(), "tine stats failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    pub fn total(&self, counter: &str) -> u64 {
+        self.stats()["total"][counter].as_u64().unwrap_or_else(|| panic!("no total {counter}"))
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.stats()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_i64().unwrap() as i32)
+            .collect()
+    }
+
+    /// Polls the stats region until `ready` holds (bounded by PATIENCE).
+    pub fn wait_until(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if self.stats_path.exists() {
+                if let Ok(out) =
+                    tine().args(["stats", "--json", "--stats-path"]).arg(&self.stats_path).output()
+                {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+                        if ready(&v) {
+                            return v;
+                        }
+                    }
+                }
+            }
+            assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}; log: {:?}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().iter().any(|l| l.contains(needle)) {
+            assert!(start.elapsed() < PATIENCE, "no log line with {needle:?}: {:?}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.master_pid(), sig);
+    }
+
+    /// Waits for the master to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < PATIENCE, "master did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        let mut s = self.connect();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        read_response(&mut BufReader::new(s), false)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let workers = if self.stats_path.exists() { self.worker_pids_quietly() } else { Vec::new() };
+        send_signal(child.id() as i32, libc::SIGTERM);
+        let start = Instant::now();
+        while child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > PATIENCE {
+                let _ = child.kill();
+                for pid in &workers {
+                    send_signal(*pid, libc::SIGKILL);
+                }
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Server {
+    fn worker_pids_quietly(&self) -> Vec<i32> {
+        tine()
+            .args(["stats", "--json", "--stats-path"])
+            .arg(&self.stats_path)
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .and_then(|v| {
+                v["workers"]
+                    .as_array()
+                    .map(|ws| ws.iter().filter_map(|w| w["pid"].as_i64()).map(|p| p as i32).collect())
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub fn send_signal(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// True while a process exists and is not a zombie.
+pub fn process_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response; `head_request` means no body follows whatever the
+/// headers say. A body without Content-Length runs to the end of the stream.
+pub fn read_response(r: &mut impl BufRead, head_request: bool) -> Response {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 "), "bad status line {line:?}");
+    let status = line[9..12].parse().expect("status code");
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("header line");
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':').expect("header colon");
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    let mut resp = Response { status, headers, body: Vec::new() };
+    if head_request || status == 304 || status == 204 {
+        return resp;
+    }
+    match resp.header("content-length").map(|v| v.parse::<usize>().unwrap()) {
+        Some(n) => {
+            resp.body.resize(n, 0);
+            r.read_exact(&mut resp.body).expect("body");
+        }
+        None => {
+            r.read_to_end(&mut resp.body).expect("body to end");
+        }
+    }
+    resp
+}
+
+/// Sends raw bytes and returns everything the server sends until it closes.
+pub fn exchange_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+pub fn status_of(raw: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(raw);
+    assert!(text.starts_with("HTTP/1.1 "), "not a response: {text:?}");
+    text[9..12].parse().unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn cpus_allowed(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string()
+}
+
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim().to_string()
+}
+
+pub fn parent_pid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Listening TCP sockets on `port` (IPv4), from /proc/net/tcp.
+pub fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
+        .count()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,146 @@
+//! Bad input of every kind, as raw bytes: each gets a clear status and none
+//! harms the worker (no respawn happens across the whole test).
+
+mod common;
+
+use common::*;
+use std::io::{BufReader, Read, Write};
+
+fn assert_status_then_close(server: &Server, raw: &[u8], expected: u16) {
+    let answer = exchange_raw(server.addr, raw);
+    assert_eq!(status_of(&answer), expected, "for {:?}", String::from_utf8_lossy(raw));
+}
+
+#[test]
+fn malformed_heads_get_a_status_and_a_close() {
+    let server = Server::start(1);
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    let huge_head = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(17_000));
+    let many_headers = format!("GET / HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-A: 1\r\n".repeat(150));
+    let cases: Vec<(&[u8], u16)> = vec![
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: five\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHo st: t\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+        (long_target.as_bytes(), 414),
+        (huge_head.as_bytes(), 431),
+        (many_headers.as_bytes(), 431),
+        (b"GET /a%00b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 400),
+        (b"GET /%zz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 400),
+    ];
+    for (raw, expected) in &cases {
+        assert_status_then_close(&server, raw, *expected);
+    }
+    let stats = server.stats();
+    assert_eq!(stats["total"]["parse_errors"], cases.len() as u64);
+    assert_eq!(stats["master"]["respawns"], 0);
+}
+
+#[test]
+fn unsupported_methods_get_405_with_allow() {
+    let server = Server::start(1);
+    for method in ["POST", "PUT", "DELETE", "OPTIONS", "BREW"] {
+        let raw = exchange_raw(
+            server.addr,
+            format!("{method} / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let resp = read_response(&mut &raw[..], false);
+        assert_eq!(resp.status, 405, "{method}");
+        assert_eq!(resp.header("allow"), Some("GET, HEAD"));
+    }
+}
+
+#[test]
+fn a_body_on_get_is_discarded_not_parsed_as_the_next_request() {
+    let server = Server::start(1);
+    server.write_file("a.txt", b"A");
+    server.write_file("b.txt", b"B");
+    let s = server.connect();
+    let mut w = s.try_clone().unwrap();
+    // The body looks like a request for /b.txt; it must not be answered.
+    let body = b"GET /b.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut batch =
+        format!("GET /a.txt HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    batch.extend_from_slice(body);
+    batch.extend_from_slice(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    w.write_all(&batch).unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(read_response(&mut r, false).body, b"A");
+    assert_eq!(read_response(&mut r, false).body, b"A");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "a third response appeared: {:?}", String::from_utf8_lossy(&rest));
+    assert_eq!(server.total("requests"), 2);
+}
+
+#[test]
+fn a_chunked_body_is_refused_by_closing_after_the_answer() {
+    let server = Server::start(1);
+    let raw = exchange_raw(
+        server.addr,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nGET /\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(status_of(&raw), 405);
+    assert!(text.contains("Connection: close"));
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+}
+
+#[test]
+fn a_slow_head_is_cut_off_by_the_header_timeout() {
+    let server = Server::builder().config("[timeouts]\nheader = \"300ms\"\n").start();
+    let mut s = server.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let mut buf = Vec::new();
+    let n = s.read_to_end(&mut buf).unwrap();
+    assert_eq!(n, 0, "closed without a response");
+    server.wait_until("timeout counted", |s| s["total"]["timeouts"] == 1);
+    // A connection that sends nothing at all is cut off too.
+    let mut silent = server.connect();
+    assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0);
+    server.wait_until("second timeout", |s| s["total"]["timeouts"] == 2 && s["total"]["active"] == 0);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let server = Server::builder().config("[timeouts]\nidle = \"300ms\"\n").start();
+    server.write_file("a.txt", b"A");
+    let s = server.connect();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(read_response(&mut r, false).body, b"A");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    server.wait_until("idle close counted", |s| s["total"]["timeouts"] == 1);
+}
+
+#[test]
+fn random_bytes_never_break_a_worker() {
+    let server = Server::start(1);
+    server.write_file("a.txt", b"A");
+    let pid = server.worker_pids()[0];
+    let prefixes: [&[u8]; 4] = [b"", b"GET ", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: t\r\n"];
+    for i in 0..200u64 {
+        let mut raw = prefixes[(i % 4) as usize].to_vec();
+        raw.extend_from_slice(&pseudo_random(1 + (i as usize * 37) % 700, i + 1));
+        raw.extend_from_slice(b"\r\n\r\n");
+        let mut s = connect(server.addr);
+        let _ = s.write_all(&raw);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        if !out.is_empty() {
+            assert!(out.starts_with(b"HTTP/1.1 "), "case {i}: {:?}", String::from_utf8_lossy(&out));
+        }
+    }
+    assert_eq!(server.get("/a.txt").body, b"A");
+    assert_eq!(server.worker_pids()[0], pid, "the worker was never replaced");
+    assert_eq!(server.stats()["master"]["respawns"], 0);
+}

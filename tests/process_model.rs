@@ -1,0 +1,197 @@
+//! The process model end to end: master and pinned workers, master-held
+//! SO_REUSEPORT sockets, respawn into the same slot, signals, orphans.
+
+mod common;
+
+use common::*;
+use std::io::{BufReader, Write};
+
+#[test]
+fn master_forks_named_pinned_workers_each_with_its_own_socket() {
+    let server = Server::start(2);
+    let master = server.master_pid();
+    assert_eq!(comm(master), "tine: master");
+    let pids = server.worker_pids();
+    assert_eq!(pids.len(), 2);
+    let mut cpus = Vec::new();
+    for (slot, &pid) in pids.iter().enumerate() {
+        assert_eq!(comm(pid), format!("tine: worker {slot}"));
+        assert_eq!(parent_pid(pid), master);
+        cpus.push(cpus_allowed(pid));
+    }
+    let stats = server.stats();
+    for (slot, cpu) in cpus.iter().enumerate() {
+        assert_eq!(
+            cpu,
+            &stats["workers"][slot]["cpu"].to_string(),
+            "slot {slot} pinned where the region says"
+        );
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert_ne!(cpus[0], cpus[1], "workers share a CPU");
+    }
+    assert_eq!(listening_sockets(server.addr.port()), 2, "one SO_REUSEPORT socket per slot");
+    assert_eq!(stats["listeners"][0], server.addr.to_string(), "bound address recorded in the region");
+    assert_eq!(std::fs::read_to_string(&server.pid_file).unwrap().trim(), master.to_string());
+}
+
+#[test]
+fn every_request_is_counted_once() {
+    let server = Server::start(2);
+    server.write_file("a.txt", b"abc");
+    // 10 single-request connections and one keep-alive connection with 15.
+    for _ in 0..10 {
+        assert_eq!(server.get("/a.txt").status, 200);
+    }
+    let s = server.connect();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    for _ in 0..15 {
+        w.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut reader, false).body, b"abc");
+    }
+    drop(w);
+    drop(reader);
+    let stats = server.wait_until("connections closed", |s| s["total"]["active"] == 0);
+    assert_eq!(stats["total"]["requests"], 25);
+    assert_eq!(stats["total"]["responses_2xx"], 25);
+    assert_eq!(stats["total"]["accepted"], 11);
+    let per_worker: u64 =
+        stats["workers"].as_array().unwrap().iter().map(|w| w["requests"].as_u64().unwrap()).sum();
+    assert_eq!(per_worker, 25);
+    assert!(stats["total"]["bytes_sent"].as_u64().unwrap() > 25 * 3);
+}
+
+#[test]
+fn a_killed_worker_comes_back_in_its_slot_with_its_counters() {
+    let server = Server::start(2);
+    server.write_file("a.txt", b"abc");
+    for _ in 0..20 {
+        assert_eq!(server.get("/a.txt").status, 200);
+    }
+    let before = server.stats();
+    let victim = before["workers"][0].clone();
+    let old_pid = victim["pid"].as_i64().unwrap() as i32;
+    send_signal(old_pid, libc::SIGKILL);
+    let after = server.wait_until("slot 0 respawned", |s| {
+        let w = &s["workers"][0];
+        w["state"] == "running" && w["pid"].as_i64() != Some(old_pid as i64)
+    });
+    let slot = &after["workers"][0];
+    assert_eq!(slot["cpu"], victim["cpu"], "same CPU");
+    assert_eq!(slot["generation"], victim["generation"].as_u64().unwrap() + 1);
+    assert_eq!(cpus_allowed(slot["pid"].as_i64().unwrap() as i32), victim["cpu"].to_string());
+    assert!(slot["requests"].as_u64() >= victim["requests"].as_u64(), "counters continue");
+    assert_eq!(after["master"]["respawns"], 1);
+    for (name, value) in before["total"].as_object().unwrap() {
+        if name != "active" {
+            assert!(after["total"][name].as_u64() >= value.as_u64(), "total {name} went backwards");
+        }
+    }
+    assert_eq!(listening_sockets(server.addr.port()), 2, "the slot kept its socket");
+    for _ in 0..20 {
+        assert_eq!(server.get("/a.txt").status, 200);
+    }
+    assert_eq!(server.total("requests"), 40);
+}
+
+#[test]
+fn term_stops_everything_and_cleans_up() {
+    let mut server = Server::start(2);
+    let workers = server.worker_pids();
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    for pid in workers {
+        assert!(!process_running(pid), "worker {pid} outlived its master");
+    }
+    assert!(!server.pid_file.exists(), "pid file removed");
+    assert!(!server.stats_path.exists(), "stats region removed");
+    assert!(std::net::TcpStream::connect(server.addr).is_err(), "port closed");
+}
+
+#[test]
+fn quit_finishes_the_response_in_flight_then_exits() {
+    let mut server = Server::start(1);
+    let big = pseudo_random(8 << 20, 7);
+    server.write_file("big.bin", &big);
+    let mut s = server.connect();
+    // A small receive buffer keeps most of the file in flight on the server.
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut reader = BufReader::with_capacity(1024, s.try_clone().unwrap());
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut reader, &mut first).unwrap();
+    server.signal(libc::SIGQUIT);
+    server.wait_until("worker draining", |s| s["workers"][0]["state"] == "draining");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+    let mut whole = first.to_vec();
+    whole.extend_from_slice(&rest);
+    let head_end = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&whole[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(whole[head_end..] == big[..], "body cut short by a graceful stop");
+    assert!(server.wait_exit().success());
+}
+
+#[test]
+fn workers_leave_when_the_master_is_killed() {
+    let mut server = Server::start(2);
+    let workers = server.worker_pids();
+    server.signal(libc::SIGKILL);
+    server.wait_exit();
+    for pid in workers {
+        wait_for("orphaned worker to exit", || !process_running(pid));
+    }
+    wait_for("port to close", || std::net::TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn a_second_server_on_the_same_region_is_refused() {
+    let server = Server::start(1);
+    let out = tine()
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--root"])
+        .arg(&server.root)
+        .arg("--stats-path")
+        .arg(&server.stats_path)
+        .arg("--pid-file")
+        .arg(server.dir.path().join("other.pid"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to a running tine master"), "{err}");
+    assert_eq!(server.get("/").status, 403, "the first server is untouched");
+}
+
+#[test]
+fn a_slot_that_keeps_crashing_is_backed_off() {
+    let server = Server::start(1);
+    // Without its root, every new worker exits right after starting.
+    std::fs::remove_dir(&server.root).unwrap();
+    let first = server.worker_pids()[0];
+    send_signal(first, libc::SIGKILL);
+    server.wait_for_log("times in a row right after starting");
+    let stats = server.wait_until("a backoff counted", |s| s["master"]["backoffs"].as_u64() >= Some(1));
+    assert!(stats["master"]["respawns"].as_u64().unwrap() >= 2);
+    // Give the root back: the slot recovers on its own.
+    std::fs::create_dir(&server.root).unwrap();
+    server.wait_until("slot recovered", |s| s["workers"][0]["state"] == "running");
+    assert_eq!(server.get("/").status, 403);
+}
+
+#[test]
+fn at_the_connection_limit_new_connections_wait_instead_of_failing() {
+    let server = Server::builder().config("[limits]\nconnections_per_worker = 2\n").start();
+    server.write_file("a.txt", b"abc");
+    let first = server.connect();
+    let second = server.connect();
+    server.wait_until("two accepted", |s| s["total"]["accepted"] == 2);
+    let mut third = server.connect();
+    third.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(server.total("accepted"), 2, "accepted past the limit");
+    drop(first);
+    let resp = read_response(&mut BufReader::new(third), false);
+    assert_eq!(resp.body, b"abc");
+    drop(second);
+    assert_eq!(server.total("accepted"), 3);
+}
