@@ -1,12 +1,12 @@
 //! The `tine` command: parses the command line and hands over to the crates.
 
-mod logger;
+mod signal_cmd;
 mod stats_cmd;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tine_config::{Config, Overrides};
+use tine_config::{Config, Overrides, Source};
 
 #[derive(Parser)]
 #[command(name = "tine", version, about = "A pre-fork HTTP/1.1 front end for Linux")]
@@ -37,6 +37,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a control signal to a running master, like `nginx -s`.
+    Signal {
+        /// reload (HUP), stop (TERM), quit (QUIT, graceful), reopen (USR1), upgrade (USR2).
+        action: signal_cmd::Action,
+        /// The master's pid file (default: from --config, else port 8080's).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Configuration whose pid_file (or first listen port) locates the master.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -62,25 +73,25 @@ struct Settings {
 }
 
 impl Settings {
-    fn resolve(self) -> anyhow::Result<Config> {
-        let overrides = Overrides {
+    fn source(self) -> Source {
+        let flags = Overrides {
             root: self.root,
             listen: self.listen,
             workers: self.workers,
             stats_path: self.stats_path,
             pid_file: self.pid_file,
         };
-        Ok(Config::resolve(self.config.as_deref(), &overrides)?)
+        Source { file: self.config, flags }
     }
 }
 
 fn main() {
-    logger::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { settings } => serve(settings),
         Command::Check { config } => check(&config),
         Command::Stats { stats_path, json } => stats_cmd::run(stats_path, json),
+        Command::Signal { action, pid_file, config } => signal_cmd::run(action, pid_file, config),
     };
     if let Err(e) = result {
         eprintln!("tine: {e:#}");
@@ -89,8 +100,15 @@ fn main() {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    let config = settings.resolve()?;
-    tine_master::serve(config).context("cannot start")
+    // Read before anything can replace the binary on disk: an upgrade runs
+    // whatever is at this path then.
+    let exe = std::env::current_exe().context("cannot find the tine binary")?;
+    let args = std::env::args_os().skip(1).collect();
+    let source = settings.source();
+    let config = source.resolve()?;
+    tine_logging::install(tine_master::master_cycle::error_log_target(&config))?;
+    let launch = tine_master::master_cycle::Launch { config, source, exe, args };
+    tine_master::serve(launch).context("cannot start")
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {

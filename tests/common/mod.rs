@@ -34,6 +34,8 @@ pub struct Server {
 pub struct Builder {
     workers: usize,
     config: Option<String>,
+    /// The configuration file says everything but the stats and pid paths.
+    config_only: bool,
     extra: Vec<String>,
 }
 
@@ -46,6 +48,14 @@ impl Builder {
     /// TOML appended to the generated configuration (listen, root, paths).
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.to_string());
+        self
+    }
+
+    /// A configuration file that sets listen, root and workers itself, so a
+    /// reload can change them; `{root}` stands for the served directory.
+    pub fn config_only(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self.config_only = true;
         self
     }
 
@@ -64,13 +74,18 @@ impl Builder {
         cmd.arg("serve");
         if let Some(extra_toml) = &self.config {
             let path = dir.path().join("tine.toml");
-            std::fs::write(&path, extra_toml).unwrap();
+            std::fs::write(&path, extra_toml.replace("{root}", root.to_str().unwrap())).unwrap();
             cmd.arg("--config").arg(&path);
         }
-        cmd.arg("--root")
-            .arg(&root)
-            .args(["--listen", "127.0.0.1:0", "--workers", &self.workers.to_string()])
-            .arg("--stats-path")
+        if !self.config_only {
+            cmd.arg("--root").arg(&root).args([
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                &self.workers.to_string(),
+            ]);
+        }
+        cmd.arg("--stats-path")
             .arg(&stats_path)
             .arg("--pid-file")
             .arg(&pid_file)
@@ -108,7 +123,16 @@ impl Builder {
 
 impl Server {
     pub fn builder() -> Builder {
-        Builder { workers: 1, config: None, extra: Vec::new() }
+        Builder { workers: 1, config: None, config_only: false, extra: Vec::new() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tine.toml")
+    }
+
+    /// The pid the pid file names now (a new master's after an upgrade).
+    pub fn pid_in_pid_file(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
     }
 
     pub fn start(workers: usize) -> Server {
@@ -216,6 +240,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A master that took over by upgrade is not our child: stop it by pid.
+        if let Some(pid) = self.pid_in_pid_file().filter(|&p| p != self.master_pid()) {
+            send_signal(pid, libc::SIGTERM);
+            let start = Instant::now();
+            while process_running(pid) && start.elapsed() < PATIENCE {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let Some(mut child) = self.child.take() else { return };
         if child.try_wait().ok().flatten().is_some() {
             return;

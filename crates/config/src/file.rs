@@ -16,6 +16,8 @@ struct RawFile {
     pid_file: Option<Spanned<String>>,
     stats_path: Option<Spanned<String>>,
     backlog: Option<Spanned<i64>>,
+    access_log: Option<Spanned<String>>,
+    error_log: Option<Spanned<String>>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
 }
@@ -34,6 +36,8 @@ struct RawTimeouts {
     idle: Option<Spanned<String>>,
     send: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
+    keepalive_grace: Option<Spanned<String>>,
+    watchdog: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +91,10 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             None => ConfigError::File { file: path.to_owned(), message },
         }
     })?;
-    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    // Paths in the file are relative to the file; made absolute here so that
+    // nothing depends on the working directory later (reload, upgrade).
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_owned());
     let relative_to_file = |p: &str| -> PathBuf {
         let p = PathBuf::from(p);
         if p.is_absolute() {
@@ -123,6 +130,12 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(p) = &raw.stats_path {
         config.stats_path = Some(relative_to_file(p.get_ref()));
     }
+    if let Some(p) = &raw.access_log {
+        config.access_log = Some(relative_to_file(p.get_ref()));
+    }
+    if let Some(p) = &raw.error_log {
+        config.error_log = Some(relative_to_file(p.get_ref()));
+    }
     if let Some(b) = &raw.backlog {
         config.backlog = at.in_range(b, "backlog", 1, 1 << 20)? as u32;
     }
@@ -132,6 +145,8 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             (&t.idle, &mut config.timeouts.idle),
             (&t.send, &mut config.timeouts.send),
             (&t.drain, &mut config.timeouts.drain),
+            (&t.keepalive_grace, &mut config.timeouts.keepalive_grace),
+            (&t.watchdog, &mut config.timeouts.watchdog),
         ];
         for (raw, value) in slots {
             if let Some(raw) = raw {

@@ -29,6 +29,10 @@ pub struct Config {
     pub stats_path: Option<PathBuf>,
     /// Accept-queue length asked of the kernel (capped by net.core.somaxconn).
     pub backlog: u32,
+    /// Combined-format access log; `None` logs no requests.
+    pub access_log: Option<PathBuf>,
+    /// Error log file; `None` logs to standard error.
+    pub error_log: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     /// The file this was loaded from, for reloads and messages.
@@ -53,6 +57,12 @@ pub struct Timeouts {
     pub send: Duration,
     /// How long a graceful stop waits for in-flight responses.
     pub drain: Duration,
+    /// On a graceful stop or reload, how long an idle keep-alive connection may
+    /// still send one more request (answered with `Connection: close`).
+    pub keepalive_grace: Duration,
+    /// A worker whose event loop has not turned for this long is killed and
+    /// replaced.
+    pub watchdog: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,11 +87,15 @@ impl Default for Config {
             pid_file: None,
             stats_path: None,
             backlog: 4096,
+            access_log: None,
+            error_log: None,
             timeouts: Timeouts {
                 header: Duration::from_secs(10),
                 idle: Duration::from_secs(60),
                 send: Duration::from_secs(60),
                 drain: Duration::from_secs(30),
+                keepalive_grace: Duration::from_secs(1),
+                watchdog: Duration::from_secs(10),
             },
             limits: Limits {
                 connections_per_worker: 16_384,
@@ -106,13 +120,27 @@ pub enum ConfigError {
 }
 
 /// Settings given on the command line; each one that is set wins over the file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
     pub root: Option<PathBuf>,
     pub listen: Vec<String>,
     pub workers: Option<usize>,
     pub stats_path: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
+}
+
+/// How a configuration was put together, so that a reload can do it again:
+/// re-read the file, then apply the same flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub flags: Overrides,
+}
+
+impl Source {
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        Config::resolve(self.file.as_deref(), &self.flags)
+    }
 }
 
 impl Config {

@@ -44,6 +44,10 @@ pub struct Request<'b> {
     pub if_modified_since: Option<&'b [u8]>,
     pub range: Option<&'b [u8]>,
     pub if_range: Option<&'b [u8]>,
+    pub referer: Option<&'b [u8]>,
+    pub user_agent: Option<&'b [u8]>,
+    /// The request line as received, for the access log.
+    pub request_line: &'b [u8],
     /// Bytes of the buffer the head occupies, including its final blank line.
     pub head_len: usize,
 }
@@ -82,6 +86,9 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         if_modified_since: None,
         range: None,
         if_range: None,
+        referer: None,
+        user_agent: None,
+        request_line: request_line(&buf[..head_len]),
         head_len,
     };
     let mut content_length: Option<u64> = None;
@@ -118,6 +125,10 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
             out.range = Some(value);
         } else if name.eq_ignore_ascii_case(b"if-range") {
             out.if_range = Some(value);
+        } else if name.eq_ignore_ascii_case(b"referer") {
+            out.referer = Some(value);
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            out.user_agent = Some(value);
         }
     }
     if hosts > 1 {
@@ -172,6 +183,14 @@ fn map_parse_error(e: httparse::Error, buf: &[u8], limits: &Limits) -> HttpError
     }
 }
 
+/// The first non-empty line of a head, without its line ending.
+fn request_line(head: &[u8]) -> &[u8] {
+    let start = head.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(head.len());
+    let rest = &head[start..];
+    let end = rest.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(rest.len());
+    &rest[..end]
+}
+
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     const BAD: HttpError = HttpError::BadRequest("invalid Content-Length");
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
@@ -204,6 +223,7 @@ mod tests {
         assert!(r.keep_alive);
         assert_eq!(r.body, Body::None);
         assert_eq!(r.head_len, "GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n".len());
+        assert_eq!(r.request_line, b"GET /a?b HTTP/1.1");
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! by signals as nginx's master is. It never serves traffic itself.
 //!
 //! Start reading at [`master_cycle`]; [`spawn`] is the fork into a slot,
-//! [`pid_file`] and [`paths`] the files it leaves for operators.
+//! [`upgrade`] the hand-over to a new binary, [`pid_file`] and [`paths`] the
+//! files it leaves for operators.
 
 pub mod master_cycle;
+pub mod notify;
 pub mod paths;
 pub mod pid_file;
 pub mod signals;
 pub mod spawn;
+pub mod upgrade;
 
 pub use master_cycle::serve;
 

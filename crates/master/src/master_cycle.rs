@@ -2,28 +2,37 @@
 //! to stop. Read top to bottom: [`serve`] is the whole life of a master.
 //!
 //! ```text
-//!  start: sockets -> stats region -> pid file -> fork workers
-//!  loop:  wait for a signal (or one second)
-//!         TERM/INT: stop now    QUIT: stop gracefully
-//!         CHLD: reap; respawn the slot (with backoff if it keeps crashing)
-//!         every second: heartbeat
-//!  stop:  tell workers, wait (SIGKILL after the deadline), mark the region
-//!         stopped, remove pid file and region
+//!  start:  sockets (bound, or inherited on upgrade) -> stats region (created
+//!          or adopted) -> pid file -> fork one worker per slot
+//!  loop:   wait for a signal, the upgrade pipe, or one second
+//!          TERM/INT  stop now             QUIT  stop gracefully
+//!          HUP       reload: new workers first, then the old ones drain
+//!          USR1      reopen logs (and tell the workers)
+//!          USR2      upgrade: start the binary on disk with our sockets
+//!          CHLD      reap; respawn the slot (backoff if it keeps crashing)
+//!          each turn heartbeat, watchdog, old workers past their drain deadline
+//!  stop:   tell workers, wait (SIGKILL at the deadline), mark the region
+//!          stopped, remove pid file and region (unless handed to a new master)
 //! ```
 
 use crate::paths::{default_pid_file, default_stats_path};
 use crate::pid_file::PidFile;
 use crate::signals::{self, master_signalfd};
 use crate::spawn::{spawn_worker, Spawn};
-use crate::MasterError;
+use crate::upgrade::{self, Progress};
+use crate::{notify, MasterError};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::os::fd::AsRawFd;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use tine_config::{Config, Workers};
+use tine_config::{Config, Source, Workers};
+use tine_logging::ErrorLogTarget;
 use tine_net::ListenerSet;
 use tine_stats::{Region, RegionState, SlotState};
 
@@ -33,18 +42,27 @@ const CRASH_WINDOW: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a fast stop waits for workers before SIGKILL.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(5);
-/// Added to the drain timeout before a graceful stop resorts to SIGKILL.
-const GRACEFUL_STOP_SLACK: Duration = Duration::from_secs(2);
+/// Added to the drain timeout before a draining worker is killed.
+const DRAIN_SLACK: Duration = Duration::from_secs(2);
+
+/// How this master was launched: the configuration, how to rebuild it on
+/// reload, and the command line to run again on upgrade.
+pub struct Launch {
+    pub config: Config,
+    pub source: Source,
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+}
 
 /// Runs a master until it is stopped.
-pub fn serve(config: Config) -> Result<(), MasterError> {
-    let mut master = Master::start(config)?;
+pub fn serve(launch: Launch) -> Result<(), MasterError> {
+    let mut master = Master::start(launch)?;
     master.run();
     master.shut_down();
     Ok(())
 }
 
-/// The master's own record of one worker slot.
+/// The master's record of the current worker of one slot.
 struct SlotRecord {
     cpu: Option<usize>,
     pid: Option<Pid>,
@@ -52,101 +70,322 @@ struct SlotRecord {
     /// Consecutive exits within CRASH_WINDOW of starting.
     quick_exits: u32,
     respawn_at: Option<Instant>,
+    watchdog_fired: bool,
 }
 
+/// A worker of an older generation, draining after a reload or an upgrade.
+struct Retiring {
+    pid: Pid,
+    slot: usize,
+    deadline: Instant,
+    killed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
-    Stopping { deadline: Instant, killed: bool },
+    /// A new master took over; our workers drain, then we leave quietly.
+    HandedOver,
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
 }
 
 struct Master {
-    config: Config,
+    launch: Launch,
     listeners: ListenerSet,
+    /// Sockets no longer configured, closed once no old worker accepts on them.
+    retired_sockets: Vec<OwnedFd>,
     region: Region,
     pid_file: PidFile,
     signals: SignalFd,
+    cpus: Vec<usize>,
     slots: Vec<SlotRecord>,
+    retiring: Vec<Retiring>,
+    upgrade: Option<upgrade::Pending>,
+    /// Set when this master came from an upgrade: where to say "ready".
+    tell_old_master: Option<OwnedFd>,
     phase: Phase,
+    handed_over: bool,
 }
 
 impl Master {
-    fn start(config: Config) -> Result<Self, MasterError> {
+    fn start(launch: Launch) -> Result<Self, MasterError> {
         raise_fd_limit();
+        let inherited = upgrade::take_inherited();
+        let config = &launch.config;
         let cpus = allowed_cpus();
-        let count = match config.workers {
-            Workers::Count(n) => n,
-            Workers::Auto => cpus.len().max(1),
-        };
+        let count = worker_count(config, &cpus);
         let first_port = config.listen.first().map_or(0, |a| a.port());
         // Catch a running instance before binding: with SO_REUSEPORT a second
         // server on the same port would otherwise silently share its traffic.
-        let pid_path = config.pid_file.clone();
-        if first_port != 0 {
-            PidFile::check_free(&pid_path.clone().unwrap_or_else(|| default_pid_file(first_port)))?;
+        if first_port != 0 && inherited.old_master.is_none() {
+            PidFile::check_free(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(first_port)))?;
         }
+        check_access_log(config)?;
         let signals = master_signalfd().map_err(MasterError::Signals)?;
-        let listeners = ListenerSet::bind(&config.listen, count, config.backlog)?;
+        let mut listeners = match &inherited.listeners {
+            Some(env) => ListenerSet::inherit(env)?,
+            None => ListenerSet::default(),
+        };
+        // Inherited sockets no longer configured stay with the old master.
+        drop(listeners.rebind(&config.listen, count, config.backlog)?);
         let port = listeners.addrs()[0].port();
         let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
-        let stats_path = config.stats_path.clone().unwrap_or_else(|| default_stats_path(port));
-        let region = Region::create(&stats_path, count, &addrs)?;
-        region.master().generation.store(1, Relaxed);
-        let pid_file = PidFile::write(&pid_path.unwrap_or_else(|| default_pid_file(port)))?;
+        let region = match &inherited.stats_path {
+            Some(path) => {
+                let region = Region::adopt(path)?;
+                if region.slot_count() < count {
+                    return Err(MasterError::Other(format!(
+                        "{count} workers do not fit the {} slots of the adopted stats region; \
+                         restart instead of upgrading",
+                        region.slot_count()
+                    )));
+                }
+                region.claim_master();
+                region
+            }
+            None => {
+                let path = config.stats_path.clone().unwrap_or_else(|| default_stats_path(port));
+                let region = Region::create(&path, slot_capacity(count, &cpus), &addrs)?;
+                region.master().generation.store(1, Relaxed);
+                region
+            }
+        };
+        let pid_file = PidFile::write(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(port)))?;
         tine_worker::name_process("tine: master");
         for a in &addrs {
             log::info!("listening on {a}");
         }
         log::info!(
-            "master {} serving {} with {count} worker(s); stats {}, pid file {}",
+            "master {} serving {} with {count} worker(s); stats {}, pid file {}{}",
             std::process::id(),
             config.root.display(),
-            stats_path.display(),
-            pid_file.path().display()
+            region.path().display(),
+            pid_file.path().display(),
+            inherited.old_master.map_or(String::new(), |p| format!("; taking over from master {p}"))
         );
-        let now = Instant::now();
-        let slots = (0..count)
-            .map(|i| SlotRecord {
-                cpu: (!cpus.is_empty()).then(|| cpus[i % cpus.len()]),
-                pid: None,
-                started: now,
-                quick_exits: 0,
-                respawn_at: Some(now),
-            })
-            .collect();
-        let mut master =
-            Master { config, listeners, region, pid_file, signals, slots, phase: Phase::Running };
+        let mut master = Master {
+            launch,
+            listeners,
+            retired_sockets: Vec::new(),
+            region,
+            pid_file,
+            signals,
+            cpus,
+            slots: Vec::new(),
+            retiring: Vec::new(),
+            upgrade: None,
+            tell_old_master: inherited.ready,
+            phase: Phase::Running,
+            handed_over: false,
+        };
+        master.resize_slots(count);
         master.respawn_due();
+        if master.tell_old_master.is_none() {
+            notify::ready();
+        }
         Ok(master)
     }
 
     fn run(&mut self) {
         loop {
-            signals::wait_readable(self.signals.as_raw_fd(), self.wait_ms());
+            let mut fds = vec![self.signals.as_raw_fd()];
+            fds.extend(self.upgrade.as_ref().map(|u| u.ready_fd()));
+            signals::wait_readable(&fds, self.wait_ms());
             for signal in signals::drain(&self.signals) {
                 self.on_signal(signal);
             }
             self.reap();
-            self.region.heartbeat();
+            self.follow_upgrade();
+            self.announce_ready_to_old_master();
+            self.expire_retiring();
             match self.phase {
-                Phase::Running => self.respawn_due(),
-                Phase::Stopping { .. } if self.live_workers() == 0 => return,
+                Phase::Running => {
+                    self.region.heartbeat();
+                    self.watchdog();
+                    self.respawn_due();
+                }
+                Phase::HandedOver | Phase::Stopping { .. } if self.live_workers() == 0 => return,
                 Phase::Stopping { deadline, killed: false } if Instant::now() >= deadline => {
                     self.kill_stragglers()
                 }
-                Phase::Stopping { .. } => {}
+                Phase::HandedOver | Phase::Stopping { .. } => {}
             }
         }
     }
 
     fn on_signal(&mut self, signal: Signal) {
-        match signal {
-            Signal::SIGTERM | Signal::SIGINT => self.stop(false),
-            Signal::SIGQUIT => self.stop(true),
-            Signal::SIGCHLD => {} // reaped right after
-            Signal::SIGHUP | Signal::SIGUSR1 | Signal::SIGUSR2 => {
-                log::warn!("{signal}: not supported by this version of tine; ignored")
+        match (signal, self.phase) {
+            (Signal::SIGTERM | Signal::SIGINT, _) => self.stop(false),
+            (Signal::SIGQUIT, _) => self.stop(true),
+            (Signal::SIGHUP, Phase::Running) => self.reload(),
+            (Signal::SIGUSR1, _) => self.reopen_logs(),
+            (Signal::SIGUSR2, Phase::Running) => self.start_upgrade(),
+            (Signal::SIGHUP | Signal::SIGUSR2, _) => log::warn!("{signal} ignored while stopping"),
+            _ => {} // SIGCHLD: reaped right after
+        }
+    }
+
+    /// HUP: build a new generation from the configuration on disk. New workers
+    /// start first, on the same sockets for unchanged addresses; only then are
+    /// the old ones told to drain. An invalid configuration changes nothing.
+    fn reload(&mut self) {
+        notify::reloading();
+        match self.apply_reload() {
+            Ok(()) => {
+                let master = self.region.master();
+                master.reloads.fetch_add(1, Relaxed);
+                let generation = master.generation.fetch_add(1, Relaxed) + 1;
+                log::info!("configuration reloaded: generation {generation}, {} worker(s)", self.slots.len());
             }
-            _ => {}
+            Err(why) => {
+                self.region.master().reloads_failed.fetch_add(1, Relaxed);
+                log::error!("reload failed, still running the previous configuration: {why}");
+            }
+        }
+        notify::ready();
+    }
+
+    fn apply_reload(&mut self) -> Result<(), String> {
+        let mut config = self.launch.source.resolve().map_err(|e| e.to_string())?;
+        let count = worker_count(&config, &self.cpus);
+        if count > self.region.slot_count() {
+            return Err(format!(
+                "{count} workers do not fit the {} slots of the stats region; restart to grow that far",
+                self.region.slot_count()
+            ));
+        }
+        for (name, changed) in [
+            ("stats_path", config.stats_path != self.launch.config.stats_path),
+            ("pid_file", config.pid_file != self.launch.config.pid_file),
+        ] {
+            if changed {
+                log::warn!("{name} changed; that takes effect only after a restart");
+            }
+        }
+        config.stats_path = self.launch.config.stats_path.clone();
+        config.pid_file = self.launch.config.pid_file.clone();
+        check_access_log(&config).map_err(|e| e.to_string())?;
+        if config.error_log != self.launch.config.error_log {
+            tine_logging::install(error_log_target(&config)).map_err(|e| e.to_string())?;
+        }
+        let retired =
+            self.listeners.rebind(&config.listen, count, config.backlog).map_err(|e| e.to_string())?;
+        self.launch.config = config;
+        self.retired_sockets.extend(retired);
+        let old = self.retire_current_workers();
+        self.resize_slots(count);
+        self.respawn_due();
+        for pid in old {
+            let _ = kill(pid, Signal::SIGQUIT);
+        }
+        Ok(())
+    }
+
+    /// Moves every current worker to the retiring list (to be told to drain by
+    /// the caller, after their replacements are started) and returns their pids.
+    fn retire_current_workers(&mut self) -> Vec<Pid> {
+        let deadline = Instant::now() + self.launch.config.timeouts.drain + DRAIN_SLACK;
+        let mut pids = Vec::new();
+        for (slot, record) in self.slots.iter_mut().enumerate() {
+            if let Some(pid) = record.pid.take() {
+                self.retiring.push(Retiring { pid, slot, deadline, killed: false });
+                pids.push(pid);
+            }
+            record.respawn_at = Some(Instant::now());
+            record.quick_exits = 0;
+        }
+        pids
+    }
+
+    fn resize_slots(&mut self, count: usize) {
+        for index in count..self.slots.len() {
+            self.region.slot(index).state.store(SlotState::Retired as u64, Relaxed);
+        }
+        self.slots.truncate(count);
+        let now = Instant::now();
+        let cpus = &self.cpus;
+        while self.slots.len() < count {
+            let i = self.slots.len();
+            self.slots.push(SlotRecord {
+                cpu: (!cpus.is_empty()).then(|| cpus[i % cpus.len()]),
+                pid: None,
+                started: now,
+                quick_exits: 0,
+                respawn_at: Some(now),
+                watchdog_fired: false,
+            });
+        }
+    }
+
+    /// USR1: reopen our error log and have every worker reopen its logs.
+    fn reopen_logs(&mut self) {
+        if let Err(e) = tine_logging::reopen_error_log() {
+            log::error!("cannot reopen the error log: {e}");
+        }
+        for pid in self.all_worker_pids() {
+            let _ = kill(pid, Signal::SIGUSR1);
+        }
+        log::info!("logs reopened");
+    }
+
+    /// USR2: start the binary on disk and hand it our sockets and region.
+    fn start_upgrade(&mut self) {
+        if let Some(u) = &self.upgrade {
+            log::warn!("an upgrade to master {} is already under way", u.pid);
+            return;
+        }
+        let exe = &self.launch.exe;
+        log::info!("upgrade: starting {}", exe.display());
+        match upgrade::start(exe, &self.launch.args, &self.listeners, self.region.path(), &self.pid_file) {
+            Ok(pending) => self.upgrade = Some(pending),
+            Err(e) => log::error!("upgrade failed, still serving: {e}"),
+        }
+    }
+
+    /// Checks on an upgrade under way: hand over when the new master is ready,
+    /// give up and keep serving when it failed.
+    fn follow_upgrade(&mut self) {
+        let Some(pending) = self.upgrade.as_mut() else { return };
+        match pending.poll() {
+            Progress::Waiting => {}
+            Progress::Ready => {
+                log::info!("upgrade: master {} is serving; draining the old workers", pending.pid);
+                let oldbin = pending.oldbin();
+                self.upgrade = None;
+                self.handed_over = true;
+                self.phase = Phase::HandedOver;
+                let _ = std::fs::remove_file(oldbin);
+                for pid in self.retire_current_workers() {
+                    let _ = kill(pid, Signal::SIGQUIT);
+                }
+                for record in &mut self.slots {
+                    record.respawn_at = None;
+                }
+            }
+            Progress::Failed(why) => {
+                log::error!("upgrade failed, still serving: {why}");
+                let _ = kill(pending.pid, Signal::SIGKILL);
+                pending.abandon();
+                self.upgrade = None;
+            }
+        }
+    }
+
+    /// A master started by an upgrade tells the old one once all its workers run.
+    fn announce_ready_to_old_master(&mut self) {
+        if self.tell_old_master.is_none() {
+            return;
+        }
+        let all_running = (0..self.slots.len())
+            .all(|i| self.region.slot(i).state.load(Relaxed) == SlotState::Running as u64);
+        if all_running {
+            if let Some(fd) = self.tell_old_master.take() {
+                let _ = std::fs::File::from(fd).write_all(b"1");
+                notify::ready();
+            }
         }
     }
 
@@ -156,8 +395,9 @@ impl Master {
         if graceful && matches!(self.phase, Phase::Stopping { .. }) {
             return;
         }
+        notify::stopping();
         let (signal, grace) = if graceful {
-            (Signal::SIGQUIT, self.config.timeouts.drain + GRACEFUL_STOP_SLACK)
+            (Signal::SIGQUIT, self.launch.config.timeouts.drain + DRAIN_SLACK)
         } else {
             (Signal::SIGTERM, FAST_STOP_GRACE)
         };
@@ -166,25 +406,65 @@ impl Master {
             if graceful { "graceful" } else { "fast" },
             self.live_workers()
         );
-        self.region.set_state(RegionState::Stopping);
+        if !self.handed_over {
+            self.region.set_state(RegionState::Stopping);
+        }
+        if let Some(pending) = self.upgrade.take() {
+            let _ = kill(pending.pid, Signal::SIGTERM);
+            pending.abandon();
+        }
         self.phase = Phase::Stopping { deadline: Instant::now() + grace, killed: false };
         for slot in &mut self.slots {
             slot.respawn_at = None;
-            if let Some(pid) = slot.pid {
-                let _ = kill(pid, signal);
-            }
+        }
+        for pid in self.all_worker_pids() {
+            let _ = kill(pid, signal);
         }
     }
 
     fn kill_stragglers(&mut self) {
         log::warn!("{} worker(s) still running at the stop deadline; killing them", self.live_workers());
-        for slot in &self.slots {
-            if let Some(pid) = slot.pid {
-                let _ = kill(pid, Signal::SIGKILL);
-            }
+        for pid in self.all_worker_pids() {
+            let _ = kill(pid, Signal::SIGKILL);
         }
         if let Phase::Stopping { deadline, .. } = self.phase {
             self.phase = Phase::Stopping { deadline, killed: true };
+        }
+    }
+
+    /// Old workers past their drain deadline are killed; sockets retired by a
+    /// reload are closed once no old worker is left to accept on them.
+    fn expire_retiring(&mut self) {
+        let now = Instant::now();
+        for r in self.retiring.iter_mut().filter(|r| !r.killed && now >= r.deadline) {
+            log::warn!("old worker {} (pid {}) still busy at its drain deadline; killing it", r.slot, r.pid);
+            let _ = kill(r.pid, Signal::SIGKILL);
+            r.killed = true;
+        }
+        if self.retiring.is_empty() && !self.retired_sockets.is_empty() {
+            log::info!("closing {} retired listening socket(s)", self.retired_sockets.len());
+            self.retired_sockets.clear();
+        }
+    }
+
+    /// Kills and replaces a worker whose event loop stopped turning.
+    fn watchdog(&mut self) {
+        let limit_ms = self.launch.config.timeouts.watchdog.as_millis() as u64;
+        let now_ms = tine_stats::unix_millis();
+        for (index, record) in self.slots.iter_mut().enumerate() {
+            let Some(pid) = record.pid else { continue };
+            let stats = self.region.slot(index);
+            let last_sign = stats.heartbeat_unix_ms.load(Relaxed).max(stats.started_unix_ms.load(Relaxed));
+            if record.watchdog_fired || now_ms.saturating_sub(last_sign) <= limit_ms {
+                continue;
+            }
+            log::error!(
+                "worker {index} (pid {pid}) has not turned its event loop for {} ms; killing it",
+                now_ms - last_sign
+            );
+            let _ = kill(pid, Signal::SIGKILL);
+            record.watchdog_fired = true;
+            self.region.master().watchdog_kills.fetch_add(1, Relaxed);
         }
     }
 
@@ -199,6 +479,15 @@ impl Master {
             };
             if let Some(index) = self.slots.iter().position(|s| s.pid == Some(pid)) {
                 self.on_worker_exit(index, pid, &how);
+            } else if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
+                let r = self.retiring.swap_remove(i);
+                log::info!("old worker {} (pid {pid}) {how}", r.slot);
+                if r.slot >= self.slots.len() {
+                    self.region.slot(r.slot).state.store(SlotState::Retired as u64, Relaxed);
+                }
+            } else if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                // follow_upgrade sees the closed pipe and reports the failure.
+                log::error!("upgrade: new master {pid} {how}");
             }
         }
     }
@@ -206,11 +495,15 @@ impl Master {
     fn on_worker_exit(&mut self, index: usize, pid: Pid, how: &str) {
         let stats = self.region.slot(index);
         stats.pid.store(0, Relaxed);
-        stats.active.store(0, Relaxed);
+        // The gauge is the dead worker's alone unless an old worker of the slot
+        // is still draining (and counting its own connections in it).
+        if !self.retiring.iter().any(|r| r.slot == index) {
+            stats.active.store(0, Relaxed);
+        }
         stats.state.store(SlotState::Dead as u64, Relaxed);
         let slot = &mut self.slots[index];
         slot.pid = None;
-        if let Phase::Stopping { .. } = self.phase {
+        if self.phase != Phase::Running {
             log::info!("worker {index} (pid {pid}) {how}");
             return;
         }
@@ -250,7 +543,7 @@ impl Master {
                 cpu: slot.cpu,
                 listeners: &self.listeners,
                 master_fds: &master_fds,
-                config: &self.config,
+                config: &self.launch.config,
                 region: &self.region,
             };
             match spawn_worker(spec) {
@@ -259,6 +552,7 @@ impl Master {
                     slot.pid = Some(pid);
                     slot.started = now;
                     slot.respawn_at = None;
+                    slot.watchdog_fired = false;
                 }
                 Err(e) => {
                     log::error!("worker {index}: {e}; retrying in a second");
@@ -268,25 +562,66 @@ impl Master {
         }
     }
 
+    fn all_worker_pids(&self) -> Vec<Pid> {
+        self.slots.iter().filter_map(|s| s.pid).chain(self.retiring.iter().map(|r| r.pid)).collect()
+    }
+
     fn live_workers(&self) -> usize {
-        self.slots.iter().filter(|s| s.pid.is_some()).count()
+        self.all_worker_pids().len()
     }
 
     /// Sleep until the next respawn is due, and at least once a second for the
-    /// heartbeat; a signal (SIGCHLD included) wakes the master at once.
+    /// heartbeat and the watchdog; a signal (SIGCHLD included) wakes the master
+    /// at once.
     fn wait_ms(&self) -> i32 {
         let now = Instant::now();
-        let next = self.slots.iter().filter_map(|s| s.respawn_at).min();
-        let until = next.map_or(Duration::from_secs(1), |at| at.saturating_duration_since(now));
-        until.min(Duration::from_secs(1)).as_millis() as i32
+        let mut wait = Duration::from_secs(1);
+        if let Some(next) = self.slots.iter().filter_map(|s| s.respawn_at).min() {
+            wait = wait.min(next.saturating_duration_since(now));
+        }
+        if self.tell_old_master.is_some() {
+            wait = wait.min(Duration::from_millis(20));
+        }
+        wait.as_millis() as i32
     }
 
     fn shut_down(&mut self) {
+        if self.handed_over {
+            log::info!("master {} handed over and stopped", std::process::id());
+            return;
+        }
         self.region.set_state(RegionState::Stopped);
         self.pid_file.remove();
         let _ = std::fs::remove_file(self.region.path());
         log::info!("master {} stopped", std::process::id());
     }
+}
+
+fn worker_count(config: &Config, cpus: &[usize]) -> usize {
+    match config.workers {
+        Workers::Count(n) => n,
+        Workers::Auto => cpus.len().max(1),
+    }
+}
+
+/// Slots the region is created with: room for a reload to double the workers
+/// (or go to one per CPU) without a restart.
+fn slot_capacity(count: usize, cpus: &[usize]) -> usize {
+    (count * 2).max(cpus.len()).clamp(4, 4096)
+}
+
+pub fn error_log_target(config: &Config) -> ErrorLogTarget {
+    config.error_log.clone().map_or(ErrorLogTarget::Stderr, ErrorLogTarget::File)
+}
+
+/// Workers open the access log; find out in the master, where a failure can
+/// refuse the configuration instead of crash-looping every worker.
+fn check_access_log(config: &Config) -> Result<(), MasterError> {
+    if let Some(path) = &config.access_log {
+        tine_logging::open_append(path)
+            .map_err(|e| MasterError::Other(format!("access log {}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// No delay for an isolated exit; then 250 ms doubling up to MAX_BACKOFF while

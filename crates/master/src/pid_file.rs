@@ -45,6 +45,14 @@ impl PidFile {
     }
 }
 
+impl Drop for PidFile {
+    /// A master that fails after writing its pid file leaves none behind. (A
+    /// worker never runs this: it exits without unwinding the master's frames.)
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 /// The pid a pid file names, if it exists and holds one.
 pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|&p: &i32| p > 0)

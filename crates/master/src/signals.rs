@@ -38,9 +38,10 @@ pub fn drain(fd: &SignalFd) -> Vec<Signal> {
     out
 }
 
-/// Waits until the descriptor is readable or `timeout_ms` passes.
-pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd, and its count is 1.
-    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+/// Waits until one of the descriptors is readable or `timeout_ms` passes.
+pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: pfds is a valid array of pfds.len() pollfd entries.
+    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
 }

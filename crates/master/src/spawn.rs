@@ -28,10 +28,11 @@ pub struct Spawn<'a> {
 /// Forks a worker for `spec.slot` and returns its pid.
 pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
     let stats = spec.region.slot(spec.slot);
-    stats.generation.fetch_add(1, Relaxed);
+    // From here on any older worker still draining in this slot only adds to
+    // its counters and leaves the descriptive fields to this one.
+    let generation = stats.generation.fetch_add(1, Relaxed) + 1;
     stats.state.store(SlotState::Starting as u64, Relaxed);
     stats.cpu.store(spec.cpu.map_or(u64::MAX, |c| c as u64), Relaxed);
-    stats.active.store(0, Relaxed);
     let master_pid = std::process::id();
     // SAFETY: the master is single-threaded (signals come through a signalfd, no
     // thread is ever started), so the child may run arbitrary code after fork.
@@ -48,6 +49,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
                 slot: spec.slot,
                 cpu: spec.cpu,
                 master_pid,
+                generation,
                 listeners: spec.listeners.for_slot(spec.slot),
                 close_fds,
                 config: spec.config,

@@ -3,11 +3,19 @@
 //! life. With SO_REUSEPORT each socket has its own accept queue; because the master
 //! keeps every socket open, a crashed worker's queue waits for its replacement
 //! instead of being reset.
+//!
+//! A reload rebuilds the set with [`ListenerSet::rebind`], which keeps the sockets
+//! of every address that did not change. A binary upgrade hands the set to the
+//! new master by descriptor ([`ListenerSet::to_env`], [`ListenerSet::inherit`]).
 
 use crate::sys;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Environment variable through which a master passes its sockets to the new
+/// binary on upgrade: `REQUESTED|BOUND|FD,FD,...` per address, joined by `;`.
+pub const LISTENERS_ENV: &str = "TINE_LISTENERS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -15,59 +23,220 @@ pub enum NetError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot set up a socket for {addr}: {source}")]
     Socket { addr: SocketAddr, source: io::Error },
+    #[error("inherited listeners ({LISTENERS_ENV}) are unusable: {0}")]
+    Inherit(String),
+}
+
+/// The sockets of one listen address, one per slot.
+pub struct ListenerGroup {
+    /// The address as configured (port 0 stays 0 here).
+    requested: SocketAddr,
+    /// The address bound (port 0 resolved to the port the kernel chose).
+    bound: SocketAddr,
+    sockets: Vec<OwnedFd>,
+}
+
+impl ListenerGroup {
+    fn bind(requested: SocketAddr, slots: usize, backlog: u32) -> Result<Self, NetError> {
+        let mut group = ListenerGroup { requested, bound: requested, sockets: Vec::with_capacity(slots) };
+        group.grow(slots, backlog)?;
+        Ok(group)
+    }
+
+    /// Binds sockets until there is one per slot. For port 0 the first socket
+    /// picks the port and the others join it, so all slots share one port.
+    fn grow(&mut self, slots: usize, backlog: u32) -> Result<(), NetError> {
+        while self.sockets.len() < slots {
+            let addr = self.bound;
+            let fd =
+                sys::reuseport_listener(addr, backlog).map_err(|source| NetError::Bind { addr, source })?;
+            if addr.port() == 0 {
+                self.bound =
+                    sys::local_addr(fd.as_raw_fd()).map_err(|source| NetError::Socket { addr, source })?;
+            }
+            self.sockets.push(fd);
+        }
+        Ok(())
+    }
+
+    fn answers_to(&self, addr: SocketAddr) -> bool {
+        self.requested == addr || self.bound == addr
+    }
 }
 
 /// All listening sockets, indexed `[address][slot]`.
+#[derive(Default)]
 pub struct ListenerSet {
-    /// The bound addresses (port 0 resolved to the port the kernel chose).
-    addrs: Vec<SocketAddr>,
-    sockets: Vec<Vec<OwnedFd>>,
+    groups: Vec<ListenerGroup>,
 }
 
 impl ListenerSet {
-    /// Binds `slots` sockets on each address. For port 0 the first socket picks the
-    /// port and the others join it, so all slots share one port.
     pub fn bind(addrs: &[SocketAddr], slots: usize, backlog: u32) -> Result<Self, NetError> {
-        let mut set = ListenerSet { addrs: Vec::new(), sockets: Vec::new() };
-        for &requested in addrs {
-            let mut addr = requested;
-            let mut group = Vec::with_capacity(slots);
-            for _ in 0..slots {
-                let fd = sys::reuseport_listener(addr, backlog)
-                    .map_err(|source| NetError::Bind { addr, source })?;
-                if addr.port() == 0 {
-                    addr = sys::local_addr(fd.as_raw_fd())
-                        .map_err(|source| NetError::Socket { addr, source })?;
-                }
-                group.push(fd);
-            }
-            set.addrs.push(addr);
-            set.sockets.push(group);
-        }
+        let mut set = ListenerSet::default();
+        set.rebind(addrs, slots, backlog)?;
         Ok(set)
     }
 
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    /// Makes the set match `addrs` x `slots`. Addresses already bound keep their
+    /// sockets (and so their queued connections); new ones are bound; sockets no
+    /// longer wanted (removed addresses, slots beyond `slots`) are returned, for
+    /// the caller to close once nothing accepts on them anymore. On error nothing
+    /// has changed.
+    pub fn rebind(
+        &mut self,
+        addrs: &[SocketAddr],
+        slots: usize,
+        backlog: u32,
+    ) -> Result<Vec<OwnedFd>, NetError> {
+        // Match each wanted address to at most one existing group.
+        let mut claimed = vec![false; self.groups.len()];
+        let mut plan: Vec<Option<usize>> = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let found = (0..self.groups.len()).find(|&i| !claimed[i] && self.groups[i].answers_to(addr));
+            if let Some(i) = found {
+                claimed[i] = true;
+            }
+            plan.push(found);
+        }
+        // Bind everything new first, so a failure leaves the set untouched.
+        let mut fresh: Vec<ListenerGroup> = Vec::with_capacity(addrs.len());
+        for (&addr, &old) in addrs.iter().zip(&plan) {
+            let group = match old {
+                Some(i) => {
+                    let g = &self.groups[i];
+                    let mut more =
+                        ListenerGroup { requested: g.requested, bound: g.bound, sockets: Vec::new() };
+                    more.grow(slots.saturating_sub(g.sockets.len()), backlog)?;
+                    more
+                }
+                None => ListenerGroup::bind(addr, slots, backlog)?,
+            };
+            fresh.push(group);
+        }
+        let mut old: Vec<Option<ListenerGroup>> =
+            std::mem::take(&mut self.groups).into_iter().map(Some).collect();
+        let mut retired = Vec::new();
+        for (new, from) in fresh.into_iter().zip(plan) {
+            let group = match from.and_then(|i| old[i].take()) {
+                Some(mut g) => {
+                    g.sockets.extend(new.sockets);
+                    retired.extend(g.sockets.drain(slots..));
+                    g
+                }
+                None => new,
+            };
+            self.groups.push(group);
+        }
+        retired.extend(old.into_iter().flatten().flat_map(|g| g.sockets));
+        Ok(retired)
     }
 
-    pub fn slots(&self) -> usize {
-        self.sockets.first().map_or(0, Vec::len)
+    /// The bound addresses, in configuration order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.groups.iter().map(|g| g.bound).collect()
     }
 
     /// The sockets of one slot, one per address, in address order.
     pub fn for_slot(&self, slot: usize) -> Vec<RawFd> {
-        self.sockets.iter().map(|group| group[slot].as_raw_fd()).collect()
+        self.groups.iter().map(|g| g.sockets[slot].as_raw_fd()).collect()
     }
 
     /// Every socket except those of `slot`, for a worker to close what it must
     /// not accept on.
     pub fn all_but_slot(&self, slot: usize) -> Vec<RawFd> {
-        self.sockets
+        self.all().into_iter().filter(|fd| !self.for_slot(slot).contains(fd)).collect()
+    }
+
+    pub fn all(&self) -> Vec<RawFd> {
+        self.groups.iter().flat_map(|g| g.sockets.iter().map(|s| s.as_raw_fd())).collect()
+    }
+
+    /// The value of [`LISTENERS_ENV`] describing this set.
+    pub fn to_env(&self) -> String {
+        self.groups
             .iter()
-            .flat_map(|group| {
-                group.iter().enumerate().filter(|(i, _)| *i != slot).map(|(_, fd)| fd.as_raw_fd())
+            .map(|g| {
+                let fds: Vec<String> = g.sockets.iter().map(|s| s.as_raw_fd().to_string()).collect();
+                format!("{}|{}|{}", g.requested, g.bound, fds.join(","))
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// Adopts the sockets an old master passed in [`LISTENERS_ENV`]. Each must be
+    /// a listening TCP socket bound to the address it is said to be.
+    pub fn inherit(value: &str) -> Result<Self, NetError> {
+        let bad = |m: String| NetError::Inherit(m);
+        let mut set = ListenerSet::default();
+        for part in value.split(';').filter(|p| !p.is_empty()) {
+            let fields: Vec<&str> = part.split('|').collect();
+            let [requested, bound, fds] = fields[..] else {
+                return Err(bad(format!("malformed entry {part:?}")));
+            };
+            let requested: SocketAddr =
+                requested.parse().map_err(|_| bad(format!("bad address {requested:?}")))?;
+            let bound: SocketAddr = bound.parse().map_err(|_| bad(format!("bad address {bound:?}")))?;
+            let mut group = ListenerGroup { requested, bound, sockets: Vec::new() };
+            for fd in fds.split(',') {
+                let fd: RawFd = fd.parse().map_err(|_| bad(format!("bad descriptor {fd:?}")))?;
+                if !sys::is_listener_on(fd, bound) {
+                    return Err(bad(format!("descriptor {fd} is not a socket listening on {bound}")));
+                }
+                // SAFETY: the descriptor was passed to this process for it to own,
+                // and was just checked to be an open listening socket.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                sys::set_cloexec(fd);
+                group.sockets.push(owned);
+            }
+            set.groups.push(group);
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebind_keeps_unchanged_addresses_and_retires_the_rest() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut set = ListenerSet::bind(&[any], 2, 16).unwrap();
+        let kept = set.for_slot(0)[0];
+        let bound = set.addrs()[0];
+        let other: SocketAddr = "127.0.0.2:0".parse().unwrap();
+        // Same address (by its requested form), one slot more, plus a new address.
+        let retired = set.rebind(&[any, other], 3, 16).unwrap();
+        assert!(retired.is_empty());
+        assert_eq!(set.for_slot(0)[0], kept, "socket kept across the rebind");
+        assert_eq!(set.addrs()[0], bound);
+        assert_eq!(set.for_slot(2).len(), 2);
+        // Down to one slot of the new address only.
+        let retired = set.rebind(&[set.addrs()[1]], 1, 16).unwrap();
+        assert_eq!(retired.len(), 3 + 2);
+        assert_eq!(set.all().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_rebind_changes_nothing() {
+        let mut set = ListenerSet::bind(&["127.0.0.1:0".parse().unwrap()], 1, 16).unwrap();
+        let before = set.all();
+        // An address this host does not have cannot be bound.
+        let err = set.rebind(&[set.addrs()[0], "192.0.2.1:80".parse().unwrap()], 1, 16);
+        assert!(err.is_err());
+        assert_eq!(set.all(), before);
+    }
+
+    #[test]
+    fn env_round_trip_checks_each_descriptor() {
+        let set = ListenerSet::bind(&["127.0.0.1:0".parse().unwrap()], 2, 16).unwrap();
+        let env = set.to_env();
+        // Hand the descriptors over as an exec would: the old owner forgets them.
+        let fds = set.all();
+        std::mem::forget(set);
+        let adopted = ListenerSet::inherit(&env).unwrap();
+        assert_eq!(adopted.all(), fds);
+        assert!(ListenerSet::inherit("127.0.0.1:1|127.0.0.1:1|0").is_err(), "stdin is no listener");
+        assert!(ListenerSet::inherit("garbage").is_err());
     }
 }

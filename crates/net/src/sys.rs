@@ -74,6 +74,40 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     from_sockaddr(&storage).ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
+/// True when `fd` is a listening TCP socket bound to `addr`.
+pub fn is_listener_on(fd: RawFd, addr: SocketAddr) -> bool {
+    let mut listening: i32 = 0;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: listening and len are valid for writing.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            &mut listening as *mut i32 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    rc == 0 && listening == 1 && local_addr(fd).is_ok_and(|a| a == addr)
+}
+
+/// Sets or clears close-on-exec: descriptors handed to a new binary must
+/// survive its exec, all others must not.
+pub fn set_cloexec_to(fd: RawFd, on: bool) {
+    // SAFETY: fcntl on a descriptor number; failure leaves it unchanged.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+            libc::fcntl(fd, libc::F_SETFD, flags);
+        }
+    }
+}
+
+pub fn set_cloexec(fd: RawFd) {
+    set_cloexec_to(fd, true)
+}
+
 /// Accepts one connection, non-blocking and close-on-exec in the same call.
 /// `Ok(None)` means the queue is empty.
 pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, Option<SocketAddr>)>> {

@@ -89,6 +89,8 @@ pub enum SlotState {
     Draining = 3,
     Dead = 4,
     Backoff = 5,
+    /// No longer used after a reload lowered the worker count; its counters stay.
+    Retired = 6,
 }
 
 impl SlotState {
@@ -100,6 +102,7 @@ impl SlotState {
             3 => Some(Self::Draining),
             4 => Some(Self::Dead),
             5 => Some(Self::Backoff),
+            6 => Some(Self::Retired),
             _ => None,
         }
     }
@@ -111,6 +114,7 @@ impl SlotState {
             Self::Draining => "draining",
             Self::Dead => "dead",
             Self::Backoff => "backoff",
+            Self::Retired => "retired",
         }
     }
 }
@@ -188,7 +192,7 @@ section! {
     Slot / SlotFields / SLOT_FIELDS {
         pid: Info = "pid of the worker now in the slot (0 when none)",
         cpu: Info = "CPU the slot is pinned to",
-        state: Info = "slot state: 0 empty, 1 starting, 2 running, 3 draining, 4 dead, 5 backoff",
+        state: Info = "slot state: 0 empty, 1 starting, 2 running, 3 draining, 4 dead, 5 backoff, 6 retired",
         generation: Info = "how many workers have been started in this slot",
         started_unix_ms: Info = "when the current worker started (ms since the epoch)",
         heartbeat_unix_ms: Info = "stamped by the worker as its event loop turns (ms since the epoch)",

@@ -22,7 +22,7 @@ pub fn json(s: &Snapshot) -> Value {
     }
     let total: Map<String, Value> =
         s.totals().values.into_iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
-    let workers: Vec<Value> = s.slots.iter().map(worker_json).collect();
+    let workers: Vec<Value> = s.used_slots().map(worker_json).collect();
     json!({
         "path": s.path,
         "master": master,
@@ -36,7 +36,7 @@ fn worker_json(slot: &SlotValues) -> Value {
     let mut w = Map::new();
     w.insert("slot".into(), json!(slot.slot));
     for (i, f) in SLOT_FIELDS.iter().enumerate() {
-        let v = slot.fields.get(i);
+        let v = shown(f.kind, slot.fields.get(i));
         let value = match f.name {
             "state" => json!(slot.state()),
             "cpu" if v == u64::MAX => Value::Null,
@@ -79,13 +79,13 @@ pub fn text(s: &Snapshot) -> String {
     };
     let _ = writeln!(
         out,
-        "tine master {} {}{}, up {}, generation {}, {} worker slot(s)",
+        "tine master {} {}{}, up {}, generation {}, {} worker slot(s) in use",
         s.master_pid,
         s.state,
         live,
         human_duration(uptime_ms(s) / 1000),
         s.master.generation,
-        s.slots.len()
+        s.used_slots().count()
     );
     let _ = writeln!(out, "region {}  listening on {}", s.path, s.listeners.join(", "));
     let _ = writeln!(
@@ -103,7 +103,7 @@ pub fn text(s: &Snapshot) -> String {
         let _ = write!(out, " {heading:>12}");
     }
     out.push('\n');
-    for slot in &s.slots {
+    for slot in s.used_slots() {
         let f = &slot.fields;
         let cpu = if f.cpu == u64::MAX { "-".to_string() } else { f.cpu.to_string() };
         let _ =
@@ -123,7 +123,19 @@ pub fn text(s: &Snapshot) -> String {
 }
 
 fn slot_value(slot: &SlotValues, name: &str) -> u64 {
-    SLOT_FIELDS.iter().position(|f| f.name == name && f.kind != Kind::Info).map_or(0, |i| slot.fields.get(i))
+    SLOT_FIELDS
+        .iter()
+        .position(|f| f.name == name && f.kind != Kind::Info)
+        .map_or(0, |i| shown(SLOT_FIELDS[i].kind, slot.fields.get(i)))
+}
+
+/// A gauge read mid-update can dip below zero for an instant; show zero.
+fn shown(kind: Kind, value: u64) -> u64 {
+    if kind == Kind::Gauge && (value as i64) < 0 {
+        0
+    } else {
+        value
+    }
 }
 
 fn human_duration(secs: u64) -> String {

@@ -68,12 +68,25 @@ impl Snapshot {
         }
     }
 
+    /// Slots a worker has ever run in. The region has spare slots so a reload
+    /// can add workers; those stay out of sight until used.
+    pub fn used_slots(&self) -> impl Iterator<Item = &SlotValues> {
+        self.slots.iter().filter(|s| s.fields.generation > 0)
+    }
+
+    /// Sums every counter and gauge over the slots. Whatever the region holds,
+    /// this never panics: sums wrap, and a gauge that reads below zero (a
+    /// decrement seen before its increment) shows as zero.
     pub fn totals(&self) -> Totals {
         let values = SLOT_FIELDS
             .iter()
             .enumerate()
             .filter(|(_, f)| f.kind != Kind::Info)
-            .map(|(i, f)| (f.name, self.slots.iter().map(|s| s.fields.get(i)).sum()))
+            .map(|(i, f)| {
+                let sum = self.slots.iter().fold(0u64, |acc, s| acc.wrapping_add(s.fields.get(i)));
+                let sum = if f.kind == Kind::Gauge && (sum as i64) < 0 { 0 } else { sum };
+                (f.name, sum)
+            })
             .collect();
         Totals { values }
     }

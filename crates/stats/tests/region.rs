@@ -9,6 +9,9 @@ fn counters_written_are_counters_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.stats");
     let region = Region::create(&path, 3, &["127.0.0.1:8080".into()]).unwrap();
+    for i in 0..3 {
+        region.slot(i).generation.store(1, Relaxed);
+    }
     region.slot(1).requests.fetch_add(7, Relaxed);
     region.slot(2).requests.fetch_add(5, Relaxed);
     region.slot(2).active.fetch_add(2, Relaxed);
@@ -62,4 +65,17 @@ fn reader_refuses_what_is_not_a_region() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 64]).unwrap();
     assert!(matches!(Reader::open(&path), Err(ReadError::Corrupt(_))));
+}
+
+#[test]
+fn sums_never_overflow_and_gauges_never_read_negative() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.stats");
+    let region = Region::create(&path, 2, &[]).unwrap();
+    region.slot(0).requests.store(u64::MAX, Relaxed);
+    region.slot(1).requests.store(2, Relaxed);
+    region.slot(0).active.fetch_sub(1, Relaxed);
+    let totals = Reader::open(&path).unwrap().snapshot().totals();
+    assert_eq!(totals.get("requests"), Some(1));
+    assert_eq!(totals.get("active"), Some(0));
 }

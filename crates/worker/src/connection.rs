@@ -20,10 +20,12 @@
 //! that unread input does not turn the close into a reset that destroys the
 //! response in flight.
 
+use crate::access::PendingEntry;
 use crate::context::Ctx;
 use crate::responses::{error_page, Framing, Reply};
 use crate::static_files::{self, FileBody};
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -72,6 +74,7 @@ pub enum CloseReason {
 pub struct Conn {
     token: u64,
     fd: OwnedFd,
+    peer: Option<IpAddr>,
     phase: Phase,
     /// Unread input; `None` while idle so an idle connection holds no buffer.
     rbuf: Option<ReadBuf>,
@@ -79,6 +82,10 @@ pub struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     body: Option<FileBody>,
+    /// Body bytes the response in flight sends in all.
+    body_len: u64,
+    /// The access-log line of the response in flight, when logging.
+    access: Option<Box<PendingEntry>>,
     /// Body bytes of the last request still to read and throw away.
     discard: u64,
     keep_alive: bool,
@@ -93,15 +100,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(token: u64, fd: OwnedFd, ctx: &mut Ctx) -> Self {
+    pub fn new(token: u64, fd: OwnedFd, peer: Option<IpAddr>, ctx: &mut Ctx) -> Self {
         let mut conn = Conn {
             token,
             fd,
+            peer,
             phase: Phase::ReadHead,
             rbuf: None,
             wbuf: Vec::new(),
             wpos: 0,
             body: None,
+            body_len: 0,
+            access: None,
             discard: 0,
             keep_alive: true,
             readable: false,
@@ -132,15 +142,27 @@ impl Conn {
     }
 
     /// Why the connection closes when its deadline passes.
-    pub fn timeout_reason(&self) -> CloseReason {
+    pub fn timeout_reason(&self, draining: bool) -> CloseReason {
         match self.phase {
             Phase::Linger => CloseReason::Done,
+            // The keep-alive grace of a graceful stop ran out.
+            Phase::ReadHead if draining && self.is_idle() => CloseReason::Drained,
             _ => CloseReason::Timeout,
         }
     }
 
-    /// Gives the connection's buffers back to the pool before it is dropped.
+    /// A graceful stop began: an idle connection may still send one more request
+    /// (it will be answered with `Connection: close`) within the grace period.
+    pub fn start_grace(&mut self, ctx: &mut Ctx) {
+        if self.is_idle() {
+            self.arm(ctx, ctx.timeouts.keepalive_grace);
+        }
+    }
+
+    /// Gives the connection's buffers back to the pool before it is dropped,
+    /// logging a response cut short.
     pub fn release(&mut self, ctx: &mut Ctx) {
+        self.log_access(ctx);
         if let Some(buf) = self.rbuf.take() {
             ctx.pool.put_read(buf);
         }
@@ -192,6 +214,9 @@ impl Conn {
                     self.wbuf = ctx.pool.write_buf();
                 }
                 let started = start_response(&req, ctx, &mut self.wbuf);
+                if ctx.access_log.is_some() {
+                    self.access = Some(PendingEntry::capture(&req, started.reply.status.0));
+                }
                 let head_len = req.head_len;
                 if let Some(buf) = self.rbuf.as_mut() {
                     buf.consume(head_len);
@@ -204,9 +229,6 @@ impl Conn {
                 return None;
             }
             Ok(None) => {}
-        }
-        if ctx.draining && self.is_idle() {
-            return Some(Outcome::Close(CloseReason::Drained));
         }
         if !self.readable {
             if self.is_idle() {
@@ -247,6 +269,7 @@ impl Conn {
         self.keep_alive = started.keep_alive;
         self.discard = started.discard;
         self.body = started.reply.body;
+        self.body_len = started.reply.body_len;
         self.wpos = 0;
         self.phase = Phase::Send;
         self.arm(ctx, ctx.timeouts.send);
@@ -263,6 +286,9 @@ impl Conn {
             Framing { date: ctx.date.bytes(), persistence: Persistence::Close, head_request: false };
         let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
         if let Some(buf) = self.rbuf.as_mut() {
+            if ctx.access_log.is_some() {
+                self.access = Some(PendingEntry::malformed(buf.filled(), reply.status.0));
+            }
             buf.consume(usize::MAX);
         }
         self.begin_send(ctx, Started { reply, keep_alive: false, discard: 0 });
@@ -313,6 +339,7 @@ impl Conn {
     }
 
     fn finish_response(&mut self, ctx: &mut Ctx) {
+        self.log_access(ctx);
         self.body = None;
         self.wbuf.clear();
         self.wpos = 0;
@@ -327,6 +354,16 @@ impl Conn {
             self.phase = Phase::Linger;
             self.arm(ctx, LINGER);
         }
+    }
+
+    /// Writes the access-log line of the response in flight, with the body bytes
+    /// that really went out (everything planned, less what is still unsent).
+    fn log_access(&mut self, ctx: &mut Ctx) {
+        let (Some(entry), Some(log)) = (self.access.take(), ctx.access_log.as_mut()) else { return };
+        let unsent_buffer = self.wbuf.len().saturating_sub(self.wpos) as u64;
+        let unsent_file = self.body.as_ref().map_or(0, |b| b.end - b.offset);
+        let sent = self.body_len.saturating_sub(unsent_buffer + unsent_file);
+        entry.write(log, ctx.unix_secs, self.peer, sent);
     }
 
     fn linger(&mut self) -> Option<Outcome> {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use tine_config::Timeouts;
 use tine_http::date::DateCache;
 use tine_http::target::TargetPath;
+use tine_logging::AccessLog;
 use tine_stats::Slot;
 
 pub struct Ctx<'a> {
@@ -21,8 +22,10 @@ pub struct Ctx<'a> {
     pub wheel: TimerWheel,
     /// Scratch space for the normalised path of the request being answered.
     pub path: TargetPath,
-    /// The time of the current turn of the loop.
+    /// The time of the current turn of the loop, monotonic and as Unix seconds.
     pub now: Instant,
+    pub unix_secs: u64,
+    pub access_log: Option<AccessLog>,
     /// A graceful stop is under way: finish what is in flight, take nothing new.
     pub draining: bool,
 }

@@ -33,6 +33,10 @@ pub enum Exit {
 }
 
 pub struct EventLoop<'a> {
+    /// The slot generation this worker was started as; once the master starts
+    /// a newer worker in the slot (reload, upgrade), this one stops writing the
+    /// slot's descriptive fields and only adds to its counters.
+    generation: u64,
     epoll: Epoll,
     signals: SignalFd,
     listeners: Vec<RawFd>,
@@ -52,6 +56,7 @@ pub struct EventLoop<'a> {
 impl<'a> EventLoop<'a> {
     pub fn new(
         ctx: Ctx<'a>,
+        generation: u64,
         listeners: Vec<RawFd>,
         signals: SignalFd,
         max_connections: usize,
@@ -59,6 +64,7 @@ impl<'a> EventLoop<'a> {
         let epoll = Epoll::new()?;
         epoll.add(signals.as_raw_fd(), SIGNAL_TOKEN, Interest::READABLE)?;
         let mut el = EventLoop {
+            generation,
             epoll,
             signals,
             listeners,
@@ -77,7 +83,20 @@ impl<'a> EventLoop<'a> {
     }
 
     pub fn run(&mut self) -> io::Result<Exit> {
-        self.ctx.stats.state.store(SlotState::Running as u64, Relaxed);
+        self.set_slot_state(SlotState::Running);
+        let exit = self.turn_until_exit();
+        // Whatever is still open closes through the one path that keeps the
+        // gauges and the access log right.
+        for token in self.conns.tokens() {
+            self.close(token, CloseReason::Drained);
+        }
+        if let Some(log) = self.ctx.access_log.as_mut() {
+            log.flush();
+        }
+        exit
+    }
+
+    fn turn_until_exit(&mut self) -> io::Result<Exit> {
         loop {
             let timeout =
                 if self.ready.is_empty() { self.ctx.wheel.until_next_tick(Instant::now()) } else { 0 };
@@ -102,8 +121,25 @@ impl<'a> EventLoop<'a> {
 
     fn begin_turn(&mut self) {
         self.ctx.now = Instant::now();
-        self.ctx.date.refresh(SystemTime::now());
-        self.ctx.stats.heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
+        let wall = SystemTime::now();
+        self.ctx.date.refresh(wall);
+        self.ctx.unix_secs = wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.owns_slot() {
+            self.ctx.stats.heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
+        }
+        if let Some(log) = self.ctx.access_log.as_mut() {
+            log.tick(self.ctx.now);
+        }
+    }
+
+    fn owns_slot(&self) -> bool {
+        self.ctx.stats.generation.load(Relaxed) == self.generation
+    }
+
+    fn set_slot_state(&self, state: SlotState) {
+        if self.owns_slot() {
+            self.ctx.stats.state.store(state as u64, Relaxed);
+        }
     }
 
     fn dispatch(&mut self, event: Event) -> io::Result<Option<Exit>> {
@@ -129,6 +165,9 @@ impl<'a> EventLoop<'a> {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => return Ok(Some(Exit::Terminated)),
                 Ok(Signal::SIGQUIT) => self.start_draining(),
+                Ok(Signal::SIGUSR1) => self.reopen_logs(),
+                #[cfg(feature = "test-hooks")]
+                Ok(Signal::SIGUSR2) => crate::test_hooks::hang(),
                 _ => {}
             }
         }
@@ -136,21 +175,34 @@ impl<'a> EventLoop<'a> {
     }
 
     /// Graceful stop: stop accepting (the master keeps the sockets, so waiting
-    /// connections stay queued for the next worker), close idle connections, and
-    /// let the others finish their response and close.
+    /// connections stay queued for the next worker), give idle keep-alive
+    /// connections a short grace to send one more request, and let every
+    /// connection finish its response and close (`Connection: close`).
     fn start_draining(&mut self) {
         if self.drain_deadline.is_some() {
             return;
         }
         log::info!("worker draining {} connection(s)", self.conns.len());
         self.ctx.draining = true;
-        self.ctx.stats.state.store(SlotState::Draining as u64, Relaxed);
+        self.set_slot_state(SlotState::Draining);
         self.drain_deadline = Some(self.ctx.now + self.ctx.timeouts.drain);
         self.pause_accepting();
         for token in self.conns.tokens() {
-            if self.conns.get_mut(token).is_some_and(|c| c.is_idle()) {
-                self.close(token, CloseReason::Drained);
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.start_grace(&mut self.ctx);
             }
+        }
+    }
+
+    /// USR1: logrotate moved the logs; open them again by name.
+    fn reopen_logs(&mut self) {
+        if let Some(log) = self.ctx.access_log.as_mut() {
+            if let Err(e) = log.reopen() {
+                log::error!("cannot reopen the access log: {e}");
+            }
+        }
+        if let Err(e) = tine_logging::reopen_error_log() {
+            log::error!("cannot reopen the error log: {e}");
         }
     }
 
@@ -165,7 +217,7 @@ impl<'a> EventLoop<'a> {
                 return;
             }
             match sys::accept(listener) {
-                Ok(Some((fd, _peer))) => self.open(fd),
+                Ok(Some((fd, peer))) => self.open(fd, peer.map(|p| p.ip())),
                 Ok(None) => return,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
@@ -186,12 +238,12 @@ impl<'a> EventLoop<'a> {
         }
     }
 
-    fn open(&mut self, fd: OwnedFd) {
+    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>) {
         // Heads are written with MSG_MORE, so Nagle has nothing left to merge.
         let _ = sys::set_nodelay(fd.as_raw_fd());
         let raw = fd.as_raw_fd();
         let ctx = &mut self.ctx;
-        let token = self.conns.insert_with(|token| Conn::new(token, fd, ctx));
+        let token = self.conns.insert_with(|token| Conn::new(token, fd, peer, ctx));
         if let Err(e) = self.epoll.add(raw, token, Interest::CONNECTION) {
             log::error!("epoll add: {e}");
             if let Some(mut conn) = self.conns.remove(token) {
@@ -231,7 +283,7 @@ impl<'a> EventLoop<'a> {
                 continue; // superseded by an earlier filing
             }
             if conn.deadline <= now_tick {
-                let reason = conn.timeout_reason();
+                let reason = conn.timeout_reason(self.ctx.draining);
                 self.close(token, reason);
             } else {
                 // The deadline moved later since it was filed: file it again.

@@ -5,6 +5,7 @@
 //!
 //! A worker shares nothing mutable with anyone except its own statistics slot.
 
+pub mod access;
 pub mod buffer_pool;
 pub mod connection;
 pub mod context;
@@ -12,6 +13,8 @@ pub mod event_loop;
 pub mod responses;
 pub mod slab;
 pub mod static_files;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 pub mod timer_wheel;
 
 use nix::sys::signal::{SigSet, Signal};
@@ -29,6 +32,8 @@ pub struct WorkerInit<'a> {
     pub slot: usize,
     pub cpu: Option<usize>,
     pub master_pid: u32,
+    /// The slot generation this worker was started as.
+    pub generation: u64,
     /// This slot's listening sockets, one per listen address.
     pub listeners: Vec<RawFd>,
     /// Descriptors inherited across fork that are not the worker's (other
@@ -46,6 +51,8 @@ pub enum WorkerError {
     Setup(#[from] std::io::Error),
     #[error("cannot open the document root {path}: {source}")]
     Root { path: String, source: std::io::Error },
+    #[error("{0}")]
+    AccessLog(std::io::Error),
 }
 
 /// Runs a worker to completion. Called in the child right after fork.
@@ -67,6 +74,10 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     let config = init.config;
     let root = static_files::StaticRoot::open(&config.root)
         .map_err(|source| WorkerError::Root { path: config.root.display().to_string(), source })?;
+    let access_log = match &config.access_log {
+        Some(path) => Some(tine_logging::AccessLog::open(path).map_err(WorkerError::AccessLog)?),
+        None => None,
+    };
     let now = Instant::now();
     let ctx = context::Ctx {
         timeouts: config.timeouts,
@@ -82,11 +93,18 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         wheel: timer_wheel::TimerWheel::new(now),
         path: Default::default(),
         now,
+        unix_secs: tine_stats::unix_millis() / 1000,
+        access_log,
         draining: false,
     };
     init.stats.heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
-    let mut event_loop =
-        event_loop::EventLoop::new(ctx, init.listeners, signals, config.limits.connections_per_worker)?;
+    let mut event_loop = event_loop::EventLoop::new(
+        ctx,
+        init.generation,
+        init.listeners,
+        signals,
+        config.limits.connections_per_worker,
+    )?;
     Ok(event_loop.run()?)
 }
 
@@ -117,11 +135,13 @@ pub fn name_process(name: &str) {
 /// HUP or USR1 sent to a worker is ignored rather than fatal.
 fn worker_signals() -> std::io::Result<SignalFd> {
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGUSR1] {
         mask.add(s);
     }
+    #[cfg(feature = "test-hooks")]
+    mask.add(Signal::SIGUSR2);
     let mut blocked = mask;
-    for s in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH] {
+    for s in [Signal::SIGHUP, Signal::SIGUSR2, Signal::SIGWINCH] {
         blocked.add(s);
     }
     blocked.thread_block().map_err(std::io::Error::from)?;

@@ -15,11 +15,14 @@ pub struct Framing<'a> {
 pub struct Reply {
     pub status: Status,
     pub body: Option<FileBody>,
+    /// Body bytes the reply sends in all (in the buffer after the head, or from
+    /// the file), for the access log.
+    pub body_len: u64,
 }
 
 impl Reply {
     pub fn head_only(status: Status) -> Self {
-        Reply { status, body: None }
+        Reply { status, body: None, body_len: 0 }
     }
 }
 
@@ -42,8 +45,9 @@ pub fn error_page(
         h.header(name, value);
     }
     h.finish(framing.persistence);
-    if !framing.head_request {
-        out.extend_from_slice(page.as_bytes());
+    if framing.head_request {
+        return Reply::head_only(status);
     }
-    Reply::head_only(status)
+    out.extend_from_slice(page.as_bytes());
+    Reply { status, body: None, body_len: page.len() as u64 }
 }

@@ -198,7 +198,8 @@ pub fn respond(
     h.finish(framing.persistence);
     let body =
         (req.method == Method::Get && last > first).then_some(FileBody { file, offset: first, end: last });
-    Reply { status, body }
+    let body_len = if body.is_some() { last - first } else { 0 };
+    Reply { status, body, body_len }
 }
 
 fn status_for_open_error(e: &io::Error) -> Status {

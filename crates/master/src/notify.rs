@@ -1,0 +1,35 @@
+//! The systemd notification protocol (sd_notify), so a `Type=notify` unit knows
+//! when tine is ready, reloading or stopping, and which pid is the master after
+//! a binary upgrade. Without NOTIFY_SOCKET in the environment it does nothing.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        log::warn!("cannot notify systemd ({path}): {e}");
+    }
+}
+
+pub fn ready() {
+    notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+}
+
+pub fn reloading() {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+}
+
+pub fn stopping() {
+    notify("STOPPING=1");
+}

@@ -1,0 +1,262 @@
+//! Reload, binary upgrade, log reopening and `tine signal`: none of them may cost
+//! a client request.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const TWO_WORKERS: &str = "listen = [\"127.0.0.1:0\"]\nroot = \"{root}\"\nworkers = 2\n";
+
+/// Clients that loop over keep-alive connections until told to stop, counting
+/// responses by status and every I/O failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(server: &Server, clients: usize, path: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let (addr, stop) = (server.addr, stop.clone());
+                std::thread::spawn(move || {
+                    let (mut ok, mut failures) = (0u64, Vec::new());
+                    let mut conn: Option<BufReader<std::net::TcpStream>> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = conn.get_or_insert_with(|| BufReader::new(connect(addr)));
+                        let sent = r
+                            .get_mut()
+                            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+                        let resp = sent.map_err(|e| e.to_string()).and_then(|()| try_read_response(r));
+                        match resp {
+                            Ok((200, close)) => {
+                                ok += 1;
+                                if close {
+                                    conn = None;
+                                }
+                            }
+                            Ok((status, _)) => failures.push(format!("status {status}")),
+                            Err(e) => {
+                                failures.push(e);
+                                conn = None;
+                            }
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for t in self.threads {
+            let (ok, failures) = t.join().unwrap();
+            total.0 += ok;
+            total.1.extend(failures);
+        }
+        total
+    }
+}
+
+/// Reads one response; returns its status and whether the server closes after it.
+fn try_read_response(r: &mut BufReader<std::net::TcpStream>) -> Result<(u16, bool), String> {
+    let mut line = String::new();
+    if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+        return Err("connection closed before a response".into());
+    }
+    let status: u16 =
+        line.get(9..12).and_then(|s| s.parse().ok()).ok_or(format!("bad status line {line:?}"))?;
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let lower = l.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().map_err(|_| "bad length".to_string())?;
+        }
+        close |= lower == "connection: close";
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).map_err(|e| e.to_string())?;
+    Ok((status, close))
+}
+
+#[test]
+fn reloads_under_load_lose_no_request_and_apply_the_new_configuration() {
+    let server = Server::builder().config_only(TWO_WORKERS).start();
+    server.write_file("v.txt", b"old");
+    let load = Load::start(&server, 8, "/v.txt");
+    server.wait_until("load flowing", |s| s["total"]["requests"].as_u64() > Some(200));
+    for generation in 2..=4 {
+        server.signal(libc::SIGHUP);
+        server.wait_until("reload", |s| s["master"]["generation"] == generation);
+        server.wait_until("new workers", |s| {
+            s["workers"].as_array().unwrap().iter().all(|w| w["state"] == "running")
+        });
+    }
+    // Change the content the configuration points at: the newest workers serve it.
+    let new_root = server.dir.path().join("www2");
+    std::fs::create_dir(&new_root).unwrap();
+    std::fs::write(new_root.join("v.txt"), b"new").unwrap();
+    let text = std::fs::read_to_string(server.config_path()).unwrap();
+    std::fs::write(
+        server.config_path(),
+        text.replace(server.root.to_str().unwrap(), new_root.to_str().unwrap()),
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_until("reload", |s| s["master"]["generation"] == 5);
+    wait_for("the new root to be served", || server.get("/v.txt").body == b"new");
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failures (first: {:?}) among {ok} responses",
+        failures.len(),
+        failures.first()
+    );
+    assert!(ok > 200);
+    let stats = server.stats();
+    assert_eq!(stats["master"]["reloads"], 4);
+    assert_eq!(stats["master"]["reloads_failed"], 0);
+    assert_eq!(stats["master"]["respawns"], 0);
+    assert_eq!(stats["workers"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
+    let server = Server::builder().config_only(TWO_WORKERS).start();
+    server.write_file("a.txt", b"A");
+    let pids = server.worker_pids();
+    std::fs::write(server.config_path(), "workers = \"many\"\n").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_until("failed reload counted", |s| s["master"]["reloads_failed"] == 1);
+    server.wait_for_log("reload failed");
+    server.wait_for_log("tine.toml:1:");
+    assert_eq!(server.worker_pids(), pids, "workers untouched");
+    assert_eq!(server.get("/a.txt").body, b"A");
+    assert_eq!(server.stats()["master"]["generation"], 1);
+}
+
+#[test]
+fn a_reload_can_add_workers_and_a_listen_address() {
+    let server = Server::builder().config_only(TWO_WORKERS).start();
+    server.write_file("a.txt", b"A");
+    let text = std::fs::read_to_string(server.config_path()).unwrap();
+    let grown = text
+        .replace("workers = 2", "workers = 3")
+        .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{}\", \"127.0.0.1:0\"]", server.addr));
+    std::fs::write(server.config_path(), grown).unwrap();
+    server.signal(libc::SIGHUP);
+    let stats = server.wait_until("three workers", |s| {
+        let ws = s["workers"].as_array().unwrap();
+        ws.len() == 3 && ws.iter().all(|w| w["state"] == "running")
+    });
+    assert_eq!(listening_sockets(server.addr.port()), 3, "the kept address gained a socket for the new slot");
+    assert_eq!(server.get("/a.txt").body, b"A");
+    assert_eq!(stats["master"]["reloads"], 1);
+}
+
+#[test]
+fn a_draining_worker_answers_the_next_keep_alive_request_with_close() {
+    let server = Server::builder()
+        .config_only(&format!("{TWO_WORKERS}[timeouts]\nkeepalive_grace = \"30s\"\n"))
+        .start();
+    server.write_file("a.txt", b"A");
+    let s = server.connect();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r, false).header("connection"), None);
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("worker draining 1 connection(s)");
+    w.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let last = read_response(&mut r, false);
+    assert_eq!((last.status, last.header("connection")), (200, Some("close")));
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn upgrade_hands_over_to_a_new_master_without_losing_counters() {
+    let mut server = Server::builder().config_only(TWO_WORKERS).start();
+    server.write_file("a.txt", b"A");
+    for _ in 0..10 {
+        assert_eq!(server.get("/a.txt").status, 200);
+    }
+    let old_master = server.master_pid();
+    let load = Load::start(&server, 4, "/a.txt");
+    server.signal(libc::SIGUSR2);
+    assert!(server.wait_exit().success(), "the old master leaves once the new one serves");
+    let new_master = server.pid_in_pid_file().expect("pid file");
+    assert_ne!(new_master, old_master);
+    assert!(!server.dir.path().join("tine.pid.oldbin").exists());
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{} failures (first: {:?}) among {ok}", failures.len(), failures.first());
+    let stats = server.stats();
+    assert_eq!(stats["master"]["pid"], new_master);
+    assert!(stats["total"]["requests"].as_u64().unwrap() >= 10 + ok, "counters continued");
+    for w in stats["workers"].as_array().unwrap() {
+        assert_eq!(parent_pid(w["pid"].as_i64().unwrap() as i32), new_master);
+    }
+    assert_eq!(server.get("/a.txt").body, b"A");
+}
+
+#[test]
+fn a_failed_upgrade_leaves_the_old_master_serving() {
+    let server = Server::builder().config_only(TWO_WORKERS).start();
+    server.write_file("a.txt", b"A");
+    // The new binary reads the configuration on disk, which is now broken.
+    std::fs::write(server.config_path(), "listen = [\"not an address\"]\n").unwrap();
+    server.signal(libc::SIGUSR2);
+    server.wait_for_log("upgrade failed, still serving");
+    assert_eq!(server.pid_in_pid_file(), Some(server.master_pid()), "pid file restored");
+    assert!(!server.dir.path().join("tine.pid.oldbin").exists());
+    assert_eq!(server.get("/a.txt").body, b"A");
+}
+
+#[test]
+fn usr1_reopens_the_access_log_for_logrotate() {
+    let server =
+        Server::builder().config_only(&format!("{TWO_WORKERS}access_log = \"access.log\"\n")).start();
+    server.write_file("a.txt", b"A");
+    let log = server.dir.path().join("access.log");
+    assert_eq!(server.get("/a.txt?before").status, 200);
+    wait_for("first line flushed", || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("?before")));
+    let rotated = server.dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    tine().args(["signal", "reopen", "--pid-file"]).arg(&server.pid_file).status().unwrap();
+    server.wait_for_log("logs reopened");
+    // Workers reopen on their own USR1; a request after that lands in the new file.
+    wait_for("a line in the new file", || {
+        let _ = server.get("/a.txt?after");
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("?after"))
+    });
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("\"GET /a.txt?before HTTP/1.1\" 200 1 \"-\" \"-\""), "{old}");
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    }
+}
+
+#[test]
+fn tine_signal_quit_stops_gracefully_and_explains_a_missing_pid_file() {
+    let mut server = Server::start(1);
+    let out = tine().args(["signal", "quit", "--pid-file"]).arg(&server.pid_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(server.wait_exit().success());
+    let out = tine().args(["signal", "reload", "--pid-file"]).arg(&server.pid_file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is tine running?"));
+}
