@@ -29,14 +29,7 @@ enum Command {
         config: PathBuf,
     },
     /// Print statistics read straight from the shared-memory region.
-    Stats {
-        /// Region to read (default: the only running tine's, or port 8080's).
-        #[arg(long)]
-        stats_path: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Stats(stats_cmd::StatsArgs),
     /// Send a control signal to a running master, like `nginx -s`.
     Signal {
         /// reload (HUP), stop (TERM), quit (QUIT, graceful), reopen (USR1), upgrade (USR2).
@@ -90,7 +83,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve { settings } => serve(settings),
         Command::Check { config } => check(&config),
-        Command::Stats { stats_path, json } => stats_cmd::run(stats_path, json),
+        Command::Stats(args) => stats_cmd::run(args),
         Command::Signal { action, pid_file, config } => signal_cmd::run(action, pid_file, config),
     };
     if let Err(e) = result {

@@ -1,30 +1,91 @@
-//! `tine stats`: maps a region read-only and prints it.
+//! `tine stats`: maps a region read-only and prints it once (table, JSON or
+//! Prometheus) or as a live view refreshed every second.
 
 use anyhow::{bail, Context};
+use std::io::Write;
 use std::path::PathBuf;
-use tine_stats::reader::Liveness;
-use tine_stats::{render, Reader};
+use std::time::Duration;
+use tine_stats::{prometheus, render, Liveness, Reader, RegionView, Snapshot};
 
-pub fn run(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    let path = match path {
-        Some(p) => p,
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    /// Region to read (default: the only running tine's, or port 8080's).
+    #[arg(long)]
+    stats_path: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, conflicts_with_all = ["prometheus", "watch"])]
+    json: bool,
+    /// Print the Prometheus text exposition format.
+    #[arg(long, conflicts_with = "watch")]
+    prometheus: bool,
+    /// Live view, refreshed every second, with rates and recent latency.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: stop after this many refreshes (default: until interrupted).
+    #[arg(long, requires = "watch")]
+    count: Option<u64>,
+    /// Show only this worker slot.
+    #[arg(long)]
+    worker: Option<usize>,
+}
+
+pub fn run(args: StatsArgs) -> anyhow::Result<()> {
+    let path = match &args.stats_path {
+        Some(p) => p.clone(),
         None => find_region()?,
     };
     let reader = Reader::open(&path)?;
-    let snapshot = reader.snapshot();
-    if let Liveness::Stale { since_unix_ms } = snapshot.liveness {
-        eprintln!(
-            "tine: warning: the master of {} is gone (last heartbeat {}); figures are final",
-            path.display(),
-            ago(since_unix_ms)
-        );
+    let first = reader.snapshot();
+    if let Some(w) = args.worker {
+        if !first.used_slots().any(|s| s.slot == w) {
+            let used: Vec<String> = first.used_slots().map(|s| s.slot.to_string()).collect();
+            bail!("no worker slot {w} in {} (slots in use: {})", path.display(), used.join(", "));
+        }
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&render::json(&snapshot))?);
+    warn_if_stale(&first);
+    if args.watch {
+        return watch(&reader, first, args.worker, args.count);
+    }
+    let out = if args.json {
+        serde_json::to_string_pretty(&render::json(&first, args.worker))? + "\n"
+    } else if args.prometheus {
+        prometheus::render(&first, args.worker)
     } else {
-        print!("{}", render::text(&snapshot));
+        render::text(&first, args.worker)
+    };
+    std::io::stdout().write_all(out.as_bytes()).context("writing to stdout")?;
+    Ok(())
+}
+
+fn watch(
+    reader: &Reader,
+    mut prev: Snapshot,
+    worker: Option<usize>,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut frames = 0;
+    while count.is_none_or(|c| frames < c) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = reader.snapshot();
+        let frame = render::watch_frame(&prev, &now, worker);
+        // Clear the screen and draw from the top, as top does.
+        let mut out = std::io::stdout().lock();
+        write!(out, "\x1b[H\x1b[2J{frame}").and_then(|()| out.flush()).context("writing to stdout")?;
+        prev = now;
+        frames += 1;
     }
     Ok(())
+}
+
+fn warn_if_stale(s: &Snapshot) {
+    if let Liveness::Stale { since_unix_ms } = s.liveness {
+        let ago = tine_stats::unix_millis().saturating_sub(since_unix_ms) / 1000;
+        eprintln!(
+            "tine: warning: the master of {} (pid {}) is gone; its last heartbeat was {ago}s ago. \
+             These figures are final.",
+            s.path, s.master_pid
+        );
+    }
 }
 
 /// With no --stats-path: the one live region in /dev/shm, else port 8080's.
@@ -46,9 +107,4 @@ fn find_region() -> anyhow::Result<PathBuf> {
             bail!("several tine servers are running; pick one with --stats-path:\n{}", list.join("\n"))
         }
     }
-}
-
-fn ago(unix_ms: u64) -> String {
-    let secs = tine_stats::unix_millis().saturating_sub(unix_ms) / 1000;
-    format!("{secs}s ago")
 }

@@ -11,6 +11,7 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
+    admin_listen: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
     workers: Option<Spanned<RawWorkers>>,
     pid_file: Option<Spanned<String>>,
@@ -111,6 +112,12 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         config.listen =
             listen.get_ref().iter().map(|a| at.check(a, |s| parse_listen(s))).collect::<Result<_, _>>()?;
+    }
+    if let Some(admin) = &raw.admin_listen {
+        config.admin_listen = Some(at.check(admin, |s| parse_listen(s))?);
+        if config.listen.contains(&config.admin_listen.expect("just set")) {
+            return Err(at.error(admin.span(), "admin_listen must differ from every listen address"));
+        }
     }
     if let Some(root) = &raw.root {
         config.root = at.check(root, |r| check_root(&relative_to_file(r)))?;

@@ -20,6 +20,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// Admin listener answering /metrics and /stats.json; `None` for none.
+    pub admin_listen: Option<SocketAddr>,
     /// Directory served as the document root (absolute once loaded).
     pub root: PathBuf,
     pub workers: Workers,
@@ -82,6 +84,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![DEFAULT_LISTEN.parse().expect("default address parses")],
+            admin_listen: None,
             root: PathBuf::from("."),
             workers: Workers::Auto,
             pid_file: None,
@@ -144,6 +147,11 @@ impl Source {
 }
 
 impl Config {
+    /// Every address to bind: the listen addresses, then the admin listener.
+    pub fn all_listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.iter().copied().chain(self.admin_listen).collect()
+    }
+
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)

@@ -17,6 +17,7 @@
 
 use crate::paths::{default_pid_file, default_stats_path};
 use crate::pid_file::PidFile;
+use crate::sampler::Sampler;
 use crate::signals::{self, master_signalfd};
 use crate::spawn::{spawn_worker, Spawn};
 use crate::upgrade::{self, Progress};
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use tine_config::{Config, Source, Workers};
 use tine_logging::ErrorLogTarget;
 use tine_net::ListenerSet;
-use tine_stats::{Region, RegionState, SlotState};
+use tine_stats::{Region, RegionState, RegionView, SlotState};
 
 /// A worker that exits sooner than this after starting counts as crash-looping.
 const CRASH_WINDOW: Duration = Duration::from_secs(2);
@@ -108,6 +109,8 @@ struct Master {
     tell_old_master: Option<OwnedFd>,
     phase: Phase,
     handed_over: bool,
+    sampler: Sampler,
+    last_sample: Instant,
 }
 
 impl Master {
@@ -130,7 +133,7 @@ impl Master {
             None => ListenerSet::default(),
         };
         // Inherited sockets no longer configured stay with the old master.
-        drop(listeners.rebind(&config.listen, count, config.backlog)?);
+        drop(listeners.rebind(&config.all_listen_addrs(), count, config.backlog)?);
         let port = listeners.addrs()[0].port();
         let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
         let region = match &inherited.stats_path {
@@ -155,8 +158,12 @@ impl Master {
         };
         let pid_file = PidFile::write(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(port)))?;
         tine_worker::name_process("tine: master");
-        for a in &addrs {
-            log::info!("listening on {a}");
+        for (i, a) in addrs.iter().enumerate() {
+            if i < config.listen.len() {
+                log::info!("listening on {a}");
+            } else {
+                log::info!("admin endpoint on http://{a}/metrics and /stats.json");
+            }
         }
         log::info!(
             "master {} serving {} with {count} worker(s); stats {}, pid file {}{}",
@@ -180,6 +187,9 @@ impl Master {
             tell_old_master: inherited.ready,
             phase: Phase::Running,
             handed_over: false,
+            sampler: Sampler::default(),
+            // Sample on the first turn, so readers see host figures at once.
+            last_sample: Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(Instant::now),
         };
         master.resize_slots(count);
         master.respawn_due();
@@ -201,6 +211,7 @@ impl Master {
             self.follow_upgrade();
             self.announce_ready_to_old_master();
             self.expire_retiring();
+            self.sample_every_second();
             match self.phase {
                 Phase::Running => {
                     self.region.heartbeat();
@@ -560,6 +571,22 @@ impl Master {
                 }
             }
         }
+    }
+
+    /// CPU, memory and host network counters into the region, once a second.
+    fn sample_every_second(&mut self) {
+        if self.handed_over || self.last_sample.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_sample = Instant::now();
+        let workers: Vec<(usize, i32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.pid.map(|p| (i, p.as_raw())))
+            .chain(self.retiring.iter().map(|r| (r.slot, r.pid.as_raw())))
+            .collect();
+        self.sampler.sample(&self.region, &workers);
     }
 
     fn all_worker_pids(&self) -> Vec<Pid> {

@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use tine_config::Config;
 use tine_net::ListenerSet;
-use tine_stats::{Region, SlotState};
+use tine_stats::{Region, RegionView, SlotState};
 use tine_worker::{WorkerError, WorkerInit};
 
 /// Exit code of a worker that panicked: a bug, which the master survives.
@@ -52,8 +52,9 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
                 generation,
                 listeners: spec.listeners.for_slot(spec.slot),
                 close_fds,
+                admin_listener: spec.config.admin_listen.map(|_| spec.config.listen.len()),
                 config: spec.config,
-                stats,
+                region: spec.region,
             };
             let code = match std::panic::catch_unwind(AssertUnwindSafe(|| tine_worker::run(init))) {
                 Ok(Ok(_)) | Ok(Err(WorkerError::Orphaned(_))) => 0,

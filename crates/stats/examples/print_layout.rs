@@ -1,17 +1,38 @@
-//! Prints the field tables with offsets, the source for docs/stats-abi.md.
-use tine_stats::layout::{Kind, HEADER_SIZE, MASTER_FIELDS, MASTER_SIZE, SLOT_FIELDS, SLOT_SIZE};
+//! Prints the field tables with their offsets, the source of the tables in
+//! docs/stats-abi.md (a test checks the two agree).
+use std::mem::offset_of;
+use tine_stats::layout::{
+    Field, Host, HostSection, InterfaceEntry, Kind, Slot, HEADER_SIZE, HOST_FIELDS, HOST_SIZE, MASTER_FIELDS,
+    MASTER_SIZE, SLOT_FIELDS, SLOT_SIZE,
+};
+
+fn table(fields: &[Field]) {
+    for f in fields {
+        let kind = match f.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Info => "info",
+        };
+        println!("| {} | `{}` | {} | {} |", f.offset, f.name, kind, f.help);
+    }
+}
 
 fn main() {
-    println!("header {HEADER_SIZE} master {MASTER_SIZE} slot {SLOT_SIZE}");
-    for (name, fields) in [("master", MASTER_FIELDS), ("slot", SLOT_FIELDS)] {
-        println!("{name}");
-        for f in fields {
-            let kind = match f.kind {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
-                Kind::Info => "info",
-            };
-            println!("| {} | `{}` | {} | {} |", f.offset, f.name, kind, f.help);
-        }
-    }
+    println!("header {HEADER_SIZE} master {MASTER_SIZE} host {HOST_SIZE} slot {SLOT_SIZE}");
+    println!("master");
+    table(MASTER_FIELDS);
+    println!("host ({} bytes of fields)", std::mem::size_of::<HostSection>());
+    table(HOST_FIELDS);
+    println!("interfaces at {}", offset_of!(Host, interfaces));
+    println!(
+        "interface entry: name {} rx_bytes {} rx_drops {} tx_bytes {} tx_drops {}",
+        offset_of!(InterfaceEntry, name),
+        offset_of!(InterfaceEntry, rx_bytes),
+        offset_of!(InterfaceEntry, rx_drops),
+        offset_of!(InterfaceEntry, tx_bytes),
+        offset_of!(InterfaceEntry, tx_drops)
+    );
+    println!("slot");
+    table(SLOT_FIELDS);
+    println!("latency_us at {}", offset_of!(Slot, latency_us));
 }

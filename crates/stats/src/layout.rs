@@ -4,6 +4,7 @@
 //! ```text
 //! offset 0              Header         (HEADER_SIZE bytes)
 //! header.master_offset  MasterSection  (one writer: the master)
+//! header.host_offset    Host           (one writer: the master)
 //! header.listeners_offset  listener_count x 64-byte NUL-padded address text
 //! header.slots_offset   slot_count x slot_size bytes, one Slot per worker slot
 //! ```
@@ -50,6 +51,11 @@ pub struct Header {
     pub heartbeat_unix_ms: AtomicU64,
     /// A [`RegionState`] value.
     pub state: AtomicU64,
+    /// Where the host section starts, and its size.
+    pub host_offset: u64,
+    pub host_size: u32,
+    /// Interface entries the host section has room for.
+    pub interface_capacity: u32,
 }
 
 /// Lifecycle of the whole region, as stored in [`Header::state`].
@@ -148,27 +154,33 @@ macro_rules! section {
         $section:ident / $values:ident / $fields:ident {
             $( $name:ident : $kind:ident = $help:literal, )*
         }
+        $( arrays { $( $aname:ident : [$alen:expr] = $ahelp:literal, )* } )?
     ) => {
         $(#[$meta])*
         #[repr(C, align(64))]
         pub struct $section {
             $( #[doc = $help] pub $name: AtomicU64, )*
+            $($( #[doc = $ahelp] pub $aname: [AtomicU64; $alen], )*)?
         }
 
         /// Plain copy of every field of the section, loaded with relaxed atomics.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
         pub struct $values {
             $( #[doc = $help] pub $name: u64, )*
+            $($( #[doc = $ahelp] pub $aname: [u64; $alen], )*)?
         }
 
         impl $section {
             pub fn load(&self) -> $values {
-                $values { $( $name: self.$name.load(std::sync::atomic::Ordering::Relaxed), )* }
+                $values {
+                    $( $name: self.$name.load(std::sync::atomic::Ordering::Relaxed), )*
+                    $($( $aname: std::array::from_fn(|i| self.$aname[i].load(std::sync::atomic::Ordering::Relaxed)), )*)?
+                }
             }
         }
 
         impl $values {
-            /// The value of the field at this index of the field table.
+            /// The value of the scalar field at this index of the field table.
             pub fn get(&self, index: usize) -> u64 {
                 let all = [$( self.$name, )*];
                 all[index]
@@ -210,7 +222,62 @@ section! {
         timeouts: Counter = "connections closed by a header, idle or send timeout",
         parse_errors: Counter = "requests refused as malformed: bad heads (400, 414, 431, 505) and unsafe paths (400)",
         closed_by_reset: Counter = "connections the client reset or broke mid-response",
+        cpu_time_us: Counter = "CPU time (user + system) of the slot's workers in microseconds, sampled by the master once a second",
+        rss_bytes: Gauge = "resident memory of the slot's workers in bytes, sampled by the master once a second",
+        latency_us_sum: Counter = "sum of all request latencies in microseconds (first request byte to last response byte)",
     }
+    arrays {
+        latency_us: [LATENCY_BUCKETS] = "request latency histogram: bucket i counts requests that took less than 2^i microseconds and at least 2^(i-1) (bucket 0: under 1 us)",
+    }
+}
+
+/// Buckets of the latency histogram: the last one holds everything from
+/// 2^30 us (about 18 minutes) up.
+pub const LATENCY_BUCKETS: usize = 32;
+
+/// The histogram bucket for a latency: the smallest i with `us < 2^i`.
+pub fn latency_bucket(us: u64) -> usize {
+    ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1)
+}
+
+/// Interface entries the host section has room for.
+pub const INTERFACE_CAPACITY: usize = 16;
+
+section! {
+    /// Host-wide network health, sampled by the master once a second from
+    /// /proc/net/snmp, /proc/net/netstat and /proc/net/dev. These are the
+    /// kernel's counters for the master's network namespace, not tine's own.
+    HostSection / HostFields / HOST_FIELDS {
+        sampled_unix_ms: Info = "when the master last sampled (ms since the epoch)",
+        tcp_active_opens: Counter = "Tcp ActiveOpens: connections this host opened",
+        tcp_passive_opens: Counter = "Tcp PassiveOpens: connections this host accepted",
+        tcp_attempt_fails: Counter = "Tcp AttemptFails: connection attempts that failed (e.g. refused)",
+        tcp_estab_resets: Counter = "Tcp EstabResets: established connections reset",
+        tcp_retrans_segs: Counter = "Tcp RetransSegs: segments retransmitted",
+        tcp_in_errs: Counter = "Tcp InErrs: segments received in error",
+        tcp_listen_overflows: Counter = "TcpExt ListenOverflows: connections refused because an accept queue was full",
+        tcp_listen_drops: Counter = "TcpExt ListenDrops: SYNs dropped at a listening socket",
+        interface_count: Info = "interface entries in use",
+    }
+}
+
+/// One network interface, from /proc/net/dev.
+#[repr(C, align(64))]
+pub struct InterfaceEntry {
+    /// Interface name, ASCII, NUL-padded, 16 bytes (stored as two u64 words in
+    /// memory order).
+    pub name: [AtomicU64; 2],
+    pub rx_bytes: AtomicU64,
+    pub rx_drops: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub tx_drops: AtomicU64,
+}
+
+/// The host section: fields, then INTERFACE_CAPACITY interface entries.
+#[repr(C, align(64))]
+pub struct Host {
+    pub fields: HostSection,
+    pub interfaces: [InterfaceEntry; INTERFACE_CAPACITY],
 }
 
 section! {
@@ -229,11 +296,14 @@ section! {
 pub const HEADER_SIZE: usize = std::mem::size_of::<Header>();
 pub const MASTER_SIZE: usize = std::mem::size_of::<MasterSection>();
 pub const SLOT_SIZE: usize = std::mem::size_of::<Slot>();
+pub const HOST_SIZE: usize = std::mem::size_of::<Host>();
+pub const INTERFACE_ENTRY_SIZE: usize = std::mem::size_of::<InterfaceEntry>();
 
 /// Where each section lives for a region with this many slots and listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
     pub master: usize,
+    pub host: usize,
     pub listeners: usize,
     pub slots: usize,
     pub total: usize,
@@ -242,10 +312,11 @@ pub struct Offsets {
 impl Offsets {
     pub fn compute(slot_count: usize, listener_count: usize) -> Self {
         let master = HEADER_SIZE;
-        let listeners = master + MASTER_SIZE;
+        let host = master + MASTER_SIZE;
+        let listeners = host + HOST_SIZE;
         let slots = round_up(listeners + listener_count * LISTENER_ENTRY_SIZE, 64);
         let total = slots + slot_count * SLOT_SIZE;
-        Offsets { master, listeners, slots, total }
+        Offsets { master, host, listeners, slots, total }
     }
 }
 
@@ -257,4 +328,22 @@ fn round_up(n: usize, to: usize) -> usize {
 const _: () = assert!(HEADER_SIZE == 128);
 const _: () = assert!(SLOT_SIZE % 64 == 0);
 const _: () = assert!(MASTER_SIZE % 64 == 0);
+const _: () = assert!(HOST_SIZE % 64 == 0);
+const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);
 const _: () = assert!(std::mem::align_of::<Slot>() == 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 1);
+        assert_eq!(latency_bucket(3), 2);
+        assert_eq!(latency_bucket(4), 3);
+        assert_eq!(latency_bucket(1023), 10);
+        assert_eq!(latency_bucket(1024), 11);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+}

@@ -4,19 +4,23 @@
 //! The layout in [`layout`] is a documented ABI (docs/stats-abi.md); [`writer`]
 //! creates and adopts regions, [`reader`] maps them read-only and validates them,
 //! [`snapshot`] is a consistent-enough copy of every counter, and [`render`]
-//! turns a snapshot into the text table and JSON that `tine stats` prints.
+//! and [`prometheus`] turn a snapshot into the table, the live view, JSON and
+//! the Prometheus exposition that `tine stats` prints.
 //!
 //! This crate depends on no other tine crate, so an ops tool can link it alone.
 
 pub mod layout;
+pub mod prometheus;
 pub mod reader;
 pub mod render;
 pub mod snapshot;
+pub mod view;
 pub mod writer;
 
 pub use layout::{Header, MasterSection, RegionState, Slot, SlotState, LAYOUT_VERSION, MAGIC};
 pub use reader::{ReadError, Reader};
 pub use snapshot::{SlotValues, Snapshot, Totals};
+pub use view::{Liveness, RegionView};
 pub use writer::{CreateError, Region};
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in the region.

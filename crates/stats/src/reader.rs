@@ -2,19 +2,16 @@
 //! counter) and refuses anything that is not a complete region of a layout it knows.
 
 use crate::layout::{
-    Header, MasterSection, RegionState, Slot, ENDIAN_CHECK, HEADER_SIZE, LAYOUT_VERSION, LISTENER_ENTRY_SIZE,
+    Header, ENDIAN_CHECK, HEADER_SIZE, HOST_SIZE, INTERFACE_ENTRY_SIZE, LAYOUT_VERSION, LISTENER_ENTRY_SIZE,
     MAGIC, MASTER_SIZE, SLOT_SIZE,
 };
-use crate::snapshot::Snapshot;
-use crate::{pid_alive, unix_millis};
+use crate::view::RegionView;
 use memmap2::Mmap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
-/// A master stamps its heartbeat every second; this much silence means it is gone.
-pub const STALE_AFTER_MS: u64 = 5_000;
+pub use crate::view::{Liveness, STALE_AFTER_MS};
 
 /// Why a region cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -52,78 +49,16 @@ impl Reader {
         validate(&map)?;
         Ok(Reader { map, path: path.to_owned() })
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn header(&self) -> &Header {
-        // SAFETY: validate() checked the size; the mapping is page aligned.
-        unsafe { &*(self.map.as_ptr() as *const Header) }
-    }
-
-    pub fn master(&self) -> &MasterSection {
-        let at = self.header().master_offset as usize;
-        // SAFETY: validate() checked that the section lies inside the mapping and
-        // is 64-byte aligned; it is made only of atomics.
-        unsafe { &*(self.map.as_ptr().add(at) as *const MasterSection) }
-    }
-
-    pub fn slot_count(&self) -> usize {
-        self.header().slot_count as usize
-    }
-
-    pub fn slot(&self, index: usize) -> &Slot {
-        let h = self.header();
-        assert!(index < h.slot_count as usize, "slot {index} out of range");
-        let at = h.slots_offset as usize + index * h.slot_size as usize;
-        // SAFETY: validate() checked every slot lies inside the mapping and is
-        // 64-byte aligned; Slot is made only of atomics.
-        unsafe { &*(self.map.as_ptr().add(at) as *const Slot) }
-    }
-
-    /// The listen addresses recorded by the master, as text.
-    pub fn listeners(&self) -> Vec<String> {
-        let h = self.header();
-        (0..h.listener_count as usize)
-            .map(|i| {
-                let at = h.listeners_offset as usize + i * h.listener_entry_size as usize;
-                let entry = &self.map[at..at + h.listener_entry_size as usize];
-                let end = entry.iter().position(|&b| b == 0).unwrap_or(entry.len());
-                String::from_utf8_lossy(&entry[..end]).into_owned()
-            })
-            .collect()
-    }
-
-    /// Whether the master that owns the region is gone: it said it stopped, its
-    /// process no longer exists, or its heartbeat has been silent too long.
-    pub fn liveness(&self) -> Liveness {
-        let h = self.header();
-        let heartbeat = h.heartbeat_unix_ms.load(Ordering::Relaxed);
-        let pid = h.master_pid.load(Ordering::Relaxed);
-        match RegionState::from_raw(h.state.load(Ordering::Relaxed)) {
-            Some(RegionState::Stopped) => Liveness::Stale { since_unix_ms: heartbeat },
-            _ if !pid_alive(pid) => Liveness::Stale { since_unix_ms: heartbeat },
-            _ if unix_millis().saturating_sub(heartbeat) > STALE_AFTER_MS => {
-                Liveness::Stale { since_unix_ms: heartbeat }
-            }
-            _ => Liveness::Live,
-        }
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot::take(self)
-    }
 }
 
-/// Answer of [`Reader::liveness`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Liveness {
-    Live,
-    /// The master last showed life at this time.
-    Stale {
-        since_unix_ms: u64,
-    },
+impl RegionView for Reader {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Checks that `bytes` hold a complete region of the layout this crate knows.
@@ -152,6 +87,13 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
     {
         return Err(ReadError::Corrupt("section sizes"));
     }
+    if (h.host_size as usize) < HOST_SIZE
+        || (h.host_size as usize)
+            < std::mem::size_of::<crate::layout::HostSection>()
+                + h.interface_capacity as usize * INTERFACE_ENTRY_SIZE
+    {
+        return Err(ReadError::Corrupt("host section size"));
+    }
     if (h.listener_entry_size as usize) < LISTENER_ENTRY_SIZE {
         return Err(ReadError::Corrupt("listener entry size"));
     }
@@ -162,7 +104,9 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
     if h.total_size > len
         || h.master_offset % 64 != 0
         || h.slots_offset % 64 != 0
+        || h.host_offset % 64 != 0
         || !within(h.master_offset, h.master_size as u64)
+        || !within(h.host_offset, h.host_size as u64)
         || !within(h.listeners_offset, listener_bytes)
         || !within(h.slots_offset, slots_bytes)
     {

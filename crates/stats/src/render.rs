@@ -2,14 +2,15 @@
 //! prints. Field names come from the layout's field tables, so a counter added
 //! there shows up here without further change.
 
-use crate::layout::{Kind, MASTER_FIELDS, SLOT_FIELDS};
-use crate::reader::Liveness;
+use crate::layout::{Kind, HOST_FIELDS, LATENCY_BUCKETS, MASTER_FIELDS, SLOT_FIELDS};
 use crate::snapshot::{SlotValues, Snapshot};
+use crate::view::Liveness;
 use serde_json::{json, Map, Value};
 use std::fmt::Write;
 
-/// The JSON document: `master`, `listeners`, `total` and a `workers` array.
-pub fn json(s: &Snapshot) -> Value {
+/// The JSON document: `master`, `host`, `listeners`, `total` and a `workers`
+/// array (only `worker`'s slot when given).
+pub fn json(s: &Snapshot, worker: Option<usize>) -> Value {
     let mut master = Map::new();
     master.insert("pid".into(), json!(s.master_pid));
     master.insert("state".into(), json!(s.state));
@@ -20,12 +21,19 @@ pub fn json(s: &Snapshot) -> Value {
     for (i, f) in MASTER_FIELDS.iter().enumerate() {
         master.insert(f.name.into(), json!(s.master.get(i)));
     }
-    let total: Map<String, Value> =
+    let mut total: Map<String, Value> =
         s.totals().values.into_iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
-    let workers: Vec<Value> = s.used_slots().map(worker_json).collect();
+    total.insert("latency_us".into(), json!(s.latency().to_vec()));
+    let mut host = Map::new();
+    for (i, f) in HOST_FIELDS.iter().enumerate() {
+        host.insert(f.name.into(), json!(s.host.get(i)));
+    }
+    host.insert("interfaces".into(), json!(s.interfaces));
+    let workers: Vec<Value> = selected(s, worker).map(worker_json).collect();
     json!({
         "path": s.path,
         "master": master,
+        "host": host,
         "listeners": s.listeners,
         "total": total,
         "workers": workers,
@@ -44,7 +52,50 @@ fn worker_json(slot: &SlotValues) -> Value {
         };
         w.insert(f.name.into(), value);
     }
+    w.insert("latency_us".into(), json!(slot.fields.latency_us.to_vec()));
     Value::Object(w)
+}
+
+fn selected(s: &Snapshot, worker: Option<usize>) -> impl Iterator<Item = &SlotValues> {
+    s.used_slots().filter(move |v| worker.is_none_or(|w| v.slot == w))
+}
+
+/// The latency below which a fraction `q` of the requests in `hist` finished, in
+/// microseconds, interpolated within its log2 bucket; `None` with no requests.
+pub fn percentile(hist: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
+    let total: u64 = hist.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    if total == 0 {
+        return None;
+    }
+    let target = (q * total as f64).max(1.0);
+    let mut seen = 0.0;
+    for (i, &n) in hist.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        if seen + n as f64 >= target {
+            let low = if i == 0 { 0.0 } else { (1u64 << (i - 1)) as f64 };
+            let high = (1u64 << i) as f64;
+            return Some(low + (high - low) * (target - seen) / n as f64);
+        }
+        seen += n as f64;
+    }
+    Some((1u64 << (LATENCY_BUCKETS - 1)) as f64)
+}
+
+/// Bucket-wise difference of two histograms (newer minus older).
+pub fn histogram_delta(new: &[u64; LATENCY_BUCKETS], old: &[u64; LATENCY_BUCKETS]) -> [u64; LATENCY_BUCKETS] {
+    std::array::from_fn(|i| new[i].saturating_sub(old[i]))
+}
+
+/// A latency in microseconds for people: `850us`, `12.5ms`, `1.20s`.
+pub fn human_latency(us: Option<f64>) -> String {
+    match us {
+        None => "-".into(),
+        Some(us) if us < 1000.0 => format!("{us:.0}us"),
+        Some(us) if us < 1_000_000.0 => format!("{:.1}ms", us / 1000.0),
+        Some(us) => format!("{:.2}s", us / 1_000_000.0),
+    }
 }
 
 fn uptime_ms(s: &Snapshot) -> u64 {
@@ -71,7 +122,7 @@ const TABLE: &[(&str, &str)] = &[
 ];
 
 /// The human table: a summary line, totals, then one row per worker slot.
-pub fn text(s: &Snapshot) -> String {
+pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     let mut out = String::new();
     let live = match s.liveness {
         Liveness::Live => String::new(),
@@ -103,7 +154,7 @@ pub fn text(s: &Snapshot) -> String {
         let _ = write!(out, " {heading:>12}");
     }
     out.push('\n');
-    for slot in s.used_slots() {
+    for slot in selected(s, worker) {
         let f = &slot.fields;
         let cpu = if f.cpu == u64::MAX { "-".to_string() } else { f.cpu.to_string() };
         let _ =
@@ -119,7 +170,137 @@ pub fn text(s: &Snapshot) -> String {
         let _ = write!(out, " {:>12}", totals.get(name).unwrap_or(0));
     }
     out.push('\n');
+    let hist = s.latency();
+    let _ = writeln!(
+        out,
+        "\nlatency since start: p50 {}  p90 {}  p99 {}",
+        human_latency(percentile(&hist, 0.5)),
+        human_latency(percentile(&hist, 0.9)),
+        human_latency(percentile(&hist, 0.99))
+    );
+    out.push_str(&host_lines(s, None));
     out
+}
+
+/// Host TCP health: cumulative, or per second against an earlier snapshot.
+fn host_lines(s: &Snapshot, prev: Option<(&Snapshot, f64)>) -> String {
+    let field = |snap: &Snapshot, name: &str| {
+        HOST_FIELDS.iter().position(|f| f.name == name).map_or(0, |i| snap.host.get(i))
+    };
+    let show = |name: &str| match prev {
+        Some((p, secs)) => format!("{:.0}/s", field(s, name).saturating_sub(field(p, name)) as f64 / secs),
+        None => field(s, name).to_string(),
+    };
+    let mut out = format!(
+        "host tcp: opens {} active / {} passive, attempt fails {}, resets {}, retransmits {}, in errors {}\n\
+         host accept queues: overflows {}, drops {}\n",
+        show("tcp_active_opens"),
+        show("tcp_passive_opens"),
+        show("tcp_attempt_fails"),
+        show("tcp_estab_resets"),
+        show("tcp_retrans_segs"),
+        show("tcp_in_errs"),
+        show("tcp_listen_overflows"),
+        show("tcp_listen_drops"),
+    );
+    for iface in &s.interfaces {
+        let _ = writeln!(
+            out,
+            "interface {:<10} rx {} bytes ({} dropped)  tx {} bytes ({} dropped)",
+            iface.name, iface.rx_bytes, iface.rx_drops, iface.tx_bytes, iface.tx_drops
+        );
+    }
+    out
+}
+
+/// One frame of `tine stats --watch`: rates against the previous snapshot,
+/// recent latency percentiles, one row per worker with CPU%, host TCP health.
+pub fn watch_frame(prev: &Snapshot, s: &Snapshot, worker: Option<usize>) -> String {
+    let secs = (s.taken_unix_ms.saturating_sub(prev.taken_unix_ms) as f64 / 1000.0).max(0.001);
+    let (now_t, prev_t) = (s.totals(), prev.totals());
+    let rate =
+        |name: &str| now_t.get(name).unwrap_or(0).saturating_sub(prev_t.get(name).unwrap_or(0)) as f64 / secs;
+    let recent = histogram_delta(&s.latency(), &prev.latency());
+    let mut out = String::new();
+    let live = match s.liveness {
+        Liveness::Live => "",
+        Liveness::Stale { .. } => "  MASTER GONE",
+    };
+    let _ = writeln!(
+        out,
+        "tine master {} {}{}  up {}  generation {}  reloads {} (failed {})  respawns {}  watchdog kills {}",
+        s.master_pid,
+        s.state,
+        live,
+        human_duration(uptime_ms(s) / 1000),
+        s.master.generation,
+        s.master.reloads,
+        s.master.reloads_failed,
+        s.master.respawns,
+        s.master.watchdog_kills
+    );
+    let _ = writeln!(
+        out,
+        "requests {:.0}/s  accepted {:.0}/s  in {}/s  out {}/s  open connections {}  errors {:.0}/s  timeouts {:.0}/s",
+        rate("requests"),
+        rate("accepted"),
+        human_bytes(rate("bytes_received")),
+        human_bytes(rate("bytes_sent")),
+        now_t.get("active").unwrap_or(0),
+        rate("parse_errors"),
+        rate("timeouts"),
+    );
+    let _ = writeln!(
+        out,
+        "latency (last {secs:.1}s): p50 {}  p90 {}  p99 {}\n",
+        human_latency(percentile(&recent, 0.5)),
+        human_latency(percentile(&recent, 0.9)),
+        human_latency(percentile(&recent, 0.99))
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>8} {:>4} {:<9} {:>6} {:>10} {:>9} {:>10} {:>10} {:>9}",
+        "slot", "pid", "cpu", "state", "CPU%", "RSS", "active", "req/s", "out/s", "p99"
+    );
+    for v in selected(s, worker) {
+        let old = prev.slots.iter().find(|p| p.slot == v.slot);
+        let d = |f: fn(&SlotValues) -> u64| old.map_or(0, |o| f(v).saturating_sub(f(o)));
+        let cpu_pct = d(|x| x.fields.cpu_time_us) as f64 / (secs * 1e6) * 100.0;
+        let p99 = old.map(|o| histogram_delta(&v.fields.latency_us, &o.fields.latency_us));
+        let cpu = if v.fields.cpu == u64::MAX { "-".to_string() } else { v.fields.cpu.to_string() };
+        let _ = writeln!(
+            out,
+            "{:>5} {:>8} {:>4} {:<9} {:>5.1}% {:>10} {:>9} {:>10.0} {:>10} {:>9}",
+            v.slot,
+            v.fields.pid,
+            cpu,
+            v.state(),
+            cpu_pct,
+            human_bytes(v.fields.rss_bytes as f64),
+            shown(Kind::Gauge, v.fields.active),
+            d(|x| x.fields.requests) as f64 / secs,
+            human_bytes(d(|x| x.fields.bytes_sent) as f64 / secs),
+            human_latency(p99.and_then(|h| percentile(&h, 0.99))),
+        );
+    }
+    out.push('\n');
+    out.push_str(&host_lines(s, Some((prev, secs))));
+    out
+}
+
+fn human_bytes(v: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = v;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0}{}", UNITS[0])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
 }
 
 fn slot_value(slot: &SlotValues, name: &str) -> u64 {

@@ -2,8 +2,10 @@
 //! all worker slots. Each value is loaded atomically; the set is not one atomic
 //! picture, which monotonic counters do not need.
 
-use crate::layout::{Kind, MasterFields, RegionState, SlotFields, SlotState, SLOT_FIELDS};
-use crate::reader::{Liveness, Reader};
+use crate::layout::{
+    HostFields, Kind, MasterFields, RegionState, SlotFields, SlotState, LATENCY_BUCKETS, SLOT_FIELDS,
+};
+use crate::view::{interface_name, Liveness, RegionView};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 
@@ -34,6 +36,16 @@ impl Totals {
     }
 }
 
+/// Counters of one network interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_drops: u64,
+    pub tx_bytes: u64,
+    pub tx_drops: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub path: String,
@@ -44,13 +56,27 @@ pub struct Snapshot {
     pub liveness: Liveness,
     pub listeners: Vec<String>,
     pub master: MasterFields,
+    pub host: HostFields,
+    pub interfaces: Vec<Interface>,
     pub slots: Vec<SlotValues>,
     pub taken_unix_ms: u64,
 }
 
 impl Snapshot {
-    pub(crate) fn take(reader: &Reader) -> Self {
+    pub fn take(reader: &impl RegionView) -> Self {
         let h = reader.header();
+        let host = reader.host().fields.load();
+        let in_use = (host.interface_count as usize).min(h.interface_capacity as usize);
+        let interfaces = reader.host().interfaces[..in_use.min(crate::layout::INTERFACE_CAPACITY)]
+            .iter()
+            .map(|e| Interface {
+                name: interface_name(e),
+                rx_bytes: e.rx_bytes.load(Ordering::Relaxed),
+                rx_drops: e.rx_drops.load(Ordering::Relaxed),
+                tx_bytes: e.tx_bytes.load(Ordering::Relaxed),
+                tx_drops: e.tx_drops.load(Ordering::Relaxed),
+            })
+            .collect();
         let slots =
             (0..reader.slot_count()).map(|i| SlotValues { slot: i, fields: reader.slot(i).load() }).collect();
         Snapshot {
@@ -63,6 +89,8 @@ impl Snapshot {
             liveness: reader.liveness(),
             listeners: reader.listeners(),
             master: reader.master().load(),
+            host,
+            interfaces,
             slots,
             taken_unix_ms: crate::unix_millis(),
         }
@@ -72,6 +100,17 @@ impl Snapshot {
     /// can add workers; those stay out of sight until used.
     pub fn used_slots(&self) -> impl Iterator<Item = &SlotValues> {
         self.slots.iter().filter(|s| s.fields.generation > 0)
+    }
+
+    /// The latency histogram summed over every slot.
+    pub fn latency(&self) -> [u64; LATENCY_BUCKETS] {
+        let mut out = [0u64; LATENCY_BUCKETS];
+        for s in &self.slots {
+            for (o, v) in out.iter_mut().zip(s.fields.latency_us) {
+                *o = o.wrapping_add(v);
+            }
+        }
+        out
     }
 
     /// Sums every counter and gauge over the slots. Whatever the region holds,

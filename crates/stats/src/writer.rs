@@ -2,10 +2,11 @@
 //! region, and workers inherit the same shared mapping across fork.
 
 use crate::layout::{
-    Header, MasterSection, Offsets, RegionState, Slot, ENDIAN_CHECK, HEADER_SIZE, LAYOUT_VERSION,
+    Header, Offsets, RegionState, ENDIAN_CHECK, HEADER_SIZE, HOST_SIZE, INTERFACE_CAPACITY, LAYOUT_VERSION,
     LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE,
 };
 use crate::reader::{validate, ReadError};
+use crate::view::RegionView;
 use crate::{pid_alive, unix_millis};
 use memmap2::MmapMut;
 use std::fs::{File, OpenOptions};
@@ -99,6 +100,9 @@ impl Region {
         header.listener_count = listeners.len() as u32;
         header.listener_entry_size = LISTENER_ENTRY_SIZE as u32;
         header.master_offset = offsets.master as u64;
+        header.host_offset = offsets.host as u64;
+        header.host_size = HOST_SIZE as u32;
+        header.interface_capacity = INTERFACE_CAPACITY as u32;
         header.listeners_offset = offsets.listeners as u64;
         header.slots_offset = offsets.slots as u64;
         header.total_size = offsets.total as u64;
@@ -120,38 +124,6 @@ impl Region {
         unsafe { &mut *(self.map.as_mut_ptr() as *mut Header) }
     }
 
-    pub fn header(&self) -> &Header {
-        // SAFETY: as in header_mut; shared access only touches atomics or fields
-        // that no longer change after creation.
-        unsafe { &*(self.map.as_ptr() as *const Header) }
-    }
-
-    pub fn master(&self) -> &MasterSection {
-        let at = self.header().master_offset as usize;
-        // SAFETY: the offset was computed or validated to lie within the mapping and
-        // to be 64-byte aligned; MasterSection is made only of atomics.
-        unsafe { &*(self.map.as_ptr().add(at) as *const MasterSection) }
-    }
-
-    pub fn slot_count(&self) -> usize {
-        self.header().slot_count as usize
-    }
-
-    /// The slot at `index`. Panics on an index past `slot_count`, which is a bug in
-    /// the caller, never input.
-    pub fn slot(&self, index: usize) -> &Slot {
-        let h = self.header();
-        assert!(index < h.slot_count as usize, "slot {index} out of range");
-        let at = h.slots_offset as usize + index * h.slot_size as usize;
-        // SAFETY: in range by the assert and the validated size; 64-byte aligned;
-        // Slot is made only of atomics, which are safe to share across processes.
-        unsafe { &*(self.map.as_ptr().add(at) as *const Slot) }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn set_state(&self, state: RegionState) {
         self.header().state.store(state as u64, Ordering::Relaxed);
     }
@@ -166,6 +138,16 @@ impl Region {
 
     pub fn heartbeat(&self) {
         self.header().heartbeat_unix_ms.store(unix_millis(), Ordering::Relaxed);
+    }
+}
+
+impl RegionView for Region {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
     }
 }
 

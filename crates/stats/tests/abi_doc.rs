@@ -2,7 +2,7 @@
 //! field of every section must appear in it at its real offset, and nothing
 //! else may.
 
-use tine_stats::layout::{Field, MASTER_FIELDS, SLOT_FIELDS};
+use tine_stats::layout::{Field, HOST_FIELDS, MASTER_FIELDS, SLOT_FIELDS};
 
 fn documented(section: &str) -> Vec<(usize, String)> {
     let doc =
@@ -34,6 +34,23 @@ fn master_fields_match_the_document() {
 }
 
 #[test]
+fn host_fields_match_the_document() {
+    assert_eq!(documented("host"), actual(HOST_FIELDS));
+}
+
+#[test]
+fn fixed_offsets_the_document_states() {
+    use std::mem::{offset_of, size_of};
+    use tine_stats::layout::{Host, InterfaceEntry, Slot};
+    assert_eq!(offset_of!(Slot, latency_us), 184);
+    assert_eq!(size_of::<Slot>(), 448);
+    assert_eq!(offset_of!(Host, interfaces), 128);
+    assert_eq!(size_of::<InterfaceEntry>(), 64);
+    assert_eq!(offset_of!(InterfaceEntry, rx_bytes), 16);
+    assert_eq!(offset_of!(InterfaceEntry, tx_drops), 40);
+}
+
+#[test]
 fn header_offsets_match_the_document() {
     use std::mem::offset_of;
     use tine_stats::Header;
@@ -55,6 +72,9 @@ fn header_offsets_match_the_document() {
         (offset_of!(Header, start_unix_ms), "start_unix_ms".into()),
         (offset_of!(Header, heartbeat_unix_ms), "heartbeat_unix_ms".into()),
         (offset_of!(Header, state), "state".into()),
+        (offset_of!(Header, host_offset), "host_offset".into()),
+        (offset_of!(Header, host_size), "host_size".into()),
+        (offset_of!(Header, interface_capacity), "interface_capacity".into()),
     ];
     assert_eq!(documented("header"), expected);
 }

@@ -2,7 +2,7 @@
 //! and the reader refuses what is not a region it knows.
 
 use std::sync::atomic::Ordering::Relaxed;
-use tine_stats::{ReadError, Reader, Region};
+use tine_stats::{ReadError, Reader, Region, RegionView};
 
 #[test]
 fn counters_written_are_counters_read() {
@@ -18,6 +18,7 @@ fn counters_written_are_counters_read() {
     region.master().respawns.fetch_add(1, Relaxed);
 
     let snap = Reader::open(&path).unwrap().snapshot();
+    let json = tine_stats::render::json(&snap, None);
     assert_eq!(snap.slots.len(), 3);
     assert_eq!(snap.slots[1].fields.requests, 7);
     assert_eq!(snap.totals().get("requests"), Some(12));
@@ -25,7 +26,6 @@ fn counters_written_are_counters_read() {
     assert_eq!(snap.totals().get("pid"), None, "info fields are not summed");
     assert_eq!(snap.master.respawns, 1);
     assert_eq!(snap.listeners, vec!["127.0.0.1:8080".to_string()]);
-    let json = tine_stats::render::json(&snap);
     assert_eq!(json["total"]["requests"], 12);
     assert_eq!(json["workers"][2]["requests"], 5);
     assert_eq!(json["workers"][0]["cpu"], serde_json::Value::Null);
@@ -78,4 +78,19 @@ fn sums_never_overflow_and_gauges_never_read_negative() {
     let totals = Reader::open(&path).unwrap().snapshot().totals();
     assert_eq!(totals.get("requests"), Some(1));
     assert_eq!(totals.get("active"), Some(0));
+}
+
+#[test]
+fn percentiles_come_from_the_histogram() {
+    use tine_stats::layout::{latency_bucket, LATENCY_BUCKETS};
+    use tine_stats::render::percentile;
+    let mut hist = [0u64; LATENCY_BUCKETS];
+    assert_eq!(percentile(&hist, 0.5), None);
+    // 90 requests around 100 us, 10 around 10 ms.
+    hist[latency_bucket(100)] += 90;
+    hist[latency_bucket(10_000)] += 10;
+    let p50 = percentile(&hist, 0.5).unwrap();
+    let p99 = percentile(&hist, 0.99).unwrap();
+    assert!((64.0..=128.0).contains(&p50), "{p50}");
+    assert!((8192.0..=16384.0).contains(&p99), "{p99}");
 }

@@ -28,7 +28,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tine_http::request::{Body, Method, Request};
 use tine_http::response::{Persistence, Status};
 use tine_http::{parse_request, HttpError};
@@ -91,6 +91,11 @@ pub struct Conn {
     keep_alive: bool,
     /// Edge-triggered readiness not yet consumed by a read that hit EAGAIN.
     readable: bool,
+    /// Connection accepted on the admin listener: answers /metrics and
+    /// /stats.json instead of files.
+    admin: bool,
+    /// When the first byte of the request in progress arrived.
+    request_started: Option<Instant>,
     served: u64,
     lingered: u64,
     /// Tick at which the current phase times out.
@@ -100,7 +105,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(token: u64, fd: OwnedFd, peer: Option<IpAddr>, ctx: &mut Ctx) -> Self {
+    pub fn new(token: u64, fd: OwnedFd, peer: Option<IpAddr>, admin: bool, ctx: &mut Ctx) -> Self {
         let mut conn = Conn {
             token,
             fd,
@@ -115,6 +120,8 @@ impl Conn {
             discard: 0,
             keep_alive: true,
             readable: false,
+            admin,
+            request_started: None,
             served: 0,
             lingered: 0,
             deadline: 0,
@@ -213,7 +220,11 @@ impl Conn {
                 if self.wbuf.capacity() == 0 {
                     self.wbuf = ctx.pool.write_buf();
                 }
-                let started = start_response(&req, ctx, &mut self.wbuf);
+                let started = if self.admin {
+                    crate::admin::respond(&req, ctx, &mut self.wbuf)
+                } else {
+                    start_response(&req, ctx, &mut self.wbuf)
+                };
                 if ctx.access_log.is_some() {
                     self.access = Some(PendingEntry::capture(&req, started.reply.status.0));
                 }
@@ -248,6 +259,9 @@ impl Conn {
             Ok(n) => {
                 buf.commit(n);
                 ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
+                if was_empty && self.request_started.is_none() {
+                    self.request_started = Some(Instant::now());
+                }
                 if was_empty && self.served > 0 && self.discard == 0 {
                     // A new request began on a kept-alive connection: from now
                     // on the head must arrive within the header timeout.
@@ -340,10 +354,18 @@ impl Conn {
 
     fn finish_response(&mut self, ctx: &mut Ctx) {
         self.log_access(ctx);
+        let done = Instant::now();
+        if let Some(started) = self.request_started.take() {
+            record_latency(ctx, done.saturating_duration_since(started));
+        }
         self.body = None;
         self.wbuf.clear();
         self.wpos = 0;
         self.served += 1;
+        if self.rbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+            // A pipelined request was already waiting: it starts now.
+            self.request_started = Some(done);
+        }
         if self.keep_alive && !ctx.draining {
             self.phase = Phase::ReadHead;
             let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
@@ -398,16 +420,22 @@ fn close_or_retry(e: io::Error) -> Option<Outcome> {
     }
 }
 
-/// What start_response decided about a request.
-struct Started {
-    reply: Reply,
-    keep_alive: bool,
-    discard: u64,
+/// What a handler decided about a request.
+pub struct Started {
+    pub reply: Reply,
+    pub keep_alive: bool,
+    pub discard: u64,
 }
 
-/// Routes a parsed request to its handler, which writes the head into `out`.
-fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
-    ctx.stats.requests.fetch_add(1, Relaxed);
+fn record_latency(ctx: &Ctx, took: Duration) {
+    let us = took.as_micros().min(u64::MAX as u128) as u64;
+    ctx.stats.latency_us[tine_stats::layout::latency_bucket(us)].fetch_add(1, Relaxed);
+    ctx.stats.latency_us_sum.fetch_add(us, Relaxed);
+}
+
+/// How a request's body and connection are handled whatever answers it: a body
+/// small enough is read and thrown away, anything else closes after the answer.
+pub fn plan_framing(req: &Request<'_>, ctx: &Ctx) -> (bool, u64) {
     let mut keep_alive = req.keep_alive && !ctx.draining;
     let discard = match req.body {
         Body::None => 0,
@@ -418,15 +446,26 @@ fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Starte
             0
         }
     };
-    let framing = Framing {
-        date: ctx.date.bytes(),
+    (keep_alive, discard)
+}
+
+pub fn framing<'a>(req: &Request<'_>, date: &'a [u8], keep_alive: bool) -> Framing<'a> {
+    Framing {
+        date,
         persistence: if keep_alive {
             Persistence::KeepAlive { http10: req.minor_version == 0 }
         } else {
             Persistence::Close
         },
         head_request: req.method == Method::Head,
-    };
+    }
+}
+
+/// Routes a parsed request to its handler, which writes the head into `out`.
+fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
+    ctx.stats.requests.fetch_add(1, Relaxed);
+    let (keep_alive, discard) = plan_framing(req, ctx);
+    let framing = framing(req, ctx.date.bytes(), keep_alive);
     let reply = match req.method {
         Method::Other => error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out),
         Method::Get | Method::Head => match tine_http::target::normalise(req.target, &mut ctx.path) {

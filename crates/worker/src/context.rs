@@ -9,7 +9,7 @@ use tine_config::Timeouts;
 use tine_http::date::DateCache;
 use tine_http::target::TargetPath;
 use tine_logging::AccessLog;
-use tine_stats::Slot;
+use tine_stats::{Region, Slot};
 
 pub struct Ctx<'a> {
     pub timeouts: Timeouts,
@@ -18,6 +18,8 @@ pub struct Ctx<'a> {
     pub root: StaticRoot,
     pub date: DateCache,
     pub stats: &'a Slot,
+    /// The whole region, for the admin listener's documents.
+    pub region: &'a Region,
     pub pool: BufferPool,
     pub wheel: TimerWheel,
     /// Scratch space for the normalised path of the request being answered.

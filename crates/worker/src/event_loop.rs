@@ -40,6 +40,7 @@ pub struct EventLoop<'a> {
     epoll: Epoll,
     signals: SignalFd,
     listeners: Vec<RawFd>,
+    admin_listener: Option<usize>,
     accepting: bool,
     /// Accepting is paused until then after the process ran out of descriptors.
     accept_retry_at: Option<Instant>,
@@ -58,6 +59,7 @@ impl<'a> EventLoop<'a> {
         ctx: Ctx<'a>,
         generation: u64,
         listeners: Vec<RawFd>,
+        admin_listener: Option<usize>,
         signals: SignalFd,
         max_connections: usize,
     ) -> io::Result<Self> {
@@ -68,6 +70,7 @@ impl<'a> EventLoop<'a> {
             epoll,
             signals,
             listeners,
+            admin_listener,
             accepting: false,
             accept_retry_at: None,
             max_connections,
@@ -217,7 +220,9 @@ impl<'a> EventLoop<'a> {
                 return;
             }
             match sys::accept(listener) {
-                Ok(Some((fd, peer))) => self.open(fd, peer.map(|p| p.ip())),
+                Ok(Some((fd, peer))) => {
+                    self.open(fd, peer.map(|p| p.ip()), self.admin_listener == Some(index))
+                }
                 Ok(None) => return,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
@@ -238,12 +243,12 @@ impl<'a> EventLoop<'a> {
         }
     }
 
-    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>) {
+    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, admin: bool) {
         // Heads are written with MSG_MORE, so Nagle has nothing left to merge.
         let _ = sys::set_nodelay(fd.as_raw_fd());
         let raw = fd.as_raw_fd();
         let ctx = &mut self.ctx;
-        let token = self.conns.insert_with(|token| Conn::new(token, fd, peer, ctx));
+        let token = self.conns.insert_with(|token| Conn::new(token, fd, peer, admin, ctx));
         if let Err(e) = self.epoll.add(raw, token, Interest::CONNECTION) {
             log::error!("epoll add: {e}");
             if let Some(mut conn) = self.conns.remove(token) {

@@ -6,6 +6,7 @@
 //! A worker shares nothing mutable with anyone except its own statistics slot.
 
 pub mod access;
+pub mod admin;
 pub mod buffer_pool;
 pub mod connection;
 pub mod context;
@@ -23,7 +24,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tine_config::Config;
-use tine_stats::Slot;
+use tine_stats::{Region, RegionView};
 
 pub use event_loop::Exit;
 
@@ -39,8 +40,10 @@ pub struct WorkerInit<'a> {
     /// Descriptors inherited across fork that are not the worker's (other
     /// slots' sockets, the master's signalfd); the worker closes them.
     pub close_fds: Vec<RawFd>,
+    /// Index in `listeners` of the admin listener, if one is configured.
+    pub admin_listener: Option<usize>,
     pub config: &'a Config,
-    pub stats: &'a Slot,
+    pub region: &'a Region,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +91,8 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         discard_body_bytes: config.limits.discard_body_bytes,
         root,
         date: Default::default(),
-        stats: init.stats,
+        stats: init.region.slot(init.slot),
+        region: init.region,
         pool: buffer_pool::BufferPool::new(config.limits.request_head_bytes, 1024),
         wheel: timer_wheel::TimerWheel::new(now),
         path: Default::default(),
@@ -97,11 +101,12 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         access_log,
         draining: false,
     };
-    init.stats.heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
+    init.region.slot(init.slot).heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
     let mut event_loop = event_loop::EventLoop::new(
         ctx,
         init.generation,
         init.listeners,
+        init.admin_listener,
         signals,
         config.limits.connections_per_worker,
     )?;

@@ -1,0 +1,174 @@
+//! The Prometheus text exposition format (version 0.0.4) of a snapshot: counters
+//! as `_total`, the latency histogram as a Prometheus histogram in seconds, one
+//! `worker` label per slot. `tine stats --prometheus` and the admin listener's
+//! `/metrics` both print this.
+
+use crate::layout::{Kind, HOST_FIELDS, LATENCY_BUCKETS, MASTER_FIELDS, SLOT_FIELDS};
+use crate::snapshot::{SlotValues, Snapshot};
+use crate::view::Liveness;
+use std::fmt::Write;
+
+/// A label name and value.
+type Label = (&'static str, &'static str);
+
+/// How a slot field appears: metric name (without `tine_`), a divisor turning
+/// its unit into the metric's base unit, and an extra label.
+fn slot_metric(name: &str) -> Option<(&'static str, f64, Option<Label>)> {
+    Some(match name {
+        "accepted" => ("connections_accepted", 1.0, None),
+        "active" => ("connections_active", 1.0, None),
+        "requests" => ("requests", 1.0, None),
+        "responses_1xx" => ("responses", 1.0, Some(("class", "1xx"))),
+        "responses_2xx" => ("responses", 1.0, Some(("class", "2xx"))),
+        "responses_3xx" => ("responses", 1.0, Some(("class", "3xx"))),
+        "responses_4xx" => ("responses", 1.0, Some(("class", "4xx"))),
+        "responses_5xx" => ("responses", 1.0, Some(("class", "5xx"))),
+        "bytes_received" => ("received_bytes", 1.0, None),
+        "bytes_sent" => ("sent_bytes", 1.0, None),
+        "bytes_sent_sendfile" => ("sent_sendfile_bytes", 1.0, None),
+        "timeouts" => ("connection_timeouts", 1.0, None),
+        "parse_errors" => ("parse_errors", 1.0, None),
+        "closed_by_reset" => ("connection_resets", 1.0, None),
+        "cpu_time_us" => ("cpu_seconds", 1e6, None),
+        "rss_bytes" => ("resident_memory_bytes", 1.0, None),
+        "heartbeat_unix_ms" => ("worker_heartbeat_timestamp_seconds", 1e3, None),
+        "generation" => ("worker_generation", 1.0, None),
+        _ => return None,
+    })
+}
+
+pub fn render(s: &Snapshot, worker: Option<usize>) -> String {
+    let mut out = String::new();
+    let live = s.liveness == Liveness::Live;
+    family(&mut out, "up", "gauge", "1 while the master is running and its heartbeat is fresh");
+    let _ = writeln!(out, "tine_up {}", u8::from(live));
+    family(&mut out, "master_uptime_seconds", "gauge", "seconds since the stats region was created");
+    let _ = writeln!(
+        out,
+        "tine_master_uptime_seconds {}",
+        s.taken_unix_ms.saturating_sub(s.start_unix_ms) / 1000
+    );
+    for (i, f) in MASTER_FIELDS.iter().enumerate() {
+        let (name, kind) = match f.kind {
+            Kind::Counter => (format!("master_{}", f.name), "counter"),
+            _ => (format!("master_{}", f.name), "gauge"),
+        };
+        family(&mut out, &name, kind, f.help);
+        let _ = writeln!(out, "tine_{name}{} {}", suffix(kind), s.master.get(i));
+    }
+
+    let slots: Vec<&SlotValues> = s.used_slots().filter(|v| worker.is_none_or(|w| v.slot == w)).collect();
+    family(&mut out, "worker_info", "gauge", "one series per worker slot: pid, CPU and state as labels");
+    for v in &slots {
+        let cpu = if v.fields.cpu == u64::MAX { String::new() } else { v.fields.cpu.to_string() };
+        let _ = writeln!(
+            out,
+            "tine_worker_info{{worker=\"{}\",pid=\"{}\",cpu=\"{cpu}\",state=\"{}\"}} 1",
+            v.slot,
+            v.fields.pid,
+            v.state()
+        );
+    }
+    let mut seen = Vec::new();
+    for (i, f) in SLOT_FIELDS.iter().enumerate() {
+        let Some((name, divisor, label)) = slot_metric(f.name) else { continue };
+        let kind = if f.kind == Kind::Counter { "counter" } else { "gauge" };
+        if !seen.contains(&name) {
+            seen.push(name);
+            let help = if name == "responses" { "responses sent, by status class" } else { f.help };
+            family(&mut out, name, kind, help);
+        }
+        for v in &slots {
+            let raw = v.fields.get(i);
+            let raw = if f.kind == Kind::Gauge && (raw as i64) < 0 { 0 } else { raw };
+            let extra = label.map_or(String::new(), |(k, val)| format!(",{k}=\"{val}\""));
+            let _ = writeln!(
+                out,
+                "tine_{name}{}{{worker=\"{}\"{extra}}} {}",
+                suffix(kind),
+                v.slot,
+                number(raw as f64 / divisor)
+            );
+        }
+    }
+    histogram(&mut out, &slots);
+    host(&mut out, s);
+    out
+}
+
+fn histogram(out: &mut String, slots: &[&SlotValues]) {
+    family(
+        out,
+        "request_duration_seconds",
+        "histogram",
+        "time from the first byte of a request to the last byte of its response",
+    );
+    for v in slots {
+        let mut cumulative = 0u64;
+        for (i, &n) in v.fields.latency_us.iter().enumerate() {
+            cumulative = cumulative.wrapping_add(n);
+            let le =
+                if i == LATENCY_BUCKETS - 1 { "+Inf".to_string() } else { number((1u64 << i) as f64 / 1e6) };
+            let _ = writeln!(
+                out,
+                "tine_request_duration_seconds_bucket{{worker=\"{}\",le=\"{le}\"}} {cumulative}",
+                v.slot
+            );
+        }
+        let _ = writeln!(
+            out,
+            "tine_request_duration_seconds_sum{{worker=\"{}\"}} {}",
+            v.slot,
+            number(v.fields.latency_us_sum as f64 / 1e6)
+        );
+        let _ = writeln!(out, "tine_request_duration_seconds_count{{worker=\"{}\"}} {cumulative}", v.slot);
+    }
+}
+
+fn host(out: &mut String, s: &Snapshot) {
+    for (i, f) in HOST_FIELDS.iter().enumerate() {
+        if f.kind != Kind::Counter {
+            continue;
+        }
+        let name = format!("host_{}", f.name);
+        family(out, &name, "counter", f.help);
+        let _ = writeln!(out, "tine_{name}_total {}", s.host.get(i));
+    }
+    type Pick = fn(&crate::snapshot::Interface) -> u64;
+    let per_interface: [(&str, &str, Pick); 4] = [
+        ("host_interface_receive_bytes", "bytes received by the interface", |i| i.rx_bytes),
+        ("host_interface_receive_drops", "packets the interface dropped on receive", |i| i.rx_drops),
+        ("host_interface_transmit_bytes", "bytes sent by the interface", |i| i.tx_bytes),
+        ("host_interface_transmit_drops", "packets the interface dropped on send", |i| i.tx_drops),
+    ];
+    for (name, help, pick) in per_interface {
+        family(out, name, "counter", help);
+        for iface in &s.interfaces {
+            let label = iface.name.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "tine_{name}_total{{interface=\"{label}\"}} {}", pick(iface));
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP tine_{name}{} {help}", suffix(kind));
+    let _ = writeln!(out, "# TYPE tine_{name}{} {kind}", suffix(kind));
+}
+
+fn suffix(kind: &str) -> &'static str {
+    if kind == "counter" {
+        "_total"
+    } else {
+        ""
+    }
+}
+
+/// Whole numbers print without a fraction, others in plain decimal.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}

@@ -1,0 +1,112 @@
+//! Typed access to a mapped region, shared by the read-write [`crate::Region`]
+//! and the read-only [`crate::Reader`]: both are bytes that were validated (or
+//! initialised) to hold a complete region, and everything else follows from the
+//! offsets in the header.
+
+use crate::layout::{Header, Host, InterfaceEntry, MasterSection, RegionState, Slot};
+use crate::snapshot::Snapshot;
+use crate::{pid_alive, unix_millis};
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A master stamps its heartbeat every second; this much silence means it is gone.
+pub const STALE_AFTER_MS: u64 = 5_000;
+
+/// Whether the master that owns a region is still there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    /// The master last showed life at this time.
+    Stale {
+        since_unix_ms: u64,
+    },
+}
+
+pub trait RegionView {
+    /// The mapped bytes; implementors guarantee they hold a complete region
+    /// (validated when opened, or initialised when created).
+    fn bytes(&self) -> &[u8];
+    fn path(&self) -> &Path;
+
+    fn header(&self) -> &Header {
+        // SAFETY: a complete region starts with a Header; mappings are page
+        // aligned; every field that changes is an atomic.
+        unsafe { &*(self.bytes().as_ptr() as *const Header) }
+    }
+
+    fn master(&self) -> &MasterSection {
+        // SAFETY: the master offset was validated to lie inside the mapping, on a
+        // 64-byte boundary; MasterSection is made only of atomics.
+        unsafe { &*(self.bytes().as_ptr().add(self.header().master_offset as usize) as *const MasterSection) }
+    }
+
+    fn host(&self) -> &Host {
+        // SAFETY: as for master(), for the host section.
+        unsafe { &*(self.bytes().as_ptr().add(self.header().host_offset as usize) as *const Host) }
+    }
+
+    fn slot_count(&self) -> usize {
+        self.header().slot_count as usize
+    }
+
+    /// The slot at `index`; an index past `slot_count` is a caller's bug.
+    fn slot(&self, index: usize) -> &Slot {
+        let h = self.header();
+        assert!(index < h.slot_count as usize, "slot {index} out of range");
+        let at = h.slots_offset as usize + index * h.slot_size as usize;
+        // SAFETY: in range by the assert and the validated sizes; 64-byte aligned;
+        // Slot is made only of atomics, safe to share across processes.
+        unsafe { &*(self.bytes().as_ptr().add(at) as *const Slot) }
+    }
+
+    /// The listen addresses recorded by the master, as text.
+    fn listeners(&self) -> Vec<String> {
+        let h = self.header();
+        (0..h.listener_count as usize)
+            .map(|i| {
+                let at = h.listeners_offset as usize + i * h.listener_entry_size as usize;
+                let entry = &self.bytes()[at..at + h.listener_entry_size as usize];
+                let end = entry.iter().position(|&b| b == 0).unwrap_or(entry.len());
+                String::from_utf8_lossy(&entry[..end]).into_owned()
+            })
+            .collect()
+    }
+
+    /// Whether the master is gone: it said it stopped, its process no longer
+    /// exists, or its heartbeat has been silent too long.
+    fn liveness(&self) -> Liveness {
+        let h = self.header();
+        let heartbeat = h.heartbeat_unix_ms.load(Relaxed);
+        let stale = Liveness::Stale { since_unix_ms: heartbeat };
+        match RegionState::from_raw(h.state.load(Relaxed)) {
+            Some(RegionState::Stopped) => stale,
+            _ if !pid_alive(h.master_pid.load(Relaxed)) => stale,
+            _ if unix_millis().saturating_sub(heartbeat) > STALE_AFTER_MS => stale,
+            _ => Liveness::Live,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot
+    where
+        Self: Sized,
+    {
+        Snapshot::take(self)
+    }
+}
+
+/// Interface names are 16 bytes stored as two atomic words in memory order.
+pub fn interface_name(entry: &InterfaceEntry) -> String {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&entry.name[0].load(Relaxed).to_ne_bytes());
+    bytes[8..].copy_from_slice(&entry.name[1].load(Relaxed).to_ne_bytes());
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(16);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+pub fn set_interface_name(entry: &InterfaceEntry, name: &str) {
+    let mut bytes = [0u8; 16];
+    let n = name.len().min(15);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    entry.name[0].store(u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")), Relaxed);
+    entry.name[1].store(u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes")), Relaxed);
+}

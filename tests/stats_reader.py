@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""A reader of tine's statistics region written only from docs/stats-abi.md, to
+show (and test) that the document is enough. Prints JSON shaped like the
+`master`, `host`, `listeners`, `total` and `workers` parts of
+`tine stats --json`.
+
+    python3 tests/stats_reader.py /dev/shm/tine-8080.stats
+"""
+
+import json
+import mmap
+import os
+import struct
+import sys
+import time
+
+MAGIC = b"TINESTAT"
+HEADER_SIZE, MASTER_SIZE, HOST_SIZE, SLOT_SIZE = 128, 64, 1152, 448
+
+MASTER = ["generation", "reloads", "reloads_failed", "respawns", "watchdog_kills", "backoffs"]
+MASTER_COUNTERS = MASTER[1:]
+HOST = ["sampled_unix_ms", "tcp_active_opens", "tcp_passive_opens", "tcp_attempt_fails", "tcp_estab_resets",
+        "tcp_retrans_segs", "tcp_in_errs", "tcp_listen_overflows", "tcp_listen_drops", "interface_count"]
+SLOT = ["pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_ms", "accepted", "active",
+        "requests", "responses_1xx", "responses_2xx", "responses_3xx", "responses_4xx", "responses_5xx",
+        "bytes_received", "bytes_sent", "bytes_sent_sendfile", "timeouts", "parse_errors", "closed_by_reset",
+        "cpu_time_us", "rss_bytes", "latency_us_sum"]
+SLOT_INFO = {"pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_ms"}
+GAUGES = {"active", "rss_bytes"}
+STATES = ["empty", "starting", "running", "draining", "dead", "backoff", "retired"]
+LATENCY_OFFSET, LATENCY_BUCKETS = 184, 32
+
+
+class Invalid(Exception):
+    pass
+
+
+def read(path):
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    if len(m) < HEADER_SIZE or m[:8] != MAGIC:
+        raise Invalid("not a tine stats region")
+    (endian,) = struct.unpack_from("=I", m, 12)
+    if endian == 0x04030201:
+        raise Invalid("written on a machine of the other byte order")
+    if endian != 0x01020304:
+        raise Invalid("bad endianness marker")
+    (version,) = struct.unpack_from("=I", m, 8)
+    if version != 1:
+        raise Invalid(f"layout version {version}, this reader knows 1")
+    (header_size, master_size, slot_count, slot_size, listener_count, listener_entry_size) = struct.unpack_from("=6I", m, 16)
+    master_offset, listeners_offset, slots_offset, total_size = struct.unpack_from("=4Q", m, 40)
+    master_pid, start_ms, heartbeat_ms, state = struct.unpack_from("=4Q", m, 72)
+    (host_offset,) = struct.unpack_from("=Q", m, 104)
+    host_size, interface_capacity = struct.unpack_from("=2I", m, 112)
+    if header_size < HEADER_SIZE or master_size < MASTER_SIZE or slot_size < SLOT_SIZE or slot_size % 64:
+        raise Invalid("section sizes")
+    if host_size < 128 + interface_capacity * 64:
+        raise Invalid("host section size")
+    for off, size in [(master_offset, master_size), (host_offset, host_size),
+                      (listeners_offset, listener_count * listener_entry_size), (slots_offset, slot_count * slot_size)]:
+        if off + size > len(m) or total_size > len(m):
+            raise Invalid("section offsets")
+    for off in (master_offset, host_offset, slots_offset):
+        if off % 64:
+            raise Invalid("unaligned section")
+
+    u64 = lambda off: struct.unpack_from("=Q", m, off)[0]
+    master = {name: u64(master_offset + 8 * i) for i, name in enumerate(MASTER)}
+    master.update(pid=master_pid, start_unix_ms=start_ms, heartbeat_unix_ms=heartbeat_ms,
+                  state={1: "running", 2: "stopping", 3: "stopped"}.get(state, "unknown"))
+    master["live"] = live(master_pid, state, heartbeat_ms)
+
+    host = {name: u64(host_offset + 8 * i) for i, name in enumerate(HOST)}
+    interfaces = []
+    for i in range(min(host["interface_count"], interface_capacity)):
+        e = host_offset + 128 + 64 * i
+        name = m[e:e + 16].split(b"\0")[0].decode("ascii", "replace")
+        interfaces.append({"name": name, "rx_bytes": u64(e + 16), "rx_drops": u64(e + 24),
+                           "tx_bytes": u64(e + 32), "tx_drops": u64(e + 40)})
+    host["interfaces"] = interfaces
+
+    listeners = []
+    for i in range(listener_count):
+        e = listeners_offset + i * listener_entry_size
+        listeners.append(m[e:e + listener_entry_size].split(b"\0")[0].decode("ascii", "replace"))
+
+    slots = []
+    for i in range(slot_count):
+        base = slots_offset + i * slot_size
+        w = {"slot": i}
+        for j, name in enumerate(SLOT):
+            w[name] = u64(base + 8 * j)
+        w["latency_us"] = [u64(base + LATENCY_OFFSET + 8 * b) for b in range(LATENCY_BUCKETS)]
+        slots.append(w)
+
+    total = {}
+    for name in SLOT:
+        if name in SLOT_INFO:
+            continue
+        s = sum(w[name] for w in slots) % (1 << 64)
+        if name in GAUGES and s >= 1 << 63:
+            s = 0  # a gauge that reads below zero shows as zero
+        total[name] = s
+    total["latency_us"] = [sum(w["latency_us"][b] for w in slots) % (1 << 64) for b in range(LATENCY_BUCKETS)]
+
+    workers = []
+    for w in slots:
+        if w["generation"] == 0:
+            continue  # never used
+        w = dict(w)
+        w["state"] = STATES[w["state"]] if w["state"] < len(STATES) else "unknown"
+        w["cpu"] = None if w["cpu"] == (1 << 64) - 1 else w["cpu"]
+        if w["active"] >= 1 << 63:
+            w["active"] = 0
+        workers.append(w)
+    return {"master": master, "host": host, "listeners": listeners, "total": total, "workers": workers}
+
+
+def live(pid, state, heartbeat_ms):
+    if state == 3:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return time.time() * 1000 - heartbeat_ms <= 5000
+
+
+if __name__ == "__main__":
+    try:
+        print(json.dumps(read(sys.argv[1]), indent=2))
+    except (Invalid, OSError) as e:
+        print(f"stats_reader: {e}", file=sys.stderr)
+        sys.exit(2)
