@@ -30,7 +30,42 @@ fn files_come_back_byte_identical_with_their_headers() {
     assert_eq!((empty.status, empty.body.len()), (200, 0));
     assert_eq!(server.get("/missing").status, 404);
     let stats = server.stats();
-    assert!(stats["total"]["bytes_sent_sendfile"].as_u64().unwrap() >= (3 << 20) + 1000);
+    let (sent, by_sendfile) = (
+        stats["total"]["bytes_sent"].as_u64().unwrap(),
+        stats["total"]["bytes_sent_sendfile"].as_u64().unwrap(),
+    );
+    assert!(by_sendfile >= 3 << 20, "the large file goes out by sendfile");
+    assert!(sent - by_sendfile >= 1000, "the small file is sent from memory");
+}
+
+#[test]
+fn a_file_changed_on_disk_is_served_fresh() {
+    let server = Server::builder().config("[cache]\nvalid = \"200ms\"\n").start();
+    server.write_file("v.txt", b"first");
+    server.write_file("big.bin", &pseudo_random(100_000, 9));
+    assert_eq!(server.get("/v.txt").body, b"first");
+    assert_eq!(server.get("/big.bin").body.len(), 100_000);
+    // Rewritten in place, replaced by a rename, then deleted.
+    server.write_file("v.txt", b"second, longer");
+    wait_for("the rewritten file", || server.get("/v.txt").body == b"second, longer");
+    let tmp = server.root.join("v.tmp");
+    std::fs::write(&tmp, b"third").unwrap();
+    std::fs::rename(&tmp, server.root.join("v.txt")).unwrap();
+    wait_for("the renamed file", || server.get("/v.txt").body == b"third");
+    std::fs::remove_file(server.root.join("v.txt")).unwrap();
+    wait_for("the deleted file to be gone", || server.get("/v.txt").status == 404);
+    let replacement = pseudo_random(50_000, 10);
+    server.write_file("big.bin", &replacement);
+    wait_for("the replaced large file", || server.get("/big.bin").body == replacement);
+}
+
+#[test]
+fn with_the_cache_off_every_request_sees_the_disk() {
+    let server = Server::builder().config("[cache]\nopen_files = 0\n").start();
+    server.write_file("v.txt", b"one");
+    assert_eq!(server.get("/v.txt").body, b"one");
+    server.write_file("v.txt", b"two");
+    assert_eq!(server.get("/v.txt").body, b"two");
 }
 
 #[test]

@@ -21,6 +21,15 @@ struct RawFile {
     error_log: Option<Spanned<String>>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
+    cache: Option<RawCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    open_files: Option<Spanned<i64>>,
+    small_file_bytes: Option<Spanned<i64>>,
+    valid: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +184,17 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         if let Some(v) = &l.discard_body_bytes {
             limits.discard_body_bytes = at.in_range(v, "discard_body_bytes", 0, 1 << 40)? as u64;
+        }
+    }
+    if let Some(c) = &raw.cache {
+        if let Some(v) = &c.open_files {
+            config.cache.open_files = at.in_range(v, "open_files", 0, 1 << 20)? as usize;
+        }
+        if let Some(v) = &c.small_file_bytes {
+            config.cache.small_file_bytes = at.in_range(v, "small_file_bytes", 0, 1 << 20)? as u64;
+        }
+        if let Some(v) = &c.valid {
+            config.cache.valid = at.check(v, |s| parse_duration(s))?;
         }
     }
     Ok(config)

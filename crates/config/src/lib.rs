@@ -37,6 +37,7 @@ pub struct Config {
     pub error_log: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub cache: Cache,
     /// The file this was loaded from, for reloads and messages.
     pub source: Option<PathBuf>,
 }
@@ -65,6 +66,19 @@ pub struct Timeouts {
     /// A worker whose event loop has not turned for this long is killed and
     /// replaced.
     pub watchdog: Duration,
+}
+
+/// Each worker's cache of open files and small responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cache {
+    /// Files kept open (with their metadata) per worker; 0 turns the cache off.
+    pub open_files: usize,
+    /// Files up to this size are kept in memory whole, so that a hit costs one
+    /// write; larger ones are sent with sendfile from the open descriptor.
+    pub small_file_bytes: u64,
+    /// How long an entry is trusted before the file is looked at again: a file
+    /// changed on disk is served fresh within this time.
+    pub valid: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +120,7 @@ impl Default for Config {
                 uri_bytes: 8 * 1024,
                 discard_body_bytes: 1024 * 1024,
             },
+            cache: Cache { open_files: 1024, small_file_bytes: 16 * 1024, valid: Duration::from_secs(1) },
             source: None,
         }
     }

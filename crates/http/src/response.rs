@@ -90,6 +90,12 @@ impl<'a> HeadWriter<'a> {
         self
     }
 
+    /// Header lines already formatted, each ending in CRLF.
+    pub fn raw(&mut self, lines: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(lines);
+        self
+    }
+
     pub fn header_u64(&mut self, name: &str, value: u64) -> &mut Self {
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b": ");

@@ -254,10 +254,17 @@ impl Conn {
             // The parser refuses a full buffer as too large; never spin on one.
             return Some(Outcome::Close(CloseReason::Error));
         }
+        let room = spare.len();
         match sys::read(self.fd.as_raw_fd(), spare) {
             Ok(0) => Some(Outcome::Close(CloseReason::PeerClosed)),
             Ok(n) => {
                 buf.commit(n);
+                // A short read emptied the socket: skip the read that would only
+                // say EAGAIN. Data arriving later raises a new edge-triggered
+                // event (and a FIN raises EPOLLRDHUP), so nothing is missed.
+                if n < room {
+                    self.readable = false;
+                }
                 ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
                 if was_empty && self.request_started.is_none() {
                     self.request_started = Some(Instant::now());
@@ -469,7 +476,9 @@ fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Starte
     let reply = match req.method {
         Method::Other => error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out),
         Method::Get | Method::Head => match tine_http::target::normalise(req.target, &mut ctx.path) {
-            Ok(()) => static_files::respond(&ctx.root, req, &ctx.path, &framing, out),
+            Ok(()) => {
+                static_files::respond(&mut ctx.files, &ctx.root, req, &ctx.path, &framing, ctx.now, out)
+            }
             Err(e) => {
                 ctx.stats.parse_errors.fetch_add(1, Relaxed);
                 error_page(e.status(), &framing, None, out)

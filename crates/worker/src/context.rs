@@ -2,6 +2,7 @@
 //! Date cache, the buffer pool, the timer wheel and the worker's stats slot.
 
 use crate::buffer_pool::BufferPool;
+use crate::file_cache::FileCache;
 use crate::static_files::StaticRoot;
 use crate::timer_wheel::TimerWheel;
 use std::time::Instant;
@@ -16,6 +17,7 @@ pub struct Ctx<'a> {
     pub http_limits: tine_http::Limits,
     pub discard_body_bytes: u64,
     pub root: StaticRoot,
+    pub files: FileCache,
     pub date: DateCache,
     pub stats: &'a Slot,
     /// The whole region, for the admin listener's documents.

@@ -11,6 +11,7 @@ pub mod buffer_pool;
 pub mod connection;
 pub mod context;
 pub mod event_loop;
+pub mod file_cache;
 pub mod responses;
 pub mod slab;
 pub mod static_files;
@@ -90,6 +91,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         },
         discard_body_bytes: config.limits.discard_body_bytes,
         root,
+        files: file_cache::FileCache::new(&config.cache),
         date: Default::default(),
         stats: init.region.slot(init.slot),
         region: init.region,

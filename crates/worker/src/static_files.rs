@@ -1,25 +1,28 @@
-//! The static-file handler: opens the file a request names strictly beneath the
-//! document root and writes the response head (and, for errors, the small body)
-//! into the connection's output buffer. The file body itself is left to the
-//! connection, which sends it with sendfile.
+//! The static-file handler: resolves the file a request names strictly beneath
+//! the document root (through the per-worker [`FileCache`]) and writes the
+//! response head, plus the whole body when the file is small, into the
+//! connection's output buffer. A larger body is left to the connection, which
+//! sends it with sendfile.
 //!
 //! Two walls keep requests inside the root: the target is normalised by
 //! `tine_http::target` (no `..`, no NUL), and every open goes through openat2 with
 //! RESOLVE_BENEATH, so a symlink that leaves the root fails with EXDEV. Where
 //! openat2 is unavailable, the opened file's real path is checked instead.
 
+use crate::file_cache::FileCache;
 use crate::responses::{error_page, Framing, Reply};
 use std::ffi::CString;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
 use tine_http::request::{Method, Request};
 use tine_http::response::{HeadWriter, Status};
 use tine_http::target::TargetPath;
-use tine_http::validators::{self, ETag, RangeAnswer};
+use tine_http::validators::{self, RangeAnswer};
 
 pub struct StaticRoot {
     dir: OwnedFd,
@@ -27,9 +30,10 @@ pub struct StaticRoot {
     openat2: bool,
 }
 
-/// The body a reply sends after its head.
+/// The body a reply sends after its head, from a descriptor shared with the
+/// file cache (an entry replaced meanwhile keeps its file open until done).
 pub struct FileBody {
-    pub file: File,
+    pub file: Rc<File>,
     pub offset: u64,
     pub end: u64,
 }
@@ -115,91 +119,107 @@ impl StaticRoot {
     }
 }
 
-/// Answers a GET or HEAD for `path`: writes the head into `out` and returns the
-/// body to send, if any.
+/// Why a path has no file to serve.
+pub enum Miss {
+    /// A directory asked for without its trailing slash.
+    Redirect,
+    Status(Status),
+}
+
+/// A regular file found for a request path.
+pub struct Resolved {
+    pub file: File,
+    pub meta: Metadata,
+    /// The name whose extension decides Content-Type (the index for a directory).
+    pub served_name: Vec<u8>,
+}
+
+/// Finds the regular file a normalised path names: the file itself, or the
+/// index.html of a directory asked for with its trailing slash.
+pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
+    let file = root.open_beneath(relative).map_err(|e| Miss::Status(status_for_open_error(&e)))?;
+    let meta = file.metadata().map_err(|_| Miss::Status(Status::INTERNAL_SERVER_ERROR))?;
+    if meta.is_file() {
+        return Ok(Resolved { file, meta, served_name: relative.to_vec() });
+    }
+    if !meta.is_dir() {
+        // FIFOs, sockets, devices: never served.
+        return Err(Miss::Status(Status::NOT_FOUND));
+    }
+    if !relative.is_empty() && !relative.ends_with(b"/") {
+        return Err(Miss::Redirect);
+    }
+    let mut index = relative.to_vec();
+    index.extend_from_slice(b"index.html");
+    match root.open_beneath(&index).and_then(|f| f.metadata().map(|m| (f, m))) {
+        Ok((file, meta)) if meta.is_file() => Ok(Resolved { file, meta, served_name: index }),
+        // A directory without an index is not listed.
+        _ => Err(Miss::Status(Status::FORBIDDEN)),
+    }
+}
+
+/// Answers a GET or HEAD for `path`: writes the head (and a small body) into
+/// `out` and returns the file body still to send, if any.
 pub fn respond(
+    cache: &mut FileCache,
     root: &StaticRoot,
     req: &Request<'_>,
     path: &TargetPath,
     framing: &Framing,
+    now: Instant,
     out: &mut Vec<u8>,
 ) -> Reply {
-    let date = framing.date;
-    let mut file = match root.open_beneath(&path.relative) {
-        Ok(f) => f,
-        Err(e) => return error_page(status_for_open_error(&e), framing, None, out),
+    let res = match cache.get(root, &path.relative, now) {
+        Ok(r) => r,
+        Err(Miss::Redirect) => return redirect_to_directory(req.target, framing, out),
+        Err(Miss::Status(status)) => return error_page(status, framing, None, out),
     };
-    let mut meta = match file.metadata() {
-        Ok(m) => m,
-        Err(_) => return error_page(Status::INTERNAL_SERVER_ERROR, framing, None, out),
-    };
-    // The name whose extension decides Content-Type: the index file for a directory.
-    let mut served: std::borrow::Cow<'_, [u8]> = (&path.relative[..]).into();
-    if meta.is_dir() {
-        if !path.trailing_slash {
-            return redirect_to_directory(req.target, framing, out);
-        }
-        let mut index = path.relative.clone();
-        if !index.is_empty() {
-            index.push(b'/');
-        }
-        index.extend_from_slice(b"index.html");
-        (file, meta) = match root.open_beneath(&index).and_then(|f| f.metadata().map(|m| (f, m))) {
-            Ok((f, m)) if m.is_file() => (f, m),
-            // A directory without an index is not listed.
-            _ => return error_page(Status::FORBIDDEN, framing, None, out),
-        };
-        served = index.into();
-    } else if !meta.is_file() || path.trailing_slash {
-        return error_page(Status::NOT_FOUND, framing, None, out);
-    }
-    let size = meta.len();
-    let mtime = meta.mtime().max(0) as u64;
-    let etag = ETag::new(mtime, size);
-    let last_modified = validators::http_date(mtime);
-
     let not_modified = match (req.if_none_match, req.if_modified_since) {
-        (Some(inm), _) => validators::none_match_hits(inm, &etag),
-        (None, Some(ims)) => validators::not_modified_since(ims, mtime),
+        (Some(inm), _) => validators::none_match_hits(inm, &res.etag),
+        (None, Some(ims)) => validators::not_modified_since(ims, res.mtime_secs),
         (None, None) => false,
     };
     if not_modified {
-        let mut h = HeadWriter::start(out, Status::NOT_MODIFIED, date);
-        h.header("ETag", etag.as_bytes()).header("Last-Modified", last_modified.as_bytes());
+        let mut h = HeadWriter::start(out, Status::NOT_MODIFIED, framing.date);
+        h.header("ETag", res.etag.as_bytes()).header("Last-Modified", res.last_modified.as_bytes());
         h.finish(framing.persistence);
         return Reply::head_only(Status::NOT_MODIFIED);
     }
-
+    let size = res.size;
     let range = match req.range {
-        Some(r) if req.if_range.is_none_or(|ir| validators::if_range_holds(ir, &etag, &last_modified)) => {
+        Some(r)
+            if req
+                .if_range
+                .is_none_or(|ir| validators::if_range_holds(ir, &res.etag, &res.last_modified)) =>
+        {
             validators::range(r, size)
         }
         _ => RangeAnswer::Full,
     };
-    let (status, first, last) = match range {
+    let (status, first, end) = match range {
         RangeAnswer::Full => (Status::OK, 0, size),
         RangeAnswer::Part { first, last } => (Status::PARTIAL_CONTENT, first, last + 1),
         RangeAnswer::Unsatisfiable => {
             let mut value = b"bytes */".to_vec();
             tine_http::response::push_u64(&mut value, size);
-            let extra = Some(("Content-Range", value.as_slice()));
-            return error_page(Status::RANGE_NOT_SATISFIABLE, framing, extra, out);
+            return error_page(Status::RANGE_NOT_SATISFIABLE, framing, Some(("Content-Range", &value)), out);
         }
     };
-    let mut h = HeadWriter::start(out, status, date);
-    h.header("Content-Type", content_type(&served).as_bytes())
-        .header_u64("Content-Length", last - first)
-        .header("Last-Modified", last_modified.as_bytes())
-        .header("ETag", etag.as_bytes())
-        .header("Accept-Ranges", b"bytes");
+    let mut h = HeadWriter::start(out, status, framing.date);
+    h.raw(&res.headers).header_u64("Content-Length", end - first);
     if status == Status::PARTIAL_CONTENT {
-        h.content_range(first, last - 1, size);
+        h.content_range(first, end - 1, size);
     }
     h.finish(framing.persistence);
-    let body =
-        (req.method == Method::Get && last > first).then_some(FileBody { file, offset: first, end: last });
-    let body_len = if body.is_some() { last - first } else { 0 };
-    Reply { status, body, body_len }
+    if req.method != Method::Get || end == first {
+        return Reply::head_only(status);
+    }
+    if let Some(body) = &res.body {
+        out.extend_from_slice(&body[first as usize..end as usize]);
+        return Reply { status, body: None, body_len: end - first };
+    }
+    let body = FileBody { file: Rc::clone(&res.file), offset: first, end };
+    Reply { status, body: Some(body), body_len: end - first }
 }
 
 fn status_for_open_error(e: &io::Error) -> Status {
@@ -240,9 +260,4 @@ fn redirect_to_directory(target: &[u8], framing: &Framing, out: &mut Vec<u8>) ->
     h.header("Location", &location).header_u64("Content-Length", 0);
     h.finish(framing.persistence);
     Reply::head_only(Status::MOVED_PERMANENTLY)
-}
-
-fn content_type(relative: &[u8]) -> &'static str {
-    let name = std::ffi::OsStr::from_bytes(relative);
-    mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream")
 }

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark of tine and nginx on loopback.
+
+    python3 bench/bench.py [--duration 8] [--connections 64] [--many 10000] [--workers 1 2] [--json FILE]
+
+For each scenario (1 KiB, 64 KiB and 1 MiB files over 64 keep-alive
+connections; 1 KiB over 10,000 connections) it runs wrk against tine and nginx
+alternately, with equivalent settings: same worker count and CPU pinning,
+sendfile, tcp_nopush, tcp_nodelay, keep-alive, no access log. With one worker,
+the worker is pinned to the first CPU and wrk to another. It measures on the
+server side the CPU time of all the server's processes (from
+/proc/PID/schedstat) and their resident memory, and prints a table with the
+tine/nginx ratio of each figure.
+
+Builds tine in release mode; installs nginx and wrk from Debian's packages if
+they are missing (as root). Only 127.0.0.1 is targeted; every run is bounded.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINE = os.path.join(ROOT, "target", "release", "tine")
+SCENARIOS = [  # name, file, size, connections option
+    ("1KiB", "1k.bin", 1024, "connections"),
+    ("64KiB", "64k.bin", 64 * 1024, "connections"),
+    ("1MiB", "1m.bin", 1024 * 1024, "connections"),
+    ("1KiB-10k-conns", "1k.bin", 1024, "many"),
+]
+
+
+def ensure_tools():
+    missing = [p for t, p in [("wrk", "wrk"), ("nginx", "nginx-light")]
+               if shutil.which(t) is None and not os.path.exists("/usr/sbin/" + t)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing packages {', '.join(missing)}: install them (Debian: apt-get install {' '.join(missing)})")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, limit=20):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_ns(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_bytes(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+    return total
+
+
+class Server:
+    def __init__(self, kind, work, workers, port):
+        self.kind, self.port = kind, port
+        if kind == "tine":
+            cmd = [TINE, "serve", "--root", f"{work}/www", "--listen", f"127.0.0.1:{port}",
+                   "--workers", str(workers), "--stats-path", f"{work}/tine.stats", "--pid-file", f"{work}/tine.pid"]
+        else:
+            affinity = " ".join("0" * (workers - 1 - i) + "1" + "0" * i for i in range(workers))
+            conf = f"{work}/nginx.conf"
+            with open(conf, "w") as f:
+                f.write(f"""
+user root;
+worker_processes {workers};
+worker_cpu_affinity {affinity};
+worker_rlimit_nofile 65536;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_timeout 60s; keepalive_requests 100000000;
+    default_type application/octet-stream;
+    server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {work}/www; }}
+}}
+""")
+            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+            cmd = [nginx, "-c", conf, "-p", work, "-g", "daemon off;"]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+        wait_port(port)
+        end = time.time() + 10
+        while len(children(self.proc.pid)) < workers and time.time() < end:
+            time.sleep(0.05)
+        time.sleep(0.3)  # let workers finish starting; no measurement runs yet
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM if self.kind == "tine" else signal.SIGQUIT)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wrk(port, path, connections, seconds, threads, cpus):
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+           "--timeout", "10s", f"http://127.0.0.1:{port}/{path}"]
+    if cpus:
+        cmd = ["taskset", "-c", cpus] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
+                         preexec_fn=raise_nofile).stdout
+    return parse_wrk(out)
+
+
+def to_us(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+
+def parse_wrk(out):
+    r = {"requests": 0, "errors": 0, "rps": 0.0, "mbit": 0.0, "mean_us": 0.0, "p99_us": 0.0}
+    m = re.search(r"(\d+) requests in ([\d.]+)(s|m)", out)
+    if m:
+        r["requests"] = int(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
+    if m:
+        r["mbit"] = float(m.group(1)) * {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}[m.group(2)] * 8 / 1e6
+    m = re.search(r"Latency\s+(\S+)", out)
+    r["mean_us"] = to_us(m.group(1)) if m else 0.0
+    m = re.search(r"99%\s+(\S+)", out)
+    r["p99_us"] = to_us(m.group(1)) if m else 0.0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        r["errors"] = sum(map(int, m.groups()))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        r["errors"] += int(m.group(1))
+    return r
+
+
+def measure(server, scenario, args, workers):
+    name, path, size, conn_opt = scenario
+    connections = getattr(args, conn_opt)
+    pinned = workers == 1
+    cpus = "1" if pinned and os.cpu_count() > 1 else None
+    threads = 1 if pinned else 2
+    # Warm up: open files, caches, connection pools of both sides.
+    wrk(server.port, path, min(connections, 64), 1, threads, cpus)
+    pids = server.pids()
+    idle_rss = rss_bytes(pids)
+    mid = {}
+
+    def sample_memory():
+        time.sleep(args.duration / 2)
+        mid["rss"] = rss_bytes(pids)
+    sampler = threading.Thread(target=sample_memory)
+    cpu0 = cpu_ns(pids)
+    sampler.start()
+    r = wrk(server.port, path, connections, args.duration, threads, cpus)
+    cpu1 = cpu_ns(pids)
+    sampler.join()
+    r["cpu_us_per_req"] = (cpu1 - cpu0) / 1000 / r["requests"] if r["requests"] else 0.0
+    r["rss_bytes"] = mid.get("rss", 0)
+    r["per_conn_bytes"] = max(0, mid.get("rss", 0) - idle_rss) / connections
+    r["connections"] = connections
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description="tine vs nginx on loopback")
+    ap.add_argument("--duration", type=int, default=8, help="seconds per measured run (default 8)")
+    ap.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
+    ap.add_argument("--many", type=int, default=10000, help="connections of the high-concurrency scenario")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
+    ap.add_argument("--scenarios", nargs="+", default=[s[0] for s in SCENARIOS])
+    ap.add_argument("--servers", nargs="+", default=["tine", "nginx"])
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    ensure_tools()
+    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "tine"], cwd=ROOT, check=True)
+    raise_nofile()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tine-bench-") as work:
+        os.chmod(work, 0o755)
+        os.mkdir(f"{work}/www")
+        for _, path, size, _ in SCENARIOS:
+            with open(f"{work}/www/{path}", "wb") as f:
+                f.write(os.urandom(size))
+        for workers in args.workers:
+            for scenario in [s for s in SCENARIOS if s[0] in args.scenarios]:
+                for kind in args.servers:  # alternate servers within each scenario
+                    server = Server(kind, work, workers, free_port())
+                    try:
+                        r = measure(server, scenario, args, workers)
+                    finally:
+                        server.stop()
+                    r.update(server=kind, scenario=scenario[0], workers=workers)
+                    results.append(r)
+                    print(f"  {kind:<6} {workers} worker(s) {scenario[0]:<15} {r['rps']:>10.0f} req/s "
+                          f"{r['cpu_us_per_req']:>7.2f} us/req", file=sys.stderr)
+    report(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "duration_s": args.duration, "results": results}, f, indent=2)
+
+
+def machine():
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    nginx = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, {nginx}"
+
+
+def report(results, args):
+    print(f"\n{machine()}; wrk on loopback, {args.duration} s per run")
+    cols = ["req/s", "Mbit/s", "mean", "p99", "CPU us/req", "RSS MiB", "B/conn", "errors"]
+    print(f"\n{'scenario':<16}{'workers':>8} {'server':<8}" + "".join(f"{c:>11}" for c in cols))
+    for workers in args.workers:
+        for name in [s[0] for s in SCENARIOS if s[0] in args.scenarios]:
+            rows = {r["server"]: r for r in results if r["scenario"] == name and r["workers"] == workers}
+            for kind in args.servers:
+                r = rows.get(kind)
+                if not r:
+                    continue
+                vals = [f"{r['rps']:.0f}", f"{r['mbit']:.0f}", f"{r['mean_us']:.0f}us", f"{r['p99_us']:.0f}us",
+                        f"{r['cpu_us_per_req']:.2f}", f"{r['rss_bytes'] / 2**20:.1f}",
+                        f"{r['per_conn_bytes']:.0f}" if "10k" in name else "-", str(r["errors"])]
+                print(f"{name:<16}{workers:>8} {kind:<8}" + "".join(f"{v:>11}" for v in vals))
+            if "tine" in rows and "nginx" in rows:
+                t, n = rows["tine"], rows["nginx"]
+                ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
+                vals = [ratio(t["rps"], n["rps"]), ratio(t["mbit"], n["mbit"]), ratio(t["mean_us"], n["mean_us"]),
+                        ratio(t["p99_us"], n["p99_us"]), ratio(t["cpu_us_per_req"], n["cpu_us_per_req"]),
+                        ratio(t["rss_bytes"], n["rss_bytes"]),
+                        ratio(t["per_conn_bytes"], n["per_conn_bytes"]) if "10k" in name else "-", ""]
+                print(f"{'':<16}{'':>8} {'ratio':<8}" + "".join(f"{v:>11}" for v in vals))
+
+
+if __name__ == "__main__":
+    main()
