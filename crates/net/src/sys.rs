@@ -64,6 +64,12 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
+/// TCP_CORK: while set, TCP sends only full segments. Held across a large
+/// body so that every sendfile call fills segments, as nginx's tcp_nopush does.
+pub fn set_cork(fd: RawFd, on: bool) -> io::Result<()> {
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, i32::from(on))
+}
+
 /// The address a socket is bound to.
 pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     // SAFETY: an all-zero sockaddr_storage is valid; the kernel fills at most len.

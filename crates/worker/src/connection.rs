@@ -39,6 +39,11 @@ use crate::buffer_pool::ReadBuf;
 /// Most body bytes one connection sends per turn of the loop before letting
 /// others run, so one fast reader of a large file cannot starve the rest.
 const SEND_BUDGET: usize = 1 << 20;
+/// Bodies at least this large are sent with the socket corked (TCP_CORK), so
+/// that the segments of every sendfile call leave full; for smaller ones the
+/// two extra system calls cost more than they save, and MSG_MORE on the head
+/// is enough.
+const CORK_BODIES_FROM: u64 = 256 * 1024;
 /// How long a closing connection's leftover input is drained.
 const LINGER: Duration = Duration::from_secs(2);
 /// How much leftover input a closing connection drains at most.
@@ -91,6 +96,8 @@ pub struct Conn {
     keep_alive: bool,
     /// Edge-triggered readiness not yet consumed by a read that hit EAGAIN.
     readable: bool,
+    /// TCP_CORK is set for the response in flight.
+    corked: bool,
     /// Connection accepted on the admin listener: answers /metrics and
     /// /stats.json instead of files.
     admin: bool,
@@ -120,6 +127,7 @@ impl Conn {
             discard: 0,
             keep_alive: true,
             readable: false,
+            corked: false,
             admin,
             request_started: None,
             served: 0,
@@ -291,6 +299,9 @@ impl Conn {
         self.discard = started.discard;
         self.body = started.reply.body;
         self.body_len = started.reply.body_len;
+        if self.body.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM) {
+            self.corked = sys::set_cork(self.fd.as_raw_fd(), true).is_ok();
+        }
         self.wpos = 0;
         self.phase = Phase::Send;
         self.arm(ctx, ctx.timeouts.send);
@@ -361,6 +372,11 @@ impl Conn {
 
     fn finish_response(&mut self, ctx: &mut Ctx) {
         self.log_access(ctx);
+        if self.corked {
+            // Uncorking pushes out the last partial segment at once.
+            let _ = sys::set_cork(self.fd.as_raw_fd(), false);
+            self.corked = false;
+        }
         let done = Instant::now();
         if let Some(started) = self.request_started.take() {
             record_latency(ctx, done.saturating_duration_since(started));

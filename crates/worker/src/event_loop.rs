@@ -280,10 +280,10 @@ impl<'a> EventLoop<'a> {
     fn expire_deadlines(&mut self) {
         self.ctx.wheel.advance(self.ctx.now, &mut self.expired);
         let now_tick = self.ctx.wheel.tick_of(self.ctx.now);
-        for (token, tick) in std::mem::take(&mut self.expired) {
-            let Some(conn) = self.conns.get_mut(token) else {
-                continue;
-            };
+        // Index, not drain: the list keeps its allocation from turn to turn.
+        for i in 0..self.expired.len() {
+            let (token, tick) = self.expired[i];
+            let Some(conn) = self.conns.get_mut(token) else { continue };
             if conn.timer_tick != Some(tick) {
                 continue; // superseded by an earlier filing
             }
@@ -296,6 +296,7 @@ impl<'a> EventLoop<'a> {
                 self.ctx.wheel.schedule(token, conn.deadline);
             }
         }
+        self.expired.clear();
     }
 
     fn close(&mut self, token: u64, reason: CloseReason) {
