@@ -1,10 +1,12 @@
 //! The TOML file format. Values are read with their spans so that every error,
 //! from a syntax slip to a root that does not exist, names file:line:column.
 
+use crate::proxy::{Balance, Handler, HostHeader, Route, Stream, Upstream, UpstreamAddr, UpstreamServer};
 use crate::{check_root, check_workers, parse_duration, parse_listen, Config, ConfigError, Workers};
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -22,6 +24,52 @@ struct RawFile {
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
     cache: Option<RawCache>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
+    stream: Vec<RawStream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Spanned<String>,
+    servers: Spanned<Vec<Spanned<RawServer>>>,
+    balance: Option<Spanned<String>>,
+    keepalive: Option<Spanned<i64>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
+    io_timeout: Option<Spanned<String>>,
+    max_fails: Option<Spanned<i64>>,
+    fail_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawServer {
+    Plain(String),
+    Weighted { address: String, weight: Option<i64> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    upstream: Option<Spanned<String>>,
+    root: Option<Spanned<String>>,
+    host_header: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    listen: Spanned<String>,
+    upstream: Spanned<String>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -197,7 +245,119 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             config.cache.valid = at.check(v, |s| parse_duration(s))?;
         }
     }
+    parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
     Ok(config)
+}
+
+fn duration_or(
+    at: &Locator,
+    raw: &Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    raw.as_ref().map_or(Ok(default), |v| at.check(v, |s| parse_duration(s)))
+}
+
+fn parse_proxy(
+    raw: &RawFile,
+    at: &Locator,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+    config: &mut Config,
+) -> Result<(), ConfigError> {
+    for u in &raw.upstream {
+        let name = u.name.get_ref().clone();
+        if name.is_empty() || config.upstreams.iter().any(|x| x.name == name) {
+            return Err(at.error(u.name.span(), format!("upstream name {name:?} is empty or used twice")));
+        }
+        if u.servers.get_ref().is_empty() {
+            return Err(at.error(u.servers.span(), "an upstream needs at least one server"));
+        }
+        let servers = u
+            .servers
+            .get_ref()
+            .iter()
+            .map(|s| {
+                at.check(s, |raw| {
+                    let (address, weight) = match raw {
+                        RawServer::Plain(a) => (a.as_str(), 1),
+                        RawServer::Weighted { address, weight } => (address.as_str(), weight.unwrap_or(1)),
+                    };
+                    if !(1..=1000).contains(&weight) {
+                        return Err(format!("weight must be from 1 to 1000, not {weight}"));
+                    }
+                    Ok(UpstreamServer { addr: UpstreamAddr::parse(address)?, weight: weight as u32 })
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let balance = match &u.balance {
+            None => Balance::RoundRobin,
+            Some(b) => at.check(b, |b| match b.as_str() {
+                "round_robin" => Ok(Balance::RoundRobin),
+                "least_conn" => Ok(Balance::LeastConn),
+                other => Err(format!("balance must be \"round_robin\" or \"least_conn\", not {other:?}")),
+            })?,
+        };
+        config.upstreams.push(Upstream {
+            name,
+            servers,
+            balance,
+            keepalive: u.keepalive.as_ref().map_or(Ok(32), |v| at.in_range(v, "keepalive", 0, 10_000))?
+                as usize,
+            keepalive_timeout: duration_or(at, &u.keepalive_timeout, Duration::from_secs(60))?,
+            connect_timeout: duration_or(at, &u.connect_timeout, Duration::from_secs(5))?,
+            response_timeout: duration_or(at, &u.response_timeout, Duration::from_secs(60))?,
+            io_timeout: duration_or(at, &u.io_timeout, Duration::from_secs(60))?,
+            max_fails: u.max_fails.as_ref().map_or(Ok(3), |v| at.in_range(v, "max_fails", 0, 1000))? as u32,
+            fail_timeout: duration_or(at, &u.fail_timeout, Duration::from_secs(10))?,
+        });
+    }
+    let upstream_index =
+        |name: &Spanned<String>| {
+            config.upstreams.iter().position(|u| &u.name == name.get_ref()).ok_or_else(|| {
+                at.error(name.span(), format!("no [[upstream]] is named {:?}", name.get_ref()))
+            })
+        };
+    let mut routes = Vec::new();
+    for r in &raw.route {
+        let path = r.path.as_ref().map_or(Ok("/".to_string()), |p| {
+            at.check(p, |p| {
+                if p.starts_with('/') {
+                    Ok(p.clone())
+                } else {
+                    Err(format!("route path {p:?} must start with /"))
+                }
+            })
+        })?;
+        let handler = match (&r.upstream, &r.root) {
+            (Some(u), None) => {
+                let host = match r.host_header.as_ref().map(|h| h.get_ref().as_str()) {
+                    None | Some("keep") => HostHeader::Keep,
+                    Some("upstream") => HostHeader::Upstream,
+                    Some(other) => HostHeader::Fixed(other.to_string()),
+                };
+                Handler::Proxy { upstream: upstream_index(u)?, host }
+            }
+            (None, Some(root)) => Handler::Static(at.check(root, |r| check_root(&relative_to_file(r)))?),
+            _ => {
+                let span = r.path.as_ref().or(r.host.as_ref()).map_or(0..0, |s| s.span());
+                return Err(at.error(span, "a route needs exactly one of upstream or root"));
+            }
+        };
+        let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+        routes.push(Route { host, path, handler });
+    }
+    config.routes = routes;
+    for s in &raw.stream {
+        let listen = at.check(&s.listen, |l| parse_listen(l))?;
+        if config.listen.contains(&listen) || config.admin_listen == Some(listen) {
+            return Err(at.error(s.listen.span(), "a stream must listen on an address of its own"));
+        }
+        config.streams.push(Stream {
+            listen,
+            upstream: upstream_index(&s.upstream)?,
+            idle_timeout: duration_or(at, &s.idle_timeout, Duration::from_secs(600))?,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,6 +395,49 @@ connections_per_worker = 100
         assert_eq!(c.timeouts.drain, Duration::from_millis(500));
         assert_eq!(c.timeouts.idle, Config::default().timeouts.idle);
         assert_eq!(c.limits.connections_per_worker, 100);
+    }
+
+    #[test]
+    fn proxy_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse_in(
+            dir.path(),
+            r#"
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:9000", { address = "unix:/run/app.sock", weight = 3 }]
+balance = "least_conn"
+keepalive = 8
+
+[[route]]
+path = "/api/"
+upstream = "app"
+host_header = "upstream"
+
+[[route]]
+path = "/"
+root = "."
+
+[[stream]]
+listen = "127.0.0.1:0"
+upstream = "app"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].servers.len(), 2);
+        assert_eq!(c.upstreams[0].servers[1].weight, 3);
+        assert_eq!(c.upstreams[0].keepalive, 8);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].handler, Handler::Proxy { upstream: 0, host: HostHeader::Upstream });
+        assert_eq!(c.streams[0].upstream, 0);
+        for (text, line) in [
+            ("[[route]]\nupstream = \"nope\"\n", 2),
+            ("[[upstream]]\nname = \"a\"\nservers = [\"x\"]\n", 3),
+            ("[[upstream]]\nname = \"a\"\nservers = []\n", 3),
+        ] {
+            let err = parse_in(dir.path(), text).expect_err(text).to_string();
+            assert!(err.contains(&format!("tine.toml:{line}:")), "{text:?} gave {err}");
+        }
     }
 
     #[test]

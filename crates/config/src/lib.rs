@@ -6,8 +6,10 @@
 
 mod duration;
 mod file;
+pub mod proxy;
 
 pub use duration::parse_duration;
+pub use proxy::{Balance, Handler, HostHeader, Route, Stream, Upstream, UpstreamAddr, UpstreamServer};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,15 @@ use std::time::Duration;
 
 /// The address tine listens on when neither file nor flags name one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// What connections accepted on a listener are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerRole {
+    Http,
+    Admin,
+    /// Relayed raw to the upstream group of this stream.
+    Stream(usize),
+}
 
 /// Everything a master and its workers run on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +49,12 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub cache: Cache,
+    /// Upstream groups, by index; routes and streams refer to them.
+    pub upstreams: Vec<Upstream>,
+    /// Where requests go. Empty means everything is served from `root`.
+    pub routes: Vec<Route>,
+    /// Raw TCP relays.
+    pub streams: Vec<Stream>,
     /// The file this was loaded from, for reloads and messages.
     pub source: Option<PathBuf>,
 }
@@ -121,6 +138,9 @@ impl Default for Config {
                 discard_body_bytes: 1024 * 1024,
             },
             cache: Cache { open_files: 1024, small_file_bytes: 16 * 1024, valid: Duration::from_secs(1) },
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+            streams: Vec::new(),
             source: None,
         }
     }
@@ -162,9 +182,28 @@ impl Source {
 }
 
 impl Config {
-    /// Every address to bind: the listen addresses, then the admin listener.
+    /// Every address to bind, in [`ListenerRole`] order: the HTTP listen
+    /// addresses, the admin listener, then the streams.
     pub fn all_listen_addrs(&self) -> Vec<SocketAddr> {
-        self.listen.iter().copied().chain(self.admin_listen).collect()
+        self.listener_roles().into_iter().map(|(addr, _)| addr).collect()
+    }
+
+    /// What each bound address is for, in binding order.
+    pub fn listener_roles(&self) -> Vec<(SocketAddr, ListenerRole)> {
+        let http = self.listen.iter().map(|&a| (a, ListenerRole::Http));
+        let admin = self.admin_listen.map(|a| (a, ListenerRole::Admin));
+        let streams = self.streams.iter().enumerate().map(|(i, s)| (s.listen, ListenerRole::Stream(i)));
+        http.chain(admin).chain(streams).collect()
+    }
+
+    /// The routes requests are matched against: the configured ones, or one
+    /// route serving `root` for everything.
+    pub fn effective_routes(&self) -> Vec<Route> {
+        if self.routes.is_empty() {
+            vec![Route { host: None, path: "/".into(), handler: Handler::Static(self.root.clone()) }]
+        } else {
+            self.routes.clone()
+        }
     }
 
     /// Reads and validates a TOML file.

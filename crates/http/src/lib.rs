@@ -4,6 +4,7 @@
 //!
 //! Nothing here does I/O; the worker feeds bytes in and writes bytes out.
 
+pub mod chunked;
 pub mod date;
 pub mod request;
 pub mod response;

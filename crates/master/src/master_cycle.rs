@@ -151,18 +151,28 @@ impl Master {
             }
             None => {
                 let path = config.stats_path.clone().unwrap_or_else(|| default_stats_path(port));
-                let region = Region::create(&path, slot_capacity(count, &cpus), &addrs)?;
+                let region = Region::create_with_upstreams(
+                    &path,
+                    slot_capacity(count, &cpus),
+                    &addrs,
+                    &upstream_names(config),
+                )?;
                 region.master().generation.store(1, Relaxed);
                 region
             }
         };
         let pid_file = PidFile::write(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(port)))?;
         tine_worker::name_process("tine: master");
-        for (i, a) in addrs.iter().enumerate() {
-            if i < config.listen.len() {
-                log::info!("listening on {a}");
-            } else {
-                log::info!("admin endpoint on http://{a}/metrics and /stats.json");
+        for (a, (_, role)) in addrs.iter().zip(config.listener_roles()) {
+            match role {
+                tine_config::ListenerRole::Http => log::info!("listening on {a}"),
+                tine_config::ListenerRole::Admin => {
+                    log::info!("admin endpoint on http://{a}/metrics and /stats.json")
+                }
+                tine_config::ListenerRole::Stream(i) => {
+                    let upstream = &config.upstreams[config.streams[i].upstream].name;
+                    log::info!("stream on {a} relayed to upstream {upstream}")
+                }
             }
         }
         log::info!(
@@ -284,6 +294,9 @@ impl Master {
         }
         let retired =
             self.listeners.rebind(&config.listen, count, config.backlog).map_err(|e| e.to_string())?;
+        if !self.region.set_upstream_names(&upstream_names(&config)) {
+            log::warn!("more upstream servers than the stats region has room for: restart to count them all");
+        }
         self.launch.config = config;
         self.retired_sockets.extend(retired);
         let old = self.retire_current_workers();
@@ -622,6 +635,16 @@ impl Master {
         let _ = std::fs::remove_file(self.region.path());
         log::info!("master {} stopped", std::process::id());
     }
+}
+
+/// `group address` for every upstream server, in configuration order: the
+/// names of the region's upstream table.
+fn upstream_names(config: &Config) -> Vec<String> {
+    config
+        .upstreams
+        .iter()
+        .flat_map(|u| u.servers.iter().map(move |s| format!("{} {}", u.name, s.addr)))
+        .collect()
 }
 
 fn worker_count(config: &Config, cpus: &[usize]) -> usize {

@@ -52,7 +52,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
                 generation,
                 listeners: spec.listeners.for_slot(spec.slot),
                 close_fds,
-                admin_listener: spec.config.admin_listen.map(|_| spec.config.listen.len()),
+                roles: spec.config.listener_roles().into_iter().map(|(_, role)| role).collect(),
                 config: spec.config,
                 region: spec.region,
             };

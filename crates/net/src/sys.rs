@@ -225,6 +225,130 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// A non-blocking, close-on-exec pipe for splice: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two descriptors to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Moves up to `len` bytes from `from` to `to` inside the kernel; one of them
+/// must be a pipe. `Ok(0)` from a socket is end of stream.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: null offsets (both ends are streams); descriptors are open.
+    check_size(unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) })
+}
+
+/// Starts a non-blocking connect to a TCP or Unix-socket address. Returns the
+/// socket; completion (or failure) shows as writability, then [`socket_error`].
+pub fn connect_start(addr: &ConnectTo<'_>) -> io::Result<OwnedFd> {
+    let family = match addr {
+        ConnectTo::Tcp(a) if a.is_ipv4() => libc::AF_INET,
+        ConnectTo::Tcp(_) => libc::AF_INET6,
+        ConnectTo::Unix(_) => libc::AF_UNIX,
+    };
+    // SAFETY: plain syscall; the descriptor is owned right after the check.
+    let fd = check(unsafe {
+        libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: fresh descriptor, owned from here on.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let rc = match addr {
+        ConnectTo::Tcp(a) => {
+            let (storage, len) = to_sockaddr(*a);
+            // SAFETY: storage is a valid sockaddr of `len` bytes for the family.
+            unsafe { libc::connect(fd, &storage as *const _ as *const libc::sockaddr, len) }
+        }
+        ConnectTo::Unix(path) => {
+            use std::os::unix::ffi::OsStrExt;
+            // SAFETY: all-zero is a valid sockaddr_un.
+            let mut sun: libc::sockaddr_un = unsafe { zeroed() };
+            sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let bytes = path.as_os_str().as_bytes();
+            if bytes.len() >= sun.sun_path.len() {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "unix socket path too long"));
+            }
+            for (dst, &src) in sun.sun_path.iter_mut().zip(bytes) {
+                *dst = src as libc::c_char;
+            }
+            let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+            // SAFETY: sun is a valid sockaddr_un of at least `len` bytes.
+            unsafe { libc::connect(fd, &sun as *const _ as *const libc::sockaddr, len) }
+        }
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) && e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+    if let ConnectTo::Tcp(_) = addr {
+        let _ = set_nodelay(fd);
+    }
+    Ok(owned)
+}
+
+/// Where to connect.
+pub enum ConnectTo<'a> {
+    Tcp(SocketAddr),
+    Unix(&'a std::path::Path),
+}
+
+/// The pending error of a socket (SO_ERROR): how a non-blocking connect ended.
+pub fn socket_error(fd: RawFd) -> io::Result<()> {
+    let mut err: i32 = 0;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: err and len are valid for writing.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut i32 as *mut libc::c_void,
+            &mut len,
+        )
+    })?;
+    if err == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(err))
+    }
+}
+
+/// Whether an idle pooled connection is still usable: nothing to read and not
+/// closed (a peek that would block).
+pub fn idle_socket_alive(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: one byte of valid buffer; MSG_PEEK leaves the data in place.
+    let n = unsafe {
+        libc::recv(fd, &mut byte as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// How a non-blocking connect stands: `Ok(true)` connected, `Ok(false)` still
+/// in progress, `Err` failed (refused, unreachable...).
+pub fn connect_status(fd: RawFd) -> io::Result<bool> {
+    socket_error(fd)?;
+    // SAFETY: as in local_addr.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for writing.
+    let rc = unsafe { libc::getpeername(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOTCONN) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,14 @@ pub struct Header {
     pub host_size: u32,
     /// Interface entries the host section has room for.
     pub interface_capacity: u32,
+    /// Where the upstream section starts (names, then per-slot entries).
+    pub upstreams_offset: u64,
+    /// Upstream servers named in the section, and room for how many.
+    pub upstream_count: u32,
+    pub upstream_capacity: u32,
+    /// Bytes per upstream name and per upstream stats entry.
+    pub upstream_name_size: u32,
+    pub upstream_entry_size: u32,
 }
 
 /// Lifecycle of the whole region, as stored in [`Header::state`].
@@ -273,6 +281,44 @@ pub struct InterfaceEntry {
     pub tx_drops: AtomicU64,
 }
 
+/// Bytes of text naming one upstream server (`group address`), NUL-padded.
+pub const UPSTREAM_NAME_SIZE: usize = 64;
+
+/// One worker's counters for one upstream server.
+#[repr(C, align(64))]
+pub struct UpstreamStats {
+    /// Requests sent to the server (each retry counts).
+    pub requests: AtomicU64,
+    /// Connects refused or failed, and exchanges broken before a response.
+    pub failures: AtomicU64,
+    /// Connects or responses that took too long.
+    pub timeouts: AtomicU64,
+    /// Requests sent on a pooled keep-alive connection...
+    pub pool_hits: AtomicU64,
+    /// ...or on a new one.
+    pub pool_misses: AtomicU64,
+    /// Gauge: this worker's connections to the server, busy or idle.
+    pub open: AtomicU64,
+    /// Gauge: 1 while this worker holds the server out after failures.
+    pub down: AtomicU64,
+    /// Response and tunnel bytes moved by splice (never through user space).
+    pub bytes_spliced: AtomicU64,
+    /// Bytes copied through user space (heads, chunked bodies, request bodies).
+    pub bytes_copied: AtomicU64,
+}
+
+pub const UPSTREAM_STATS_FIELDS: [&str; 9] = [
+    "requests",
+    "failures",
+    "timeouts",
+    "pool_hits",
+    "pool_misses",
+    "open",
+    "down",
+    "bytes_spliced",
+    "bytes_copied",
+];
+
 /// The host section: fields, then INTERFACE_CAPACITY interface entries.
 #[repr(C, align(64))]
 pub struct Host {
@@ -298,6 +344,7 @@ pub const MASTER_SIZE: usize = std::mem::size_of::<MasterSection>();
 pub const SLOT_SIZE: usize = std::mem::size_of::<Slot>();
 pub const HOST_SIZE: usize = std::mem::size_of::<Host>();
 pub const INTERFACE_ENTRY_SIZE: usize = std::mem::size_of::<InterfaceEntry>();
+pub const UPSTREAM_ENTRY_SIZE: usize = std::mem::size_of::<UpstreamStats>();
 
 /// Where each section lives for a region with this many slots and listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,17 +353,19 @@ pub struct Offsets {
     pub host: usize,
     pub listeners: usize,
     pub slots: usize,
+    pub upstreams: usize,
     pub total: usize,
 }
 
 impl Offsets {
-    pub fn compute(slot_count: usize, listener_count: usize) -> Self {
+    pub fn compute(slot_count: usize, listener_count: usize, upstream_capacity: usize) -> Self {
         let master = HEADER_SIZE;
         let host = master + MASTER_SIZE;
         let listeners = host + HOST_SIZE;
         let slots = round_up(listeners + listener_count * LISTENER_ENTRY_SIZE, 64);
-        let total = slots + slot_count * SLOT_SIZE;
-        Offsets { master, host, listeners, slots, total }
+        let upstreams = slots + slot_count * SLOT_SIZE;
+        let total = upstreams + upstream_capacity * (UPSTREAM_NAME_SIZE + slot_count * UPSTREAM_ENTRY_SIZE);
+        Offsets { master, host, listeners, slots, upstreams, total }
     }
 }
 
@@ -325,7 +374,8 @@ fn round_up(n: usize, to: usize) -> usize {
 }
 
 // The ABI promises these; a change here is a layout change.
-const _: () = assert!(HEADER_SIZE == 128);
+const _: () = assert!(HEADER_SIZE == 192);
+const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
 const _: () = assert!(SLOT_SIZE % 64 == 0);
 const _: () = assert!(MASTER_SIZE % 64 == 0);
 const _: () = assert!(HOST_SIZE % 64 == 0);

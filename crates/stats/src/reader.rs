@@ -94,6 +94,19 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
     {
         return Err(ReadError::Corrupt("host section size"));
     }
+    if h.upstream_entry_size as usize != crate::layout::UPSTREAM_ENTRY_SIZE
+        || (h.upstream_name_size as usize) < 16
+        || h.upstream_count > h.upstream_capacity
+        || h.upstreams_offset % 64 != 0
+    {
+        return Err(ReadError::Corrupt("upstream section"));
+    }
+    let upstream_bytes = (h.upstream_capacity as u64).saturating_mul(
+        h.upstream_name_size as u64 + (h.slot_count as u64).saturating_mul(h.upstream_entry_size as u64),
+    );
+    if h.upstreams_offset.checked_add(upstream_bytes).is_none_or(|end| end > bytes.len() as u64) {
+        return Err(ReadError::Corrupt("upstream section offsets"));
+    }
     if (h.listener_entry_size as usize) < LISTENER_ENTRY_SIZE {
         return Err(ReadError::Corrupt("listener entry size"));
     }

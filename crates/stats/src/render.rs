@@ -34,6 +34,7 @@ pub fn json(s: &Snapshot, worker: Option<usize>) -> Value {
         "path": s.path,
         "master": master,
         "host": host,
+        "upstreams": s.upstreams,
         "listeners": s.listeners,
         "total": total,
         "workers": workers,
@@ -178,7 +179,45 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
         human_latency(percentile(&hist, 0.9)),
         human_latency(percentile(&hist, 0.99))
     );
+    out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
+    out
+}
+
+fn upstream_lines(s: &Snapshot) -> String {
+    if s.upstreams.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{:<36} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>6} {:>13} {:>11}\n",
+        "upstream",
+        "state",
+        "requests",
+        "failures",
+        "timeouts",
+        "pool hits",
+        "pool miss",
+        "open",
+        "spliced",
+        "copied"
+    );
+    for u in &s.upstreams {
+        let state = if u.down > 0 { "down" } else { "up" };
+        let _ = writeln!(
+            out,
+            "{:<36} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>6} {:>13} {:>11}",
+            u.name,
+            state,
+            u.requests,
+            u.failures,
+            u.timeouts,
+            u.pool_hits,
+            u.pool_misses,
+            u.open,
+            u.bytes_spliced,
+            u.bytes_copied
+        );
+    }
     out
 }
 

@@ -46,6 +46,22 @@ pub struct Interface {
     pub tx_drops: u64,
 }
 
+/// One upstream server's counters, summed over every worker slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UpstreamTotals {
+    pub name: String,
+    pub requests: u64,
+    pub failures: u64,
+    pub timeouts: u64,
+    pub pool_hits: u64,
+    pub pool_misses: u64,
+    pub open: u64,
+    /// Workers holding the server out after failures.
+    pub down: u64,
+    pub bytes_spliced: u64,
+    pub bytes_copied: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub path: String,
@@ -58,6 +74,7 @@ pub struct Snapshot {
     pub master: MasterFields,
     pub host: HostFields,
     pub interfaces: Vec<Interface>,
+    pub upstreams: Vec<UpstreamTotals>,
     pub slots: Vec<SlotValues>,
     pub taken_unix_ms: u64,
 }
@@ -79,6 +96,34 @@ impl Snapshot {
             .collect();
         let slots =
             (0..reader.slot_count()).map(|i| SlotValues { slot: i, fields: reader.slot(i).load() }).collect();
+        let mut upstreams: Vec<UpstreamTotals> = reader
+            .upstream_names()
+            .into_iter()
+            .map(|name| UpstreamTotals { name, ..Default::default() })
+            .collect();
+        for slot in 0..reader.slot_count() {
+            for (total, e) in upstreams.iter_mut().zip(reader.upstream_stats(slot)) {
+                let add = |t: &mut u64, v: &std::sync::atomic::AtomicU64| {
+                    *t = t.wrapping_add(v.load(Ordering::Relaxed))
+                };
+                add(&mut total.requests, &e.requests);
+                add(&mut total.failures, &e.failures);
+                add(&mut total.timeouts, &e.timeouts);
+                add(&mut total.pool_hits, &e.pool_hits);
+                add(&mut total.pool_misses, &e.pool_misses);
+                add(&mut total.open, &e.open);
+                add(&mut total.down, &e.down);
+                add(&mut total.bytes_spliced, &e.bytes_spliced);
+                add(&mut total.bytes_copied, &e.bytes_copied);
+            }
+        }
+        for u in &mut upstreams {
+            for gauge in [&mut u.open, &mut u.down] {
+                if (*gauge as i64) < 0 {
+                    *gauge = 0;
+                }
+            }
+        }
         Snapshot {
             path: reader.path().display().to_string(),
             master_pid: h.master_pid.load(Ordering::Relaxed),
@@ -91,6 +136,7 @@ impl Snapshot {
             master: reader.master().load(),
             host,
             interfaces,
+            upstreams,
             slots,
             taken_unix_ms: crate::unix_millis(),
         }

@@ -3,7 +3,7 @@
 //! initialised) to hold a complete region, and everything else follows from the
 //! offsets in the header.
 
-use crate::layout::{Header, Host, InterfaceEntry, MasterSection, RegionState, Slot};
+use crate::layout::{Header, Host, InterfaceEntry, MasterSection, RegionState, Slot, UpstreamStats};
 use crate::snapshot::Snapshot;
 use crate::{pid_alive, unix_millis};
 use std::path::Path;
@@ -57,6 +57,33 @@ pub trait RegionView {
         // SAFETY: in range by the assert and the validated sizes; 64-byte aligned;
         // Slot is made only of atomics, safe to share across processes.
         unsafe { &*(self.bytes().as_ptr().add(at) as *const Slot) }
+    }
+
+    /// Names of the upstream servers in the upstream section.
+    fn upstream_names(&self) -> Vec<String> {
+        let h = self.header();
+        let count = (h.upstream_count.min(h.upstream_capacity)) as usize;
+        (0..count)
+            .map(|i| {
+                let at = h.upstreams_offset as usize + i * h.upstream_name_size as usize;
+                let entry = &self.bytes()[at..at + h.upstream_name_size as usize];
+                let end = entry.iter().position(|&b| b == 0).unwrap_or(entry.len());
+                String::from_utf8_lossy(&entry[..end]).into_owned()
+            })
+            .collect()
+    }
+
+    /// One slot's upstream entries (upstream_capacity of them).
+    fn upstream_stats(&self, slot: usize) -> &[UpstreamStats] {
+        let h = self.header();
+        assert!(slot < h.slot_count as usize, "slot {slot} out of range");
+        let capacity = h.upstream_capacity as usize;
+        let names = capacity * h.upstream_name_size as usize;
+        let at = h.upstreams_offset as usize + names + slot * capacity * h.upstream_entry_size as usize;
+        // SAFETY: validate() checked the section lies inside the mapping with
+        // entries of exactly UpstreamStats' size on 64-byte boundaries; the
+        // entries are made only of atomics.
+        unsafe { std::slice::from_raw_parts(self.bytes().as_ptr().add(at) as *const UpstreamStats, capacity) }
     }
 
     /// The listen addresses recorded by the master, as text.

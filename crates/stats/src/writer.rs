@@ -3,7 +3,7 @@
 
 use crate::layout::{
     Header, Offsets, RegionState, ENDIAN_CHECK, HEADER_SIZE, HOST_SIZE, INTERFACE_CAPACITY, LAYOUT_VERSION,
-    LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE,
+    LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE, UPSTREAM_ENTRY_SIZE, UPSTREAM_NAME_SIZE,
 };
 use crate::reader::{validate, ReadError};
 use crate::view::RegionView;
@@ -44,6 +44,17 @@ impl Region {
     /// A leftover region whose master is gone is replaced; one whose master still
     /// runs is refused, which also stops two servers sharing one path.
     pub fn create(path: &Path, slot_count: usize, listeners: &[String]) -> Result<Self, CreateError> {
+        Self::create_with_upstreams(path, slot_count, listeners, &[])
+    }
+
+    /// As [`Region::create`], with a named entry per upstream server (and room
+    /// for twice as many, so a reload can add servers).
+    pub fn create_with_upstreams(
+        path: &Path,
+        slot_count: usize,
+        listeners: &[String],
+        upstreams: &[String],
+    ) -> Result<Self, CreateError> {
         if slot_count == 0 || slot_count > 4096 {
             return Err(CreateError::SlotCount(slot_count));
         }
@@ -64,11 +75,13 @@ impl Region {
             .mode(0o640)
             .open(path)
             .map_err(io_err)?;
-        let offsets = Offsets::compute(slot_count, listeners.len());
+        let capacity = (upstreams.len() * 2).max(16);
+        let offsets = Offsets::compute(slot_count, listeners.len(), capacity);
         file.set_len(offsets.total as u64).map_err(io_err)?;
         let map = map_rw(&file).map_err(io_err)?;
         let mut region = Region { map, path: path.to_owned() };
-        region.initialise(slot_count, listeners, offsets);
+        region.initialise(slot_count, listeners, offsets, capacity);
+        region.set_upstream_names(upstreams);
         Ok(region)
     }
 
@@ -82,7 +95,13 @@ impl Region {
         Ok(Region { map, path: path.to_owned() })
     }
 
-    fn initialise(&mut self, slot_count: usize, listeners: &[String], offsets: Offsets) {
+    fn initialise(
+        &mut self,
+        slot_count: usize,
+        listeners: &[String],
+        offsets: Offsets,
+        upstream_capacity: usize,
+    ) {
         let bytes = &mut self.map[..];
         for (i, l) in listeners.iter().enumerate() {
             let at = offsets.listeners + i * LISTENER_ENTRY_SIZE;
@@ -103,6 +122,10 @@ impl Region {
         header.host_offset = offsets.host as u64;
         header.host_size = HOST_SIZE as u32;
         header.interface_capacity = INTERFACE_CAPACITY as u32;
+        header.upstreams_offset = offsets.upstreams as u64;
+        header.upstream_capacity = upstream_capacity as u32;
+        header.upstream_name_size = UPSTREAM_NAME_SIZE as u32;
+        header.upstream_entry_size = UPSTREAM_ENTRY_SIZE as u32;
         header.listeners_offset = offsets.listeners as u64;
         header.slots_offset = offsets.slots as u64;
         header.total_size = offsets.total as u64;
@@ -122,6 +145,29 @@ impl Region {
     fn header_mut(&mut self) -> &mut Header {
         // SAFETY: validated or initialised to at least HEADER_SIZE bytes; page aligned.
         unsafe { &mut *(self.map.as_mut_ptr() as *mut Header) }
+    }
+
+    /// Names the upstream servers (`group address`), in configuration order;
+    /// returns false, naming none, when there are more than the region has
+    /// room for (a reload that adds that many needs a restart to count them).
+    pub fn set_upstream_names(&mut self, names: &[String]) -> bool {
+        let (offset, capacity) = {
+            let h = self.header();
+            (h.upstreams_offset as usize, h.upstream_capacity as usize)
+        };
+        if names.len() > capacity {
+            return false;
+        }
+        for (i, name) in names.iter().enumerate() {
+            let at = offset + i * UPSTREAM_NAME_SIZE;
+            let entry = &mut self.map[at..at + UPSTREAM_NAME_SIZE];
+            entry.fill(0);
+            let n = name.len().min(UPSTREAM_NAME_SIZE - 1);
+            entry[..n].copy_from_slice(&name.as_bytes()[..n]);
+        }
+        fence(Ordering::Release);
+        self.header_mut().upstream_count = names.len() as u32;
+        true
     }
 
     pub fn set_state(&self, state: RegionState) {

@@ -20,6 +20,8 @@
 //! that unread input does not turn the close into a reset that destroys the
 //! response in flight.
 
+mod proxy;
+
 use crate::access::PendingEntry;
 use crate::context::Ctx;
 use crate::responses::{error_page, Framing, Reply};
@@ -53,6 +55,8 @@ const LINGER_BYTES: u64 = 1 << 20;
 pub enum Phase {
     ReadHead,
     Send,
+    /// An exchange with an upstream server, or a tunnel (see proxy.rs).
+    Proxy,
     Linger,
 }
 
@@ -91,6 +95,8 @@ pub struct Conn {
     body_len: u64,
     /// The access-log line of the response in flight, when logging.
     access: Option<Box<PendingEntry>>,
+    /// The upstream exchange or tunnel in progress.
+    exchange: Option<Box<proxy::Exchange>>,
     /// Body bytes of the last request still to read and throw away.
     discard: u64,
     keep_alive: bool,
@@ -124,6 +130,7 @@ impl Conn {
             body: None,
             body_len: 0,
             access: None,
+            exchange: None,
             discard: 0,
             keep_alive: true,
             readable: false,
@@ -156,6 +163,23 @@ impl Conn {
         self.readable = true;
     }
 
+    /// The connection's deadline passed: usually it closes, but an upstream
+    /// exchange may move on to another server or answer 504.
+    pub fn on_deadline(&mut self, ctx: &mut Ctx) -> Outcome {
+        if self.phase == Phase::Proxy {
+            if let Some(outcome) = self.proxy_deadline(ctx) {
+                return outcome;
+            }
+        }
+        Outcome::Close(self.timeout_reason(ctx.draining))
+    }
+
+    /// A connection accepted on a `[[stream]]` listener starts as a tunnel.
+    pub fn begin_stream(&mut self, stream: usize, ctx: &mut Ctx) -> Outcome {
+        self.start_stream(stream, ctx);
+        self.drive(ctx)
+    }
+
     /// Why the connection closes when its deadline passes.
     pub fn timeout_reason(&self, draining: bool) -> CloseReason {
         match self.phase {
@@ -178,6 +202,7 @@ impl Conn {
     /// logging a response cut short.
     pub fn release(&mut self, ctx: &mut Ctx) {
         self.log_access(ctx);
+        self.release_exchange(ctx);
         if let Some(buf) = self.rbuf.take() {
             ctx.pool.put_read(buf);
         }
@@ -194,6 +219,7 @@ impl Conn {
             let step = match self.phase {
                 Phase::ReadHead => self.read_head(ctx),
                 Phase::Send => self.send(ctx, &mut budget),
+                Phase::Proxy => self.drive_proxy(ctx, &mut budget),
                 Phase::Linger => self.linger(),
             };
             if let Some(outcome) = step {
@@ -227,6 +253,24 @@ impl Conn {
             Ok(Some(req)) => {
                 if self.wbuf.capacity() == 0 {
                     self.wbuf = ctx.pool.write_buf();
+                }
+                if !self.admin {
+                    if let Some((group, host)) = proxied(&req, ctx) {
+                        ctx.stats.requests.fetch_add(1, Relaxed);
+                        let raw = &self.rbuf.as_ref().expect("parsed from it").filled()[..req.head_len];
+                        let exchange = proxy::new_exchange(&req, raw, group, &host, self.peer, ctx);
+                        if ctx.access_log.is_some() {
+                            self.access = Some(PendingEntry::capture(&req, 0));
+                        }
+                        self.keep_alive = req.keep_alive && !ctx.draining;
+                        let head_len = req.head_len;
+                        if let Some(buf) = self.rbuf.as_mut() {
+                            buf.consume(head_len);
+                        }
+                        self.exchange = Some(exchange);
+                        self.phase = Phase::Proxy;
+                        return None;
+                    }
                 }
                 let started = if self.admin {
                     crate::admin::respond(&req, ctx, &mut self.wbuf)
@@ -484,6 +528,15 @@ pub fn framing<'a>(req: &Request<'_>, date: &'a [u8], keep_alive: bool) -> Frami
     }
 }
 
+/// The upstream group (and Host rule) a request is routed to, if any.
+fn proxied(req: &Request<'_>, ctx: &Ctx) -> Option<(usize, tine_config::HostHeader)> {
+    let path = req.target.split(|&b| b == b'?').next().unwrap_or_default();
+    match tine_config::proxy::route_for(&ctx.routes, req.host, path).map(|r| &r.handler) {
+        Some(tine_config::Handler::Proxy { upstream, host }) => Some((*upstream, host.clone())),
+        _ => None,
+    }
+}
+
 /// Routes a parsed request to its handler, which writes the head into `out`.
 fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     ctx.stats.requests.fetch_add(1, Relaxed);
@@ -493,7 +546,27 @@ fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Starte
         Method::Other => error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out),
         Method::Get | Method::Head => match tine_http::target::normalise(req.target, &mut ctx.path) {
             Ok(()) => {
-                static_files::respond(&mut ctx.files, &ctx.root, req, &ctx.path, &framing, ctx.now, out)
+                let path = req.target.split(|&b| b == b'?').next().unwrap_or_default();
+                let route = tine_config::proxy::route_for(&ctx.routes, req.host, path);
+                let site = route.and_then(|r| {
+                    let index = ctx.routes.iter().position(|x| std::ptr::eq(x, r))?;
+                    ctx.route_sites[index]
+                });
+                match site {
+                    Some(i) => {
+                        let site = &mut ctx.sites[i];
+                        static_files::respond(
+                            &mut site.files,
+                            &site.root,
+                            req,
+                            &ctx.path,
+                            &framing,
+                            ctx.now,
+                            out,
+                        )
+                    }
+                    None => error_page(Status::NOT_FOUND, &framing, None, out),
+                }
             }
             Err(e) => {
                 ctx.stats.parse_errors.fetch_add(1, Relaxed);

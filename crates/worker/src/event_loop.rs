@@ -5,14 +5,15 @@
 
 use crate::connection::{CloseReason, Conn, Outcome};
 use crate::context::Ctx;
-use crate::slab::{Slab, RESERVED_TOKENS};
+use crate::slab::{Slab, RESERVED_TOKENS, UPSTREAM_SIDE};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
-use tine_net::{sys, Epoll, Event, Interest};
+use tine_config::ListenerRole;
+use tine_net::{sys, Event, Interest};
 use tine_stats::SlotState;
 
 const SIGNAL_TOKEN: u64 = u64::MAX;
@@ -37,10 +38,9 @@ pub struct EventLoop<'a> {
     /// a newer worker in the slot (reload, upgrade), this one stops writing the
     /// slot's descriptive fields and only adds to its counters.
     generation: u64,
-    epoll: Epoll,
     signals: SignalFd,
     listeners: Vec<RawFd>,
-    admin_listener: Option<usize>,
+    roles: Vec<ListenerRole>,
     accepting: bool,
     /// Accepting is paused until then after the process ran out of descriptors.
     accept_retry_at: Option<Instant>,
@@ -59,18 +59,16 @@ impl<'a> EventLoop<'a> {
         ctx: Ctx<'a>,
         generation: u64,
         listeners: Vec<RawFd>,
-        admin_listener: Option<usize>,
+        roles: Vec<ListenerRole>,
         signals: SignalFd,
         max_connections: usize,
     ) -> io::Result<Self> {
-        let epoll = Epoll::new()?;
-        epoll.add(signals.as_raw_fd(), SIGNAL_TOKEN, Interest::READABLE)?;
+        ctx.epoll.add(signals.as_raw_fd(), SIGNAL_TOKEN, Interest::READABLE)?;
         let mut el = EventLoop {
             generation,
-            epoll,
             signals,
             listeners,
-            admin_listener,
+            roles,
             accepting: false,
             accept_retry_at: None,
             max_connections,
@@ -103,7 +101,7 @@ impl<'a> EventLoop<'a> {
         loop {
             let timeout =
                 if self.ready.is_empty() { self.ctx.wheel.until_next_tick(Instant::now()) } else { 0 };
-            self.epoll.wait(&mut self.events, timeout)?;
+            self.ctx.epoll.wait(&mut self.events, timeout)?;
             self.begin_turn();
             for i in 0..self.events.len() {
                 let event = self.events[i];
@@ -150,10 +148,14 @@ impl<'a> EventLoop<'a> {
             SIGNAL_TOKEN => return self.on_signals(),
             t if t >= LISTENER_TOKEN => self.accept_batch((t - LISTENER_TOKEN) as usize),
             token => {
+                // The upstream socket of a connection carries the connection's
+                // token with UPSTREAM_SIDE set; either side drives it.
+                let upstream_side = token & UPSTREAM_SIDE != 0;
+                let token = token & !UPSTREAM_SIDE;
                 let Some(conn) = self.conns.get_mut(token) else {
                     return Ok(None);
                 };
-                if event.readable() {
+                if event.readable() && !upstream_side {
                     conn.mark_readable();
                 }
                 let outcome = conn.drive(&mut self.ctx);
@@ -221,7 +223,8 @@ impl<'a> EventLoop<'a> {
             }
             match sys::accept(listener) {
                 Ok(Some((fd, peer))) => {
-                    self.open(fd, peer.map(|p| p.ip()), self.admin_listener == Some(index))
+                    let role = self.roles.get(index).copied().unwrap_or(ListenerRole::Http);
+                    self.open(fd, peer.map(|p| p.ip()), role)
                 }
                 Ok(None) => return,
                 Err(e) => match e.raw_os_error() {
@@ -243,13 +246,14 @@ impl<'a> EventLoop<'a> {
         }
     }
 
-    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, admin: bool) {
+    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, role: ListenerRole) {
+        let admin = role == ListenerRole::Admin;
         // Heads are written with MSG_MORE, so Nagle has nothing left to merge.
         let _ = sys::set_nodelay(fd.as_raw_fd());
         let raw = fd.as_raw_fd();
         let ctx = &mut self.ctx;
         let token = self.conns.insert_with(|token| Conn::new(token, fd, peer, admin, ctx));
-        if let Err(e) = self.epoll.add(raw, token, Interest::CONNECTION) {
+        if let Err(e) = self.ctx.epoll.add(raw, token, Interest::CONNECTION) {
             log::error!("epoll add: {e}");
             if let Some(mut conn) = self.conns.remove(token) {
                 conn.release(&mut self.ctx);
@@ -258,6 +262,12 @@ impl<'a> EventLoop<'a> {
         }
         self.ctx.stats.accepted.fetch_add(1, Relaxed);
         self.ctx.stats.active.fetch_add(1, Relaxed);
+        if let ListenerRole::Stream(stream) = role {
+            if let Some(conn) = self.conns.get_mut(token) {
+                let outcome = conn.begin_stream(stream, &mut self.ctx);
+                self.settle(token, outcome);
+            }
+        }
     }
 
     fn settle(&mut self, token: u64, outcome: Outcome) {
@@ -288,8 +298,8 @@ impl<'a> EventLoop<'a> {
                 continue; // superseded by an earlier filing
             }
             if conn.deadline <= now_tick {
-                let reason = conn.timeout_reason(self.ctx.draining);
-                self.close(token, reason);
+                let outcome = conn.on_deadline(&mut self.ctx);
+                self.settle(token, outcome);
             } else {
                 // The deadline moved later since it was filed: file it again.
                 conn.timer_tick = Some(conn.deadline);
@@ -324,14 +334,14 @@ impl<'a> EventLoop<'a> {
             return;
         }
         for &fd in &self.listeners {
-            let _ = self.epoll.delete(fd);
+            let _ = self.ctx.epoll.delete(fd);
         }
         self.accepting = false;
     }
 
     fn resume_accepting(&mut self) -> io::Result<()> {
         for (i, &fd) in self.listeners.iter().enumerate() {
-            self.epoll.add(fd, LISTENER_TOKEN + i as u64, Interest::READABLE)?;
+            self.ctx.epoll.add(fd, LISTENER_TOKEN + i as u64, Interest::READABLE)?;
         }
         self.accepting = true;
         Ok(())

@@ -12,12 +12,14 @@ pub mod connection;
 pub mod context;
 pub mod event_loop;
 pub mod file_cache;
+pub mod relay;
 pub mod responses;
 pub mod slab;
 pub mod static_files;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 pub mod timer_wheel;
+pub mod upstream;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -41,8 +43,8 @@ pub struct WorkerInit<'a> {
     /// Descriptors inherited across fork that are not the worker's (other
     /// slots' sockets, the master's signalfd); the worker closes them.
     pub close_fds: Vec<RawFd>,
-    /// Index in `listeners` of the admin listener, if one is configured.
-    pub admin_listener: Option<usize>,
+    /// What each of `listeners` is for.
+    pub roles: Vec<tine_config::ListenerRole>,
     pub config: &'a Config,
     pub region: &'a Region,
 }
@@ -76,8 +78,26 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     }
     let signals = worker_signals()?;
     let config = init.config;
-    let root = static_files::StaticRoot::open(&config.root)
-        .map_err(|source| WorkerError::Root { path: config.root.display().to_string(), source })?;
+    let routes = config.effective_routes();
+    let mut sites: Vec<(std::path::PathBuf, context::Site)> = Vec::new();
+    let mut route_sites = Vec::with_capacity(routes.len());
+    for route in &routes {
+        let tine_config::Handler::Static(dir) = &route.handler else {
+            route_sites.push(None);
+            continue;
+        };
+        let index = match sites.iter().position(|(d, _)| d == dir) {
+            Some(i) => i,
+            None => {
+                let root = static_files::StaticRoot::open(dir)
+                    .map_err(|source| WorkerError::Root { path: dir.display().to_string(), source })?;
+                let files = file_cache::FileCache::new(&config.cache);
+                sites.push((dir.clone(), context::Site { root, files }));
+                sites.len() - 1
+            }
+        };
+        route_sites.push(Some(index));
+    }
     let access_log = match &config.access_log {
         Some(path) => Some(tine_logging::AccessLog::open(path).map_err(WorkerError::AccessLog)?),
         None => None,
@@ -90,8 +110,14 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
             uri_bytes: config.limits.uri_bytes,
         },
         discard_body_bytes: config.limits.discard_body_bytes,
-        root,
-        files: file_cache::FileCache::new(&config.cache),
+        routes,
+        route_sites,
+        sites: sites.into_iter().map(|(_, site)| site).collect(),
+        streams: config.streams.clone(),
+        upstreams: upstream::Upstreams::new(&config.upstreams),
+        pipes: Default::default(),
+        epoll: tine_net::Epoll::new()?,
+        upstream_stats: init.region.upstream_stats(init.slot),
         date: Default::default(),
         stats: init.region.slot(init.slot),
         region: init.region,
@@ -108,7 +134,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         ctx,
         init.generation,
         init.listeners,
-        init.admin_listener,
+        init.roles,
         signals,
         config.limits.connections_per_worker,
     )?;

@@ -4,6 +4,9 @@
 
 /// Tokens at or above this value are not slab tokens (listeners, signals).
 pub const RESERVED_TOKENS: u64 = 1 << 63;
+/// Set in the token of a connection's upstream socket: the same slab entry,
+/// the other side.
+pub const UPSTREAM_SIDE: u64 = 1 << 62;
 
 pub struct Slab<T> {
     entries: Vec<Entry<T>>,
@@ -46,8 +49,9 @@ impl<T> Slab<T> {
             }
         };
         let entry = &mut self.entries[index as usize];
-        // Generations stay below 2^31 so no token reaches RESERVED_TOKENS.
-        entry.generation = (entry.generation + 1) & 0x7fff_ffff;
+        // Generations stay below 2^30 so no token has UPSTREAM_SIDE or
+        // RESERVED_TOKENS set.
+        entry.generation = (entry.generation + 1) & 0x3fff_ffff;
         let token = token(entry.generation, index);
         entry.value = Some(make(token));
         self.len += 1;
@@ -104,6 +108,6 @@ mod tests {
         assert!(s.get_mut(a).is_none());
         assert_eq!(s.get_mut(b), Some(&mut "b"));
         assert_eq!(s.len(), 1);
-        assert!(b < RESERVED_TOKENS);
+        assert!(b < UPSTREAM_SIDE);
     }
 }

@@ -1,0 +1,162 @@
+//! The proxy part of the configuration: upstream groups, the routes that send
+//! requests to them (or to a static root), and raw TCP streams.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where an upstream server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Tcp(a) => write!(f, "{a}"),
+            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl UpstreamAddr {
+    /// `IP:PORT`, `[IPv6]:PORT` or `unix:/path`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("upstream {text:?}: a unix socket path must be absolute"));
+            }
+            return Ok(UpstreamAddr::Unix(PathBuf::from(path)));
+        }
+        text.parse()
+            .map(UpstreamAddr::Tcp)
+            .map_err(|_| format!("upstream server {text:?} is not IP:PORT, [IPv6]:PORT or unix:/path"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamServer {
+    pub addr: UpstreamAddr,
+    /// Share of requests relative to the group's other servers.
+    pub weight: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin (smooth, as nginx does it).
+    RoundRobin,
+    /// Fewest open connections from this worker, weighted.
+    LeastConn,
+}
+
+/// A named group of upstream servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub servers: Vec<UpstreamServer>,
+    pub balance: Balance,
+    /// Idle keep-alive connections kept per server per worker.
+    pub keepalive: usize,
+    /// How long an idle pooled connection is kept.
+    pub keepalive_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long the response head may take once the request is sent (504).
+    pub response_timeout: Duration,
+    /// How long a response body (or a request body) may make no progress.
+    pub io_timeout: Duration,
+    /// Consecutive failures after which a server is taken out...
+    pub max_fails: u32,
+    /// ...for this long, before one request probes it again.
+    pub fail_timeout: Duration,
+}
+
+/// The Host header a proxied request carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's Host.
+    Keep,
+    /// The upstream server's address.
+    Upstream,
+    Fixed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handler {
+    Static(PathBuf),
+    Proxy { upstream: usize, host: HostHeader },
+}
+
+/// Requests whose Host matches (any Host when `None`) and whose path starts with
+/// `path` go to `handler`; the longest matching prefix wins, and a route naming
+/// the host beats one that does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub host: Option<String>,
+    pub path: String,
+    pub handler: Handler,
+}
+
+/// A TCP listener whose connections are relayed raw to an upstream group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stream {
+    pub listen: SocketAddr,
+    pub upstream: usize,
+    /// A tunnel with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Picks the route for a request: `host` without its port, lowercase.
+pub fn route_for<'r>(routes: &'r [Route], host: Option<&[u8]>, path: &[u8]) -> Option<&'r Route> {
+    let host = host.map(|h| {
+        let h = match h.iter().rposition(|&b| b == b':') {
+            // Keep IPv6 literals whole: `[::1]:80` -> `[::1]`.
+            Some(i) if !h.ends_with(b"]") => &h[..i],
+            _ => h,
+        };
+        h.to_ascii_lowercase()
+    });
+    routes
+        .iter()
+        .filter(|r| path.starts_with(r.path.as_bytes()))
+        .filter(|r| r.host.as_ref().is_none_or(|want| host.as_deref() == Some(want.as_bytes())))
+        .max_by_key(|r| (r.host.is_some(), r.path.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<&str>, path: &str, n: usize) -> Route {
+        Route {
+            host: host.map(String::from),
+            path: path.into(),
+            handler: Handler::Proxy { upstream: n, host: HostHeader::Keep },
+        }
+    }
+
+    #[test]
+    fn longest_prefix_and_host_win() {
+        let routes = [route(None, "/", 0), route(None, "/api/", 1), route(Some("a.test"), "/", 2)];
+        let pick = |h: Option<&str>, p: &str| match route_for(&routes, h.map(str::as_bytes), p.as_bytes()) {
+            Some(Route { handler: Handler::Proxy { upstream, .. }, .. }) => Some(*upstream),
+            _ => None,
+        };
+        assert_eq!(pick(None, "/x"), Some(0));
+        assert_eq!(pick(Some("b.test"), "/api/v1"), Some(1));
+        assert_eq!(pick(Some("A.test:8080"), "/api/v1"), Some(2));
+        assert_eq!(route_for(&routes[1..2], None, b"/other"), None);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            UpstreamAddr::parse("127.0.0.1:80"),
+            Ok(UpstreamAddr::Tcp("127.0.0.1:80".parse().unwrap()))
+        );
+        assert!(matches!(UpstreamAddr::parse("unix:/run/a.sock"), Ok(UpstreamAddr::Unix(_))));
+        assert!(UpstreamAddr::parse("unix:relative").is_err());
+        assert!(UpstreamAddr::parse("localhost:80").is_err());
+    }
+}

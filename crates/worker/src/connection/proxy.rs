@@ -1,0 +1,972 @@
+//! Proxying one request to an upstream server, and tunnels (WebSocket after a
+//! 101, and raw `[[stream]]` connections).
+//!
+//! ```text
+//!  Connect -> SendHead -> SendBody -> AwaitHead -> Respond -> (done: pool, next request)
+//!     |  refused / timed out before anything was sent: next server, else 502
+//!     |  reused connection broken before any response byte (idempotent): one fresh retry
+//!     |  no response head within response_timeout: 504
+//!  101 Switching Protocols, or a stream: Tunnel (splice both ways, half-close)
+//! ```
+//!
+//! Response bodies of known length, and bodies that run until the upstream
+//! closes, go upstream -> pipe -> client with splice. Chunked bodies are relayed
+//! verbatim through user space while their framing is checked. Request bodies
+//! (Content-Length or chunked) are copied.
+
+use super::{CloseReason, Conn, Outcome, Phase};
+use crate::context::Ctx;
+use crate::relay::{Pump, Relay};
+use crate::responses::{error_page, Framing};
+use crate::slab::UPSTREAM_SIDE;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tine_config::HostHeader;
+use tine_http::chunked::ChunkedDecoder;
+use tine_http::request::{Body, Method, Request};
+use tine_http::response::{Persistence, Status};
+use tine_net::{sys, Interest};
+
+/// Largest upstream response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Connect,
+    SendHead,
+    SendBody,
+    AwaitHead,
+    Respond,
+    Tunnel,
+}
+
+enum RequestBody {
+    None,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+enum ResponseBody {
+    None,
+    Spliced(Relay),
+    Chunked(ChunkedDecoder),
+}
+
+pub struct Exchange {
+    group: usize,
+    server: usize,
+    /// Servers already tried for this request (a bit each).
+    tried: u64,
+    fresh_retry_done: bool,
+    idempotent: bool,
+    fd: Option<OwnedFd>,
+    reused: bool,
+    stage: Stage,
+    /// The request head as sent upstream (kept for a retry).
+    head: Vec<u8>,
+    sent: usize,
+    request_body: RequestBody,
+    /// The response head being read, then leftover body bytes.
+    response: Vec<u8>,
+    response_body: ResponseBody,
+    upstream_keep_alive: bool,
+    head_request: bool,
+    /// A stream (raw TCP relay) rather than an HTTP exchange.
+    stream: Option<Duration>,
+    tunnel: Option<Tunnel>,
+    /// Bytes the client sent after its upgrade request, for the upstream.
+    to_upstream: Vec<u8>,
+}
+
+struct Tunnel {
+    up: Relay,
+    down: Relay,
+    up_closed: bool,
+    down_closed: bool,
+}
+
+/// Hop-by-hop headers never forwarded (RFC 9110 section 7.6.1), plus the ones
+/// tine sets itself.
+fn hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
+    const DROP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"host",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"proxy-connection",
+    ];
+    let lower = name.to_ascii_lowercase();
+    DROP.contains(&lower.as_slice()) || lower.starts_with(b"proxy-") || listed.contains(&lower)
+}
+
+/// A header copied out of the buffer it was parsed from.
+type OwnedHeader = (String, Vec<u8>);
+
+fn owned(headers: &[httparse::Header<'_>]) -> Vec<OwnedHeader> {
+    headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect()
+}
+
+/// Header names the Connection header lists (they are hop-by-hop too).
+fn connection_tokens(headers: &[OwnedHeader]) -> (Vec<Vec<u8>>, bool) {
+    let mut listed = Vec::new();
+    let mut upgrade = false;
+    for (_, value) in headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("connection")) {
+        for t in value.split(|&b| b == b',').map(|t| t.trim_ascii().to_ascii_lowercase()) {
+            upgrade |= t == b"upgrade";
+            if !t.is_empty() {
+                listed.push(t);
+            }
+        }
+    }
+    (listed, upgrade)
+}
+
+impl Conn {
+    /// A connection accepted on a `[[stream]]` listener: relay it raw.
+    pub(super) fn start_stream(&mut self, stream: usize, ctx: &mut Ctx) {
+        let s = &ctx.streams[stream];
+        let exchange = Exchange {
+            group: s.upstream,
+            server: 0,
+            tried: 0,
+            fresh_retry_done: true,
+            idempotent: false,
+            fd: None,
+            reused: false,
+            stage: Stage::Connect,
+            head: Vec::new(),
+            sent: 0,
+            request_body: RequestBody::None,
+            response: Vec::new(),
+            response_body: ResponseBody::None,
+            upstream_keep_alive: false,
+            head_request: false,
+            stream: Some(s.idle_timeout),
+            tunnel: None,
+            to_upstream: Vec::new(),
+        };
+        self.exchange = Some(Box::new(exchange));
+        self.phase = Phase::Proxy;
+    }
+
+    pub(super) fn drive_proxy(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
+        loop {
+            let stage = self.exchange.as_ref()?.stage;
+            let step = match stage {
+                Stage::Connect => self.proxy_connect(ctx),
+                Stage::SendHead => self.proxy_send_head(ctx),
+                Stage::SendBody => self.proxy_send_body(ctx),
+                Stage::AwaitHead => self.proxy_await_head(ctx),
+                Stage::Respond => self.proxy_respond(ctx, budget),
+                Stage::Tunnel => self.proxy_tunnel(ctx, budget),
+            };
+            match step {
+                Step::Next => continue,
+                Step::Wait => return Some(Outcome::Wait),
+                Step::Yield => return Some(Outcome::Yield),
+                Step::Close(r) => return Some(Outcome::Close(r)),
+                Step::Finished => return None,
+            }
+        }
+    }
+
+    /// Picks a server (not yet tried) and starts connecting, from the pool when
+    /// it can; with none left, answers 502.
+    fn proxy_connect(&mut self, ctx: &mut Ctx) -> Step {
+        let ex = self.exchange.as_mut().expect("exchange");
+        if ex.fd.is_none() {
+            let Some(server) = ctx.upstreams.pick(ex.group, ex.tried, ctx.now) else {
+                return self.proxy_fail(ctx, Status::BAD_GATEWAY);
+            };
+            ex.server = server;
+            if server < 64 {
+                ex.tried |= 1 << server;
+            }
+            let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, server));
+            match ctx.upstreams.connect(ex.group, server, ctx.now, ctx.upstream_stats) {
+                Ok(c) => {
+                    let token = self.token | UPSTREAM_SIDE;
+                    if ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION).is_err() {
+                        ctx.upstreams.forget(ex.group, server);
+                        return self.proxy_fail(ctx, Status::BAD_GATEWAY);
+                    }
+                    ex.reused = c.reused;
+                    ex.fd = Some(c.fd);
+                    if let Some(st) = stats {
+                        st.requests.fetch_add(1, Relaxed);
+                    }
+                    let timeout = ctx.upstreams.groups[ex.group].config.connect_timeout;
+                    self.arm(ctx, timeout);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "upstream {}: connect: {e}",
+                        ctx.upstreams.groups[ex.group].servers[server].addr
+                    );
+                    if let Some(st) = stats {
+                        st.failures.fetch_add(1, Relaxed);
+                    }
+                    ctx.upstreams.report(ex.group, server, false, ctx.now);
+                    return Step::Next;
+                }
+            }
+        }
+        let ex = self.exchange.as_mut().expect("exchange");
+        let fd = ex.fd.as_ref().expect("connecting").as_raw_fd();
+        if !ex.reused {
+            match sys::connect_status(fd) {
+                Ok(true) => {}
+                Ok(false) => return Step::Wait,
+                Err(_) => return self.proxy_server_failed(ctx, false),
+            }
+        }
+        let ex = self.exchange.as_mut().expect("exchange");
+        if ex.stream.is_some() {
+            return self.start_tunnel(ctx);
+        }
+        ex.stage = Stage::SendHead;
+        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+        self.arm(ctx, timeout);
+        Step::Next
+    }
+
+    fn proxy_send_head(&mut self, ctx: &mut Ctx) -> Step {
+        let ex = self.exchange.as_mut().expect("exchange");
+        let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
+        while ex.sent < ex.head.len() {
+            match sys::send(fd, &ex.head[ex.sent..], false) {
+                Ok(n) => {
+                    ex.sent += n;
+                    count_copied(ctx, ex, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.proxy_server_failed(ctx, false),
+            }
+        }
+        ex.stage = Stage::SendBody;
+        Step::Next
+    }
+
+    /// Copies the request body, from what is buffered and then from the client,
+    /// through a small queue so that a full upstream socket loses nothing.
+    fn proxy_send_body(&mut self, ctx: &mut Ctx) -> Step {
+        loop {
+            if let Some(step) = self.flush_to_upstream(ctx) {
+                return match step {
+                    Step::Close(_) => self.proxy_server_failed(ctx, true),
+                    other => other,
+                };
+            }
+            let ex = self.exchange.as_mut().expect("exchange");
+            let done = match &ex.request_body {
+                RequestBody::None => true,
+                RequestBody::Length(n) => *n == 0,
+                RequestBody::Chunked(d) => d.is_done(),
+            };
+            if done {
+                ex.stage = Stage::AwaitHead;
+                let timeout = ctx.upstreams.groups[ex.group].config.response_timeout;
+                self.arm(ctx, timeout);
+                return Step::Next;
+            }
+            if self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
+                let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
+                match sys::read(self.fd.as_raw_fd(), buf.spare()) {
+                    Ok(0) => return Step::Close(CloseReason::PeerClosed),
+                    Ok(n) => {
+                        buf.commit(n);
+                        ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Step::Close(CloseReason::Reset),
+                }
+                continue;
+            }
+            let buf = self.rbuf.as_mut().expect("buffered");
+            let data = buf.filled();
+            let take = match &mut ex.request_body {
+                RequestBody::Length(n) => {
+                    let take = (*n).min(data.len() as u64) as usize;
+                    *n -= take as u64;
+                    take
+                }
+                RequestBody::Chunked(d) => match d.feed(data) {
+                    Ok(k) => k,
+                    Err(_) => return self.proxy_fail(ctx, Status::BAD_REQUEST),
+                },
+                RequestBody::None => 0,
+            };
+            ex.to_upstream.extend_from_slice(&data[..take]);
+            buf.consume(take);
+        }
+    }
+
+    fn flush_to_upstream(&mut self, ctx: &mut Ctx) -> Option<Step> {
+        let ex = self.exchange.as_mut().expect("exchange");
+        let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
+        while !ex.to_upstream.is_empty() {
+            match sys::send(fd, &ex.to_upstream, false) {
+                Ok(n) => {
+                    ex.to_upstream.drain(..n);
+                    count_copied(ctx, ex, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Step::Wait),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(Step::Close(CloseReason::Error)),
+            }
+        }
+        None
+    }
+
+    /// Reads the response head; on a complete one, writes the cleaned head for
+    /// the client and decides how the body travels.
+    fn proxy_await_head(&mut self, ctx: &mut Ctx) -> Step {
+        let ex = self.exchange.as_mut().expect("exchange");
+        let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
+        loop {
+            if ex.response.len() >= MAX_RESPONSE_HEAD {
+                log::warn!(
+                    "upstream {}: response head too large",
+                    ctx.upstreams.groups[ex.group].servers[ex.server].addr
+                );
+                return self.proxy_server_failed(ctx, true);
+            }
+            let old = ex.response.len();
+            ex.response.resize(old + 16 * 1024, 0);
+            match sys::read(fd, &mut ex.response[old..]) {
+                Ok(0) => {
+                    ex.response.truncate(old);
+                    return self.proxy_server_failed(ctx, true);
+                }
+                Ok(n) => {
+                    ex.response.truncate(old + n);
+                    count_copied(ctx, ex, n);
+                }
+                Err(e) => {
+                    ex.response.truncate(old);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return Step::Wait,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => return self.proxy_server_failed(ctx, true),
+                    }
+                }
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 100];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&ex.response) {
+                Ok(httparse::Status::Partial) => continue,
+                Err(_) => {
+                    log::warn!(
+                        "upstream {}: malformed response head",
+                        ctx.upstreams.groups[ex.group].servers[ex.server].addr
+                    );
+                    return self.proxy_server_failed(ctx, true);
+                }
+                Ok(httparse::Status::Complete(head_len)) => {
+                    let code = resp.code.unwrap_or(502);
+                    if (100..200).contains(&code) && code != 101 {
+                        // Interim responses (100 Continue) are not relayed.
+                        ex.response.drain(..head_len);
+                        continue;
+                    }
+                    let plan = ResponsePlan::of(&resp, ex.head_request);
+                    let headers = owned(resp.headers);
+                    let reason = resp.reason.unwrap_or("").to_string();
+                    return self.proxy_begin_response(ctx, code, &reason, &headers, head_len, plan);
+                }
+            }
+        }
+    }
+
+    fn proxy_begin_response(
+        &mut self,
+        ctx: &mut Ctx,
+        code: u16,
+        reason: &str,
+        headers: &[OwnedHeader],
+        head_len: usize,
+        plan: ResponsePlan,
+    ) -> Step {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = ctx.pool.write_buf();
+        }
+        let upgrade = code == 101;
+        // A body that ends only when the upstream closes ends the client
+        // connection too; so does a chunked body to an HTTP/1.0 client.
+        if matches!(plan.body, PlannedBody::UntilClose) || upgrade {
+            self.keep_alive = false;
+        }
+        let ex = self.exchange.as_mut().expect("exchange");
+        ex.upstream_keep_alive = plan.keep_alive && !upgrade;
+        let (listed, _) = connection_tokens(headers);
+        let out = &mut self.wbuf;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        tine_http::response::push_u64(out, code as u64);
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            if hop_by_hop(name.as_bytes(), &listed) {
+                continue;
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if upgrade {
+            if let Some((_, value)) = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("upgrade")) {
+                out.extend_from_slice(b"Upgrade: ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
+        } else {
+            let persistence =
+                if self.keep_alive { Persistence::KeepAlive { http10: false } } else { Persistence::Close };
+            if persistence == Persistence::Close {
+                out.extend_from_slice(b"Connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        super::count_response(ctx, Status(code));
+        // What followed the head in the buffer is the start of the body.
+        let leftover: Vec<u8> = ex.response.drain(..).skip(head_len).collect();
+        ex.response_body = match plan.body {
+            PlannedBody::None => ResponseBody::None,
+            PlannedBody::Chunked => ResponseBody::Chunked(ChunkedDecoder::default()),
+            PlannedBody::Length(n) => {
+                let early = (leftover.len() as u64).min(n);
+                match ctx.pipes.take() {
+                    Ok(pipe) => ResponseBody::Spliced(Relay::new(pipe, Some(n - early))),
+                    Err(_) => return Step::Close(CloseReason::Error),
+                }
+            }
+            PlannedBody::UntilClose => match ctx.pipes.take() {
+                Ok(pipe) => ResponseBody::Spliced(Relay::new(pipe, None)),
+                Err(_) => return Step::Close(CloseReason::Error),
+            },
+        };
+        let keep = match (&mut ex.response_body, plan.body) {
+            (ResponseBody::Chunked(d), _) => match d.feed(&leftover) {
+                Ok(k) => k,
+                Err(_) => return self.proxy_server_failed(ctx, true),
+            },
+            (_, PlannedBody::Length(n)) => (leftover.len() as u64).min(n) as usize,
+            (_, PlannedBody::None) => 0,
+            _ => leftover.len(),
+        };
+        self.wbuf.extend_from_slice(&leftover[..keep]);
+        self.wpos = 0;
+        self.body_len = 0;
+        let ex = self.exchange.as_mut().expect("exchange");
+        ctx.upstreams.report(ex.group, ex.server, true, ctx.now);
+        set_down_gauge(ctx, ex, false);
+        if upgrade {
+            // Bytes the upstream sent after its 101 belong to the tunnel.
+            self.wbuf.extend_from_slice(&leftover[keep..]);
+            return self.start_tunnel(ctx);
+        }
+        ex.stage = Stage::Respond;
+        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+        self.arm(ctx, timeout);
+        Step::Next
+    }
+
+    /// Sends the head and the body to the client.
+    fn proxy_respond(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Step {
+        loop {
+            if let Some(step) = self.flush_client(ctx) {
+                return step;
+            }
+            let ex = self.exchange.as_mut().expect("exchange");
+            let upstream = ex.fd.as_ref().expect("upstream").as_raw_fd();
+            match &mut ex.response_body {
+                ResponseBody::None => return self.proxy_complete(ctx),
+                ResponseBody::Spliced(relay) => {
+                    let before = relay.moved;
+                    let pumped = relay.pump(upstream, self.fd.as_raw_fd(), budget);
+                    let moved = relay.moved - before;
+                    ctx.stats.bytes_sent.fetch_add(moved, Relaxed);
+                    self.body_len += moved;
+                    if let Some(st) =
+                        ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server))
+                    {
+                        st.bytes_spliced.fetch_add(moved, Relaxed);
+                    }
+                    if moved > 0 {
+                        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                        self.arm(ctx, timeout);
+                    }
+                    let ex = self.exchange.as_mut().expect("exchange");
+                    let ResponseBody::Spliced(relay) = &ex.response_body else { unreachable!() };
+                    return match pumped {
+                        Ok(Pump::Done) if relay.cut_short() => {
+                            log::warn!("upstream closed in the middle of a response body");
+                            Step::Close(CloseReason::Error)
+                        }
+                        Ok(Pump::Done) => self.proxy_complete(ctx),
+                        Ok(Pump::Blocked) => Step::Wait,
+                        Ok(Pump::Budget) => Step::Yield,
+                        Err(_) => Step::Close(CloseReason::Error),
+                    };
+                }
+                ResponseBody::Chunked(decoder) => {
+                    if decoder.is_done() {
+                        return self.proxy_complete(ctx);
+                    }
+                    let mut chunk = [0u8; 16 * 1024];
+                    match sys::read(upstream, &mut chunk) {
+                        Ok(0) => {
+                            log::warn!("upstream closed in the middle of a chunked body");
+                            return Step::Close(CloseReason::Error);
+                        }
+                        Ok(n) => {
+                            let Ok(k) = decoder.feed(&chunk[..n]) else {
+                                log::warn!("upstream sent a chunked body with broken framing");
+                                return Step::Close(CloseReason::Error);
+                            };
+                            count_copied(ctx, ex, n);
+                            self.wbuf.extend_from_slice(&chunk[..k]);
+                            self.body_len += k as u64;
+                            let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                            self.arm(ctx, timeout);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Step::Close(CloseReason::Error),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes what is in the output buffer to the client. `None` when all of it
+    /// went out.
+    fn flush_client(&mut self, ctx: &mut Ctx) -> Option<Step> {
+        while self.wpos < self.wbuf.len() {
+            match sys::send(self.fd.as_raw_fd(), &self.wbuf[self.wpos..], false) {
+                Ok(n) => {
+                    self.wpos += n;
+                    ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Step::Wait),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(Step::Close(CloseReason::Reset)),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        None
+    }
+
+    /// The response is complete: the upstream connection goes back to the pool
+    /// when it can carry another request, and the client connection goes on.
+    fn proxy_complete(&mut self, ctx: &mut Ctx) -> Step {
+        let mut ex = self.exchange.take().expect("exchange");
+        if let ResponseBody::Spliced(relay) = std::mem::replace(&mut ex.response_body, ResponseBody::None) {
+            ctx.pipes.give_back(relay);
+        }
+        if let Some(fd) = ex.fd.take() {
+            let _ = ctx.epoll.delete(fd.as_raw_fd());
+            if ex.upstream_keep_alive {
+                ctx.upstreams.release(ex.group, ex.server, fd, ctx.now);
+            } else {
+                release_closed(ctx, &ex);
+            }
+        }
+        self.phase = Phase::Send;
+        self.finish_response(ctx);
+        Step::Finished
+    }
+
+    /// The server failed us. Before anything reached the client, try another
+    /// server (or a fresh connection to the same one); otherwise close.
+    fn proxy_server_failed(&mut self, ctx: &mut Ctx, after_sending: bool) -> Step {
+        let ex = self.exchange.as_mut().expect("exchange");
+        let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server));
+        if let Some(fd) = ex.fd.take() {
+            let _ = ctx.epoll.delete(fd.as_raw_fd());
+            release_closed(ctx, ex);
+        }
+        // A pooled connection the server had closed meanwhile is no failure of
+        // the server: retry once on a fresh connection (if the request may be
+        // repeated), without counting it against the server.
+        if ex.reused && ex.response.is_empty() && ex.idempotent && !ex.fresh_retry_done {
+            ex.fresh_retry_done = true;
+            ex.reused = false;
+            ex.sent = 0;
+            ex.stage = Stage::Connect;
+            ex.tried &= !(1u64.checked_shl(ex.server as u32).unwrap_or(0));
+            return Step::Next;
+        }
+        if let Some(st) = stats {
+            st.failures.fetch_add(1, Relaxed);
+        }
+        let stays_up = ctx.upstreams.report(ex.group, ex.server, false, ctx.now);
+        set_down_gauge(ctx, ex, !stays_up);
+        let nothing_sent = !after_sending || (ex.sent == 0 && matches!(ex.request_body, RequestBody::None));
+        if nothing_sent || (ex.idempotent && ex.response.is_empty() && ex.stream.is_none()) {
+            ex.sent = 0;
+            ex.response.clear();
+            ex.stage = Stage::Connect;
+            return Step::Next;
+        }
+        self.proxy_fail(ctx, Status::BAD_GATEWAY)
+    }
+
+    /// Ends the exchange with an error page (502, 504), if the client has not
+    /// been sent anything of a response yet; else closes.
+    fn proxy_fail(&mut self, ctx: &mut Ctx, status: Status) -> Step {
+        let mut ex = self.exchange.take().expect("exchange");
+        if let Some(fd) = ex.fd.take() {
+            let _ = ctx.epoll.delete(fd.as_raw_fd());
+            release_closed(ctx, &ex);
+        }
+        if ex.stream.is_some() || !self.wbuf.is_empty() {
+            return Step::Close(CloseReason::Error);
+        }
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = ctx.pool.write_buf();
+        }
+        // Whatever of the request body was not relayed cannot be told from the
+        // next request: close after the answer.
+        let unfinished_body = match ex.request_body {
+            RequestBody::None => false,
+            RequestBody::Length(n) => n > 0,
+            RequestBody::Chunked(d) => !d.is_done(),
+        };
+        if unfinished_body {
+            self.keep_alive = false;
+        }
+        let persistence = if self.keep_alive && !ctx.draining {
+            Persistence::KeepAlive { http10: false }
+        } else {
+            Persistence::Close
+        };
+        let framing = Framing { date: ctx.date.bytes(), persistence, head_request: ex.head_request };
+        let reply = error_page(status, &framing, None, &mut self.wbuf);
+        super::count_response(ctx, status);
+        self.body_len = reply.body_len;
+        self.wpos = 0;
+        self.phase = Phase::Send;
+        let timeout = ctx.timeouts.send;
+        self.arm(ctx, timeout);
+        Step::Next
+    }
+
+    fn start_tunnel(&mut self, ctx: &mut Ctx) -> Step {
+        let (Ok(a), Ok(b)) = (ctx.pipes.take(), ctx.pipes.take()) else {
+            return Step::Close(CloseReason::Error);
+        };
+        let ex = self.exchange.as_mut().expect("exchange");
+        // Client bytes already read past the upgrade request go upstream first.
+        if let Some(buf) = self.rbuf.as_mut() {
+            ex.to_upstream.extend_from_slice(buf.filled());
+            buf.consume(usize::MAX);
+        }
+        ex.tunnel = Some(Tunnel {
+            up: Relay::new(a, None),
+            down: Relay::new(b, None),
+            up_closed: false,
+            down_closed: false,
+        });
+        ex.stage = Stage::Tunnel;
+        let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
+        ctx.upstreams.report(ex.group, ex.server, true, ctx.now);
+        self.arm(ctx, idle);
+        Step::Next
+    }
+
+    /// Splices both ways; a side that reaches end of stream half-closes the
+    /// other, and the tunnel ends when both have.
+    fn proxy_tunnel(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Step {
+        if let Some(step) = self.flush_client(ctx) {
+            return step;
+        }
+        if let Some(step) = self.flush_to_upstream(ctx) {
+            return step;
+        }
+        let client = self.fd.as_raw_fd();
+        let ex = self.exchange.as_mut().expect("exchange");
+        let upstream = ex.fd.as_ref().expect("upstream").as_raw_fd();
+        let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
+        let t = ex.tunnel.as_mut().expect("tunnel");
+        let (before_up, before_down) = (t.up.moved, t.down.moved);
+        let up = if t.up_closed { Ok(Pump::Done) } else { t.up.pump(client, upstream, budget) };
+        let down = if t.down_closed { Ok(Pump::Done) } else { t.down.pump(upstream, client, budget) };
+        let (moved_up, moved_down) = (t.up.moved - before_up, t.down.moved - before_down);
+        ctx.stats.bytes_received.fetch_add(moved_up, Relaxed);
+        ctx.stats.bytes_sent.fetch_add(moved_down, Relaxed);
+        if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+            st.bytes_spliced.fetch_add(moved_up + moved_down, Relaxed);
+        }
+        let (up, down) = match (up, down) {
+            (Ok(u), Ok(d)) => (u, d),
+            _ => return Step::Close(CloseReason::Reset),
+        };
+        if up == Pump::Done && !t.up_closed {
+            t.up_closed = true;
+            sys::shutdown_write(upstream);
+        }
+        if down == Pump::Done && !t.down_closed {
+            t.down_closed = true;
+            sys::shutdown_write(client);
+        }
+        if t.up_closed && t.down_closed {
+            return Step::Close(CloseReason::Done);
+        }
+        if moved_up + moved_down > 0 {
+            self.arm(ctx, idle);
+        }
+        if up == Pump::Budget || down == Pump::Budget {
+            Step::Yield
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// The proxy's part of closing: pipes back, upstream socket closed.
+    pub(super) fn release_exchange(&mut self, ctx: &mut Ctx) {
+        let Some(mut ex) = self.exchange.take() else { return };
+        if let Some(t) = ex.tunnel.take() {
+            ctx.pipes.give_back(t.up);
+            ctx.pipes.give_back(t.down);
+        }
+        if let ResponseBody::Spliced(relay) = std::mem::replace(&mut ex.response_body, ResponseBody::None) {
+            ctx.pipes.give_back(relay);
+        }
+        if let Some(fd) = ex.fd.take() {
+            let _ = ctx.epoll.delete(fd.as_raw_fd());
+            release_closed(ctx, &ex);
+        }
+    }
+
+    /// What a passed deadline means mid-exchange: a connect that took too long
+    /// tries the next server; a response head that took too long is a 504.
+    pub(super) fn proxy_deadline(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
+        let ex = self.exchange.as_mut()?;
+        let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server));
+        let step = match ex.stage {
+            Stage::Connect | Stage::SendHead if ex.sent == 0 => {
+                if let Some(st) = stats {
+                    st.timeouts.fetch_add(1, Relaxed);
+                }
+                log::warn!(
+                    "upstream {}: connect timed out",
+                    ctx.upstreams.groups[ex.group].servers[ex.server].addr
+                );
+                self.proxy_server_failed(ctx, false)
+            }
+            Stage::AwaitHead if ex.response.is_empty() => {
+                if let Some(st) = stats {
+                    st.timeouts.fetch_add(1, Relaxed);
+                }
+                ctx.upstreams.report(ex.group, ex.server, false, ctx.now);
+                self.proxy_fail(ctx, Status::GATEWAY_TIMEOUT)
+            }
+            Stage::Tunnel => Step::Close(CloseReason::Done),
+            _ => Step::Close(CloseReason::Timeout),
+        };
+        Some(match step {
+            Step::Next | Step::Finished => self.drive(ctx),
+            Step::Wait => Outcome::Wait,
+            Step::Yield => Outcome::Yield,
+            Step::Close(r) => Outcome::Close(r),
+        })
+    }
+}
+
+/// The exchange for a request routed to upstream group `group`; `raw_head` is
+/// the request head as received.
+pub(super) fn new_exchange(
+    req: &Request<'_>,
+    raw_head: &[u8],
+    group: usize,
+    host: &HostHeader,
+    peer: Option<std::net::IpAddr>,
+    ctx: &Ctx,
+) -> Box<Exchange> {
+    let request_body = match req.body {
+        Body::None => RequestBody::None,
+        Body::Length(n) => RequestBody::Length(n),
+        Body::Chunked => RequestBody::Chunked(ChunkedDecoder::default()),
+    };
+    Box::new(Exchange {
+        group,
+        server: 0,
+        tried: 0,
+        fresh_retry_done: false,
+        idempotent: matches!(req.method_text, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        fd: None,
+        reused: false,
+        stage: Stage::Connect,
+        head: upstream_request_head(req, raw_head, host, peer, &ctx.upstreams.groups[group]),
+        sent: 0,
+        request_body,
+        response: Vec::new(),
+        response_body: ResponseBody::None,
+        upstream_keep_alive: false,
+        head_request: req.method == Method::Head,
+        stream: None,
+        tunnel: None,
+        to_upstream: Vec::new(),
+    })
+}
+
+enum Step {
+    Next,
+    Wait,
+    Yield,
+    Close(CloseReason),
+    /// The exchange is over; the connection's own state machine goes on.
+    Finished,
+}
+
+fn release_closed(ctx: &mut Ctx, ex: &Exchange) {
+    ctx.upstreams.forget(ex.group, ex.server);
+    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+        st.open.fetch_sub(1, Relaxed);
+    }
+}
+
+fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
+    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+        st.bytes_copied.fetch_add(n as u64, Relaxed);
+    }
+}
+
+fn set_down_gauge(ctx: &Ctx, ex: &Exchange, down: bool) {
+    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+        st.down.store(u64::from(down), Relaxed);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PlannedBody {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct ResponsePlan {
+    body: PlannedBody,
+    keep_alive: bool,
+}
+
+impl ResponsePlan {
+    /// How a response's body is framed (RFC 9112 section 6.3), and whether the
+    /// upstream connection can carry another request afterwards.
+    fn of(resp: &httparse::Response<'_, '_>, head_request: bool) -> Self {
+        let code = resp.code.unwrap_or(0);
+        let mut length = None;
+        let mut chunked = false;
+        let mut close = resp.version == Some(0);
+        for h in resp.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = h
+                    .value
+                    .split(|&b| b == b',')
+                    .next_back()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                let v = h.value.to_ascii_lowercase();
+                if v.windows(5).any(|w| w == b"close") {
+                    close = true;
+                }
+                if resp.version == Some(0) && v.windows(10).any(|w| w == b"keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        let body = if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
+            PlannedBody::None
+        } else if chunked {
+            PlannedBody::Chunked
+        } else if let Some(n) = length {
+            if n == 0 {
+                PlannedBody::None
+            } else {
+                PlannedBody::Length(n)
+            }
+        } else {
+            PlannedBody::UntilClose
+        };
+        ResponsePlan { body, keep_alive: !close && body != PlannedBody::UntilClose }
+    }
+}
+
+/// The request head for the upstream: method and target as received, headers
+/// without hop-by-hop ones, Host by the route's rule, X-Forwarded-* added.
+fn upstream_request_head(
+    req: &Request<'_>,
+    raw_head: &[u8],
+    host_rule: &HostHeader,
+    peer: Option<std::net::IpAddr>,
+    group: &crate::upstream::Group,
+) -> Vec<u8> {
+    let mut headers = [httparse::EMPTY_HEADER; tine_http::request::MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let _ = parsed.parse(raw_head);
+    let all = owned(parsed.headers);
+    let (listed, upgrade) = connection_tokens(&all);
+    let upgrade_to =
+        all.iter().find(|(name, _)| name.eq_ignore_ascii_case("upgrade")).map(|(_, v)| v.as_slice());
+    let mut out = Vec::with_capacity(raw_head.len() + 128);
+    out.extend_from_slice(req.method_text.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target);
+    // An HTTP/1.0 client gets an HTTP/1.0 exchange, so no chunked body comes back.
+    out.extend_from_slice(if req.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    let mut forwarded_for: Option<&[u8]> = None;
+    for (name, value) in &all {
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for = Some(value);
+            continue;
+        }
+        if hop_by_hop(name.as_bytes(), &listed) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let client_host = req.host.unwrap_or(b"");
+    out.extend_from_slice(b"Host: ");
+    match host_rule {
+        HostHeader::Keep => out.extend_from_slice(client_host),
+        HostHeader::Fixed(h) => out.extend_from_slice(h.as_bytes()),
+        HostHeader::Upstream => out.extend_from_slice(group.config.name.as_bytes()),
+    }
+    out.extend_from_slice(b"\r\nX-Forwarded-For: ");
+    if let Some(prior) = forwarded_for {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.map(|p| p.to_string()).unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    out.extend_from_slice(client_host);
+    out.extend_from_slice(b"\r\n");
+    match (upgrade, upgrade_to) {
+        (true, Some(to)) => {
+            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+            out.extend_from_slice(to);
+            out.extend_from_slice(b"\r\n\r\n");
+        }
+        _ if req.minor_version == 0 => out.extend_from_slice(b"Connection: close\r\n\r\n"),
+        _ => out.extend_from_slice(b"Connection: keep-alive\r\n\r\n"),
+    }
+    out
+}

@@ -1,0 +1,129 @@
+//! One direction of a byte stream moved inside the kernel: source socket -> pipe
+//! -> destination socket, with splice, never through user space. Bodies of known
+//! length, bodies that run to the end of the stream, and both halves of a tunnel
+//! are relays. Pipes come from a per-worker pool.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use tine_net::sys;
+
+/// Bytes moved per splice call at most (the default pipe size).
+const CHUNK: usize = 64 * 1024;
+
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+/// Empty pipes kept for reuse.
+#[derive(Default)]
+pub struct PipePool {
+    free: Vec<Pipe>,
+}
+
+impl PipePool {
+    pub fn take(&mut self) -> io::Result<Pipe> {
+        match self.free.pop() {
+            Some(p) => Ok(p),
+            None => sys::pipe().map(|(read, write)| Pipe { read, write }),
+        }
+    }
+
+    /// Only an empty pipe can be reused; one with bytes left in it is closed.
+    pub fn give_back(&mut self, relay: Relay) {
+        if relay.in_pipe == 0 && self.free.len() < 256 {
+            self.free.push(relay.pipe);
+        }
+    }
+}
+
+pub struct Relay {
+    pipe: Pipe,
+    /// Bytes in the pipe, read from the source but not yet written.
+    in_pipe: usize,
+    /// Bytes still to read from the source; `None` reads to end of stream.
+    remaining: Option<u64>,
+    source_ended: bool,
+    /// Bytes written to the destination so far.
+    pub moved: u64,
+}
+
+/// Where a relay stands after pumping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pump {
+    /// Everything was moved (the length reached, or the source ended and the
+    /// pipe is empty).
+    Done,
+    /// Waiting for the source to be readable or the destination writable.
+    Blocked,
+    /// Used this turn's budget; call again.
+    Budget,
+}
+
+impl Relay {
+    pub fn new(pipe: Pipe, remaining: Option<u64>) -> Self {
+        Relay { pipe, in_pipe: 0, remaining, source_ended: false, moved: 0 }
+    }
+
+    /// True when the source reached end of stream before the length promised.
+    pub fn cut_short(&self) -> bool {
+        self.source_ended && self.remaining.is_some_and(|r| r > 0)
+    }
+
+    pub fn source_ended(&self) -> bool {
+        self.source_ended
+    }
+
+    /// Bytes read from the source but not yet delivered.
+    pub fn pending(&self) -> usize {
+        self.in_pipe
+    }
+
+    /// Moves bytes until both sides block, everything is through, or `budget`
+    /// bytes have moved. Errors are the sockets' (reset, broken pipe).
+    pub fn pump(&mut self, source: RawFd, dest: RawFd, budget: &mut usize) -> io::Result<Pump> {
+        loop {
+            let mut progress = false;
+            let want_more = !self.source_ended && self.remaining != Some(0);
+            if want_more && self.in_pipe < CHUNK {
+                let room = (CHUNK - self.in_pipe) as u64;
+                let len = self.remaining.map_or(room, |r| r.min(room)) as usize;
+                match sys::splice(source, self.pipe.write.as_raw_fd(), len) {
+                    Ok(0) => self.source_ended = true,
+                    Ok(n) => {
+                        self.in_pipe += n;
+                        if let Some(r) = self.remaining.as_mut() {
+                            *r -= n as u64;
+                        }
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.in_pipe > 0 {
+                match sys::splice(self.pipe.read.as_raw_fd(), dest, self.in_pipe) {
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.moved += n as u64;
+                        *budget = budget.saturating_sub(n);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.in_pipe == 0 && (self.source_ended || self.remaining == Some(0)) {
+                return Ok(Pump::Done);
+            }
+            if !progress {
+                return Ok(Pump::Blocked);
+            }
+            if *budget == 0 {
+                return Ok(Pump::Budget);
+            }
+        }
+    }
+}

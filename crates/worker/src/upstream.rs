@@ -1,0 +1,209 @@
+//! A worker's view of its upstream groups: which server the next request goes
+//! to (smooth weighted round robin, or weighted least connections), which servers
+//! are out after repeated failures (a circuit breaker: out for fail_timeout, then
+//! one probe request decides), and the keep-alive pool of idle connections per
+//! server. Nothing here is shared between workers.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+use tine_config::{Balance, Upstream, UpstreamAddr};
+use tine_net::sys::{self, ConnectTo};
+use tine_stats::layout::UpstreamStats;
+
+pub struct Server {
+    pub addr: UpstreamAddr,
+    weight: i64,
+    current: i64,
+    /// Connections of this worker to the server, busy or idle.
+    pub open: u32,
+    fails: u32,
+    down_until: Option<Instant>,
+    /// A probe request is under way after the server was out.
+    probing: bool,
+    idle: Vec<(OwnedFd, Instant)>,
+}
+
+pub struct Group {
+    pub config: Upstream,
+    pub servers: Vec<Server>,
+    /// Index of this group's first server in the stats region's upstream table.
+    pub stats_base: usize,
+}
+
+#[derive(Default)]
+pub struct Upstreams {
+    pub groups: Vec<Group>,
+}
+
+/// A connection to an upstream server, new or from the pool.
+pub struct Connection {
+    pub fd: OwnedFd,
+    /// Taken from the keep-alive pool (so a failure before any response byte
+    /// may be retried on a fresh connection).
+    pub reused: bool,
+}
+
+impl Upstreams {
+    pub fn new(configs: &[Upstream]) -> Self {
+        let mut base = 0;
+        let groups = configs
+            .iter()
+            .map(|c| {
+                let servers = c
+                    .servers
+                    .iter()
+                    .map(|s| Server {
+                        addr: s.addr.clone(),
+                        weight: s.weight as i64,
+                        current: 0,
+                        open: 0,
+                        fails: 0,
+                        down_until: None,
+                        probing: false,
+                        idle: Vec::new(),
+                    })
+                    .collect::<Vec<_>>();
+                let group = Group { config: c.clone(), stats_base: base, servers };
+                base += c.servers.len();
+                group
+            })
+            .collect();
+        Upstreams { groups }
+    }
+
+    /// The server for the next request, skipping those in `tried` (a bit per
+    /// server) and those out after failures. A server whose time out has passed
+    /// gets one probe request.
+    pub fn pick(&mut self, group: usize, tried: u64, now: Instant) -> Option<usize> {
+        let g = &mut self.groups[group];
+        let usable = |i: usize, s: &Server| {
+            i >= 64 || tried & (1 << i) == 0
+        } && match s.down_until {
+            None => true,
+            Some(until) => now >= until && !s.probing,
+        };
+        let candidates: Vec<usize> =
+            g.servers.iter().enumerate().filter(|(i, s)| usable(*i, s)).map(|(i, _)| i).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let chosen = match g.config.balance {
+            Balance::RoundRobin => {
+                // Smooth weighted round robin: every candidate gains its weight,
+                // the richest is chosen and pays the total.
+                let total: i64 = candidates.iter().map(|&i| g.servers[i].weight).sum();
+                for &i in &candidates {
+                    g.servers[i].current += g.servers[i].weight;
+                }
+                let best = *candidates
+                    .iter()
+                    .max_by_key(|&&i| (g.servers[i].current, -(i as i64)))
+                    .expect("non-empty");
+                g.servers[best].current -= total;
+                best
+            }
+            Balance::LeastConn => *candidates
+                .iter()
+                .min_by(|&&a, &&b| {
+                    let (sa, sb) = (&g.servers[a], &g.servers[b]);
+                    (sa.open as i64 * sb.weight).cmp(&(sb.open as i64 * sa.weight))
+                })
+                .expect("non-empty"),
+        };
+        if g.servers[chosen].down_until.is_some() {
+            g.servers[chosen].probing = true;
+        }
+        Some(chosen)
+    }
+
+    /// A pooled connection that is still alive, or a new non-blocking connect.
+    pub fn connect(
+        &mut self,
+        group: usize,
+        server: usize,
+        now: Instant,
+        stats: &[UpstreamStats],
+    ) -> std::io::Result<Connection> {
+        let g = &mut self.groups[group];
+        let keepalive_timeout = g.config.keepalive_timeout;
+        let stat = stats.get(g.stats_base + server);
+        let s = &mut g.servers[server];
+        while let Some((fd, since)) = s.idle.pop() {
+            if now.saturating_duration_since(since) < keepalive_timeout
+                && sys::idle_socket_alive(fd.as_raw_fd())
+            {
+                if let Some(st) = stat {
+                    st.pool_hits.fetch_add(1, Relaxed);
+                }
+                return Ok(Connection { fd, reused: true });
+            }
+            s.open = s.open.saturating_sub(1);
+            if let Some(st) = stat {
+                st.open.fetch_sub(1, Relaxed);
+            }
+        }
+        if let Some(st) = stat {
+            st.pool_misses.fetch_add(1, Relaxed);
+        }
+        let target = match &s.addr {
+            UpstreamAddr::Tcp(a) => ConnectTo::Tcp(*a),
+            UpstreamAddr::Unix(p) => ConnectTo::Unix(p),
+        };
+        let fd = sys::connect_start(&target)?;
+        s.open += 1;
+        if let Some(st) = stat {
+            st.open.fetch_add(1, Relaxed);
+        }
+        Ok(Connection { fd, reused: false })
+    }
+
+    /// Returns a connection whose exchange completed cleanly to the pool.
+    pub fn release(&mut self, group: usize, server: usize, fd: OwnedFd, now: Instant) {
+        let g = &mut self.groups[group];
+        let keep = g.config.keepalive;
+        let s = &mut g.servers[server];
+        if s.idle.len() < keep {
+            s.idle.push((fd, now));
+        } else {
+            self.forget(group, server);
+        }
+    }
+
+    /// A connection to the server was closed.
+    pub fn forget(&mut self, group: usize, server: usize) {
+        let s = &mut self.groups[group].servers[server];
+        s.open = s.open.saturating_sub(1);
+    }
+
+    /// Records how an exchange with the server went, for the circuit breaker.
+    pub fn report(&mut self, group: usize, server: usize, ok: bool, now: Instant) -> bool {
+        let g = &mut self.groups[group];
+        let (max_fails, fail_timeout) = (g.config.max_fails, g.config.fail_timeout);
+        let s = &mut g.servers[server];
+        s.probing = false;
+        if ok {
+            s.fails = 0;
+            s.down_until = None;
+            return true;
+        }
+        s.fails += 1;
+        if max_fails > 0 && (s.fails >= max_fails || s.down_until.is_some()) {
+            if s.down_until.is_none() {
+                log::warn!(
+                    "upstream {} ({}) failed {} times in a row; out for {fail_timeout:?}",
+                    g.config.name,
+                    s.addr,
+                    s.fails
+                );
+            }
+            s.down_until = Some(now + fail_timeout);
+            return false;
+        }
+        true
+    }
+
+    pub fn group_of_stats(&self, group: usize, server: usize) -> usize {
+        self.groups[group].stats_base + server
+    }
+}
