@@ -1,0 +1,412 @@
+//! The reverse proxy and the TCP relay end to end, against real upstreams on
+//! loopback: another tine serving files, and a small upstream written here that
+//! answers chunked, close-delimited, slow, truncated, echoing and upgrading.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A test upstream: one thread per connection, keep-alive, behaviour by path.
+struct Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let id = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                std::thread::spawn(move || serve(stream, id));
+            }
+        });
+        Upstream { addr, connections }
+    }
+}
+
+fn serve(stream: TcpStream, id: usize) {
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let path = target.split('?').next().unwrap_or("/").to_string();
+        let header = |name: &str| {
+            head.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+                .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+        };
+        let mut body = Vec::new();
+        if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(n, 0);
+            r.read_exact(&mut body).unwrap();
+        } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size).unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let reply = |w: &mut TcpStream, body: &[u8]| {
+            let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Conn: {id}\r\n\r\n", body.len());
+            let _ = w.write_all(body);
+        };
+        match path.as_str() {
+            "/echo-head" => reply(&mut w, head.as_bytes()),
+            "/echo-body" => reply(&mut w, &body),
+            "/chunked" => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                for part in [&b"hello, "[..], b"chunked ", b"world"] {
+                    let _ = write!(w, "{:x}\r\n", part.len());
+                    let _ = w.write_all(part);
+                    let _ = w.write_all(b"\r\n");
+                    let _ = w.flush();
+                }
+                let _ = w.write_all(b"0\r\nX-Trailer: yes\r\n\r\n");
+            }
+            "/close" => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end");
+                return;
+            }
+            "/slow" => {
+                std::thread::sleep(Duration::from_secs(3));
+                reply(&mut w, b"late");
+            }
+            "/truncated" => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+                let _ = w.write_all(&[b'x'; 1000]);
+                return;
+            }
+            "/upgrade" => {
+                let _ = w.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+                );
+                let mut buf = [0u8; 65536];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = w.shutdown(std::net::Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            let _ = w.write_all(&buf[..n]);
+                        }
+                    }
+                }
+            }
+            _ => reply(&mut w, b"ok"),
+        }
+    }
+}
+
+/// A raw echo server for the stream relay.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn proxy_to(servers: &[SocketAddr], extra: &str) -> Server {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"app\"\nservers = [{}]\n{extra}\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
+            list.join(", ")
+        ))
+        .start()
+}
+
+fn get_on(conn: &mut BufReader<TcpStream>, path: &str, extra: &str) -> Response {
+    conn.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: front.test\r\n{extra}\r\n").as_bytes())
+        .unwrap();
+    read_response(conn, false)
+}
+
+#[test]
+fn bodies_come_back_identical_through_the_proxy_from_another_tine() {
+    let files = Server::start(1);
+    let big = pseudo_random(3 << 20, 21);
+    files.write_file("big.bin", &big);
+    files.write_file("small.txt", b"small");
+    let proxy = proxy_to(&[files.addr], "");
+    assert!(proxy.get("/big.bin").body == big);
+    let small = proxy.get("/small.txt");
+    assert_eq!((small.status, &small.body[..]), (200, &b"small"[..]));
+    assert_eq!(proxy.get("/missing").status, 404);
+    let etag = small.header("etag").unwrap().to_string();
+    let raw = exchange_raw(
+        proxy.addr,
+        format!("GET /small.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(status_of(&raw), 304);
+    let head = exchange_raw(proxy.addr, b"HEAD /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let resp = read_response(&mut &head[..], true);
+    assert_eq!(resp.header("content-length"), Some("3145728"));
+    assert!(head.ends_with(b"\r\n\r\n"), "HEAD carries no body");
+    let upstream = &proxy.stats()["upstreams"][0];
+    // What arrived with the response head is copied; the rest is spliced.
+    assert!(
+        upstream["bytes_spliced"].as_u64().unwrap() >= (3 << 20) - (64 << 10),
+        "the large body went by splice"
+    );
+}
+
+#[test]
+fn hop_by_hop_headers_are_dropped_and_forwarding_headers_added() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let s = proxy.connect();
+    let mut conn = BufReader::new(s);
+    let extra =
+        "Connection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+                 Proxy-Authorization: secret\r\nX-Forwarded-For: 10.9.8.7\r\nX-Kept: yes\r\n";
+    let resp = get_on(&mut conn, "/echo-head?q=1", extra);
+    let seen = String::from_utf8(resp.body).unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("get /echo-head?q=1 http/1.1\r\n"), "{seen}");
+    for gone in ["x-private", "keep-alive:", "te:", "proxy-authorization"] {
+        assert!(!seen.contains(gone), "{gone} was forwarded: {seen}");
+    }
+    assert!(seen.contains("x-kept: yes"));
+    assert!(seen.contains("host: front.test"));
+    assert!(seen.contains("x-forwarded-for: 10.9.8.7, 127.0.0.1"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http"));
+    assert!(seen.contains("x-forwarded-host: front.test"));
+}
+
+#[test]
+fn chunked_and_close_delimited_responses_are_relayed() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let mut conn = BufReader::new(proxy.connect());
+    conn.get_mut().write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        conn.read_line(&mut head).unwrap();
+    }
+    assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    let mut decoded = Vec::new();
+    loop {
+        let mut size = String::new();
+        conn.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        if n == 0 {
+            let mut trailer = String::new();
+            while trailer != "\r\n" {
+                trailer.clear();
+                conn.read_line(&mut trailer).unwrap();
+            }
+            break;
+        }
+        conn.read_exact(&mut chunk).unwrap();
+        decoded.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(decoded, b"hello, chunked world");
+    // The same client connection goes on after a chunked response.
+    assert_eq!(get_on(&mut conn, "/", "").body, b"ok");
+    // A body that ends when the upstream closes ends the client connection.
+    let raw = exchange_raw(proxy.addr, b"GET /close HTTP/1.1\r\nHost: t\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("until the end"), "{text}");
+    assert!(text.contains("Connection: close"));
+}
+
+#[test]
+fn request_bodies_are_relayed_with_length_and_chunked() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let body = pseudo_random(200_000, 5);
+    let mut conn = BufReader::new(proxy.connect());
+    let mut req =
+        format!("POST /echo-body HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(&body);
+    conn.get_mut().write_all(&req).unwrap();
+    assert!(read_response(&mut conn, false).body == body);
+    let mut chunked = b"POST /echo-body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in body.chunks(70_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    conn.get_mut().write_all(&chunked).unwrap();
+    assert!(read_response(&mut conn, false).body == body);
+    assert_eq!(get_on(&mut conn, "/", "").body, b"ok", "the connection is usable after both");
+}
+
+#[test]
+fn keep_alive_connections_to_the_upstream_are_reused() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let r = proxy.get("/");
+        assert_eq!(r.body, b"ok");
+        ids.push(r.header("x-conn").unwrap().to_string());
+    }
+    assert!(ids.iter().all(|i| *i == ids[0]), "one upstream connection served all: {ids:?}");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    let u = &proxy.stats()["upstreams"][0];
+    assert_eq!((u["pool_misses"].as_u64(), u["pool_hits"].as_u64()), (Some(1), Some(5)));
+    assert_eq!(u["requests"], 6);
+}
+
+#[test]
+fn a_refused_server_is_skipped_then_502_then_504() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[closed_port(), up.addr], "response_timeout = \"300ms\"\n");
+    for _ in 0..4 {
+        assert_eq!(proxy.get("/").body, b"ok", "the refusing server is skipped");
+    }
+    let u = &proxy.stats()["upstreams"];
+    assert!(u[0]["failures"].as_u64() >= Some(1));
+    assert_eq!(proxy.get("/slow").status, 504);
+    assert!(proxy.stats()["upstreams"][1]["timeouts"].as_u64() >= Some(1));
+
+    let dead = proxy_to(&[closed_port()], "");
+    let resp = dead.get("/");
+    assert_eq!(resp.status, 502);
+    assert_eq!(dead.stats()["total"]["responses_5xx"], 1);
+}
+
+#[test]
+fn an_upstream_that_dies_mid_response_closes_the_client_cleanly() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let mut s = proxy.connect();
+    s.write_all(b"GET /truncated HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    // Bounded by the harness's read timeout: a hang would fail here.
+    s.read_to_end(&mut got).expect("closed, not hung");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("Content-Length: 100000"));
+    assert!(got.len() < 100_000, "the client saw the body cut short by a close");
+    assert_eq!(proxy.get("/").body, b"ok", "the worker goes on");
+}
+
+#[test]
+fn an_upgrade_becomes_a_two_way_tunnel() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let s = proxy.connect();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").unwrap();
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        r.read_line(&mut head).unwrap();
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("Upgrade: echo"));
+    let message = pseudo_random(300_000, 8);
+    let reader = std::thread::spawn(move || {
+        let mut echoed = Vec::new();
+        r.read_to_end(&mut echoed).unwrap();
+        echoed
+    });
+    w.write_all(&message).unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(reader.join().unwrap() == message, "echoed through the tunnel, then half-closed");
+}
+
+#[test]
+fn a_stream_relays_raw_tcp_with_splice() {
+    let echo = echo_server();
+    let server = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"echo\"\nservers = [\"{echo}\"]\n[[stream]]\nlisten = \"127.0.0.1:0\"\nupstream = \"echo\"\n"
+        ))
+        .start();
+    server.wait_for_log("relayed to upstream echo");
+    let line = server.log().into_iter().find(|l| l.contains("relayed to upstream echo")).unwrap();
+    let addr: SocketAddr =
+        line.split("stream on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let data = pseudo_random(8 << 20, 13);
+    let s = connect(addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = s;
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        got
+    });
+    w.write_all(&data).unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "checksums differ");
+    let stats = server.wait_until("tunnel closed", |s| s["total"]["active"] == 0);
+    assert!(stats["upstreams"][0]["bytes_spliced"].as_u64().unwrap() >= 2 * (8 << 20));
+    assert_eq!(stats["upstreams"][0]["bytes_copied"], 0, "nothing passed through user space");
+}
+
+#[test]
+fn routes_pick_the_longest_prefix_and_unmatched_is_404() {
+    let up = Upstream::start();
+    let server = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n[[route]]\npath = \"/api/\"\nupstream = \"app\"\n\
+             [[route]]\npath = \"/static/\"\nroot = \"{{root}}\"\n",
+            up.addr
+        ))
+        .start();
+    server.write_file("static/a.txt", b"from disk");
+    assert_eq!(server.get("/api/x").body, b"ok");
+    assert_eq!(server.get("/static/a.txt").body, b"from disk");
+    assert_eq!(server.get("/elsewhere").status, 404);
+}
+
+#[test]
+fn a_failing_server_is_taken_out_then_probed() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[closed_port(), up.addr], "max_fails = 2\nfail_timeout = \"1h\"\n");
+    for _ in 0..12 {
+        assert_eq!(proxy.get("/").body, b"ok");
+    }
+    let u = &proxy.stats()["upstreams"];
+    assert_eq!(u[0]["failures"], 2, "out after two failures: round robin stopped sending it requests");
+    assert_eq!(u[0]["down"], 1);
+    assert_eq!(u[1]["down"], 0);
+    assert!(u[1]["requests"].as_u64() >= Some(12));
+}
