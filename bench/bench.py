@@ -39,6 +39,13 @@ SCENARIOS = [  # name, file, size, connections option
     ("1MiB", "1m.bin", 1024 * 1024, "connections"),
     ("1KiB-10k-conns", "1k.bin", 1024, "many"),
 ]
+# Proxy scenarios: the server under test proxies every request, over a
+# keep-alive pool, to one backend (nginx serving the files, on the CPU that is
+# not the proxy's); only the proxy's CPU is measured.
+PROXY_SCENARIOS = [
+    ("proxy-1KiB", "1k.bin", 1024, "connections"),
+    ("proxy-64KiB", "64k.bin", 64 * 1024, "connections"),
+]
 
 
 def ensure_tools():
@@ -110,29 +117,40 @@ def rss_bytes(pids):
 
 
 class Server:
-    def __init__(self, kind, work, workers, port):
+    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None):
         self.kind, self.port = kind, port
         if kind == "tine":
             cmd = [TINE, "serve", "--root", f"{work}/www", "--listen", f"127.0.0.1:{port}",
                    "--workers", str(workers), "--stats-path", f"{work}/tine.stats", "--pid-file", f"{work}/tine.pid"]
+            if backend:
+                conf = f"{work}/tine-proxy.toml"
+                with open(conf, "w") as f:
+                    f.write(f'[[upstream]]\nname = "backend"\nservers = ["127.0.0.1:{backend}"]\nkeepalive = 128\n'
+                            f'[[route]]\npath = "/"\nupstream = "backend"\n')
+                cmd += ["--config", conf]
         else:
-            affinity = " ".join("0" * (workers - 1 - i) + "1" + "0" * i for i in range(workers))
-            conf = f"{work}/nginx.conf"
+            affinity = cpu_mask or " ".join("0" * (workers - 1 - i) + "1" + "0" * i for i in range(workers))
+            name = f"nginx-{port}"
+            location = (f"location / {{ proxy_pass http://backend; proxy_http_version 1.1; "
+                        f"proxy_set_header Connection \"\"; }}" if backend else "")
+            upstream = f"upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}" if backend else ""
+            conf = f"{work}/{name}.conf"
             with open(conf, "w") as f:
                 f.write(f"""
 user root;
 worker_processes {workers};
 worker_cpu_affinity {affinity};
 worker_rlimit_nofile 65536;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log;
 events {{ worker_connections 16384; }}
 http {{
     access_log off;
     sendfile on; tcp_nopush on; tcp_nodelay on;
     keepalive_timeout 60s; keepalive_requests 100000000;
     default_type application/octet-stream;
-    server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {work}/www; }}
+    {upstream}
+    server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {work}/www; {location} }}
 }}
 """)
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -229,7 +247,7 @@ def main():
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
     ap.add_argument("--many", type=int, default=10000, help="connections of the high-concurrency scenario")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
-    ap.add_argument("--scenarios", nargs="+", default=[s[0] for s in SCENARIOS])
+    ap.add_argument("--scenarios", nargs="+", default=[s[0] for s in SCENARIOS + PROXY_SCENARIOS])
     ap.add_argument("--servers", nargs="+", default=["tine", "nginx"])
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
@@ -244,9 +262,13 @@ def main():
             with open(f"{work}/www/{path}", "wb") as f:
                 f.write(os.urandom(size))
         for workers in args.workers:
-            for scenario in [s for s in SCENARIOS if s[0] in args.scenarios]:
+            for scenario in [s for s in SCENARIOS + PROXY_SCENARIOS if s[0] in args.scenarios]:
+                proxy = scenario[0].startswith("proxy-")
+                if proxy and workers != 1:
+                    continue  # the proxy comparison runs with one pinned worker
+                backend = Server("nginx", work, 1, free_port(), cpu_mask="10") if proxy else None
                 for kind in args.servers:  # alternate servers within each scenario
-                    server = Server(kind, work, workers, free_port())
+                    server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None)
                     try:
                         r = measure(server, scenario, args, workers)
                     finally:
@@ -255,6 +277,8 @@ def main():
                     results.append(r)
                     print(f"  {kind:<6} {workers} worker(s) {scenario[0]:<15} {r['rps']:>10.0f} req/s "
                           f"{r['cpu_us_per_req']:>7.2f} us/req", file=sys.stderr)
+                if backend:
+                    backend.stop()
     report(results, args)
     if args.json:
         with open(args.json, "w") as f:
@@ -272,7 +296,7 @@ def report(results, args):
     cols = ["req/s", "Mbit/s", "mean", "p99", "CPU us/req", "RSS MiB", "B/conn", "errors"]
     print(f"\n{'scenario':<16}{'workers':>8} {'server':<8}" + "".join(f"{c:>11}" for c in cols))
     for workers in args.workers:
-        for name in [s[0] for s in SCENARIOS if s[0] in args.scenarios]:
+        for name in [s[0] for s in SCENARIOS + PROXY_SCENARIOS if s[0] in args.scenarios]:
             rows = {r["server"]: r for r in results if r["scenario"] == name and r["workers"] == workers}
             for kind in args.servers:
                 r = rows.get(kind)

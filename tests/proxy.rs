@@ -410,3 +410,52 @@ fn a_failing_server_is_taken_out_then_probed() {
     assert_eq!(u[1]["down"], 0);
     assert!(u[1]["requests"].as_u64() >= Some(12));
 }
+
+#[test]
+fn upstreams_on_unix_sockets_work_for_http_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                // Answers one HTTP request, or echoes raw bytes for a stream.
+                let mut first = String::new();
+                if r.read_line(&mut first).unwrap_or(0) == 0 {
+                    return;
+                }
+                if first.starts_with("GET ") {
+                    let mut line = String::new();
+                    while line != "\r\n" {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                    }
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nover unix");
+                } else {
+                    let _ = w.write_all(first.as_bytes());
+                    let _ = std::io::copy(&mut r, &mut w);
+                }
+            });
+        }
+    });
+    let server = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"u\"\nservers = [\"unix:{}\"]\n[[route]]\npath = \"/\"\nupstream = \"u\"\n\
+             [[stream]]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n",
+            path.display()
+        ))
+        .start();
+    assert_eq!(server.get("/").body, b"over unix");
+    server.wait_for_log("relayed to upstream u");
+    let line = server.log().into_iter().find(|l| l.contains("relayed to upstream u")).unwrap();
+    let addr: SocketAddr =
+        line.split("stream on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let mut s = connect(addr);
+    s.write_all(b"raw line\nand more").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"raw line\nand more");
+}

@@ -108,19 +108,19 @@ pub struct Stream {
 }
 
 /// Picks the route for a request: `host` without its port, lowercase.
+/// Runs for every request, so it compares in place rather than allocating.
 pub fn route_for<'r>(routes: &'r [Route], host: Option<&[u8]>, path: &[u8]) -> Option<&'r Route> {
-    let host = host.map(|h| {
-        let h = match h.iter().rposition(|&b| b == b':') {
-            // Keep IPv6 literals whole: `[::1]:80` -> `[::1]`.
-            Some(i) if !h.ends_with(b"]") => &h[..i],
-            _ => h,
-        };
-        h.to_ascii_lowercase()
+    let host = host.map(|h| match h.iter().rposition(|&b| b == b':') {
+        // Keep IPv6 literals whole: `[::1]:80` -> `[::1]`.
+        Some(i) if !h.ends_with(b"]") => &h[..i],
+        _ => h,
     });
     routes
         .iter()
         .filter(|r| path.starts_with(r.path.as_bytes()))
-        .filter(|r| r.host.as_ref().is_none_or(|want| host.as_deref() == Some(want.as_bytes())))
+        .filter(|r| {
+            r.host.as_ref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want.as_bytes())))
+        })
         .max_by_key(|r| (r.host.is_some(), r.path.len()))
 }
 

@@ -97,6 +97,8 @@ pub struct Conn {
     access: Option<Box<PendingEntry>>,
     /// The upstream exchange or tunnel in progress.
     exchange: Option<Box<proxy::Exchange>>,
+    /// The upstream connection kept from the last exchange, for the next one.
+    parked: Option<proxy::Parked>,
     /// Body bytes of the last request still to read and throw away.
     discard: u64,
     keep_alive: bool,
@@ -131,6 +133,7 @@ impl Conn {
             body_len: 0,
             access: None,
             exchange: None,
+            parked: None,
             discard: 0,
             keep_alive: true,
             readable: false,
@@ -161,6 +164,12 @@ impl Conn {
 
     pub fn mark_readable(&mut self) {
         self.readable = true;
+    }
+
+    pub fn mark_upstream_event(&mut self) {
+        if self.exchange.is_none() {
+            self.note_upstream_event();
+        }
     }
 
     /// The connection's deadline passed: usually it closes, but an upstream
@@ -198,11 +207,18 @@ impl Conn {
         }
     }
 
-    /// Gives the connection's buffers back to the pool before it is dropped,
-    /// logging a response cut short.
+    /// Before the connection is dropped: logs a response cut short, ends any
+    /// upstream exchange (a parked upstream connection goes to the pool), and
+    /// gives the buffers back.
     pub fn release(&mut self, ctx: &mut Ctx) {
         self.log_access(ctx);
         self.release_exchange(ctx);
+        self.release_buffers(ctx);
+    }
+
+    /// Between requests: buffers go back to the pool so an idle connection
+    /// holds none. A parked upstream connection stays.
+    fn release_buffers(&mut self, ctx: &mut Ctx) {
         if let Some(buf) = self.rbuf.take() {
             ctx.pool.put_read(buf);
         }
@@ -295,7 +311,7 @@ impl Conn {
         }
         if !self.readable {
             if self.is_idle() {
-                self.release(ctx);
+                self.release_buffers(ctx);
             }
             return Some(Outcome::Wait);
         }

@@ -155,7 +155,9 @@ impl<'a> EventLoop<'a> {
                 let Some(conn) = self.conns.get_mut(token) else {
                     return Ok(None);
                 };
-                if event.readable() && !upstream_side {
+                if upstream_side {
+                    conn.mark_upstream_event();
+                } else if event.readable() {
                     conn.mark_readable();
                 }
                 let outcome = conn.drive(&mut self.ctx);

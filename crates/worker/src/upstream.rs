@@ -78,38 +78,51 @@ impl Upstreams {
     pub fn pick(&mut self, group: usize, tried: u64, now: Instant) -> Option<usize> {
         let g = &mut self.groups[group];
         let usable = |i: usize, s: &Server| {
-            i >= 64 || tried & (1 << i) == 0
-        } && match s.down_until {
-            None => true,
-            Some(until) => now >= until && !s.probing,
+            let untried = i >= 64 || tried & (1 << i) == 0;
+            let up = match s.down_until {
+                None => true,
+                Some(until) => now >= until && !s.probing,
+            };
+            untried && up
         };
-        let candidates: Vec<usize> =
-            g.servers.iter().enumerate().filter(|(i, s)| usable(*i, s)).map(|(i, _)| i).collect();
-        if candidates.is_empty() {
-            return None;
-        }
+        // No collecting: this runs for every proxied request.
         let chosen = match g.config.balance {
             Balance::RoundRobin => {
                 // Smooth weighted round robin: every candidate gains its weight,
                 // the richest is chosen and pays the total.
-                let total: i64 = candidates.iter().map(|&i| g.servers[i].weight).sum();
-                for &i in &candidates {
+                let mut total = 0;
+                let mut best: Option<usize> = None;
+                for i in 0..g.servers.len() {
+                    if !usable(i, &g.servers[i]) {
+                        continue;
+                    }
                     g.servers[i].current += g.servers[i].weight;
+                    total += g.servers[i].weight;
+                    let current = g.servers[i].current;
+                    if best.is_none_or(|b| current > g.servers[b].current) {
+                        best = Some(i);
+                    }
                 }
-                let best = *candidates
-                    .iter()
-                    .max_by_key(|&&i| (g.servers[i].current, -(i as i64)))
-                    .expect("non-empty");
+                let best = best?;
                 g.servers[best].current -= total;
                 best
             }
-            Balance::LeastConn => *candidates
-                .iter()
-                .min_by(|&&a, &&b| {
-                    let (sa, sb) = (&g.servers[a], &g.servers[b]);
-                    (sa.open as i64 * sb.weight).cmp(&(sb.open as i64 * sa.weight))
-                })
-                .expect("non-empty"),
+            Balance::LeastConn => {
+                let mut best: Option<usize> = None;
+                for i in 0..g.servers.len() {
+                    if !usable(i, &g.servers[i]) {
+                        continue;
+                    }
+                    let better = best.is_none_or(|b| {
+                        let (s, o) = (&g.servers[i], &g.servers[b]);
+                        (s.open as i64 * o.weight) < (o.open as i64 * s.weight)
+                    });
+                    if better {
+                        best = Some(i);
+                    }
+                }
+                best?
+            }
         };
         if g.servers[chosen].down_until.is_some() {
             g.servers[chosen].probing = true;

@@ -29,9 +29,6 @@ use tine_http::request::{Body, Method, Request};
 use tine_http::response::{Persistence, Status};
 use tine_net::{sys, Interest};
 
-/// Largest upstream response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Connect,
@@ -68,8 +65,10 @@ pub struct Exchange {
     head: Vec<u8>,
     sent: usize,
     request_body: RequestBody,
-    /// The response head being read, then leftover body bytes.
-    response: Vec<u8>,
+    /// The response head being read (a pooled buffer, taken when needed).
+    response: Option<crate::buffer_pool::ReadBuf>,
+    /// Some response byte arrived (so a failure is no longer retried).
+    response_started: bool,
     response_body: ResponseBody,
     upstream_keep_alive: bool,
     head_request: bool,
@@ -88,7 +87,7 @@ struct Tunnel {
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 section 7.6.1), plus the ones
-/// tine sets itself.
+/// tine sets itself. Compared without allocating: this runs for every header.
 fn hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
     const DROP: [&[u8]; 9] = [
         b"connection",
@@ -101,26 +100,22 @@ fn hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
         b"x-forwarded-host",
         b"proxy-connection",
     ];
-    let lower = name.to_ascii_lowercase();
-    DROP.contains(&lower.as_slice()) || lower.starts_with(b"proxy-") || listed.contains(&lower)
+    DROP.iter().any(|d| name.eq_ignore_ascii_case(d))
+        || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+        || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
 }
 
-/// A header copied out of the buffer it was parsed from.
-type OwnedHeader = (String, Vec<u8>);
-
-fn owned(headers: &[httparse::Header<'_>]) -> Vec<OwnedHeader> {
-    headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect()
-}
-
-/// Header names the Connection header lists (they are hop-by-hop too).
-fn connection_tokens(headers: &[OwnedHeader]) -> (Vec<Vec<u8>>, bool) {
+/// Header names the Connection header lists (they are hop-by-hop too), and
+/// whether it asks for an upgrade.
+fn connection_tokens(headers: &[httparse::Header<'_>]) -> (Vec<Vec<u8>>, bool) {
     let mut listed = Vec::new();
     let mut upgrade = false;
-    for (_, value) in headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("connection")) {
-        for t in value.split(|&b| b == b',').map(|t| t.trim_ascii().to_ascii_lowercase()) {
-            upgrade |= t == b"upgrade";
-            if !t.is_empty() {
-                listed.push(t);
+    for value in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value) {
+        for t in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+            upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+            // keep-alive and close are options, not header names worth a copy.
+            if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close") {
+                listed.push(t.to_vec());
             }
         }
     }
@@ -143,7 +138,8 @@ impl Conn {
             head: Vec::new(),
             sent: 0,
             request_body: RequestBody::None,
-            response: Vec::new(),
+            response: None,
+            response_started: false,
             response_body: ResponseBody::None,
             upstream_keep_alive: false,
             head_request: false,
@@ -189,6 +185,24 @@ impl Conn {
                 ex.tried |= 1 << server;
             }
             let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, server));
+            if let Some(p) = self.parked.take() {
+                let alive = !p.event_seen || sys::idle_socket_alive(p.fd.as_raw_fd());
+                if p.group == ex.group && p.server == server && alive {
+                    if let Some(st) = stats {
+                        st.requests.fetch_add(1, Relaxed);
+                        st.pool_hits.fetch_add(1, Relaxed);
+                    }
+                    ex.reused = true;
+                    ex.fd = Some(p.fd);
+                    ex.stage = Stage::SendHead;
+                    let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                    self.arm(ctx, timeout);
+                    return Step::Next;
+                }
+                self.parked = Some(p);
+                self.unpark(ctx);
+            }
+            let ex = self.exchange.as_mut().expect("exchange");
             match ctx.upstreams.connect(ex.group, server, ctx.now, ctx.upstream_stats) {
                 Ok(c) => {
                     let token = self.token | UPSTREAM_SIDE;
@@ -274,7 +288,8 @@ impl Conn {
                 ex.stage = Stage::AwaitHead;
                 let timeout = ctx.upstreams.groups[ex.group].config.response_timeout;
                 self.arm(ctx, timeout);
-                return Step::Next;
+                // The answer cannot be there yet; its arrival raises an event.
+                return Step::Wait;
             }
             if self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
                 let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
@@ -329,150 +344,124 @@ impl Conn {
     /// Reads the response head; on a complete one, writes the cleaned head for
     /// the client and decides how the body travels.
     fn proxy_await_head(&mut self, ctx: &mut Ctx) -> Step {
-        let ex = self.exchange.as_mut().expect("exchange");
-        let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
         loop {
-            if ex.response.len() >= MAX_RESPONSE_HEAD {
+            let ex = self.exchange.as_mut().expect("exchange");
+            let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
+            let buf = ex.response.get_or_insert_with(|| ctx.pool.read_buf());
+            // A response head must fit a read buffer (limits.request_head_bytes).
+            let room = buf.spare();
+            if room.is_empty() {
                 log::warn!(
                     "upstream {}: response head too large",
                     ctx.upstreams.groups[ex.group].servers[ex.server].addr
                 );
                 return self.proxy_server_failed(ctx, true);
             }
-            let old = ex.response.len();
-            ex.response.resize(old + 16 * 1024, 0);
-            match sys::read(fd, &mut ex.response[old..]) {
-                Ok(0) => {
-                    ex.response.truncate(old);
-                    return self.proxy_server_failed(ctx, true);
-                }
+            match sys::read(fd, room) {
+                Ok(0) => return self.proxy_server_failed(ctx, true),
                 Ok(n) => {
-                    ex.response.truncate(old + n);
-                    count_copied(ctx, ex, n);
-                }
-                Err(e) => {
-                    ex.response.truncate(old);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => return Step::Wait,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => return self.proxy_server_failed(ctx, true),
+                    buf.commit(n);
+                    ex.response_started = true;
+                    if let Some(st) =
+                        ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server))
+                    {
+                        st.bytes_copied.fetch_add(n as u64, Relaxed);
                     }
                 }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => return Step::Wait,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return self.proxy_server_failed(ctx, true),
+                },
             }
-            let mut headers = [httparse::EMPTY_HEADER; 100];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&ex.response) {
-                Ok(httparse::Status::Partial) => continue,
-                Err(_) => {
+            // Parse where the bytes are, and write the client's head at once:
+            // the buffer and the output are different fields of the connection.
+            let parsed = {
+                let mut headers = [httparse::EMPTY_HEADER; 100];
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(buf.filled()) {
+                    Ok(httparse::Status::Partial) => None,
+                    Err(_) => Some(Err(())),
+                    Ok(httparse::Status::Complete(head_len)) => {
+                        let code = resp.code.unwrap_or(502);
+                        let plan = ResponsePlan::of(&resp, ex.head_request);
+                        if (100..200).contains(&code) && code != 101 {
+                            // Interim responses (100 Continue) are not relayed.
+                            Some(Ok((code, plan, head_len, true)))
+                        } else {
+                            if matches!(plan.body, PlannedBody::UntilClose) || code == 101 {
+                                self.keep_alive = false;
+                            }
+                            if self.wbuf.capacity() == 0 {
+                                self.wbuf = ctx.pool.write_buf();
+                            }
+                            write_client_head(&mut self.wbuf, &resp, self.keep_alive && !ctx.draining);
+                            Some(Ok((code, plan, head_len, false)))
+                        }
+                    }
+                }
+            };
+            match parsed {
+                None => continue,
+                Some(Err(())) => {
                     log::warn!(
                         "upstream {}: malformed response head",
                         ctx.upstreams.groups[ex.group].servers[ex.server].addr
                     );
                     return self.proxy_server_failed(ctx, true);
                 }
-                Ok(httparse::Status::Complete(head_len)) => {
-                    let code = resp.code.unwrap_or(502);
-                    if (100..200).contains(&code) && code != 101 {
-                        // Interim responses (100 Continue) are not relayed.
-                        ex.response.drain(..head_len);
-                        continue;
-                    }
-                    let plan = ResponsePlan::of(&resp, ex.head_request);
-                    let headers = owned(resp.headers);
-                    let reason = resp.reason.unwrap_or("").to_string();
-                    return self.proxy_begin_response(ctx, code, &reason, &headers, head_len, plan);
+                Some(Ok((_, _, head_len, true))) => buf.consume(head_len),
+                Some(Ok((code, plan, head_len, false))) => {
+                    buf.consume(head_len);
+                    return self.proxy_begin_response(ctx, code, plan);
                 }
             }
         }
     }
 
-    fn proxy_begin_response(
-        &mut self,
-        ctx: &mut Ctx,
-        code: u16,
-        reason: &str,
-        headers: &[OwnedHeader],
-        head_len: usize,
-        plan: ResponsePlan,
-    ) -> Step {
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = ctx.pool.write_buf();
-        }
+    /// The client's head is written; decide how the body travels, starting with
+    /// whatever body bytes came in with the head.
+    fn proxy_begin_response(&mut self, ctx: &mut Ctx, code: u16, plan: ResponsePlan) -> Step {
         let upgrade = code == 101;
-        // A body that ends only when the upstream closes ends the client
-        // connection too; so does a chunked body to an HTTP/1.0 client.
-        if matches!(plan.body, PlannedBody::UntilClose) || upgrade {
-            self.keep_alive = false;
-        }
+        super::count_response(ctx, Status(code));
         let ex = self.exchange.as_mut().expect("exchange");
         ex.upstream_keep_alive = plan.keep_alive && !upgrade;
-        let (listed, _) = connection_tokens(headers);
-        let out = &mut self.wbuf;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        tine_http::response::push_u64(out, code as u64);
-        out.push(b' ');
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for (name, value) in headers {
-            if hop_by_hop(name.as_bytes(), &listed) {
-                continue;
-            }
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-        if upgrade {
-            if let Some((_, value)) = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("upgrade")) {
-                out.extend_from_slice(b"Upgrade: ");
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
-        } else {
-            let persistence =
-                if self.keep_alive { Persistence::KeepAlive { http10: false } } else { Persistence::Close };
-            if persistence == Persistence::Close {
-                out.extend_from_slice(b"Connection: close\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        super::count_response(ctx, Status(code));
-        // What followed the head in the buffer is the start of the body.
-        let leftover: Vec<u8> = ex.response.drain(..).skip(head_len).collect();
+        let early: &[u8] = ex.response.as_ref().map_or(&[][..], |b| b.filled());
         ex.response_body = match plan.body {
             PlannedBody::None => ResponseBody::None,
             PlannedBody::Chunked => ResponseBody::Chunked(ChunkedDecoder::default()),
-            PlannedBody::Length(n) => {
-                let early = (leftover.len() as u64).min(n);
-                match ctx.pipes.take() {
-                    Ok(pipe) => ResponseBody::Spliced(Relay::new(pipe, Some(n - early))),
-                    Err(_) => return Step::Close(CloseReason::Error),
-                }
-            }
+            // The whole body came with the head: nothing left to splice.
+            PlannedBody::Length(n) if early.len() as u64 >= n => ResponseBody::None,
+            PlannedBody::Length(n) => match ctx.pipes.take() {
+                Ok(pipe) => ResponseBody::Spliced(Relay::new(pipe, Some(n - early.len() as u64))),
+                Err(_) => return Step::Close(CloseReason::Error),
+            },
             PlannedBody::UntilClose => match ctx.pipes.take() {
                 Ok(pipe) => ResponseBody::Spliced(Relay::new(pipe, None)),
                 Err(_) => return Step::Close(CloseReason::Error),
             },
         };
         let keep = match (&mut ex.response_body, plan.body) {
-            (ResponseBody::Chunked(d), _) => match d.feed(&leftover) {
+            (ResponseBody::Chunked(d), _) => match d.feed(early) {
                 Ok(k) => k,
                 Err(_) => return self.proxy_server_failed(ctx, true),
             },
-            (_, PlannedBody::Length(n)) => (leftover.len() as u64).min(n) as usize,
+            (_, PlannedBody::Length(n)) => (early.len() as u64).min(n) as usize,
             (_, PlannedBody::None) => 0,
-            _ => leftover.len(),
+            _ => early.len(),
         };
-        self.wbuf.extend_from_slice(&leftover[..keep]);
+        // Bytes past the body (or, after a 101, the upstream's first tunnel
+        // bytes) stay with the body for the tunnel.
+        let take = if upgrade { early.len() } else { keep };
+        self.wbuf.extend_from_slice(&early[..take]);
+        self.body_len = keep as u64;
+        if let Some(buf) = ex.response.take() {
+            ctx.pool.put_read(buf);
+        }
         self.wpos = 0;
-        self.body_len = 0;
-        let ex = self.exchange.as_mut().expect("exchange");
         ctx.upstreams.report(ex.group, ex.server, true, ctx.now);
         set_down_gauge(ctx, ex, false);
         if upgrade {
-            // Bytes the upstream sent after its 101 belong to the tunnel.
-            self.wbuf.extend_from_slice(&leftover[keep..]);
             return self.start_tunnel(ctx);
         }
         ex.stage = Stage::Respond;
@@ -575,12 +564,21 @@ impl Conn {
         if let ResponseBody::Spliced(relay) = std::mem::replace(&mut ex.response_body, ResponseBody::None) {
             ctx.pipes.give_back(relay);
         }
+        if let Some(buf) = ex.response.take() {
+            ctx.pool.put_read(buf);
+        }
         if let Some(fd) = ex.fd.take() {
-            let _ = ctx.epoll.delete(fd.as_raw_fd());
-            if ex.upstream_keep_alive {
-                ctx.upstreams.release(ex.group, ex.server, fd, ctx.now);
+            if ex.upstream_keep_alive && self.keep_alive && !ctx.draining {
+                // Keep it with this client connection, still registered, for
+                // its next request: no trip through the pool, no epoll change.
+                self.parked = Some(Parked { group: ex.group, server: ex.server, fd, event_seen: false });
             } else {
-                release_closed(ctx, &ex);
+                let _ = ctx.epoll.delete(fd.as_raw_fd());
+                if ex.upstream_keep_alive {
+                    ctx.upstreams.release(ex.group, ex.server, fd, ctx.now);
+                } else {
+                    release_closed(ctx, &ex);
+                }
             }
         }
         self.phase = Phase::Send;
@@ -600,7 +598,7 @@ impl Conn {
         // A pooled connection the server had closed meanwhile is no failure of
         // the server: retry once on a fresh connection (if the request may be
         // repeated), without counting it against the server.
-        if ex.reused && ex.response.is_empty() && ex.idempotent && !ex.fresh_retry_done {
+        if ex.reused && !ex.response_started && ex.idempotent && !ex.fresh_retry_done {
             ex.fresh_retry_done = true;
             ex.reused = false;
             ex.sent = 0;
@@ -614,9 +612,11 @@ impl Conn {
         let stays_up = ctx.upstreams.report(ex.group, ex.server, false, ctx.now);
         set_down_gauge(ctx, ex, !stays_up);
         let nothing_sent = !after_sending || (ex.sent == 0 && matches!(ex.request_body, RequestBody::None));
-        if nothing_sent || (ex.idempotent && ex.response.is_empty() && ex.stream.is_none()) {
+        if nothing_sent || (ex.idempotent && !ex.response_started && ex.stream.is_none()) {
             ex.sent = 0;
-            ex.response.clear();
+            if let Some(buf) = ex.response.take() {
+                ctx.pool.put_read(buf);
+            }
             ex.stage = Stage::Connect;
             return Step::Next;
         }
@@ -736,7 +736,11 @@ impl Conn {
 
     /// The proxy's part of closing: pipes back, upstream socket closed.
     pub(super) fn release_exchange(&mut self, ctx: &mut Ctx) {
+        self.unpark(ctx);
         let Some(mut ex) = self.exchange.take() else { return };
+        if let Some(buf) = ex.response.take() {
+            ctx.pool.put_read(buf);
+        }
         if let Some(t) = ex.tunnel.take() {
             ctx.pipes.give_back(t.up);
             ctx.pipes.give_back(t.down);
@@ -766,7 +770,7 @@ impl Conn {
                 );
                 self.proxy_server_failed(ctx, false)
             }
-            Stage::AwaitHead if ex.response.is_empty() => {
+            Stage::AwaitHead if !ex.response_started => {
                 if let Some(st) = stats {
                     st.timeouts.fetch_add(1, Relaxed);
                 }
@@ -812,7 +816,8 @@ pub(super) fn new_exchange(
         head: upstream_request_head(req, raw_head, host, peer, &ctx.upstreams.groups[group]),
         sent: 0,
         request_body,
-        response: Vec::new(),
+        response: None,
+        response_started: false,
         response_body: ResponseBody::None,
         upstream_keep_alive: false,
         head_request: req.method == Method::Head,
@@ -820,6 +825,39 @@ pub(super) fn new_exchange(
         tunnel: None,
         to_upstream: Vec::new(),
     })
+}
+
+/// An upstream connection a client connection keeps between its requests.
+pub struct Parked {
+    group: usize,
+    server: usize,
+    fd: OwnedFd,
+    /// An event arrived on it while parked: check it is alive before use.
+    event_seen: bool,
+}
+
+impl Conn {
+    /// Gives a parked upstream connection to the worker's pool (or closes it).
+    pub(super) fn unpark(&mut self, ctx: &mut Ctx) {
+        let Some(p) = self.parked.take() else { return };
+        let _ = ctx.epoll.delete(p.fd.as_raw_fd());
+        if !p.event_seen || sys::idle_socket_alive(p.fd.as_raw_fd()) {
+            ctx.upstreams.release(p.group, p.server, p.fd, ctx.now);
+        } else {
+            ctx.upstreams.forget(p.group, p.server);
+            if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(p.group, p.server)) {
+                st.open.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// An event on the upstream side while no exchange runs: the parked
+    /// connection may have been closed by the server.
+    pub(super) fn note_upstream_event(&mut self) {
+        if let Some(p) = self.parked.as_mut() {
+            p.event_seen = true;
+        }
+    }
 }
 
 enum Step {
@@ -850,6 +888,39 @@ fn set_down_gauge(ctx: &Ctx, ex: &Exchange, down: bool) {
     }
 }
 
+/// The upstream's response head as the client gets it: status line, headers
+/// without hop-by-hop ones, and the client connection's own Connection header.
+fn write_client_head(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, keep_alive: bool) {
+    let code = resp.code.unwrap_or(502);
+    let (listed, _) = connection_tokens(resp.headers);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    tine_http::response::push_u64(out, code as u64);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        if hop_by_hop(h.name.as_bytes(), &listed) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if code == 101 {
+        if let Some(u) = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade")) {
+            out.extend_from_slice(b"Upgrade: ");
+            out.extend_from_slice(u.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
+    } else if keep_alive {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PlannedBody {
     None,
@@ -858,6 +929,7 @@ enum PlannedBody {
     UntilClose,
 }
 
+#[derive(Clone, Copy)]
 struct ResponsePlan {
     body: PlannedBody,
     keep_alive: bool,
@@ -919,10 +991,9 @@ fn upstream_request_head(
     let mut headers = [httparse::EMPTY_HEADER; tine_http::request::MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let _ = parsed.parse(raw_head);
-    let all = owned(parsed.headers);
-    let (listed, upgrade) = connection_tokens(&all);
-    let upgrade_to =
-        all.iter().find(|(name, _)| name.eq_ignore_ascii_case("upgrade")).map(|(_, v)| v.as_slice());
+    let all = &*parsed.headers;
+    let (listed, upgrade) = connection_tokens(all);
+    let upgrade_to = all.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade")).map(|h| h.value);
     let mut out = Vec::with_capacity(raw_head.len() + 128);
     out.extend_from_slice(req.method_text.as_bytes());
     out.push(b' ');
@@ -930,7 +1001,8 @@ fn upstream_request_head(
     // An HTTP/1.0 client gets an HTTP/1.0 exchange, so no chunked body comes back.
     out.extend_from_slice(if req.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
     let mut forwarded_for: Option<&[u8]> = None;
-    for (name, value) in &all {
+    for h in all {
+        let (name, value) = (h.name, h.value);
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             forwarded_for = Some(value);
             continue;
@@ -955,7 +1027,10 @@ fn upstream_request_head(
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(peer.map(|p| p.to_string()).unwrap_or_default().as_bytes());
+    if let Some(peer) = peer {
+        use std::io::Write;
+        let _ = write!(out, "{peer}");
+    }
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
     out.extend_from_slice(client_host);
     out.extend_from_slice(b"\r\n");
