@@ -62,15 +62,8 @@ pub trait RegionView {
     /// Names of the upstream servers in the upstream section.
     fn upstream_names(&self) -> Vec<String> {
         let h = self.header();
-        let count = (h.upstream_count.min(h.upstream_capacity)) as usize;
-        (0..count)
-            .map(|i| {
-                let at = h.upstreams_offset as usize + i * h.upstream_name_size as usize;
-                let entry = &self.bytes()[at..at + h.upstream_name_size as usize];
-                let end = entry.iter().position(|&b| b == 0).unwrap_or(entry.len());
-                String::from_utf8_lossy(&entry[..end]).into_owned()
-            })
-            .collect()
+        let count = h.upstream_count.min(h.upstream_capacity) as usize;
+        text_entries(self.bytes(), h.upstreams_offset as usize, count, h.upstream_name_size as usize)
     }
 
     /// One slot's upstream entries (upstream_capacity of them).
@@ -89,14 +82,12 @@ pub trait RegionView {
     /// The listen addresses recorded by the master, as text.
     fn listeners(&self) -> Vec<String> {
         let h = self.header();
-        (0..h.listener_count as usize)
-            .map(|i| {
-                let at = h.listeners_offset as usize + i * h.listener_entry_size as usize;
-                let entry = &self.bytes()[at..at + h.listener_entry_size as usize];
-                let end = entry.iter().position(|&b| b == 0).unwrap_or(entry.len());
-                String::from_utf8_lossy(&entry[..end]).into_owned()
-            })
-            .collect()
+        text_entries(
+            self.bytes(),
+            h.listeners_offset as usize,
+            h.listener_count as usize,
+            h.listener_entry_size as usize,
+        )
     }
 
     /// Whether the master is gone: it said it stopped, its process no longer
@@ -119,6 +110,18 @@ pub trait RegionView {
     {
         Snapshot::take(self)
     }
+}
+
+/// `count` NUL-padded text entries of `size` bytes from `offset` (offsets and
+/// sizes were validated when the region was opened).
+fn text_entries(bytes: &[u8], offset: usize, count: usize, size: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let entry = &bytes[offset + i * size..offset + (i + 1) * size];
+            let end = entry.iter().position(|&b| b == 0).unwrap_or(entry.len());
+            String::from_utf8_lossy(&entry[..end]).into_owned()
+        })
+        .collect()
 }
 
 /// Interface names are 16 bytes stored as two atomic words in memory order.
