@@ -141,6 +141,14 @@ fn echo_server() -> SocketAddr {
     addr
 }
 
+/// The address a `[[stream]]` to `upstream` listens on, from the master's log.
+fn stream_addr(server: &Server, upstream: &str) -> SocketAddr {
+    let needle = format!("relayed to upstream {upstream}");
+    server.wait_for_log(&needle);
+    let line = server.log().into_iter().find(|l| l.contains(&needle)).unwrap();
+    line.split("stream on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
 fn closed_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
@@ -358,10 +366,7 @@ fn a_stream_relays_raw_tcp_with_splice() {
             "[[upstream]]\nname = \"echo\"\nservers = [\"{echo}\"]\n[[stream]]\nlisten = \"127.0.0.1:0\"\nupstream = \"echo\"\n"
         ))
         .start();
-    server.wait_for_log("relayed to upstream echo");
-    let line = server.log().into_iter().find(|l| l.contains("relayed to upstream echo")).unwrap();
-    let addr: SocketAddr =
-        line.split("stream on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let addr = stream_addr(&server, "echo");
     let data = pseudo_random(8 << 20, 13);
     let s = connect(addr);
     let mut w = s.try_clone().unwrap();
@@ -448,10 +453,7 @@ fn upstreams_on_unix_sockets_work_for_http_and_streams() {
         ))
         .start();
     assert_eq!(server.get("/").body, b"over unix");
-    server.wait_for_log("relayed to upstream u");
-    let line = server.log().into_iter().find(|l| l.contains("relayed to upstream u")).unwrap();
-    let addr: SocketAddr =
-        line.split("stream on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let addr = stream_addr(&server, "u");
     let mut s = connect(addr);
     s.write_all(b"raw line\nand more").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
