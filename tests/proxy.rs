@@ -461,3 +461,182 @@ fn upstreams_on_unix_sockets_work_for_http_and_streams() {
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"raw line\nand more");
 }
+
+/// SHA-1 (RFC 3174), only for the WebSocket handshake below.
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for i in 0..16 {
+            w[i] = u32::from_be_bytes(block[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+            (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, x) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn websocket_accept(key: &str) -> String {
+    base64(&sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes()))
+}
+
+/// A WebSocket echo server: RFC 6455 handshake, then every masked client frame
+/// comes back as an unmasked frame with the same opcode and payload.
+fn websocket_echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                let mut key = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.strip_prefix("Sec-WebSocket-Key:") {
+                        key = v.trim().to_string();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let accept = websocket_accept(&key);
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                loop {
+                    let mut h = [0u8; 2];
+                    if r.read_exact(&mut h).is_err() {
+                        return;
+                    }
+                    let opcode = h[0] & 0x0f;
+                    let mut len = (h[1] & 0x7f) as usize;
+                    if len == 126 {
+                        let mut l = [0u8; 2];
+                        r.read_exact(&mut l).unwrap();
+                        len = u16::from_be_bytes(l) as usize;
+                    }
+                    let mut mask = [0u8; 4];
+                    r.read_exact(&mut mask).unwrap();
+                    let mut payload = vec![0u8; len];
+                    r.read_exact(&mut payload).unwrap();
+                    for (i, b) in payload.iter_mut().enumerate() {
+                        *b ^= mask[i % 4];
+                    }
+                    let mut frame = vec![0x80 | opcode];
+                    if len < 126 {
+                        frame.push(len as u8);
+                    } else {
+                        frame.push(126);
+                        frame.extend_from_slice(&(len as u16).to_be_bytes());
+                    }
+                    frame.extend_from_slice(&payload);
+                    let _ = w.write_all(&frame);
+                    if opcode == 8 {
+                        return; // close frame echoed: done
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_websocket_echo_works_through_the_proxy() {
+    assert_eq!(
+        websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+        "RFC 6455 example"
+    );
+    let ws = websocket_echo_server();
+    let proxy = proxy_to(&[ws], "");
+    let s = proxy.connect();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let key = "x3JJHMbDL1EzLkh9GBhXDw==";
+    write!(
+        w,
+        "GET /chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        r.read_line(&mut head).unwrap();
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains(&format!("Sec-WebSocket-Accept: {}", websocket_accept(key))), "{head}");
+    for message in ["hello", &"x".repeat(1000)] {
+        let mask = [7u8, 1, 2, 3];
+        let mut frame = vec![0x81u8];
+        if message.len() < 126 {
+            frame.push(0x80 | message.len() as u8);
+        } else {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        w.write_all(&frame).unwrap();
+        let mut h = [0u8; 2];
+        r.read_exact(&mut h).unwrap();
+        assert_eq!(h[0], 0x81, "an unmasked final text frame");
+        let mut len = (h[1] & 0x7f) as usize;
+        if len == 126 {
+            let mut l = [0u8; 2];
+            r.read_exact(&mut l).unwrap();
+            len = u16::from_be_bytes(l) as usize;
+        }
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload).unwrap();
+        assert_eq!(payload, message.as_bytes());
+    }
+}
