@@ -400,6 +400,10 @@ fn routes_pick_the_longest_prefix_and_unmatched_is_404() {
     assert_eq!(server.get("/api/x").body, b"ok");
     assert_eq!(server.get("/static/a.txt").body, b"from disk");
     assert_eq!(server.get("/elsewhere").status, 404);
+    // A target that climbs out of its prefix is refused, not routed by its text.
+    assert_eq!(server.get("/api/../static/a.txt").status, 400);
+    assert_eq!(server.get("/api/%2e%2e/x").status, 400);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1, "neither reached the upstream");
 }
 
 #[test]

@@ -76,11 +76,26 @@ fn an_independent_reader_agrees_with_tine_stats_json() {
     if !python_ready("an_independent_reader_agrees_with_tine_stats_json") {
         return;
     }
-    let server = Server::start(2);
+    // Serve files and proxy to a second server, so the upstream table has
+    // something to agree on too.
+    let backend = Server::start(1);
+    backend.write_file("b.txt", b"from the backend");
+    let server = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"back\"\nservers = [\"{}\"]\n[[route]]\npath = \"/b/\"\nupstream = \"back\"\n\
+             [[route]]\npath = \"/\"\nroot = \"{{root}}\"\n",
+            backend.addr
+        ))
+        .workers(2)
+        .start();
     server.write_file("a.txt", b"hello");
     for i in 0..30 {
         let path = if i % 5 == 0 { "/missing" } else { "/a.txt" };
         server.get(path);
+    }
+    for _ in 0..5 {
+        assert_eq!(server.get("/b/../b.txt").status, 400);
+        server.get("/b/x");
     }
     server
         .wait_until("idle, host sampled", |s| s["total"]["active"] == 0 && s["host"]["sampled_unix_ms"] != 0);
@@ -95,8 +110,9 @@ fn an_independent_reader_agrees_with_tine_stats_json() {
             assert_eq!(&theirs["total"][name], value, "total {name}");
         }
     }
-    assert_eq!(ours["total"]["requests"], 30);
-    assert_eq!(ours["total"]["responses_4xx"], 6);
+    assert_eq!(ours["total"]["requests"], 40);
+    assert_eq!(ours["upstreams"][0]["requests"], 5);
+    assert_eq!(theirs["upstreams"], ours["upstreams"], "upstream table");
     let (a, b) = (ours["workers"].as_array().unwrap(), theirs["workers"].as_array().unwrap());
     assert_eq!(a.len(), b.len());
     for (w, v) in a.iter().zip(b) {

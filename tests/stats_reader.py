@@ -15,7 +15,7 @@ import sys
 import time
 
 MAGIC = b"TINESTAT"
-HEADER_SIZE, MASTER_SIZE, HOST_SIZE, SLOT_SIZE = 128, 64, 1152, 448
+HEADER_SIZE, MASTER_SIZE, HOST_SIZE, SLOT_SIZE = 192, 64, 1152, 448
 
 MASTER = ["generation", "reloads", "reloads_failed", "respawns", "watchdog_kills", "backoffs"]
 MASTER_COUNTERS = MASTER[1:]
@@ -27,6 +27,9 @@ SLOT = ["pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_
         "cpu_time_us", "rss_bytes", "latency_us_sum"]
 SLOT_INFO = {"pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_ms"}
 GAUGES = {"active", "rss_bytes"}
+UPSTREAM = ["requests", "failures", "timeouts", "pool_hits", "pool_misses", "open", "down", "bytes_spliced",
+            "bytes_copied"]
+UPSTREAM_GAUGES = {"open", "down"}
 STATES = ["empty", "starting", "running", "draining", "dead", "backoff", "retired"]
 LATENCY_OFFSET, LATENCY_BUCKETS = 184, 32
 
@@ -53,11 +56,16 @@ def read(path):
     master_pid, start_ms, heartbeat_ms, state = struct.unpack_from("=4Q", m, 72)
     (host_offset,) = struct.unpack_from("=Q", m, 104)
     host_size, interface_capacity = struct.unpack_from("=2I", m, 112)
+    (upstreams_offset,) = struct.unpack_from("=Q", m, 120)
+    upstream_count, upstream_capacity, upstream_name_size, upstream_entry_size = struct.unpack_from("=4I", m, 128)
     if header_size < HEADER_SIZE or master_size < MASTER_SIZE or slot_size < SLOT_SIZE or slot_size % 64:
         raise Invalid("section sizes")
     if host_size < 128 + interface_capacity * 64:
         raise Invalid("host section size")
-    for off, size in [(master_offset, master_size), (host_offset, host_size),
+    if upstream_entry_size != 128 or upstream_count > upstream_capacity:
+        raise Invalid("upstream section")
+    upstream_bytes = upstream_capacity * (upstream_name_size + slot_count * upstream_entry_size)
+    for off, size in [(master_offset, master_size), (host_offset, host_size), (upstreams_offset, upstream_bytes),
                       (listeners_offset, listener_count * listener_entry_size), (slots_offset, slot_count * slot_size)]:
         if off + size > len(m) or total_size > len(m):
             raise Invalid("section offsets")
@@ -114,7 +122,21 @@ def read(path):
         if w["active"] >= 1 << 63:
             w["active"] = 0
         workers.append(w)
-    return {"master": master, "host": host, "listeners": listeners, "total": total, "workers": workers}
+    upstreams = []
+    for u in range(upstream_count):
+        at = upstreams_offset + u * upstream_name_size
+        entry = {"name": m[at:at + upstream_name_size].split(b"\0")[0].decode("ascii", "replace")}
+        entries = upstreams_offset + upstream_capacity * upstream_name_size
+        for j, name in enumerate(UPSTREAM):
+            total_u = sum(u64(entries + (s * upstream_capacity + u) * upstream_entry_size + 8 * j)
+                          for s in range(slot_count)) % (1 << 64)
+            if name in UPSTREAM_GAUGES and total_u >= 1 << 63:
+                total_u = 0
+            entry[name] = total_u
+        upstreams.append(entry)
+
+    return {"master": master, "host": host, "listeners": listeners, "total": total, "workers": workers,
+            "upstreams": upstreams}
 
 
 def live(pid, state, heartbeat_ms):

@@ -35,4 +35,15 @@ fn main() {
     println!("slot");
     table(SLOT_FIELDS);
     println!("latency_us at {}", offset_of!(Slot, latency_us));
+    use tine_stats::Header;
+    println!(
+        "header: upstreams_offset {} upstream_count {} upstream_capacity {} upstream_name_size {} upstream_entry_size {}",
+        offset_of!(Header, upstreams_offset),
+        offset_of!(Header, upstream_count),
+        offset_of!(Header, upstream_capacity),
+        offset_of!(Header, upstream_name_size),
+        offset_of!(Header, upstream_entry_size)
+    );
+    println!("upstream");
+    table(tine_stats::layout::UPSTREAM_FIELDS);
 }

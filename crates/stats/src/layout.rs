@@ -188,6 +188,15 @@ macro_rules! section {
         }
 
         impl $values {
+            /// Scalar fields from values in field-table order (arrays left zero).
+            pub fn from_values(values: &[u64]) -> Self {
+                let mut it = values.iter().copied();
+                $values {
+                    $( $name: it.next().unwrap_or(0), )*
+                    ..Default::default()
+                }
+            }
+
             /// The value of the scalar field at this index of the field table.
             pub fn get(&self, index: usize) -> u64 {
                 let all = [$( self.$name, )*];
@@ -284,40 +293,20 @@ pub struct InterfaceEntry {
 /// Bytes of text naming one upstream server (`group address`), NUL-padded.
 pub const UPSTREAM_NAME_SIZE: usize = 64;
 
-/// One worker's counters for one upstream server.
-#[repr(C, align(64))]
-pub struct UpstreamStats {
-    /// Requests sent to the server (each retry counts).
-    pub requests: AtomicU64,
-    /// Connects refused or failed, and exchanges broken before a response.
-    pub failures: AtomicU64,
-    /// Connects or responses that took too long.
-    pub timeouts: AtomicU64,
-    /// Requests sent on a pooled keep-alive connection...
-    pub pool_hits: AtomicU64,
-    /// ...or on a new one.
-    pub pool_misses: AtomicU64,
-    /// Gauge: this worker's connections to the server, busy or idle.
-    pub open: AtomicU64,
-    /// Gauge: 1 while this worker holds the server out after failures.
-    pub down: AtomicU64,
-    /// Response and tunnel bytes moved by splice (never through user space).
-    pub bytes_spliced: AtomicU64,
-    /// Bytes copied through user space (heads, chunked bodies, request bodies).
-    pub bytes_copied: AtomicU64,
+section! {
+    /// One worker's counters for one upstream server.
+    UpstreamStats / UpstreamFields / UPSTREAM_FIELDS {
+        requests: Counter = "requests sent to the server (each retry counts)",
+        failures: Counter = "connects refused or failed, and exchanges broken before a response",
+        timeouts: Counter = "connects or response heads that took too long",
+        pool_hits: Counter = "requests sent on a kept-alive connection",
+        pool_misses: Counter = "requests that needed a new connection",
+        open: Gauge = "this worker's connections to the server, busy or idle",
+        down: Gauge = "1 while this worker holds the server out after failures",
+        bytes_spliced: Counter = "response and tunnel bytes moved by splice, never through user space",
+        bytes_copied: Counter = "bytes copied through user space (heads, chunked bodies, request bodies)",
+    }
 }
-
-pub const UPSTREAM_STATS_FIELDS: [&str; 9] = [
-    "requests",
-    "failures",
-    "timeouts",
-    "pool_hits",
-    "pool_misses",
-    "open",
-    "down",
-    "bytes_spliced",
-    "bytes_copied",
-];
 
 /// The host section: fields, then INTERFACE_CAPACITY interface entries.
 #[repr(C, align(64))]

@@ -3,7 +3,7 @@
 //! `worker` label per slot. `tine stats --prometheus` and the admin listener's
 //! `/metrics` both print this.
 
-use crate::layout::{Kind, HOST_FIELDS, LATENCY_BUCKETS, MASTER_FIELDS, SLOT_FIELDS};
+use crate::layout::{Kind, HOST_FIELDS, LATENCY_BUCKETS, MASTER_FIELDS, SLOT_FIELDS, UPSTREAM_FIELDS};
 use crate::snapshot::{SlotValues, Snapshot};
 use crate::view::Liveness;
 use std::fmt::Write;
@@ -98,23 +98,13 @@ pub fn render(s: &Snapshot, worker: Option<usize>) -> String {
 }
 
 fn upstreams(out: &mut String, s: &Snapshot) {
-    type Pick = fn(&crate::snapshot::UpstreamTotals) -> u64;
-    let metrics: [(&str, &str, &str, Pick); 9] = [
-        ("upstream_requests", "counter", "requests sent to the upstream server", |u| u.requests),
-        ("upstream_failures", "counter", "failed connects and broken exchanges", |u| u.failures),
-        ("upstream_timeouts", "counter", "connects or responses that took too long", |u| u.timeouts),
-        ("upstream_pool_hits", "counter", "requests sent on a pooled keep-alive connection", |u| u.pool_hits),
-        ("upstream_pool_misses", "counter", "requests that needed a new connection", |u| u.pool_misses),
-        ("upstream_open_connections", "gauge", "connections to the server, busy or idle", |u| u.open),
-        ("upstream_down_workers", "gauge", "workers holding the server out after failures", |u| u.down),
-        ("upstream_spliced_bytes", "counter", "bytes moved by splice", |u| u.bytes_spliced),
-        ("upstream_copied_bytes", "counter", "bytes copied through user space", |u| u.bytes_copied),
-    ];
-    for (name, kind, help, pick) in metrics {
-        family(out, name, kind, help);
+    for (i, f) in UPSTREAM_FIELDS.iter().enumerate() {
+        let kind = if f.kind == Kind::Counter { "counter" } else { "gauge" };
+        let name = format!("upstream_{}", f.name);
+        family(out, &name, kind, f.help);
         for u in &s.upstreams {
             let label = u.name.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(out, "tine_{name}{}{{upstream=\"{label}\"}} {}", suffix(kind), pick(u));
+            let _ = writeln!(out, "tine_{name}{}{{upstream=\"{label}\"}} {}", suffix(kind), u.fields.get(i));
         }
     }
 }

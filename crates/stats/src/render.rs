@@ -202,20 +202,21 @@ fn upstream_lines(s: &Snapshot) -> String {
         "copied"
     );
     for u in &s.upstreams {
-        let state = if u.down > 0 { "down" } else { "up" };
+        let f = &u.fields;
+        let state = if f.down > 0 { "down" } else { "up" };
         let _ = writeln!(
             out,
             "{:<36} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>6} {:>13} {:>11}",
             u.name,
             state,
-            u.requests,
-            u.failures,
-            u.timeouts,
-            u.pool_hits,
-            u.pool_misses,
-            u.open,
-            u.bytes_spliced,
-            u.bytes_copied
+            f.requests,
+            f.failures,
+            f.timeouts,
+            f.pool_hits,
+            f.pool_misses,
+            f.open,
+            f.bytes_spliced,
+            f.bytes_copied
         );
     }
     out

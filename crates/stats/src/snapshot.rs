@@ -3,7 +3,8 @@
 //! picture, which monotonic counters do not need.
 
 use crate::layout::{
-    HostFields, Kind, MasterFields, RegionState, SlotFields, SlotState, LATENCY_BUCKETS, SLOT_FIELDS,
+    HostFields, Kind, MasterFields, RegionState, SlotFields, SlotState, UpstreamFields, LATENCY_BUCKETS,
+    SLOT_FIELDS, UPSTREAM_FIELDS,
 };
 use crate::view::{interface_name, Liveness, RegionView};
 use serde::Serialize;
@@ -50,16 +51,8 @@ pub struct Interface {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct UpstreamTotals {
     pub name: String,
-    pub requests: u64,
-    pub failures: u64,
-    pub timeouts: u64,
-    pub pool_hits: u64,
-    pub pool_misses: u64,
-    pub open: u64,
-    /// Workers holding the server out after failures.
-    pub down: u64,
-    pub bytes_spliced: u64,
-    pub bytes_copied: u64,
+    #[serde(flatten)]
+    pub fields: UpstreamFields,
 }
 
 #[derive(Clone, Debug)]
@@ -96,34 +89,28 @@ impl Snapshot {
             .collect();
         let slots =
             (0..reader.slot_count()).map(|i| SlotValues { slot: i, fields: reader.slot(i).load() }).collect();
-        let mut upstreams: Vec<UpstreamTotals> = reader
-            .upstream_names()
-            .into_iter()
-            .map(|name| UpstreamTotals { name, ..Default::default() })
-            .collect();
+        let names = reader.upstream_names();
+        let mut sums = vec![vec![0u64; UPSTREAM_FIELDS.len()]; names.len()];
         for slot in 0..reader.slot_count() {
-            for (total, e) in upstreams.iter_mut().zip(reader.upstream_stats(slot)) {
-                let add = |t: &mut u64, v: &std::sync::atomic::AtomicU64| {
-                    *t = t.wrapping_add(v.load(Ordering::Relaxed))
-                };
-                add(&mut total.requests, &e.requests);
-                add(&mut total.failures, &e.failures);
-                add(&mut total.timeouts, &e.timeouts);
-                add(&mut total.pool_hits, &e.pool_hits);
-                add(&mut total.pool_misses, &e.pool_misses);
-                add(&mut total.open, &e.open);
-                add(&mut total.down, &e.down);
-                add(&mut total.bytes_spliced, &e.bytes_spliced);
-                add(&mut total.bytes_copied, &e.bytes_copied);
-            }
-        }
-        for u in &mut upstreams {
-            for gauge in [&mut u.open, &mut u.down] {
-                if (*gauge as i64) < 0 {
-                    *gauge = 0;
+            for (sum, entry) in sums.iter_mut().zip(reader.upstream_stats(slot)) {
+                let values = entry.load();
+                for (i, s) in sum.iter_mut().enumerate() {
+                    *s = s.wrapping_add(values.get(i));
                 }
             }
         }
+        let upstreams = names
+            .into_iter()
+            .zip(sums)
+            .map(|(name, mut sum)| {
+                for (s, f) in sum.iter_mut().zip(UPSTREAM_FIELDS) {
+                    if f.kind == Kind::Gauge && (*s as i64) < 0 {
+                        *s = 0;
+                    }
+                }
+                UpstreamTotals { name, fields: UpstreamFields::from_values(&sum) }
+            })
+            .collect();
         Snapshot {
             path: reader.path().display().to_string(),
             master_pid: h.master_pid.load(Ordering::Relaxed),

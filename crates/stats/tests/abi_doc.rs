@@ -2,7 +2,7 @@
 //! field of every section must appear in it at its real offset, and nothing
 //! else may.
 
-use tine_stats::layout::{Field, HOST_FIELDS, MASTER_FIELDS, SLOT_FIELDS};
+use tine_stats::layout::{Field, HOST_FIELDS, MASTER_FIELDS, SLOT_FIELDS, UPSTREAM_FIELDS};
 
 fn documented(section: &str) -> Vec<(usize, String)> {
     let doc =
@@ -31,6 +31,11 @@ fn slot_fields_match_the_document() {
 #[test]
 fn master_fields_match_the_document() {
     assert_eq!(documented("master"), actual(MASTER_FIELDS));
+}
+
+#[test]
+fn upstream_fields_match_the_document() {
+    assert_eq!(documented("upstream"), actual(UPSTREAM_FIELDS));
 }
 
 #[test]
@@ -75,6 +80,12 @@ fn header_offsets_match_the_document() {
         (offset_of!(Header, host_offset), "host_offset".into()),
         (offset_of!(Header, host_size), "host_size".into()),
         (offset_of!(Header, interface_capacity), "interface_capacity".into()),
+        (offset_of!(Header, upstreams_offset), "upstreams_offset".into()),
+        (offset_of!(Header, upstream_count), "upstream_count".into()),
+        (offset_of!(Header, upstream_capacity), "upstream_capacity".into()),
+        (offset_of!(Header, upstream_name_size), "upstream_name_size".into()),
+        (offset_of!(Header, upstream_entry_size), "upstream_entry_size".into()),
     ];
+    assert_eq!(std::mem::size_of::<Header>(), 192);
     assert_eq!(documented("header"), expected);
 }

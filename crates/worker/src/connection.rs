@@ -544,8 +544,14 @@ pub fn framing<'a>(req: &Request<'_>, date: &'a [u8], keep_alive: bool) -> Frami
     }
 }
 
-/// The upstream group (and Host rule) a request is routed to, if any.
-fn proxied(req: &Request<'_>, ctx: &Ctx) -> Option<(usize, tine_config::HostHeader)> {
+/// The upstream group (and Host rule) a request is routed to, if any. A target
+/// that does not normalise (`..`, NUL, bad escapes) is never proxied: it gets
+/// the same 400 a static route gives, instead of reaching a route its raw
+/// text happens to start with.
+fn proxied(req: &Request<'_>, ctx: &mut Ctx) -> Option<(usize, tine_config::HostHeader)> {
+    if tine_http::target::normalise(req.target, &mut ctx.path).is_err() {
+        return None;
+    }
     let path = req.target.split(|&b| b == b'?').next().unwrap_or_default();
     match tine_config::proxy::route_for(&ctx.routes, req.host, path).map(|r| &r.handler) {
         Some(tine_config::Handler::Proxy { upstream, host }) => Some((*upstream, host.clone())),
