@@ -193,7 +193,7 @@ macro_rules! section {
                 let mut it = values.iter().copied();
                 $values {
                     $( $name: it.next().unwrap_or(0), )*
-                    ..Default::default()
+                    $($( $aname: [0; $alen], )*)?
                 }
             }
 
