@@ -185,9 +185,13 @@ def wrk(port, path, connections, seconds, threads, cpus):
 
 
 def to_us(text):
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    v, unit = float(m.group(1)), m.group(2)
-    return v * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+    """wrk's durations: 850.00us, 1.20ms, 2.00s, 1.50m, 1.00h. Anything else
+    (a run with no completed request prints -nan) counts as 0, shown as such."""
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", text)
+    if not m:
+        print(f"  (could not read wrk latency {text!r})", file=sys.stderr)
+        return 0.0
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7, "h": 3.6e9}[m.group(2)]
 
 
 def parse_wrk(out):
