@@ -253,6 +253,8 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
     ap.add_argument("--scenarios", nargs="+", default=[s[0] for s in SCENARIOS + PROXY_SCENARIOS])
     ap.add_argument("--servers", nargs="+", default=["tine", "nginx"])
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of every scenario (tine and nginx alternate in each); the table shows medians")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     ensure_tools()
@@ -265,28 +267,47 @@ def main():
         for _, path, size, _ in SCENARIOS:
             with open(f"{work}/www/{path}", "wb") as f:
                 f.write(os.urandom(size))
-        for workers in args.workers:
-            for scenario in [s for s in SCENARIOS + PROXY_SCENARIOS if s[0] in args.scenarios]:
-                proxy = scenario[0].startswith("proxy-")
-                if proxy and workers != 1:
-                    continue  # the proxy comparison runs with one pinned worker
-                backend = Server("nginx", work, 1, free_port(), cpu_mask="10") if proxy else None
-                for kind in args.servers:  # alternate servers within each scenario
-                    server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None)
-                    try:
-                        r = measure(server, scenario, args, workers)
-                    finally:
-                        server.stop()
-                    r.update(server=kind, scenario=scenario[0], workers=workers)
-                    results.append(r)
-                    print(f"  {kind:<6} {workers} worker(s) {scenario[0]:<15} {r['rps']:>10.0f} req/s "
-                          f"{r['cpu_us_per_req']:>7.2f} us/req", file=sys.stderr)
-                if backend:
-                    backend.stop()
-    report(results, args)
+        for round_ in range(args.repeat):
+            for workers in args.workers:
+                for scenario in [s for s in SCENARIOS + PROXY_SCENARIOS if s[0] in args.scenarios]:
+                    proxy = scenario[0].startswith("proxy-")
+                    if proxy and workers != 1:
+                        continue  # the proxy comparison runs with one pinned worker
+                    backend = Server("nginx", work, 1, free_port(), cpu_mask="10") if proxy else None
+                    for kind in args.servers:  # alternate servers within each scenario
+                        server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None)
+                        try:
+                            r = measure(server, scenario, args, workers)
+                        finally:
+                            server.stop()
+                        r.update(server=kind, scenario=scenario[0], workers=workers, round=round_)
+                        results.append(r)
+                        print(f"  round {round_ + 1} {kind:<6} {workers} worker(s) {scenario[0]:<15} "
+                              f"{r['rps']:>10.0f} req/s {r['cpu_us_per_req']:>7.2f} us/req", file=sys.stderr)
+                    if backend:
+                        backend.stop()
+    medians = median_results(results)
+    report(medians, args, results)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "duration_s": args.duration, "results": results}, f, indent=2)
+            json.dump({"machine": machine(), "duration_s": args.duration, "repeat": args.repeat,
+                       "medians": medians, "runs": results}, f, indent=2)
+
+
+def median_results(results):
+    """One row per (workers, scenario, server): the median of each figure."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["workers"], r["scenario"], r["server"]), []).append(r)
+    out = []
+    for (workers, scenario, server), runs in groups.items():
+        row = {"workers": workers, "scenario": scenario, "server": server, "runs": len(runs)}
+        for key, value in runs[0].items():
+            if isinstance(value, (int, float)) and key not in ("workers", "round"):
+                values = sorted(r[key] for r in runs)
+                row[key] = values[len(values) // 2]
+        out.append(row)
+    return out
 
 
 def machine():
@@ -295,8 +316,9 @@ def machine():
     return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, {nginx}"
 
 
-def report(results, args):
-    print(f"\n{machine()}; wrk on loopback, {args.duration} s per run")
+def report(results, args, runs=()):
+    rounds = f", median of {args.repeat} rounds" if args.repeat > 1 else ""
+    print(f"\n{machine()}; wrk on loopback, {args.duration} s per run{rounds}")
     cols = ["req/s", "Mbit/s", "mean", "p99", "CPU us/req", "RSS MiB", "B/conn", "errors"]
     print(f"\n{'scenario':<16}{'workers':>8} {'server':<8}" + "".join(f"{c:>11}" for c in cols))
     for workers in args.workers:
@@ -318,6 +340,16 @@ def report(results, args):
                         ratio(t["rss_bytes"], n["rss_bytes"]),
                         ratio(t["per_conn_bytes"], n["per_conn_bytes"]) if "10k" in name else "-", ""]
                 print(f"{'':<16}{'':>8} {'ratio':<8}" + "".join(f"{v:>11}" for v in vals))
+                per_round = sorted(
+                    a["rps"] / b["rps"]
+                    for a in runs for b in runs
+                    if a["server"] == "tine" and b["server"] == "nginx" and a["scenario"] == name
+                    and b["scenario"] == name and a["workers"] == workers == b["workers"]
+                    and a["round"] == b["round"] and b["rps"]
+                )
+                if len(per_round) > 1:
+                    print(f"{'':<16}{'':>8} {'':<8}   req/s ratio by round: "
+                          + ", ".join(f"{x:.2f}x" for x in per_round))
 
 
 if __name__ == "__main__":
