@@ -34,11 +34,7 @@ pub fn error_page(
     extra: Option<(&str, &[u8])>,
     out: &mut Vec<u8>,
 ) -> Reply {
-    let page = format!(
-        "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1></body></html>\n",
-        code = status.0,
-        reason = status.reason()
-    );
+    let page = page_for(status);
     let mut h = HeadWriter::start(out, status, framing.date);
     h.header("Content-Type", b"text/html").header_u64("Content-Length", page.len() as u64);
     if let Some((name, value)) = extra {
@@ -50,4 +46,54 @@ pub fn error_page(
     }
     out.extend_from_slice(page.as_bytes());
     Reply { status, body: None, body_len: page.len() as u64 }
+}
+
+/// The page for each status tine answers with on its own, as static text: a
+/// flood of 404s or 400s costs no allocation.
+fn page_for(status: Status) -> &'static str {
+    macro_rules! page {
+        ($code:literal, $reason:literal) => {
+            concat!(
+                "<html><head><title>",
+                $code,
+                " ",
+                $reason,
+                "</title></head><body><h1>",
+                $code,
+                " ",
+                $reason,
+                "</h1></body></html>\n"
+            )
+        };
+    }
+    match status.0 {
+        400 => page!("400", "Bad Request"),
+        403 => page!("403", "Forbidden"),
+        404 => page!("404", "Not Found"),
+        405 => page!("405", "Method Not Allowed"),
+        413 => page!("413", "Content Too Large"),
+        414 => page!("414", "URI Too Long"),
+        416 => page!("416", "Range Not Satisfiable"),
+        431 => page!("431", "Request Header Fields Too Large"),
+        500 => page!("500", "Internal Server Error"),
+        502 => page!("502", "Bad Gateway"),
+        503 => page!("503", "Service Unavailable"),
+        504 => page!("504", "Gateway Timeout"),
+        505 => page!("505", "HTTP Version Not Supported"),
+        _ => page!("500", "Internal Server Error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_names_its_status() {
+        for code in [400u16, 403, 404, 405, 413, 414, 416, 431, 500, 502, 503, 504, 505] {
+            let status = Status(code);
+            let page = page_for(status);
+            assert!(page.contains(&format!("{code} {}", status.reason())), "{code}: {page}");
+        }
+    }
 }

@@ -11,7 +11,7 @@
 
 use crate::file_cache::FileCache;
 use crate::responses::{error_page, Framing, Reply};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -77,35 +77,36 @@ impl StaticRoot {
             resolve: u64,
         }
         const SYS_OPENAT2: libc::c_long = 437;
-        let c = CString::new(relative).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let how = OpenHow {
-            // O_NONBLOCK so that a FIFO under the root cannot block the worker.
-            flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64,
-            mode: 0,
-            resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
-        };
-        // SAFETY: c and how outlive the call, and the size passed is how's size.
-        let fd = unsafe {
-            libc::syscall(
-                SYS_OPENAT2,
-                self.dir.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        with_c_path(relative, |c| {
+            let how = OpenHow {
+                // O_NONBLOCK so that a FIFO under the root cannot block the worker.
+                flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64,
+                mode: 0,
+                resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+            };
+            // SAFETY: c and how outlive the call, and the size passed is how's size.
+            let fd = unsafe {
+                libc::syscall(
+                    SYS_OPENAT2,
+                    self.dir.as_raw_fd(),
+                    c.as_ptr(),
+                    &how as *const OpenHow,
+                    std::mem::size_of::<OpenHow>(),
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        })
     }
 
     fn openat_checked(&self, relative: &[u8]) -> io::Result<OwnedFd> {
-        let c = CString::new(relative).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
         // SAFETY: c outlives the call; the result is checked before use.
-        let fd = unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), flags) };
+        let fd =
+            with_c_path(relative, |c| Ok(unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), flags) }))?;
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -117,6 +118,20 @@ impl StaticRoot {
         }
         Ok(owned)
     }
+}
+
+/// Calls `f` with `path` as a C string: built on the stack for ordinary
+/// lengths, so that opening (404s included) allocates nothing.
+fn with_c_path<T>(path: &[u8], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
+    let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+    let mut stack = [0u8; 1024];
+    if path.len() < stack.len() {
+        stack[..path.len()].copy_from_slice(path);
+        let c = CStr::from_bytes_with_nul(&stack[..=path.len()]).map_err(|_| invalid())?;
+        return f(c);
+    }
+    let c = CString::new(path).map_err(|_| invalid())?;
+    f(&c)
 }
 
 /// Why a path has no file to serve.
