@@ -144,3 +144,16 @@ fn random_bytes_never_break_a_worker() {
     assert_eq!(server.worker_pids()[0], pid, "the worker was never replaced");
     assert_eq!(server.stats()["master"]["respawns"], 0);
 }
+
+#[test]
+fn a_malformed_request_after_a_good_pipelined_one_is_refused_cleanly() {
+    let server = Server::start(1);
+    server.write_file("a.txt", b"A");
+    let pid = server.worker_pids()[0];
+    let raw = exchange_raw(server.addr, b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\nGARBAGE \x01\x02\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("HTTP/1.1 400 Bad Request"), "{text}");
+    assert_eq!(server.get("/a.txt").body, b"A");
+    assert_eq!(server.worker_pids()[0], pid, "the worker survived");
+}

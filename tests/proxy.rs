@@ -644,3 +644,74 @@ fn a_websocket_echo_works_through_the_proxy() {
         assert_eq!(payload, message.as_bytes());
     }
 }
+
+/// An upstream that answers every connection with the given bytes, then closes.
+fn garbage_upstream(seed: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().flatten().enumerate() {
+            let mut s = s;
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head);
+            let prefixes: [&[u8]; 5] = [
+                b"",
+                b"HTTP/1.1 200 OK\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            ];
+            let mut reply = prefixes[i % 5].to_vec();
+            reply.extend_from_slice(&pseudo_random(1 + (i * 131) % 3000, seed + i as u64));
+            let _ = s.write_all(&reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn garbage_from_clients_or_upstreams_never_breaks_a_worker() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "io_timeout = \"2s\"\n");
+    let pid = proxy.worker_pids()[0];
+    let prefixes: [&[u8]; 4] = [
+        b"",
+        b"GET /x HTTP/1.1\r\n",
+        b"POST /echo-body HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n",
+        b"GET /echo-head HTTP/1.1\r\nHost: t\r\n",
+    ];
+    for i in 0..120u64 {
+        let mut raw = prefixes[(i % 4) as usize].to_vec();
+        raw.extend_from_slice(&pseudo_random(1 + (i as usize * 53) % 900, i + 100));
+        raw.extend_from_slice(b"\r\n\r\n");
+        let mut s = connect(proxy.addr);
+        let _ = s.write_all(&raw);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        if !out.is_empty() {
+            assert!(out.starts_with(b"HTTP/1.1 "), "case {i}: {:?}", String::from_utf8_lossy(&out));
+        }
+    }
+    // An upstream that speaks garbage: 502 or a closed connection, nothing else.
+    let liar = proxy_to(&[garbage_upstream(7)], "io_timeout = \"2s\"\nmax_fails = 0\n");
+    let liar_pid = liar.worker_pids()[0];
+    for i in 0..40 {
+        let mut s = connect(liar.addr);
+        s.write_all(b"GET /anything HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        if !out.is_empty() {
+            assert!(
+                out.starts_with(b"HTTP/1.1 "),
+                "case {i}: {:?}",
+                String::from_utf8_lossy(&out[..out.len().min(200)])
+            );
+        }
+    }
+    assert_eq!(proxy.get("/").body, b"ok");
+    assert_eq!(proxy.worker_pids()[0], pid, "the proxy's worker was never replaced: {:?}", proxy.log());
+    assert_eq!(liar.worker_pids()[0], liar_pid, "nor the one facing the garbage upstream");
+    assert_eq!(proxy.stats()["master"]["respawns"], 0);
+    assert_eq!(liar.stats()["master"]["respawns"], 0);
+}

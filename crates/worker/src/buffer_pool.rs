@@ -21,8 +21,9 @@ impl ReadBuf {
         self.start == self.end
     }
 
+    /// Drops `n` unread bytes (all of them for any `n` past the end).
     pub fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
+        self.start = self.start.saturating_add(n).min(self.end);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -98,5 +99,15 @@ mod tests {
         assert_eq!(b.filled(), b"gh");
         assert_eq!(b.spare().len(), 6);
         assert_eq!(b.filled(), b"gh");
+    }
+
+    #[test]
+    fn consuming_everything_after_a_partial_consume() {
+        let mut b = ReadBuf::new(8);
+        b.spare()[..4].copy_from_slice(b"abcd");
+        b.commit(4);
+        b.consume(1);
+        b.consume(usize::MAX);
+        assert!(b.is_empty());
     }
 }
