@@ -131,14 +131,7 @@ fn random_bytes_never_break_a_worker() {
         let mut raw = prefixes[(i % 4) as usize].to_vec();
         raw.extend_from_slice(&pseudo_random(1 + (i as usize * 37) % 700, i + 1));
         raw.extend_from_slice(b"\r\n\r\n");
-        let mut s = connect(server.addr);
-        let _ = s.write_all(&raw);
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        if !out.is_empty() {
-            assert!(out.starts_with(b"HTTP/1.1 "), "case {i}: {:?}", String::from_utf8_lossy(&out));
-        }
+        answer_is_http_or_nothing(server.addr, &raw, i);
     }
     assert_eq!(server.get("/a.txt").body, b"A");
     assert_eq!(server.worker_pids()[0], pid, "the worker was never replaced");

@@ -348,14 +348,7 @@ fn an_upgrade_becomes_a_two_way_tunnel() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.contains("Upgrade: echo"));
     let message = pseudo_random(300_000, 8);
-    let reader = std::thread::spawn(move || {
-        let mut echoed = Vec::new();
-        r.read_to_end(&mut echoed).unwrap();
-        echoed
-    });
-    w.write_all(&message).unwrap();
-    w.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(reader.join().unwrap() == message, "echoed through the tunnel, then half-closed");
+    assert!(duplex(r, w, &message) == message, "echoed through the tunnel, then half-closed");
 }
 
 #[test]
@@ -369,16 +362,7 @@ fn a_stream_relays_raw_tcp_with_splice() {
     let addr = stream_addr(&server, "echo");
     let data = pseudo_random(8 << 20, 13);
     let s = connect(addr);
-    let mut w = s.try_clone().unwrap();
-    let mut r = s;
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).unwrap();
-        got
-    });
-    w.write_all(&data).unwrap();
-    w.shutdown(std::net::Shutdown::Write).unwrap();
-    let got = reader.join().unwrap();
+    let got = duplex(s.try_clone().unwrap(), s, &data);
     assert_eq!(got.len(), data.len());
     assert!(got == data, "checksums differ");
     let stats = server.wait_until("tunnel closed", |s| s["total"]["active"] == 0);
@@ -684,30 +668,17 @@ fn garbage_from_clients_or_upstreams_never_breaks_a_worker() {
         let mut raw = prefixes[(i % 4) as usize].to_vec();
         raw.extend_from_slice(&pseudo_random(1 + (i as usize * 53) % 900, i + 100));
         raw.extend_from_slice(b"\r\n\r\n");
-        let mut s = connect(proxy.addr);
-        let _ = s.write_all(&raw);
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        if !out.is_empty() {
-            assert!(out.starts_with(b"HTTP/1.1 "), "case {i}: {:?}", String::from_utf8_lossy(&out));
-        }
+        answer_is_http_or_nothing(proxy.addr, &raw, i);
     }
     // An upstream that speaks garbage: 502 or a closed connection, nothing else.
     let liar = proxy_to(&[garbage_upstream(7)], "io_timeout = \"2s\"\nmax_fails = 0\n");
     let liar_pid = liar.worker_pids()[0];
     for i in 0..40 {
-        let mut s = connect(liar.addr);
-        s.write_all(b"GET /anything HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        if !out.is_empty() {
-            assert!(
-                out.starts_with(b"HTTP/1.1 "),
-                "case {i}: {:?}",
-                String::from_utf8_lossy(&out[..out.len().min(200)])
-            );
-        }
+        answer_is_http_or_nothing(
+            liar.addr,
+            b"GET /anything HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            i,
+        );
     }
     assert_eq!(proxy.get("/").body, b"ok");
     assert_eq!(proxy.worker_pids()[0], pid, "the proxy's worker was never replaced: {:?}", proxy.log());

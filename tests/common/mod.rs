@@ -373,6 +373,34 @@ pub fn exchange_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Sends `raw`, half-closes, and checks that whatever comes back (if anything)
+/// is an HTTP response: bad input may be answered or dropped, never garbled.
+pub fn answer_is_http_or_nothing(addr: SocketAddr, raw: &[u8], case: impl std::fmt::Display) {
+    let mut s = connect(addr);
+    let _ = s.write_all(raw);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    if !out.is_empty() {
+        let shown = String::from_utf8_lossy(&out[..out.len().min(300)]).to_string();
+        assert!(out.starts_with(b"HTTP/1.1 "), "case {case}: {shown:?}");
+    }
+}
+
+/// Writes `data` and half-closes while another thread reads `reader` to its
+/// end; returns what was read (for echoes through tunnels and streams).
+pub fn duplex(reader: impl Read + Send + 'static, mut writer: TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut reader = reader;
+    let reading = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        got
+    });
+    writer.write_all(data).unwrap();
+    writer.shutdown(std::net::Shutdown::Write).unwrap();
+    reading.join().unwrap()
+}
+
 pub fn status_of(raw: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(raw);
     assert!(text.starts_with("HTTP/1.1 "), "not a response: {text:?}");
