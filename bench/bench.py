@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side load benchmark of tine and nginx on loopback.
 
-    python3 bench/bench.py [--duration 8] [--connections 64] [--many 10000] [--workers 1 2] [--json FILE]
+    python3 bench/bench.py [--duration 6] [--connections 64] [--many 10000] [--workers 1 2] [--json FILE]
 
 For each scenario (1 KiB, 64 KiB and 1 MiB files over 64 keep-alive
 connections; 1 KiB over 10,000 connections) it runs wrk against tine and nginx
@@ -247,7 +247,7 @@ def measure(server, scenario, args, workers):
 
 def main():
     ap = argparse.ArgumentParser(description="tine vs nginx on loopback")
-    ap.add_argument("--duration", type=int, default=8, help="seconds per measured run (default 8)")
+    ap.add_argument("--duration", type=int, default=6, help="seconds per measured run (default 6)")
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
     ap.add_argument("--many", type=int, default=10000, help="connections of the high-concurrency scenario")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
