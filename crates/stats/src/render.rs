@@ -84,6 +84,16 @@ pub fn percentile(hist: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
     Some((1u64 << (LATENCY_BUCKETS - 1)) as f64)
 }
 
+/// `p50 850us  p90 1.2ms  p99 3.4ms` for a histogram.
+fn quantiles(hist: &[u64; LATENCY_BUCKETS]) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}",
+        human_latency(percentile(hist, 0.5)),
+        human_latency(percentile(hist, 0.9)),
+        human_latency(percentile(hist, 0.99))
+    )
+}
+
 /// Bucket-wise difference of two histograms (newer minus older).
 pub fn histogram_delta(new: &[u64; LATENCY_BUCKETS], old: &[u64; LATENCY_BUCKETS]) -> [u64; LATENCY_BUCKETS] {
     std::array::from_fn(|i| new[i].saturating_sub(old[i]))
@@ -172,13 +182,7 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     }
     out.push('\n');
     let hist = s.latency();
-    let _ = writeln!(
-        out,
-        "\nlatency since start: p50 {}  p90 {}  p99 {}",
-        human_latency(percentile(&hist, 0.5)),
-        human_latency(percentile(&hist, 0.9)),
-        human_latency(percentile(&hist, 0.99))
-    );
+    let _ = writeln!(out, "\nlatency since start: {}", quantiles(&hist));
     out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
     out
@@ -290,13 +294,7 @@ pub fn watch_frame(prev: &Snapshot, s: &Snapshot, worker: Option<usize>) -> Stri
         rate("parse_errors"),
         rate("timeouts"),
     );
-    let _ = writeln!(
-        out,
-        "latency (last {secs:.1}s): p50 {}  p90 {}  p99 {}\n",
-        human_latency(percentile(&recent, 0.5)),
-        human_latency(percentile(&recent, 0.9)),
-        human_latency(percentile(&recent, 0.99))
-    );
+    let _ = writeln!(out, "latency (last {secs:.1}s): {}\n", quantiles(&recent));
     let _ = writeln!(
         out,
         "{:>5} {:>8} {:>4} {:<9} {:>6} {:>10} {:>9} {:>10} {:>10} {:>9}",
