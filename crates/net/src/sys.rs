@@ -141,10 +141,12 @@ pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, Option<SocketAddr>
     Ok(Some((owned, from_sockaddr(&storage))))
 }
 
-/// Reads into `buf`; `Ok(0)` is end of stream.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// Receives from a socket into `buf`; `Ok(0)` is end of stream. recv rather
+/// than read: it enters the socket layer directly, skipping the VFS checks
+/// that read makes on every call (measurable on a proxied request).
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is valid for writing buf.len() bytes.
-    check_size(unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) })
+    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) })
 }
 
 /// Sends `buf`; with `more`, tells TCP that more data follows (MSG_MORE) so the

@@ -1,5 +1,7 @@
 //! Read buffers and head buffers come from a per-worker pool and go back to it
 //! when a connection goes idle, so idle keep-alive connections hold no buffer.
+//! [`FreeList`] is the bounded stack under the pool, also used for other
+//! per-request objects, so the steady state allocates nothing.
 
 /// A read buffer: bytes `start..end` are unread.
 pub struct ReadBuf {
@@ -45,43 +47,64 @@ impl ReadBuf {
     }
 }
 
-/// Keeps released buffers for reuse, up to a bound, so a burst does not pin its
-/// peak memory forever.
+/// Keeps released objects for reuse, up to a bound, so a burst does not pin
+/// its peak memory forever.
+pub struct FreeList<T> {
+    items: Vec<T>,
+    keep: usize,
+}
+
+impl<T> FreeList<T> {
+    pub fn new(keep: usize) -> Self {
+        FreeList { items: Vec::new(), keep }
+    }
+
+    pub fn take(&mut self) -> Option<T> {
+        self.items.pop()
+    }
+
+    /// Keeps `item` for reuse, or drops it when the list is full.
+    pub fn give(&mut self, item: T) {
+        if self.items.len() < self.keep {
+            self.items.push(item);
+        }
+    }
+}
+
+/// Read buffers of one size and head buffers, kept for reuse.
 pub struct BufferPool {
     read_size: usize,
-    reads: Vec<ReadBuf>,
-    writes: Vec<Vec<u8>>,
-    keep: usize,
+    reads: FreeList<ReadBuf>,
+    writes: FreeList<Vec<u8>>,
 }
 
 const WRITE_CAPACITY: usize = 1024;
 
 impl BufferPool {
     pub fn new(read_size: usize, keep: usize) -> Self {
-        BufferPool { read_size, reads: Vec::new(), writes: Vec::new(), keep }
+        BufferPool { read_size, reads: FreeList::new(keep), writes: FreeList::new(keep) }
     }
 
     pub fn read_buf(&mut self) -> ReadBuf {
-        self.reads.pop().unwrap_or_else(|| ReadBuf::new(self.read_size))
+        self.reads.take().unwrap_or_else(|| ReadBuf::new(self.read_size))
     }
 
     pub fn put_read(&mut self, mut buf: ReadBuf) {
-        if self.reads.len() < self.keep {
-            buf.start = 0;
-            buf.end = 0;
-            self.reads.push(buf);
-        }
+        buf.start = 0;
+        buf.end = 0;
+        self.reads.give(buf);
     }
 
     pub fn write_buf(&mut self) -> Vec<u8> {
-        self.writes.pop().unwrap_or_else(|| Vec::with_capacity(WRITE_CAPACITY))
+        self.writes.take().unwrap_or_else(|| Vec::with_capacity(WRITE_CAPACITY))
     }
 
     pub fn put_write(&mut self, mut buf: Vec<u8>) {
-        // A buffer that grew for a large page is not worth keeping.
-        if self.writes.len() < self.keep && buf.capacity() <= 4 * WRITE_CAPACITY {
+        // A buffer that grew for a large page is not worth keeping; one that
+        // never held anything is not worth a slot.
+        if buf.capacity() != 0 && buf.capacity() <= 4 * WRITE_CAPACITY {
             buf.clear();
-            self.writes.push(buf);
+            self.writes.give(buf);
         }
     }
 }

@@ -22,6 +22,8 @@
 
 mod proxy;
 
+pub use proxy::Exchange;
+
 use crate::access::PendingEntry;
 use crate::context::Ctx;
 use crate::responses::{error_page, Framing, Reply};
@@ -323,7 +325,7 @@ impl Conn {
             return Some(Outcome::Close(CloseReason::Error));
         }
         let room = spare.len();
-        match sys::read(self.fd.as_raw_fd(), spare) {
+        match sys::recv(self.fd.as_raw_fd(), spare) {
             Ok(0) => Some(Outcome::Close(CloseReason::PeerClosed)),
             Ok(n) => {
                 buf.commit(n);
@@ -335,7 +337,9 @@ impl Conn {
                 }
                 ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
                 if was_empty && self.request_started.is_none() {
-                    self.request_started = Some(Instant::now());
+                    // The turn began when epoll reported these bytes: the
+                    // closest time to their arrival, and no clock read.
+                    self.request_started = Some(ctx.now);
                 }
                 if was_empty && self.served > 0 && self.discard == 0 {
                     // A new request began on a kept-alive connection: from now
@@ -474,7 +478,7 @@ impl Conn {
     fn linger(&mut self) -> Option<Outcome> {
         let mut scratch = [0u8; 4096];
         loop {
-            match sys::read(self.fd.as_raw_fd(), &mut scratch) {
+            match sys::recv(self.fd.as_raw_fd(), &mut scratch) {
                 Ok(0) => return Some(Outcome::Close(CloseReason::Done)),
                 Ok(n) => {
                     self.lingered += n as u64;

@@ -2,7 +2,8 @@
 //! sites, upstreams, the Date cache, pools, the timer wheel, epoll and the
 //! worker's stats slot.
 
-use crate::buffer_pool::BufferPool;
+use crate::buffer_pool::{BufferPool, FreeList};
+use crate::connection::Exchange;
 use crate::file_cache::FileCache;
 use crate::relay::PipePool;
 use crate::static_files::StaticRoot;
@@ -42,6 +43,8 @@ pub struct Ctx<'a> {
     /// The whole region, for the admin listener's documents.
     pub region: &'a Region,
     pub pool: BufferPool,
+    /// Upstream exchanges that ended, reused by the next proxied requests.
+    pub exchanges: FreeList<Box<Exchange>>,
     pub wheel: TimerWheel,
     /// Scratch space for the normalised path of the request being answered.
     pub path: TargetPath,

@@ -122,6 +122,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         stats: init.region.slot(init.slot),
         region: init.region,
         pool: buffer_pool::BufferPool::new(config.limits.request_head_bytes, 1024),
+        exchanges: buffer_pool::FreeList::new(1024),
         wheel: timer_wheel::TimerWheel::new(now),
         path: Default::default(),
         now,

@@ -3,6 +3,7 @@
 //! length, bodies that run to the end of the stream, and both halves of a tunnel
 //! are relays. Pipes come from a per-worker pool.
 
+use crate::buffer_pool::FreeList;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tine_net::sys;
@@ -16,14 +17,19 @@ pub struct Pipe {
 }
 
 /// Empty pipes kept for reuse.
-#[derive(Default)]
 pub struct PipePool {
-    free: Vec<Pipe>,
+    free: FreeList<Pipe>,
+}
+
+impl Default for PipePool {
+    fn default() -> Self {
+        PipePool { free: FreeList::new(256) }
+    }
 }
 
 impl PipePool {
     pub fn take(&mut self) -> io::Result<Pipe> {
-        match self.free.pop() {
+        match self.free.take() {
             Some(p) => Ok(p),
             None => sys::pipe().map(|(read, write)| Pipe { read, write }),
         }
@@ -31,8 +37,8 @@ impl PipePool {
 
     /// Only an empty pipe can be reused; one with bytes left in it is closed.
     pub fn give_back(&mut self, relay: Relay) {
-        if relay.in_pipe == 0 && self.free.len() < 256 {
-            self.free.push(relay.pipe);
+        if relay.in_pipe == 0 {
+            self.free.give(relay.pipe);
         }
     }
 }

@@ -79,6 +79,62 @@ pub struct Exchange {
     to_upstream: Vec<u8>,
 }
 
+impl Exchange {
+    fn new(group: usize) -> Self {
+        Exchange {
+            group,
+            server: 0,
+            tried: 0,
+            fresh_retry_done: false,
+            idempotent: false,
+            fd: None,
+            reused: false,
+            stage: Stage::Connect,
+            head: Vec::new(),
+            sent: 0,
+            request_body: RequestBody::None,
+            response: None,
+            response_started: false,
+            response_body: ResponseBody::None,
+            upstream_keep_alive: false,
+            head_request: false,
+            stream: None,
+            tunnel: None,
+            to_upstream: Vec::new(),
+        }
+    }
+}
+
+/// `fresh` in a box that an earlier exchange used, if one is free: a proxied
+/// request allocates nothing in the steady state.
+fn recycled(ctx: &mut Ctx, fresh: Exchange) -> Box<Exchange> {
+    match ctx.exchanges.take() {
+        Some(mut boxed) => {
+            *boxed = fresh;
+            boxed
+        }
+        None => Box::new(fresh),
+    }
+}
+
+/// An exchange that ended (its upstream socket already dealt with): its pipes,
+/// its buffers and its box go back for the next one.
+fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
+    if let Some(t) = ex.tunnel.take() {
+        ctx.pipes.give_back(t.up);
+        ctx.pipes.give_back(t.down);
+    }
+    if let ResponseBody::Spliced(relay) = std::mem::replace(&mut ex.response_body, ResponseBody::None) {
+        ctx.pipes.give_back(relay);
+    }
+    if let Some(buf) = ex.response.take() {
+        ctx.pool.put_read(buf);
+    }
+    ctx.pool.put_write(std::mem::take(&mut ex.head));
+    ctx.pool.put_write(std::mem::take(&mut ex.to_upstream));
+    ctx.exchanges.give(ex);
+}
+
 struct Tunnel {
     up: Relay,
     down: Relay,
@@ -126,28 +182,10 @@ impl Conn {
     /// A connection accepted on a `[[stream]]` listener: relay it raw.
     pub(super) fn start_stream(&mut self, stream: usize, ctx: &mut Ctx) {
         let s = &ctx.streams[stream];
-        let exchange = Exchange {
-            group: s.upstream,
-            server: 0,
-            tried: 0,
-            fresh_retry_done: true,
-            idempotent: false,
-            fd: None,
-            reused: false,
-            stage: Stage::Connect,
-            head: Vec::new(),
-            sent: 0,
-            request_body: RequestBody::None,
-            response: None,
-            response_started: false,
-            response_body: ResponseBody::None,
-            upstream_keep_alive: false,
-            head_request: false,
-            stream: Some(s.idle_timeout),
-            tunnel: None,
-            to_upstream: Vec::new(),
-        };
-        self.exchange = Some(Box::new(exchange));
+        let mut exchange = Exchange::new(s.upstream);
+        exchange.fresh_retry_done = true;
+        exchange.stream = Some(s.idle_timeout);
+        self.exchange = Some(recycled(ctx, exchange));
         self.phase = Phase::Proxy;
     }
 
@@ -293,7 +331,7 @@ impl Conn {
             }
             if self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
                 let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
-                match sys::read(self.fd.as_raw_fd(), buf.spare()) {
+                match sys::recv(self.fd.as_raw_fd(), buf.spare()) {
                     Ok(0) => return Step::Close(CloseReason::PeerClosed),
                     Ok(n) => {
                         buf.commit(n);
@@ -357,7 +395,7 @@ impl Conn {
                 );
                 return self.proxy_server_failed(ctx, true);
             }
-            match sys::read(fd, room) {
+            match sys::recv(fd, room) {
                 Ok(0) => return self.proxy_server_failed(ctx, true),
                 Ok(n) => {
                     buf.commit(n);
@@ -513,7 +551,7 @@ impl Conn {
                         return self.proxy_complete(ctx);
                     }
                     let mut chunk = [0u8; 16 * 1024];
-                    match sys::read(upstream, &mut chunk) {
+                    match sys::recv(upstream, &mut chunk) {
                         Ok(0) => {
                             log::warn!("upstream closed in the middle of a chunked body");
                             return Step::Close(CloseReason::Error);
@@ -561,12 +599,6 @@ impl Conn {
     /// when it can carry another request, and the client connection goes on.
     fn proxy_complete(&mut self, ctx: &mut Ctx) -> Step {
         let mut ex = self.exchange.take().expect("exchange");
-        if let ResponseBody::Spliced(relay) = std::mem::replace(&mut ex.response_body, ResponseBody::None) {
-            ctx.pipes.give_back(relay);
-        }
-        if let Some(buf) = ex.response.take() {
-            ctx.pool.put_read(buf);
-        }
         if let Some(fd) = ex.fd.take() {
             if ex.upstream_keep_alive && self.keep_alive && !ctx.draining {
                 // Keep it with this client connection, still registered, for
@@ -581,6 +613,7 @@ impl Conn {
                 }
             }
         }
+        retire(ctx, ex);
         self.phase = Phase::Send;
         self.finish_response(ctx);
         Step::Finished
@@ -632,6 +665,7 @@ impl Conn {
             release_closed(ctx, &ex);
         }
         if ex.stream.is_some() || !self.wbuf.is_empty() {
+            retire(ctx, ex);
             return Step::Close(CloseReason::Error);
         }
         if self.wbuf.capacity() == 0 {
@@ -652,7 +686,9 @@ impl Conn {
         } else {
             Persistence::Close
         };
-        let framing = Framing { date: ctx.date.bytes(), persistence, head_request: ex.head_request };
+        let head_request = ex.head_request;
+        retire(ctx, ex);
+        let framing = Framing { date: ctx.date.bytes(), persistence, head_request };
         let reply = error_page(status, &framing, None, &mut self.wbuf);
         super::count_response(ctx, status);
         self.body_len = reply.body_len;
@@ -738,20 +774,11 @@ impl Conn {
     pub(super) fn release_exchange(&mut self, ctx: &mut Ctx) {
         self.unpark(ctx);
         let Some(mut ex) = self.exchange.take() else { return };
-        if let Some(buf) = ex.response.take() {
-            ctx.pool.put_read(buf);
-        }
-        if let Some(t) = ex.tunnel.take() {
-            ctx.pipes.give_back(t.up);
-            ctx.pipes.give_back(t.down);
-        }
-        if let ResponseBody::Spliced(relay) = std::mem::replace(&mut ex.response_body, ResponseBody::None) {
-            ctx.pipes.give_back(relay);
-        }
         if let Some(fd) = ex.fd.take() {
             let _ = ctx.epoll.delete(fd.as_raw_fd());
             release_closed(ctx, &ex);
         }
+        retire(ctx, ex);
     }
 
     /// What a passed deadline means mid-exchange: a connect that took too long
@@ -797,34 +824,20 @@ pub(super) fn new_exchange(
     group: usize,
     host: &HostHeader,
     peer: Option<std::net::IpAddr>,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
 ) -> Box<Exchange> {
-    let request_body = match req.body {
+    let mut head = ctx.pool.write_buf();
+    upstream_request_head(&mut head, req, raw_head, host, peer, &ctx.upstreams.groups[group]);
+    let mut exchange = Exchange::new(group);
+    exchange.request_body = match req.body {
         Body::None => RequestBody::None,
         Body::Length(n) => RequestBody::Length(n),
         Body::Chunked => RequestBody::Chunked(ChunkedDecoder::default()),
     };
-    Box::new(Exchange {
-        group,
-        server: 0,
-        tried: 0,
-        fresh_retry_done: false,
-        idempotent: matches!(req.method_text, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
-        fd: None,
-        reused: false,
-        stage: Stage::Connect,
-        head: upstream_request_head(req, raw_head, host, peer, &ctx.upstreams.groups[group]),
-        sent: 0,
-        request_body,
-        response: None,
-        response_started: false,
-        response_body: ResponseBody::None,
-        upstream_keep_alive: false,
-        head_request: req.method == Method::Head,
-        stream: None,
-        tunnel: None,
-        to_upstream: Vec::new(),
-    })
+    exchange.idempotent = matches!(req.method_text, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
+    exchange.head = head;
+    exchange.head_request = req.method == Method::Head;
+    recycled(ctx, exchange)
 }
 
 /// An upstream connection a client connection keeps between its requests.
@@ -953,12 +966,12 @@ impl ResponsePlan {
                     .next_back()
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             } else if h.name.eq_ignore_ascii_case("connection") {
-                let v = h.value.to_ascii_lowercase();
-                if v.windows(5).any(|w| w == b"close") {
-                    close = true;
-                }
-                if resp.version == Some(0) && v.windows(10).any(|w| w == b"keep-alive") {
-                    close = false;
+                for t in h.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if resp.version == Some(0) && t.eq_ignore_ascii_case(b"keep-alive") {
+                        close = false;
+                    }
                 }
             }
         }
@@ -979,22 +992,41 @@ impl ResponsePlan {
     }
 }
 
+/// Writes `ip` as text; IPv4 without the formatting machinery, since every
+/// proxied request carries one.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                tine_http::response::push_u64(out, u64::from(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// The request head for the upstream: method and target as received, headers
 /// without hop-by-hop ones, Host by the route's rule, X-Forwarded-* added.
 fn upstream_request_head(
+    out: &mut Vec<u8>,
     req: &Request<'_>,
     raw_head: &[u8],
     host_rule: &HostHeader,
     peer: Option<std::net::IpAddr>,
     group: &crate::upstream::Group,
-) -> Vec<u8> {
+) {
     let mut headers = [httparse::EMPTY_HEADER; tine_http::request::MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let _ = parsed.parse(raw_head);
     let all = &*parsed.headers;
     let (listed, upgrade) = connection_tokens(all);
     let upgrade_to = all.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade")).map(|h| h.value);
-    let mut out = Vec::with_capacity(raw_head.len() + 128);
     out.extend_from_slice(req.method_text.as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.target);
@@ -1028,8 +1060,7 @@ fn upstream_request_head(
         out.extend_from_slice(b", ");
     }
     if let Some(peer) = peer {
-        use std::io::Write;
-        let _ = write!(out, "{peer}");
+        push_ip(out, peer);
     }
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
     out.extend_from_slice(client_host);
@@ -1041,7 +1072,38 @@ fn upstream_request_head(
             out.extend_from_slice(b"\r\n\r\n");
         }
         _ if req.minor_version == 0 => out.extend_from_slice(b"Connection: close\r\n\r\n"),
-        _ => out.extend_from_slice(b"Connection: keep-alive\r\n\r\n"),
+        // HTTP/1.1 connections persist unless one side says otherwise.
+        _ => out.extend_from_slice(b"\r\n"),
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(raw: &[u8]) -> ResponsePlan {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        assert!(resp.parse(raw).unwrap().is_complete());
+        ResponsePlan::of(&resp, false)
+    }
+
+    #[test]
+    fn connection_options_are_tokens_not_substrings() {
+        assert!(plan(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive);
+        assert!(!plan(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(plan(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: x-closed\r\n\r\n").keep_alive);
+        assert!(!plan(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive);
+        assert!(plan(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!plan(b"HTTP/1.1 200 OK\r\n\r\n").keep_alive, "a close-delimited body ends the connection");
+    }
+
+    #[test]
+    fn addresses_as_text() {
+        let mut out = Vec::new();
+        push_ip(&mut out, "192.0.2.255".parse().unwrap());
+        out.push(b' ');
+        push_ip(&mut out, "2001:db8::1".parse().unwrap());
+        assert_eq!(out, b"192.0.2.255 2001:db8::1");
+    }
 }
