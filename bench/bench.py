@@ -131,8 +131,13 @@ class Server:
         else:
             affinity = cpu_mask or " ".join("0" * (workers - 1 - i) + "1" + "0" * i for i in range(workers))
             name = f"nginx-{port}"
+            # The same work as tine's proxy: keep-alive upstream connections,
+            # the client's Host, and the X-Forwarded-* headers tine adds.
             location = (f"location / {{ proxy_pass http://backend; proxy_http_version 1.1; "
-                        f"proxy_set_header Connection \"\"; }}" if backend else "")
+                        f"proxy_set_header Connection \"\"; proxy_set_header Host $host; "
+                        f"proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
+                        f"proxy_set_header X-Forwarded-Proto $scheme; "
+                        f"proxy_set_header X-Forwarded-Host $host; }}" if backend else "")
             upstream = f"upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}" if backend else ""
             conf = f"{work}/{name}.conf"
             with open(conf, "w") as f:
@@ -174,11 +179,13 @@ http {{
             self.proc.wait()
 
 
-def wrk(port, path, connections, seconds, threads, cpus):
+def wrk(port, path, connections, seconds, threads, cpus, batch=False):
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
            "--timeout", "10s", f"http://127.0.0.1:{port}/{path}"]
     if cpus:
         cmd = ["taskset", "-c", cpus] + cmd
+    if batch:
+        cmd = ["chrt", "--batch", "0"] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
                          preexec_fn=raise_nofile).stdout
     return parse_wrk(out)
@@ -224,7 +231,7 @@ def measure(server, scenario, args, workers):
     cpus = "1" if pinned and os.cpu_count() > 1 else None
     threads = 1 if pinned else 2
     # Warm up: open files, caches, connection pools of both sides.
-    wrk(server.port, path, min(connections, 64), 1, threads, cpus)
+    wrk(server.port, path, min(connections, 64), 1, threads, cpus, args.batch_load)
     pids = server.pids()
     idle_rss = rss_bytes(pids)
     mid = {}
@@ -235,7 +242,7 @@ def measure(server, scenario, args, workers):
     sampler = threading.Thread(target=sample_memory)
     cpu0 = cpu_ns(pids)
     sampler.start()
-    r = wrk(server.port, path, connections, args.duration, threads, cpus)
+    r = wrk(server.port, path, connections, args.duration, threads, cpus, args.batch_load)
     cpu1 = cpu_ns(pids)
     sampler.join()
     r["cpu_us_per_req"] = (cpu1 - cpu0) / 1000 / r["requests"] if r["requests"] else 0.0
@@ -255,6 +262,9 @@ def main():
     ap.add_argument("--servers", nargs="+", default=["tine", "nginx"])
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of every scenario (tine and nginx alternate in each); the table shows medians")
+    ap.add_argument("--batch-load", action="store_true",
+                    help="run wrk and the proxy scenarios' backend with SCHED_BATCH (no wakeup preemption "
+                         "between the two on their shared CPU); see bench/README.md")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     ensure_tools()
@@ -274,6 +284,9 @@ def main():
                     if proxy and workers != 1:
                         continue  # the proxy comparison runs with one pinned worker
                     backend = Server("nginx", work, 1, free_port(), cpu_mask="10") if proxy else None
+                    if backend and args.batch_load:
+                        for pid in backend.pids():
+                            subprocess.run(["chrt", "--batch", "--pid", "0", str(pid)], check=True)
                     for kind in args.servers:  # alternate servers within each scenario
                         server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None)
                         try:
@@ -318,6 +331,8 @@ def machine():
 
 def report(results, args, runs=()):
     rounds = f", median of {args.repeat} rounds" if args.repeat > 1 else ""
+    if args.batch_load:
+        rounds += "; wrk and the backend under SCHED_BATCH"
     print(f"\n{machine()}; wrk on loopback, {args.duration} s per run{rounds}")
     cols = ["req/s", "Mbit/s", "mean", "p99", "CPU us/req", "RSS MiB", "B/conn", "errors"]
     print(f"\n{'scenario':<16}{'workers':>8} {'server':<8}" + "".join(f"{c:>11}" for c in cols))
