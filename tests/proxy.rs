@@ -34,8 +34,12 @@ impl Upstream {
 }
 
 fn serve(stream: TcpStream, id: usize) {
+    let port = stream.local_addr().unwrap().port();
     let mut r = BufReader::new(stream.try_clone().unwrap());
     let mut w = stream;
+    // Set by /drop-next: the next request on this connection is read and then
+    // dropped unanswered, as a server does that closed an idle connection.
+    let mut drop_next = false;
     loop {
         let mut head = String::new();
         loop {
@@ -73,10 +77,32 @@ fn serve(stream: TcpStream, id: usize) {
             }
         }
         let reply = |w: &mut TcpStream, body: &[u8]| {
-            let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Conn: {id}\r\n\r\n", body.len());
+            let _ = write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Conn: {id}\r\nX-Server: {port}\r\n\r\n",
+                body.len()
+            );
             let _ = w.write_all(body);
         };
+        if std::mem::take(&mut drop_next) {
+            return;
+        }
+        if head.starts_with("HEAD ") {
+            // The length of the body a GET would get, and no body.
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+            continue;
+        }
         match path.as_str() {
+            "/drop-next" => {
+                drop_next = true;
+                reply(&mut w, b"ok");
+            }
+            "/no-content" => {
+                let _ = w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+            }
+            "/not-modified" => {
+                let _ = w.write_all(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n");
+            }
             "/echo-head" => reply(&mut w, head.as_bytes()),
             "/echo-body" => reply(&mut w, &body),
             "/chunked" => {
@@ -299,6 +325,73 @@ fn keep_alive_connections_to_the_upstream_are_reused() {
     let u = &proxy.stats()["upstreams"][0];
     assert_eq!((u["pool_misses"].as_u64(), u["pool_hits"].as_u64()), (Some(1), Some(5)));
     assert_eq!(u["requests"], 6);
+}
+
+#[test]
+fn a_pooled_connection_the_server_dropped_is_retried_on_a_fresh_one() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    assert_eq!(proxy.get("/drop-next").body, b"ok");
+    // The pooled connection is taken, the request sent, and the server closes
+    // it unanswered: a GET is repeated once on a new connection.
+    let r = proxy.get("/");
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    let u = &proxy.stats()["upstreams"][0];
+    assert_eq!(u["failures"], 0, "a stale pooled connection is no fault of the server");
+    assert_eq!(u["down"], 0);
+}
+
+#[test]
+fn responses_without_a_body_keep_the_framing() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let mut conn = BufReader::new(proxy.connect());
+    conn.get_mut().write_all(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let head = read_response(&mut conn, true);
+    assert_eq!((head.status, head.header("content-length")), (200, Some("5")));
+    assert_eq!(get_on(&mut conn, "/no-content", "").status, 204);
+    assert_eq!(get_on(&mut conn, "/not-modified", "").status, 304);
+    // Had any of them waited for a body, this answer would be out of step.
+    let r = get_on(&mut conn, "/", "");
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+}
+
+/// Which upstream answered each of `n` requests, each on its own connection.
+fn answered_by(proxy: &Server, n: usize) -> Vec<u16> {
+    (0..n).map(|_| proxy.get("/").header("x-server").unwrap().parse().unwrap()).collect()
+}
+
+#[test]
+fn weights_share_requests_in_proportion() {
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let proxy = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"app\"\nservers = [{{ address = \"{}\", weight = 3 }}, \"{}\"]\n\
+             [[route]]\npath = \"/\"\nupstream = \"app\"\n",
+            a.addr, b.addr
+        ))
+        .start();
+    let by = answered_by(&proxy, 8);
+    let to_a = by.iter().filter(|&&p| p == a.addr.port()).count();
+    assert_eq!(to_a, 6, "3:1 over 8 requests: {by:?}");
+}
+
+#[test]
+fn least_conn_avoids_the_busy_server() {
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let proxy = proxy_to(&[a.addr, b.addr], "balance = \"least_conn\"\n");
+    // One request held open on one server; everything else goes to the other.
+    let mut held = proxy.connect();
+    held.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    wait_for("the slow request to reach an upstream", || {
+        a.connections.load(Ordering::SeqCst) + b.connections.load(Ordering::SeqCst) == 1
+    });
+    let busy = if a.connections.load(Ordering::SeqCst) == 1 { a.addr.port() } else { b.addr.port() };
+    let by = answered_by(&proxy, 4);
+    assert!(by.iter().all(|&p| p != busy), "the busy server {busy} got requests: {by:?}");
+    held.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(read_response(&mut BufReader::new(held), false).body, b"late");
 }
 
 #[test]

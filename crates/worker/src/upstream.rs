@@ -17,6 +17,9 @@ pub struct Server {
     current: i64,
     /// Connections of this worker to the server, busy or idle.
     pub open: u32,
+    /// Exchanges of this worker with the server under way: what least_conn
+    /// compares (idle pooled connections cost the server nothing).
+    active: u32,
     fails: u32,
     down_until: Option<Instant>,
     /// A probe request is under way after the server was out.
@@ -58,6 +61,7 @@ impl Upstreams {
                         weight: s.weight as i64,
                         current: 0,
                         open: 0,
+                        active: 0,
                         fails: 0,
                         down_until: None,
                         probing: false,
@@ -87,47 +91,35 @@ impl Upstreams {
         };
         // No collecting: this runs for every proxied request.
         let chosen = match g.config.balance {
-            Balance::RoundRobin => {
-                // Smooth weighted round robin: every candidate gains its weight,
-                // the richest is chosen and pays the total.
-                let mut total = 0;
-                let mut best: Option<usize> = None;
-                for i in 0..g.servers.len() {
-                    if !usable(i, &g.servers[i]) {
-                        continue;
-                    }
-                    g.servers[i].current += g.servers[i].weight;
-                    total += g.servers[i].weight;
-                    let current = g.servers[i].current;
-                    if best.is_none_or(|b| current > g.servers[b].current) {
-                        best = Some(i);
-                    }
-                }
-                let best = best?;
-                g.servers[best].current -= total;
-                best
-            }
+            Balance::RoundRobin => smooth_round_robin(&mut g.servers, |i, s| usable(i, s))?,
             Balance::LeastConn => {
-                let mut best: Option<usize> = None;
-                for i in 0..g.servers.len() {
-                    if !usable(i, &g.servers[i]) {
-                        continue;
-                    }
-                    let better = best.is_none_or(|b| {
-                        let (s, o) = (&g.servers[i], &g.servers[b]);
-                        (s.open as i64 * o.weight) < (o.open as i64 * s.weight)
-                    });
-                    if better {
-                        best = Some(i);
+                // The fewest exchanges under way relative to weight; round
+                // robin among the servers that tie, so that a lightly loaded
+                // worker does not send everything to the first one.
+                let mut least: Option<(u32, i64)> = None;
+                for (i, s) in g.servers.iter().enumerate() {
+                    if usable(i, s)
+                        && least.is_none_or(|(a, w)| (s.active as i64 * w) < (a as i64 * s.weight))
+                    {
+                        least = Some((s.active, s.weight));
                     }
                 }
-                best?
+                let (a, w) = least?;
+                smooth_round_robin(&mut g.servers, |i, s| {
+                    usable(i, s) && s.active as i64 * w == a as i64 * s.weight
+                })?
             }
         };
         if g.servers[chosen].down_until.is_some() {
             g.servers[chosen].probing = true;
         }
         Some(chosen)
+    }
+
+    /// An exchange with the server begins (`true`) or ends (`false`).
+    pub fn set_active(&mut self, group: usize, server: usize, begins: bool) {
+        let s = &mut self.groups[group].servers[server];
+        s.active = if begins { s.active + 1 } else { s.active.saturating_sub(1) };
     }
 
     /// A pooled connection that is still alive, or a new non-blocking connect.
@@ -219,4 +211,24 @@ impl Upstreams {
     pub fn group_of_stats(&self, group: usize, server: usize) -> usize {
         self.groups[group].stats_base + server
     }
+}
+
+/// Smooth weighted round robin over the servers `eligible` accepts: each gains
+/// its weight, the richest is chosen and pays the total of the round.
+fn smooth_round_robin(servers: &mut [Server], eligible: impl Fn(usize, &Server) -> bool) -> Option<usize> {
+    let mut total = 0;
+    let mut best: Option<usize> = None;
+    for i in 0..servers.len() {
+        if !eligible(i, &servers[i]) {
+            continue;
+        }
+        servers[i].current += servers[i].weight;
+        total += servers[i].weight;
+        if best.is_none_or(|b| servers[i].current > servers[b].current) {
+            best = Some(i);
+        }
+    }
+    let best = best?;
+    servers[best].current -= total;
+    Some(best)
 }

@@ -61,6 +61,8 @@ pub struct Exchange {
     fd: Option<OwnedFd>,
     reused: bool,
     stage: Stage,
+    /// Counted among `server`'s exchanges under way (for least_conn).
+    active: bool,
     /// The request head as sent upstream (kept for a retry).
     head: Vec<u8>,
     sent: usize,
@@ -90,6 +92,7 @@ impl Exchange {
             fd: None,
             reused: false,
             stage: Stage::Connect,
+            active: false,
             head: Vec::new(),
             sent: 0,
             request_body: RequestBody::None,
@@ -120,6 +123,7 @@ fn recycled(ctx: &mut Ctx, fresh: Exchange) -> Box<Exchange> {
 /// An exchange that ended (its upstream socket already dealt with): its pipes,
 /// its buffers and its box go back for the next one.
 fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
+    end_active(ctx, &mut ex);
     if let Some(t) = ex.tunnel.take() {
         ctx.pipes.give_back(t.up);
         ctx.pipes.give_back(t.down);
@@ -215,10 +219,13 @@ impl Conn {
     fn proxy_connect(&mut self, ctx: &mut Ctx) -> Step {
         let ex = self.exchange.as_mut().expect("exchange");
         if ex.fd.is_none() {
+            end_active(ctx, ex);
             let Some(server) = ctx.upstreams.pick(ex.group, ex.tried, ctx.now) else {
                 return self.proxy_fail(ctx, Status::BAD_GATEWAY);
             };
             ex.server = server;
+            ex.active = true;
+            ctx.upstreams.set_active(ex.group, server, true);
             if server < 64 {
                 ex.tried |= 1 << server;
             }
@@ -880,6 +887,13 @@ enum Step {
     Close(CloseReason),
     /// The exchange is over; the connection's own state machine goes on.
     Finished,
+}
+
+/// The exchange no longer counts among its server's exchanges under way.
+fn end_active(ctx: &mut Ctx, ex: &mut Exchange) {
+    if std::mem::take(&mut ex.active) {
+        ctx.upstreams.set_active(ex.group, ex.server, false);
+    }
 }
 
 fn release_closed(ctx: &mut Ctx, ex: &Exchange) {
