@@ -311,6 +311,27 @@ fn request_bodies_are_relayed_with_length_and_chunked() {
 }
 
 #[test]
+fn a_client_that_expects_100_continue_is_invited_to_send_its_body() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let mut conn = BufReader::new(proxy.connect());
+    conn.get_mut()
+        .write_all(
+            b"POST /echo-head HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+    // The body waits for the invitation, as a client like curl does.
+    let interim = read_response(&mut conn, true);
+    assert_eq!(interim.status, 100);
+    conn.get_mut().write_all(b"hello").unwrap();
+    let r = read_response(&mut conn, false);
+    assert_eq!(r.status, 200);
+    let seen = String::from_utf8(r.body).unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("post /echo-head") && !seen.contains("expect:"), "{seen}");
+    assert_eq!(get_on(&mut conn, "/", "").body, b"ok", "the connection goes on");
+}
+
+#[test]
 fn keep_alive_connections_to_the_upstream_are_reused() {
     let up = Upstream::start();
     let proxy = proxy_to(&[up.addr], "");

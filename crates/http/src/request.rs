@@ -39,6 +39,9 @@ pub struct Request<'b> {
     pub minor_version: u8,
     pub keep_alive: bool,
     pub body: Body,
+    /// HTTP/1.1 `Expect: 100-continue`: the client waits for a 100 (Continue)
+    /// before it sends the body.
+    pub expect_continue: bool,
     pub host: Option<&'b [u8]>,
     pub if_none_match: Option<&'b [u8]>,
     pub if_modified_since: Option<&'b [u8]>,
@@ -81,6 +84,7 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         minor_version,
         keep_alive: minor_version == 1,
         body: Body::None,
+        expect_continue: false,
         host: None,
         if_none_match: None,
         if_modified_since: None,
@@ -129,6 +133,8 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
             out.referer = Some(value);
         } else if name.eq_ignore_ascii_case(b"user-agent") {
             out.user_agent = Some(value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            out.expect_continue = minor_version == 1 && value.eq_ignore_ascii_case(b"100-continue");
         }
     }
     if hosts > 1 {

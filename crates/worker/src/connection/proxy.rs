@@ -67,6 +67,8 @@ pub struct Exchange {
     head: Vec<u8>,
     sent: usize,
     request_body: RequestBody,
+    /// The client asked for a 100 (Continue) before it sends the body.
+    continue_pending: bool,
     /// The response head being read (a pooled buffer, taken when needed).
     response: Option<crate::buffer_pool::ReadBuf>,
     /// Some response byte arrived (so a failure is no longer retried).
@@ -96,6 +98,7 @@ impl Exchange {
             head: Vec::new(),
             sent: 0,
             request_body: RequestBody::None,
+            continue_pending: false,
             response: None,
             response_started: false,
             response_body: ResponseBody::None,
@@ -149,8 +152,10 @@ struct Tunnel {
 /// Hop-by-hop headers never forwarded (RFC 9110 section 7.6.1), plus the ones
 /// tine sets itself. Compared without allocating: this runs for every header.
 fn hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
-    const DROP: [&[u8]; 9] = [
+    const DROP: [&[u8]; 10] = [
         b"connection",
+        // tine answers the expectation itself (100 Continue) as it relays the body.
+        b"expect",
         b"keep-alive",
         b"te",
         b"trailer",
@@ -316,7 +321,15 @@ impl Conn {
     /// Copies the request body, from what is buffered and then from the client,
     /// through a small queue so that a full upstream socket loses nothing.
     fn proxy_send_body(&mut self, ctx: &mut Ctx) -> Step {
+        let ex = self.exchange.as_mut().expect("exchange");
+        // The upstream took the head: invite the body, unless it is on its way.
+        if std::mem::take(&mut ex.continue_pending) && self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
+            self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
         loop {
+            if let Some(step) = self.flush_client(ctx) {
+                return step;
+            }
             if let Some(step) = self.flush_to_upstream(ctx) {
                 return match step {
                     Step::Close(_) => self.proxy_server_failed(ctx, true),
@@ -841,6 +854,7 @@ pub(super) fn new_exchange(
         Body::Length(n) => RequestBody::Length(n),
         Body::Chunked => RequestBody::Chunked(ChunkedDecoder::default()),
     };
+    exchange.continue_pending = req.expect_continue && !matches!(req.body, Body::None);
     exchange.idempotent = matches!(req.method_text, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
     exchange.head = head;
     exchange.head_request = req.method == Method::Head;
