@@ -408,11 +408,17 @@ fn least_conn_avoids_the_busy_server() {
     wait_for("the slow request to reach an upstream", || {
         a.connections.load(Ordering::SeqCst) + b.connections.load(Ordering::SeqCst) == 1
     });
-    let busy = if a.connections.load(Ordering::SeqCst) == 1 { a.addr.port() } else { b.addr.port() };
+    let busy_index = if a.connections.load(Ordering::SeqCst) == 1 { 0 } else { 1 };
+    let busy = [a.addr.port(), b.addr.port()][busy_index];
     let by = answered_by(&proxy, 4);
     assert!(by.iter().all(|&p| p != busy), "the busy server {busy} got requests: {by:?}");
+    let active = |s: &serde_json::Value| [0, 1].map(|i| s["upstreams"][i]["active"].as_u64().unwrap());
+    let mut expected = [0, 0];
+    expected[busy_index] = 1;
+    assert_eq!(active(&proxy.stats()), expected, "the gauge shows the exchange under way");
     held.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     assert_eq!(read_response(&mut BufReader::new(held), false).body, b"late");
+    proxy.wait_until("no exchange under way", |s| active(s) == [0, 0]);
 }
 
 #[test]

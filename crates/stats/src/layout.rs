@@ -305,6 +305,7 @@ section! {
         down: Gauge = "1 while this worker holds the server out after failures",
         bytes_spliced: Counter = "response and tunnel bytes moved by splice, never through user space",
         bytes_copied: Counter = "bytes copied through user space (heads, chunked bodies, request bodies)",
+        active: Gauge = "this worker's exchanges with the server under way (requests, tunnels): what least_conn compares",
     }
 }
 

@@ -193,9 +193,10 @@ fn upstream_lines(s: &Snapshot) -> String {
         return String::new();
     }
     let mut out = format!(
-        "\n{:<36} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>6} {:>13} {:>11}\n",
+        "\n{:<36} {:>5} {:>6} {:>10} {:>9} {:>9} {:>10} {:>10} {:>6} {:>13} {:>11}\n",
         "upstream",
         "state",
+        "active",
         "requests",
         "failures",
         "timeouts",
@@ -210,9 +211,10 @@ fn upstream_lines(s: &Snapshot) -> String {
         let state = if f.down > 0 { "down" } else { "up" };
         let _ = writeln!(
             out,
-            "{:<36} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>6} {:>13} {:>11}",
+            "{:<36} {:>5} {:>6} {:>10} {:>9} {:>9} {:>10} {:>10} {:>6} {:>13} {:>11}",
             u.name,
             state,
+            f.active,
             f.requests,
             f.failures,
             f.timeouts,

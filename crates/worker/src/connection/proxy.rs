@@ -229,8 +229,7 @@ impl Conn {
                 return self.proxy_fail(ctx, Status::BAD_GATEWAY);
             };
             ex.server = server;
-            ex.active = true;
-            ctx.upstreams.set_active(ex.group, server, true);
+            begin_active(ctx, ex);
             if server < 64 {
                 ex.tried |= 1 << server;
             }
@@ -903,10 +902,22 @@ enum Step {
     Finished,
 }
 
+/// The exchange counts among its server's exchanges under way.
+fn begin_active(ctx: &mut Ctx, ex: &mut Exchange) {
+    ex.active = true;
+    ctx.upstreams.set_active(ex.group, ex.server, true);
+    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+        st.active.fetch_add(1, Relaxed);
+    }
+}
+
 /// The exchange no longer counts among its server's exchanges under way.
 fn end_active(ctx: &mut Ctx, ex: &mut Exchange) {
     if std::mem::take(&mut ex.active) {
         ctx.upstreams.set_active(ex.group, ex.server, false);
+        if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+            st.active.fetch_sub(1, Relaxed);
+        }
     }
 }
 
