@@ -349,6 +349,17 @@ fn keep_alive_connections_to_the_upstream_are_reused() {
 }
 
 #[test]
+fn idle_upstream_connections_close_after_their_timeout() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "keepalive_timeout = \"1s\"\n");
+    assert_eq!(proxy.get("/").body, b"ok");
+    // Without a request to find it stale, the worker closes it on its own.
+    proxy.wait_until("the idle upstream connection to close", |s| s["upstreams"][0]["open"] == 0);
+    assert_eq!(proxy.get("/").body, b"ok");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2, "a new connection after the timeout");
+}
+
+#[test]
 fn a_pooled_connection_the_server_dropped_is_retried_on_a_fresh_one() {
     let up = Upstream::start();
     let proxy = proxy_to(&[up.addr], "");

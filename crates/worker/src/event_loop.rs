@@ -11,7 +11,7 @@ use nix::sys::signalfd::SignalFd;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tine_config::ListenerRole;
 use tine_net::{sys, Event, Interest};
 use tine_stats::SlotState;
@@ -52,6 +52,8 @@ pub struct EventLoop<'a> {
     ready: Vec<u64>,
     expired: Vec<(u64, u64)>,
     drain_deadline: Option<Instant>,
+    /// When idle upstream connections are next checked for their timeout.
+    next_pool_sweep: Instant,
 }
 
 impl<'a> EventLoop<'a> {
@@ -64,6 +66,7 @@ impl<'a> EventLoop<'a> {
         max_connections: usize,
     ) -> io::Result<Self> {
         ctx.epoll.add(signals.as_raw_fd(), SIGNAL_TOKEN, Interest::READABLE)?;
+        let ctx_now = ctx.now;
         let mut el = EventLoop {
             generation,
             signals,
@@ -78,6 +81,7 @@ impl<'a> EventLoop<'a> {
             ready: Vec::new(),
             expired: Vec::new(),
             drain_deadline: None,
+            next_pool_sweep: ctx_now,
         };
         el.resume_accepting()?;
         Ok(el)
@@ -113,6 +117,7 @@ impl<'a> EventLoop<'a> {
             }
             self.drive_ready();
             self.expire_deadlines();
+            self.sweep_upstream_pools();
             self.maybe_resume_accepting()?;
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || self.ctx.now >= deadline {
@@ -312,6 +317,16 @@ impl<'a> EventLoop<'a> {
             }
         }
         self.expired.clear();
+    }
+
+    /// Once a second: idle upstream connections past their keepalive_timeout
+    /// are closed, rather than waiting for a request to find them stale.
+    fn sweep_upstream_pools(&mut self) {
+        if self.ctx.now < self.next_pool_sweep {
+            return;
+        }
+        self.next_pool_sweep = self.ctx.now + Duration::from_secs(1);
+        self.ctx.upstreams.close_expired(self.ctx.now, self.ctx.upstream_stats);
     }
 
     fn close(&mut self, token: u64, reason: CloseReason) {

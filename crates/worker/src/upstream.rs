@@ -163,6 +163,25 @@ impl Upstreams {
         Ok(Connection { fd, reused: false })
     }
 
+    /// Closes the idle connections that have been idle for the group's
+    /// keepalive_timeout.
+    pub fn close_expired(&mut self, now: Instant, stats: &[UpstreamStats]) {
+        for g in &mut self.groups {
+            let timeout = g.config.keepalive_timeout;
+            for (i, s) in g.servers.iter_mut().enumerate() {
+                let before = s.idle.len();
+                s.idle.retain(|(_, since)| now.saturating_duration_since(*since) < timeout);
+                let closed = (before - s.idle.len()) as u32;
+                if closed > 0 {
+                    s.open = s.open.saturating_sub(closed);
+                    if let Some(st) = stats.get(g.stats_base + i) {
+                        st.open.fetch_sub(closed as u64, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
     /// Returns a connection whose exchange completed cleanly to the pool.
     pub fn release(&mut self, group: usize, server: usize, fd: OwnedFd, now: Instant) {
         let g = &mut self.groups[group];
