@@ -93,6 +93,11 @@ fn serve(stream: TcpStream, id: usize) {
             continue;
         }
         match path.as_str() {
+            "/then-close" => {
+                // A keep-alive response, then the server closes anyway.
+                reply(&mut w, b"ok");
+                return;
+            }
             "/drop-next" => {
                 drop_next = true;
                 reply(&mut w, b"ok");
@@ -357,6 +362,19 @@ fn idle_upstream_connections_close_after_their_timeout() {
     proxy.wait_until("the idle upstream connection to close", |s| s["upstreams"][0]["open"] == 0);
     assert_eq!(proxy.get("/").body, b"ok");
     assert_eq!(up.connections.load(Ordering::SeqCst), 2, "a new connection after the timeout");
+}
+
+#[test]
+fn a_kept_upstream_connection_the_server_closes_is_closed_at_once() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "");
+    let mut conn = BufReader::new(proxy.connect());
+    assert_eq!(get_on(&mut conn, "/then-close", "").body, b"ok");
+    // The client stays connected and idle; its upstream connection is gone.
+    proxy.wait_until("the closed upstream connection to be closed", |s| s["upstreams"][0]["open"] == 0);
+    assert_eq!(get_on(&mut conn, "/", "").body, b"ok");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(proxy.stats()["upstreams"][0]["failures"], 0);
 }
 
 #[test]

@@ -168,9 +168,9 @@ impl Conn {
         self.readable = true;
     }
 
-    pub fn mark_upstream_event(&mut self) {
+    pub fn on_upstream_event(&mut self, ctx: &mut Ctx) {
         if self.exchange.is_none() {
-            self.note_upstream_event();
+            self.check_parked(ctx);
         }
     }
 

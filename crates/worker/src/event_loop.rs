@@ -164,7 +164,7 @@ impl<'a> EventLoop<'a> {
                     return Ok(None);
                 };
                 if upstream_side {
-                    conn.mark_upstream_event();
+                    conn.on_upstream_event(&mut self.ctx);
                 } else if event.readable() {
                     conn.mark_readable();
                 }

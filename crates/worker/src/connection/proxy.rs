@@ -235,8 +235,13 @@ impl Conn {
             }
             let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, server));
             if let Some(p) = self.parked.take() {
-                let alive = !p.event_seen || sys::idle_socket_alive(p.fd.as_raw_fd());
-                if p.group == ex.group && p.server == server && alive {
+                // A server's close of a parked connection raises an event that
+                // closes it (check_parked), so no peek is needed, except to
+                // narrow the race for a request that cannot be retried.
+                let same = p.group == ex.group && p.server == server;
+                if same && !ex.idempotent && !sys::idle_socket_alive(p.fd.as_raw_fd()) {
+                    close_parked(ctx, p);
+                } else if same {
                     if let Some(st) = stats {
                         st.requests.fetch_add(1, Relaxed);
                         st.pool_hits.fetch_add(1, Relaxed);
@@ -247,9 +252,10 @@ impl Conn {
                     let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
                     self.arm(ctx, timeout);
                     return Step::Next;
+                } else {
+                    self.parked = Some(p);
+                    self.unpark(ctx);
                 }
-                self.parked = Some(p);
-                self.unpark(ctx);
             }
             let ex = self.exchange.as_mut().expect("exchange");
             match ctx.upstreams.connect(ex.group, server, ctx.now, ctx.upstream_stats) {
@@ -622,7 +628,7 @@ impl Conn {
             if ex.upstream_keep_alive && self.keep_alive && !ctx.draining {
                 // Keep it with this client connection, still registered, for
                 // its next request: no trip through the pool, no epoll change.
-                self.parked = Some(Parked { group: ex.group, server: ex.server, fd, event_seen: false });
+                self.parked = Some(Parked { group: ex.group, server: ex.server, fd, since: ctx.now });
             } else {
                 let _ = ctx.epoll.delete(fd.as_raw_fd());
                 if ex.upstream_keep_alive {
@@ -865,30 +871,36 @@ pub struct Parked {
     group: usize,
     server: usize,
     fd: OwnedFd,
-    /// An event arrived on it while parked: check it is alive before use.
-    event_seen: bool,
+    /// Idle since then (the pool's keepalive_timeout counts from here).
+    since: std::time::Instant,
+}
+
+/// Closes a parked connection that cannot be used again.
+fn close_parked(ctx: &mut Ctx, p: Parked) {
+    let _ = ctx.epoll.delete(p.fd.as_raw_fd());
+    ctx.upstreams.forget(p.group, p.server);
+    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(p.group, p.server)) {
+        st.open.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Conn {
-    /// Gives a parked upstream connection to the worker's pool (or closes it).
+    /// Gives a parked upstream connection to the worker's pool.
     pub(super) fn unpark(&mut self, ctx: &mut Ctx) {
         let Some(p) = self.parked.take() else { return };
         let _ = ctx.epoll.delete(p.fd.as_raw_fd());
-        if !p.event_seen || sys::idle_socket_alive(p.fd.as_raw_fd()) {
-            ctx.upstreams.release(p.group, p.server, p.fd, ctx.now);
-        } else {
-            ctx.upstreams.forget(p.group, p.server);
-            if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(p.group, p.server)) {
-                st.open.fetch_sub(1, Relaxed);
-            }
-        }
+        ctx.upstreams.release(p.group, p.server, p.fd, p.since);
     }
 
-    /// An event on the upstream side while no exchange runs: the parked
-    /// connection may have been closed by the server.
-    pub(super) fn note_upstream_event(&mut self) {
-        if let Some(p) = self.parked.as_mut() {
-            p.event_seen = true;
+    /// An event on the upstream side while no exchange runs: the server
+    /// closed the parked connection (or sent what nobody asked for). Close it
+    /// now, not when the client's next request finds it.
+    pub(super) fn check_parked(&mut self, ctx: &mut Ctx) {
+        let Some(p) = self.parked.take() else { return };
+        if sys::idle_socket_alive(p.fd.as_raw_fd()) {
+            self.parked = Some(p);
+        } else {
+            close_parked(ctx, p);
         }
     }
 }
