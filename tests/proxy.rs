@@ -378,6 +378,40 @@ fn a_kept_upstream_connection_the_server_closes_is_closed_at_once() {
 }
 
 #[test]
+fn upstream_gauges_lose_the_share_of_workers_that_stop_or_die() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[closed_port(), up.addr], "max_fails = 1\nfail_timeout = \"1h\"\n");
+    let gauges = |s: &serde_json::Value| {
+        let u = &s["upstreams"];
+        (u[0]["down"].as_u64().unwrap(), u[1]["open"].as_u64().unwrap())
+    };
+    let warm_up = || {
+        for _ in 0..3 {
+            assert_eq!(proxy.get("/").body, b"ok");
+        }
+    };
+    warm_up();
+    assert_eq!(gauges(&proxy.stats()), (1, 1), "one server out, one idle pooled connection");
+    // A reload: the old worker drains and stops, taking its share with it.
+    let old = proxy.worker_pids();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_until("the old worker to stop", |s| {
+        s["master"]["generation"] == 2 && old.iter().all(|&p| !process_running(p))
+    });
+    assert_eq!(gauges(&proxy.stats()), (0, 0));
+    // A crash: the master clears what the dead worker held.
+    warm_up();
+    assert_eq!(gauges(&proxy.stats()), (1, 1));
+    let pid = proxy.worker_pids()[0];
+    send_signal(pid, libc::SIGKILL);
+    proxy.wait_until("the worker to be back", |s| {
+        s["workers"][0]["pid"].as_i64().is_some_and(|p| p != pid as i64 && p != 0)
+            && s["workers"][0]["state"] == "running"
+    });
+    assert_eq!(gauges(&proxy.stats()), (0, 0));
+}
+
+#[test]
 fn a_pooled_connection_the_server_dropped_is_retried_on_a_fresh_one() {
     let up = Upstream::start();
     let proxy = proxy_to(&[up.addr], "");

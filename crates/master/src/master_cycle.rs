@@ -523,6 +523,11 @@ impl Master {
         // is still draining (and counting its own connections in it).
         if !self.retiring.iter().any(|r| r.slot == index) {
             stats.active.store(0, Relaxed);
+            for upstream in self.region.upstream_stats(index) {
+                upstream.open.store(0, Relaxed);
+                upstream.active.store(0, Relaxed);
+                upstream.down.store(0, Relaxed);
+            }
         }
         stats.state.store(SlotState::Dead as u64, Relaxed);
         let slot = &mut self.slots[index];

@@ -302,7 +302,7 @@ section! {
         pool_hits: Counter = "requests sent on a kept-alive connection",
         pool_misses: Counter = "requests that needed a new connection",
         open: Gauge = "this worker's connections to the server, busy or idle",
-        down: Gauge = "1 while this worker holds the server out after failures",
+        down: Gauge = "workers of the slot holding the server out after failures: 1, or 2 while an old worker drains beside a new one",
         bytes_spliced: Counter = "response and tunnel bytes moved by splice, never through user space",
         bytes_copied: Counter = "bytes copied through user space (heads, chunked bodies, request bodies)",
         active: Gauge = "this worker's exchanges with the server under way (requests, tunnels): what least_conn compares",

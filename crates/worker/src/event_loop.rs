@@ -95,6 +95,7 @@ impl<'a> EventLoop<'a> {
         for token in self.conns.tokens() {
             self.close(token, CloseReason::Drained);
         }
+        self.ctx.upstreams.close_all(self.ctx.upstream_stats);
         if let Some(log) = self.ctx.access_log.as_mut() {
             log.flush();
         }

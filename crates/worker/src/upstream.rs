@@ -39,6 +39,16 @@ pub struct Upstreams {
     pub groups: Vec<Group>,
 }
 
+/// What an exchange's outcome did to its server's standing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Unchanged,
+    /// Failed once too often: out for fail_timeout.
+    WentDown,
+    /// Answered after being out.
+    CameBack,
+}
+
 /// A connection to an upstream server, new or from the pool.
 pub struct Connection {
     pub fd: OwnedFd,
@@ -200,31 +210,51 @@ impl Upstreams {
         s.open = s.open.saturating_sub(1);
     }
 
-    /// Records how an exchange with the server went, for the circuit breaker.
-    pub fn report(&mut self, group: usize, server: usize, ok: bool, now: Instant) -> bool {
+    /// Records how an exchange with the server went, for the circuit breaker;
+    /// says whether that took the server out or brought it back.
+    pub fn report(&mut self, group: usize, server: usize, ok: bool, now: Instant) -> Health {
         let g = &mut self.groups[group];
         let (max_fails, fail_timeout) = (g.config.max_fails, g.config.fail_timeout);
         let s = &mut g.servers[server];
         s.probing = false;
+        let was_down = s.down_until.is_some();
         if ok {
             s.fails = 0;
             s.down_until = None;
-            return true;
+            return if was_down { Health::CameBack } else { Health::Unchanged };
         }
         s.fails += 1;
-        if max_fails > 0 && (s.fails >= max_fails || s.down_until.is_some()) {
-            if s.down_until.is_none() {
+        if max_fails > 0 && (s.fails >= max_fails || was_down) {
+            s.down_until = Some(now + fail_timeout);
+            if !was_down {
                 log::warn!(
                     "upstream {} ({}) failed {} times in a row; out for {fail_timeout:?}",
                     g.config.name,
                     s.addr,
                     s.fails
                 );
+                return Health::WentDown;
             }
-            s.down_until = Some(now + fail_timeout);
-            return false;
         }
-        true
+        Health::Unchanged
+    }
+
+    /// The worker stops: its idle connections close, and the gauges it added
+    /// to (open connections, servers it holds out) lose its share.
+    pub fn close_all(&mut self, stats: &[UpstreamStats]) {
+        for g in &mut self.groups {
+            for (i, s) in g.servers.iter_mut().enumerate() {
+                let idle = s.idle.len() as u64;
+                s.idle.clear();
+                s.open = s.open.saturating_sub(idle as u32);
+                if let Some(st) = stats.get(g.stats_base + i) {
+                    st.open.fetch_sub(idle, Relaxed);
+                    if s.down_until.take().is_some() {
+                        st.down.fetch_sub(1, Relaxed);
+                    }
+                }
+            }
+        }
     }
 
     pub fn group_of_stats(&self, group: usize, server: usize) -> usize {

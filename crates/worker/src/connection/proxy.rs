@@ -19,6 +19,7 @@ use crate::context::Ctx;
 use crate::relay::{Pump, Relay};
 use crate::responses::{error_page, Framing};
 use crate::slab::UPSTREAM_SIDE;
+use crate::upstream::Health;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -281,7 +282,7 @@ impl Conn {
                     if let Some(st) = stats {
                         st.failures.fetch_add(1, Relaxed);
                     }
-                    ctx.upstreams.report(ex.group, server, false, ctx.now);
+                    report(ctx, ex.group, server, false);
                     return Step::Next;
                 }
             }
@@ -522,8 +523,7 @@ impl Conn {
             ctx.pool.put_read(buf);
         }
         self.wpos = 0;
-        ctx.upstreams.report(ex.group, ex.server, true, ctx.now);
-        set_down_gauge(ctx, ex, false);
+        report(ctx, ex.group, ex.server, true);
         if upgrade {
             return self.start_tunnel(ctx);
         }
@@ -667,8 +667,7 @@ impl Conn {
         if let Some(st) = stats {
             st.failures.fetch_add(1, Relaxed);
         }
-        let stays_up = ctx.upstreams.report(ex.group, ex.server, false, ctx.now);
-        set_down_gauge(ctx, ex, !stays_up);
+        report(ctx, ex.group, ex.server, false);
         let nothing_sent = !after_sending || (ex.sent == 0 && matches!(ex.request_body, RequestBody::None));
         if nothing_sent || (ex.idempotent && !ex.response_started && ex.stream.is_none()) {
             ex.sent = 0;
@@ -742,7 +741,7 @@ impl Conn {
         });
         ex.stage = Stage::Tunnel;
         let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
-        ctx.upstreams.report(ex.group, ex.server, true, ctx.now);
+        report(ctx, ex.group, ex.server, true);
         self.arm(ctx, idle);
         Step::Next
     }
@@ -826,7 +825,7 @@ impl Conn {
                 if let Some(st) = stats {
                     st.timeouts.fetch_add(1, Relaxed);
                 }
-                ctx.upstreams.report(ex.group, ex.server, false, ctx.now);
+                report(ctx, ex.group, ex.server, false);
                 self.proxy_fail(ctx, Status::GATEWAY_TIMEOUT)
             }
             Stage::Tunnel => Step::Close(CloseReason::Done),
@@ -946,9 +945,19 @@ fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
     }
 }
 
-fn set_down_gauge(ctx: &Ctx, ex: &Exchange, down: bool) {
-    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
-        st.down.store(u64::from(down), Relaxed);
+/// Tells the circuit breaker how the server did; the down gauge follows its
+/// decisions (it counts the workers of the slot that hold the server out).
+fn report(ctx: &mut Ctx, group: usize, server: usize, ok: bool) {
+    let health = ctx.upstreams.report(group, server, ok, ctx.now);
+    let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(group, server)) else { return };
+    match health {
+        Health::WentDown => {
+            st.down.fetch_add(1, Relaxed);
+        }
+        Health::CameBack => {
+            st.down.fetch_sub(1, Relaxed);
+        }
+        Health::Unchanged => {}
     }
 }
 
