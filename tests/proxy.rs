@@ -337,6 +337,22 @@ fn a_client_that_expects_100_continue_is_invited_to_send_its_body() {
 }
 
 #[test]
+fn a_slow_upload_that_keeps_moving_outlives_io_timeout() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "io_timeout = \"2s\"\n");
+    let mut conn = BufReader::new(proxy.connect());
+    conn.get_mut().write_all(b"POST /echo-body HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n").unwrap();
+    // Three seconds in all, never more than a third of a second without a byte:
+    // the client is slow on purpose, the pauses are what is tested.
+    for byte in b"0123456789" {
+        std::thread::sleep(Duration::from_millis(300));
+        conn.get_mut().write_all(&[*byte]).unwrap();
+    }
+    let r = read_response(&mut conn, false);
+    assert_eq!((r.status, &r.body[..]), (200, &b"0123456789"[..]));
+}
+
+#[test]
 fn keep_alive_connections_to_the_upstream_are_reused() {
     let up = Upstream::start();
     let proxy = proxy_to(&[up.addr], "");

@@ -362,6 +362,9 @@ impl Conn {
                     Ok(n) => {
                         buf.commit(n);
                         ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
+                        // io_timeout bounds a pause in the body, not the whole upload.
+                        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                        self.arm(ctx, timeout);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -391,18 +394,29 @@ impl Conn {
     fn flush_to_upstream(&mut self, ctx: &mut Ctx) -> Option<Step> {
         let ex = self.exchange.as_mut().expect("exchange");
         let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
+        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+        let mut step = None;
+        let mut moved = false;
         while !ex.to_upstream.is_empty() {
             match sys::send(fd, &ex.to_upstream, false) {
                 Ok(n) => {
                     ex.to_upstream.drain(..n);
                     count_copied(ctx, ex, n);
+                    moved = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Step::Wait),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    step = Some(Step::Wait);
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Some(Step::Close(CloseReason::Error)),
             }
         }
-        None
+        if moved {
+            // A slow reader upstream is fine as long as it keeps reading.
+            self.arm(ctx, timeout);
+        }
+        step
     }
 
     /// Reads the response head; on a complete one, writes the cleaned head for
