@@ -124,6 +124,11 @@ fn serve(stream: TcpStream, id: usize) {
                 let _ = w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end");
                 return;
             }
+            "/hang" => {
+                // Far longer than any test waits: only an abort ends it early.
+                std::thread::sleep(Duration::from_secs(120));
+                return;
+            }
             "/slow" => {
                 std::thread::sleep(Duration::from_secs(3));
                 reply(&mut w, b"late");
@@ -334,6 +339,27 @@ fn a_client_that_expects_100_continue_is_invited_to_send_its_body() {
     let seen = String::from_utf8(r.body).unwrap().to_ascii_lowercase();
     assert!(seen.starts_with("post /echo-head") && !seen.contains("expect:"), "{seen}");
     assert_eq!(get_on(&mut conn, "/", "").body, b"ok", "the connection goes on");
+}
+
+#[test]
+fn a_client_that_gives_up_abandons_its_upstream_exchange() {
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "response_timeout = \"1h\"\n");
+    let mut s = proxy.connect();
+    s.write_all(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    proxy.wait_until("the exchange under way", |s| s["upstreams"][0]["active"] == 1);
+    drop(s);
+    let after = proxy.wait_until("the exchange abandoned", |s| s["upstreams"][0]["active"] == 0);
+    assert_eq!(after["upstreams"][0]["open"], 0, "its upstream connection closed, not pooled");
+    // A client that half-closes after pipelining is still served: its end of
+    // stream arrives while the slow first answer is awaited, with the second
+    // request still to be read.
+    let mut s = proxy.connect();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /echo-head HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(read_response(&mut r, false).body, b"late");
+    assert!(read_response(&mut r, false).body.starts_with(b"GET /echo-head"));
 }
 
 #[test]

@@ -331,6 +331,17 @@ pub fn idle_socket_alive(fd: RawFd) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
+/// Whether the peer has closed its side with nothing left to read (a peek
+/// that finds end of stream).
+pub fn peer_closed(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: one byte of valid buffer; MSG_PEEK leaves any data in place.
+    let n = unsafe {
+        libc::recv(fd, &mut byte as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    n == 0
+}
+
 /// How a non-blocking connect stands: `Ok(true)` connected, `Ok(false)` still
 /// in progress, `Err` failed (refused, unreachable...).
 pub fn connect_status(fd: RawFd) -> io::Result<bool> {

@@ -106,6 +106,8 @@ pub struct Conn {
     keep_alive: bool,
     /// Edge-triggered readiness not yet consumed by a read that hit EAGAIN.
     readable: bool,
+    /// The client shut down its side since this was last looked at.
+    client_fin: bool,
     /// TCP_CORK is set for the response in flight.
     corked: bool,
     /// Connection accepted on the admin listener: answers /metrics and
@@ -139,6 +141,7 @@ impl Conn {
             discard: 0,
             keep_alive: true,
             readable: false,
+            client_fin: false,
             corked: false,
             admin,
             request_started: None,
@@ -166,6 +169,10 @@ impl Conn {
 
     pub fn mark_readable(&mut self) {
         self.readable = true;
+    }
+
+    pub fn mark_client_fin(&mut self) {
+        self.client_fin = true;
     }
 
     pub fn on_upstream_event(&mut self, ctx: &mut Ctx) {

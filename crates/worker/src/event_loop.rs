@@ -168,6 +168,9 @@ impl<'a> EventLoop<'a> {
                     conn.on_upstream_event(&mut self.ctx);
                 } else if event.readable() {
                     conn.mark_readable();
+                    if event.peer_closed() {
+                        conn.mark_client_fin();
+                    }
                 }
                 let outcome = conn.drive(&mut self.ctx);
                 self.settle(token, outcome);

@@ -202,6 +202,9 @@ impl Conn {
     pub(super) fn drive_proxy(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
         loop {
             let stage = self.exchange.as_ref()?.stage;
+            if self.client_gave_up(stage) {
+                return Some(Outcome::Close(CloseReason::PeerClosed));
+            }
             let step = match stage {
                 Stage::Connect => self.proxy_connect(ctx),
                 Stage::SendHead => self.proxy_send_head(ctx),
@@ -218,6 +221,20 @@ impl Conn {
                 Step::Finished => return None,
             }
         }
+    }
+
+    /// The client closed its connection while its request waits for the
+    /// upstream: the exchange is abandoned (and its upstream connection closed,
+    /// never pooled) rather than finished for nobody, as nginx does unless
+    /// told to ignore client aborts. A client that only half-closed after
+    /// pipelining more requests still has bytes to read: it is served.
+    fn client_gave_up(&mut self, stage: Stage) -> bool {
+        if !std::mem::take(&mut self.client_fin) {
+            return false;
+        }
+        let waiting = matches!(stage, Stage::Connect | Stage::SendHead | Stage::AwaitHead);
+        let nothing_buffered = self.rbuf.as_ref().is_none_or(|b| b.is_empty());
+        waiting && nothing_buffered && sys::peer_closed(self.fd.as_raw_fd())
     }
 
     /// Picks a server (not yet tried) and starts connecting, from the pool when
