@@ -4,93 +4,9 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::{BufReader, Read, Write};
 
 const TWO_WORKERS: &str = "listen = [\"127.0.0.1:0\"]\nroot = \"{root}\"\nworkers = 2\n";
-
-/// Clients that loop over keep-alive connections until told to stop, counting
-/// responses by status and every I/O failure.
-struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
-}
-
-impl Load {
-    fn start(server: &Server, clients: usize, path: &'static str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..clients)
-            .map(|_| {
-                let (addr, stop) = (server.addr, stop.clone());
-                std::thread::spawn(move || {
-                    let (mut ok, mut failures) = (0u64, Vec::new());
-                    let mut conn: Option<BufReader<std::net::TcpStream>> = None;
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = conn.get_or_insert_with(|| BufReader::new(connect(addr)));
-                        let sent = r
-                            .get_mut()
-                            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-                        let resp = sent.map_err(|e| e.to_string()).and_then(|()| try_read_response(r));
-                        match resp {
-                            Ok((200, close)) => {
-                                ok += 1;
-                                if close {
-                                    conn = None;
-                                }
-                            }
-                            Ok((status, _)) => failures.push(format!("status {status}")),
-                            Err(e) => {
-                                failures.push(e);
-                                conn = None;
-                            }
-                        }
-                    }
-                    (ok, failures)
-                })
-            })
-            .collect();
-        Load { stop, threads }
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = (0, Vec::new());
-        for t in self.threads {
-            let (ok, failures) = t.join().unwrap();
-            total.0 += ok;
-            total.1.extend(failures);
-        }
-        total
-    }
-}
-
-/// Reads one response; returns its status and whether the server closes after it.
-fn try_read_response(r: &mut BufReader<std::net::TcpStream>) -> Result<(u16, bool), String> {
-    let mut line = String::new();
-    if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-        return Err("connection closed before a response".into());
-    }
-    let status: u16 =
-        line.get(9..12).and_then(|s| s.parse().ok()).ok_or(format!("bad status line {line:?}"))?;
-    let (mut length, mut close) = (0usize, false);
-    loop {
-        line.clear();
-        r.read_line(&mut line).map_err(|e| e.to_string())?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let lower = l.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().map_err(|_| "bad length".to_string())?;
-        }
-        close |= lower == "connection: close";
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body).map_err(|e| e.to_string())?;
-    Ok((status, close))
-}
 
 #[test]
 fn reloads_under_load_lose_no_request_and_apply_the_new_configuration() {

@@ -237,6 +237,31 @@ fn bodies_come_back_identical_through_the_proxy_from_another_tine() {
 }
 
 #[test]
+fn reloads_of_the_proxy_under_load_lose_no_request() {
+    let files = Server::start(1);
+    files.write_file("v.txt", b"through the proxy");
+    let proxy = Server::builder()
+        .workers(2)
+        .config(&format!(
+            "[[upstream]]\nname = \"files\"\nservers = [\"{}\"]\n[[route]]\npath = \"/\"\nupstream = \"files\"\n",
+            files.addr
+        ))
+        .start();
+    let load = Load::start(&proxy, 8, "/v.txt");
+    proxy.wait_until("load flowing", |s| s["total"]["requests"].as_u64() > Some(200));
+    for generation in 2..=4 {
+        let before = proxy.stats()["total"]["requests"].as_u64().unwrap();
+        proxy.signal(libc::SIGHUP);
+        proxy.wait_until("reload, and requests after it", |s| {
+            s["master"]["generation"] == generation && s["total"]["requests"].as_u64() > Some(before + 200)
+        });
+    }
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{} failures (first: {:?}) among {ok}", failures.len(), failures.first());
+    assert!(ok > 600);
+}
+
+#[test]
 fn hop_by_hop_headers_are_dropped_and_forwarding_headers_added() {
     let up = Upstream::start();
     let proxy = proxy_to(&[up.addr], "");
