@@ -294,6 +294,9 @@ impl Conn {
                         }
                         self.exchange = Some(exchange);
                         self.phase = Phase::Proxy;
+                        // An end of stream seen before this request was read
+                        // is the client's half-close, not a change of mind.
+                        self.client_fin = false;
                         return None;
                     }
                 }

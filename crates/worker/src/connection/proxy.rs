@@ -189,13 +189,16 @@ impl Conn {
     /// The client closed its connection while its request waits for the
     /// upstream: the exchange is abandoned (and its upstream connection closed,
     /// never pooled) rather than finished for nobody, as nginx does unless
-    /// told to ignore client aborts. A client that only half-closed after
-    /// pipelining more requests still has bytes to read: it is served.
+    /// told to ignore client aborts. Only an end of stream that arrives during
+    /// the exchange counts, and only with nothing left to read: a client that
+    /// half-closed after sending its requests is served. Streams relay
+    /// half-closes instead.
     fn client_gave_up(&mut self, stage: Stage) -> bool {
         if !std::mem::take(&mut self.client_fin) {
             return false;
         }
-        let waiting = matches!(stage, Stage::Connect | Stage::SendHead | Stage::AwaitHead);
+        let http = self.exchange.as_ref().is_some_and(|ex| ex.stream.is_none());
+        let waiting = http && matches!(stage, Stage::Connect | Stage::SendHead | Stage::AwaitHead);
         let nothing_buffered = self.rbuf.as_ref().is_none_or(|b| b.is_empty());
         waiting && nothing_buffered && sys::peer_closed(self.fd.as_raw_fd())
     }
