@@ -175,9 +175,11 @@ impl Conn {
         self.client_fin = true;
     }
 
-    pub fn on_upstream_event(&mut self, ctx: &mut Ctx) {
+    pub fn on_upstream_event(&mut self, ctx: &mut Ctx, peer_closed: bool) {
         if self.exchange.is_none() {
             self.check_parked(ctx);
+        } else if peer_closed {
+            self.note_upstream_fin();
         }
     }
 

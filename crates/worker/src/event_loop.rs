@@ -165,7 +165,7 @@ impl<'a> EventLoop<'a> {
                     return Ok(None);
                 };
                 if upstream_side {
-                    conn.on_upstream_event(&mut self.ctx);
+                    conn.on_upstream_event(&mut self.ctx, event.peer_closed());
                 } else if event.readable() {
                     conn.mark_readable();
                     if event.peer_closed() {

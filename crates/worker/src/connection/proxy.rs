@@ -77,6 +77,9 @@ pub struct Exchange {
     response_started: bool,
     response_body: ResponseBody,
     upstream_keep_alive: bool,
+    /// The upstream shut down its side during the exchange: the connection
+    /// cannot be kept, whatever the response said.
+    upstream_fin: bool,
     head_request: bool,
     /// A stream (raw TCP relay) rather than an HTTP exchange.
     stream: Option<Duration>,
@@ -105,6 +108,7 @@ impl Exchange {
             response_started: false,
             response_body: ResponseBody::None,
             upstream_keep_alive: false,
+            upstream_fin: false,
             head_request: false,
             stream: None,
             tunnel: None,
@@ -232,6 +236,7 @@ impl Conn {
                     }
                     ex.reused = true;
                     ex.fd = Some(p.fd);
+                    ex.upstream_fin = false;
                     ex.stage = Stage::SendHead;
                     let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
                     self.arm(ctx, timeout);
@@ -251,6 +256,7 @@ impl Conn {
                     }
                     ex.reused = c.reused;
                     ex.fd = Some(c.fd);
+                    ex.upstream_fin = false;
                     if let Some(st) = stats {
                         st.requests.fetch_add(1, Relaxed);
                     }
@@ -625,6 +631,9 @@ impl Conn {
     /// when it can carry another request, and the client connection goes on.
     fn proxy_complete(&mut self, ctx: &mut Ctx) -> Step {
         let mut ex = self.exchange.take().expect("exchange");
+        if ex.upstream_fin {
+            ex.upstream_keep_alive = false;
+        }
         if let Some(fd) = ex.fd.take() {
             if ex.upstream_keep_alive && self.keep_alive && !ctx.draining {
                 // Keep it with this client connection, still registered, for
@@ -895,6 +904,14 @@ impl Conn {
         let Some(p) = self.parked.take() else { return };
         let _ = ctx.epoll.delete(p.fd.as_raw_fd());
         ctx.upstreams.release(p.group, p.server, p.fd, p.since);
+    }
+
+    /// The upstream's end of stream came with an event of the exchange: once
+    /// the edge is consumed no later event would tell, so remember it.
+    pub(super) fn note_upstream_fin(&mut self) {
+        if let Some(ex) = self.exchange.as_mut() {
+            ex.upstream_fin = true;
+        }
     }
 
     /// An event on the upstream side while no exchange runs: the server
