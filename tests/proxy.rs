@@ -262,6 +262,32 @@ fn reloads_of_the_proxy_under_load_lose_no_request() {
 }
 
 #[test]
+fn the_access_log_shows_what_the_client_got_from_the_proxy() {
+    let up = Upstream::start();
+    let proxy = Server::builder()
+        .config(&format!(
+            "access_log = \"access.log\"\n[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+             [[upstream]]\nname = \"dead\"\nservers = [\"{}\"]\n\
+             [[route]]\npath = \"/gone/\"\nupstream = \"dead\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
+            up.addr,
+            closed_port()
+        ))
+        .start();
+    assert_eq!(proxy.get("/no-content").status, 204);
+    assert_eq!(proxy.get("/gone/x").status, 502);
+    let mut s = proxy.connect();
+    s.write_all(b"GET /hang?abandoned HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    proxy.wait_until("the exchange under way", |s| s["upstreams"][0]["active"] == 1);
+    drop(s);
+    let log = proxy.dir.path().join("access.log");
+    wait_for("three lines flushed", || std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 3));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"GET /no-content HTTP/1.1\" 204 "), "{text}");
+    assert!(text.contains("\"GET /gone/x HTTP/1.1\" 502 "), "{text}");
+    assert!(text.contains("\"GET /hang?abandoned HTTP/1.1\" 499 0 "), "{text}");
+}
+
+#[test]
 fn hop_by_hop_headers_are_dropped_and_forwarding_headers_added() {
     let up = Upstream::start();
     let proxy = proxy_to(&[up.addr], "");

@@ -27,6 +27,11 @@ impl PendingEntry {
         Box::new(PendingEntry { text, line, referer, user_agent, status })
     }
 
+    /// The status, once known (a proxied response's comes from upstream).
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
     /// For a head that did not parse: its first line, as far as it goes.
     pub fn malformed(head: &[u8], status: u16) -> Box<Self> {
         let end = head.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(head.len()).min(MAX_RAW_LINE);

@@ -170,6 +170,10 @@ impl Conn {
         loop {
             let stage = self.exchange.as_ref()?.stage;
             if self.client_gave_up(stage) {
+                // What nginx logs for a request its client abandoned.
+                if let Some(entry) = self.access.as_mut() {
+                    entry.set_status(499);
+                }
                 return Some(Outcome::Close(CloseReason::PeerClosed));
             }
             let step = match stage {
@@ -187,6 +191,15 @@ impl Conn {
                 Step::Close(r) => return Some(Outcome::Close(r)),
                 Step::Finished => return None,
             }
+        }
+    }
+
+    /// A response starts for the client: counted, and its status kept for the
+    /// access log.
+    fn count_proxied_response(&mut self, ctx: &mut Ctx, code: u16) {
+        super::count_response(ctx, Status(code));
+        if let Some(entry) = self.access.as_mut() {
+            entry.set_status(code);
         }
     }
 
@@ -494,7 +507,7 @@ impl Conn {
     /// whatever body bytes came in with the head.
     fn proxy_begin_response(&mut self, ctx: &mut Ctx, code: u16, plan: ResponsePlan) -> Step {
         let upgrade = code == 101;
-        super::count_response(ctx, Status(code));
+        self.count_proxied_response(ctx, code);
         let ex = self.exchange.as_mut().expect("exchange");
         ex.upstream_keep_alive = plan.keep_alive && !upgrade;
         let early: &[u8] = ex.response.as_ref().map_or(&[][..], |b| b.filled());
@@ -724,7 +737,7 @@ impl Conn {
         retire(ctx, ex);
         let framing = Framing { date: ctx.date.bytes(), persistence, head_request };
         let reply = error_page(status, &framing, None, &mut self.wbuf);
-        super::count_response(ctx, status);
+        self.count_proxied_response(ctx, status.0);
         self.body_len = reply.body_len;
         self.wpos = 0;
         self.phase = Phase::Send;
