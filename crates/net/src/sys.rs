@@ -320,26 +320,32 @@ pub fn socket_error(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Whether an idle pooled connection is still usable: nothing to read and not
-/// closed (a peek that would block).
-pub fn idle_socket_alive(fd: RawFd) -> bool {
+/// What a socket holds for the reader, seen without taking anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peek {
+    /// Bytes are waiting.
+    Data,
+    /// The peer closed its side and nothing is left to read.
+    End,
+    /// Nothing yet: a read would block. An idle connection is usable.
+    Nothing,
+    /// The connection failed (reset, for one).
+    Broken,
+}
+
+/// Looks at the first waiting byte, leaving it in place.
+pub fn peek(fd: RawFd) -> Peek {
     let mut byte = 0u8;
     // SAFETY: one byte of valid buffer; MSG_PEEK leaves the data in place.
     let n = unsafe {
         libc::recv(fd, &mut byte as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
     };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-}
-
-/// Whether the peer has closed its side with nothing left to read (a peek
-/// that finds end of stream).
-pub fn peer_closed(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: one byte of valid buffer; MSG_PEEK leaves any data in place.
-    let n = unsafe {
-        libc::recv(fd, &mut byte as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-    };
-    n == 0
+    match n {
+        0 => Peek::End,
+        n if n > 0 => Peek::Data,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Nothing,
+        _ => Peek::Broken,
+    }
 }
 
 /// How a non-blocking connect stands: `Ok(true)` connected, `Ok(false)` still

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tine_config::{Balance, Upstream, UpstreamAddr};
-use tine_net::sys::{self, ConnectTo};
+use tine_net::sys::{self, ConnectTo, Peek};
 use tine_stats::layout::UpstreamStats;
 
 pub struct Server {
@@ -146,17 +146,14 @@ impl Upstreams {
         let s = &mut g.servers[server];
         while let Some((fd, since)) = s.idle.pop() {
             if now.saturating_duration_since(since) < keepalive_timeout
-                && sys::idle_socket_alive(fd.as_raw_fd())
+                && sys::peek(fd.as_raw_fd()) == Peek::Nothing
             {
                 if let Some(st) = stat {
                     st.pool_hits.fetch_add(1, Relaxed);
                 }
                 return Ok(Connection { fd, reused: true });
             }
-            s.open = s.open.saturating_sub(1);
-            if let Some(st) = stat {
-                st.open.fetch_sub(1, Relaxed);
-            }
+            closed(s, stat, 1);
         }
         if let Some(st) = stat {
             st.pool_misses.fetch_add(1, Relaxed);
@@ -181,33 +178,39 @@ impl Upstreams {
             for (i, s) in g.servers.iter_mut().enumerate() {
                 let before = s.idle.len();
                 s.idle.retain(|(_, since)| now.saturating_duration_since(*since) < timeout);
-                let closed = (before - s.idle.len()) as u32;
-                if closed > 0 {
-                    s.open = s.open.saturating_sub(closed);
-                    if let Some(st) = stats.get(g.stats_base + i) {
-                        st.open.fetch_sub(closed as u64, Relaxed);
-                    }
+                let expired = before - s.idle.len();
+                if expired > 0 {
+                    closed(s, stats.get(g.stats_base + i), expired);
                 }
             }
         }
     }
 
     /// Returns a connection whose exchange completed cleanly to the pool.
-    pub fn release(&mut self, group: usize, server: usize, fd: OwnedFd, now: Instant) {
+    /// Returns a connection that is idle since `since` to the pool (or
+    /// closes it when the pool is full).
+    pub fn release(
+        &mut self,
+        group: usize,
+        server: usize,
+        fd: OwnedFd,
+        since: Instant,
+        stats: &[UpstreamStats],
+    ) {
         let g = &mut self.groups[group];
         let keep = g.config.keepalive;
         let s = &mut g.servers[server];
         if s.idle.len() < keep {
-            s.idle.push((fd, now));
+            s.idle.push((fd, since));
         } else {
-            self.forget(group, server);
+            closed(s, stats.get(g.stats_base + server), 1);
         }
     }
 
-    /// A connection to the server was closed.
-    pub fn forget(&mut self, group: usize, server: usize) {
-        let s = &mut self.groups[group].servers[server];
-        s.open = s.open.saturating_sub(1);
+    /// A connection to the server was closed (its descriptor dropped by the caller).
+    pub fn forget(&mut self, group: usize, server: usize, stats: &[UpstreamStats]) {
+        let g = &mut self.groups[group];
+        closed(&mut g.servers[server], stats.get(g.stats_base + server), 1);
     }
 
     /// Records how an exchange with the server went, for the circuit breaker;
@@ -244,14 +247,11 @@ impl Upstreams {
     pub fn close_all(&mut self, stats: &[UpstreamStats]) {
         for g in &mut self.groups {
             for (i, s) in g.servers.iter_mut().enumerate() {
-                let idle = s.idle.len() as u64;
-                s.idle.clear();
-                s.open = s.open.saturating_sub(idle as u32);
-                if let Some(st) = stats.get(g.stats_base + i) {
-                    st.open.fetch_sub(idle, Relaxed);
-                    if s.down_until.take().is_some() {
-                        st.down.fetch_sub(1, Relaxed);
-                    }
+                let stat = stats.get(g.stats_base + i);
+                let idle = std::mem::take(&mut s.idle).len();
+                closed(s, stat, idle);
+                if let (Some(st), Some(_)) = (stat, s.down_until.take()) {
+                    st.down.fetch_sub(1, Relaxed);
                 }
             }
         }
@@ -259,6 +259,15 @@ impl Upstreams {
 
     pub fn group_of_stats(&self, group: usize, server: usize) -> usize {
         self.groups[group].stats_base + server
+    }
+}
+
+/// `n` connections to the server were closed: fewer open in the worker's own
+/// count (what least_conn and the pool see) and in the region's gauge.
+fn closed(s: &mut Server, stat: Option<&UpstreamStats>, n: usize) {
+    s.open = s.open.saturating_sub(n as u32);
+    if let Some(st) = stat {
+        st.open.fetch_sub(n as u64, Relaxed);
     }
 }
 

@@ -29,7 +29,9 @@ use tine_http::chunked::ChunkedDecoder;
 use tine_http::forward::{self, PlannedBody, ResponsePlan};
 use tine_http::request::{Body, Method, Request};
 use tine_http::response::{Persistence, Status};
-use tine_net::{sys, Interest};
+use tine_net::sys::{self, Peek};
+use tine_net::Interest;
+use tine_stats::layout::UpstreamStats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -217,7 +219,7 @@ impl Conn {
         let http = self.exchange.as_ref().is_some_and(|ex| ex.stream.is_none());
         let waiting = http && matches!(stage, Stage::Connect | Stage::SendHead | Stage::AwaitHead);
         let nothing_buffered = self.rbuf.as_ref().is_none_or(|b| b.is_empty());
-        waiting && nothing_buffered && sys::peer_closed(self.fd.as_raw_fd())
+        waiting && nothing_buffered && sys::peek(self.fd.as_raw_fd()) == Peek::End
     }
 
     /// Picks a server (not yet tried) and starts connecting, from the pool when
@@ -234,13 +236,13 @@ impl Conn {
             if server < 64 {
                 ex.tried |= 1 << server;
             }
-            let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, server));
+            let stats = server_stats(ctx, ex.group, server);
             if let Some(p) = self.parked.take() {
                 // A server's close of a parked connection raises an event that
                 // closes it (check_parked), so no peek is needed, except to
                 // narrow the race for a request that cannot be retried.
                 let same = p.group == ex.group && p.server == server;
-                if same && !ex.idempotent && !sys::idle_socket_alive(p.fd.as_raw_fd()) {
+                if same && !ex.idempotent && sys::peek(p.fd.as_raw_fd()) != Peek::Nothing {
                     close_parked(ctx, p);
                 } else if same {
                     if let Some(st) = stats {
@@ -264,7 +266,7 @@ impl Conn {
                 Ok(c) => {
                     let token = self.token | UPSTREAM_SIDE;
                     if ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION).is_err() {
-                        ctx.upstreams.forget(ex.group, server);
+                        ctx.upstreams.forget(ex.group, server, ctx.upstream_stats);
                         return self.proxy_fail(ctx, Status::BAD_GATEWAY);
                     }
                     ex.reused = c.reused;
@@ -442,9 +444,7 @@ impl Conn {
                 Ok(n) => {
                     buf.commit(n);
                     ex.response_started = true;
-                    if let Some(st) =
-                        ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server))
-                    {
+                    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
                         st.bytes_copied.fetch_add(n as u64, Relaxed);
                     }
                 }
@@ -569,9 +569,7 @@ impl Conn {
                     let moved = relay.moved - before;
                     ctx.stats.bytes_sent.fetch_add(moved, Relaxed);
                     self.body_len += moved;
-                    if let Some(st) =
-                        ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server))
-                    {
+                    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
                         st.bytes_spliced.fetch_add(moved, Relaxed);
                     }
                     if moved > 0 {
@@ -655,7 +653,7 @@ impl Conn {
             } else {
                 let _ = ctx.epoll.delete(fd.as_raw_fd());
                 if ex.upstream_keep_alive {
-                    ctx.upstreams.release(ex.group, ex.server, fd, ctx.now);
+                    ctx.upstreams.release(ex.group, ex.server, fd, ctx.now, ctx.upstream_stats);
                 } else {
                     release_closed(ctx, &ex);
                 }
@@ -671,7 +669,7 @@ impl Conn {
     /// server (or a fresh connection to the same one); otherwise close.
     fn proxy_server_failed(&mut self, ctx: &mut Ctx, after_sending: bool) -> Step {
         let ex = self.exchange.as_mut().expect("exchange");
-        let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server));
+        let stats = server_stats(ctx, ex.group, ex.server);
         if let Some(fd) = ex.fd.take() {
             let _ = ctx.epoll.delete(fd.as_raw_fd());
             release_closed(ctx, ex);
@@ -789,7 +787,7 @@ impl Conn {
         let (moved_up, moved_down) = (t.up.moved - before_up, t.down.moved - before_down);
         ctx.stats.bytes_received.fetch_add(moved_up, Relaxed);
         ctx.stats.bytes_sent.fetch_add(moved_down, Relaxed);
-        if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.bytes_spliced.fetch_add(moved_up + moved_down, Relaxed);
         }
         let (up, down) = match (up, down) {
@@ -832,7 +830,7 @@ impl Conn {
     /// tries the next server; a response head that took too long is a 504.
     pub(super) fn proxy_deadline(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
         let ex = self.exchange.as_mut()?;
-        let stats = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server));
+        let stats = server_stats(ctx, ex.group, ex.server);
         let step = match ex.stage {
             Stage::Connect | Stage::SendHead if ex.sent == 0 => {
                 if let Some(st) = stats {
@@ -905,10 +903,7 @@ pub struct Parked {
 /// Closes a parked connection that cannot be used again.
 fn close_parked(ctx: &mut Ctx, p: Parked) {
     let _ = ctx.epoll.delete(p.fd.as_raw_fd());
-    ctx.upstreams.forget(p.group, p.server);
-    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(p.group, p.server)) {
-        st.open.fetch_sub(1, Relaxed);
-    }
+    ctx.upstreams.forget(p.group, p.server, ctx.upstream_stats);
 }
 
 impl Conn {
@@ -916,7 +911,7 @@ impl Conn {
     pub(super) fn unpark(&mut self, ctx: &mut Ctx) {
         let Some(p) = self.parked.take() else { return };
         let _ = ctx.epoll.delete(p.fd.as_raw_fd());
-        ctx.upstreams.release(p.group, p.server, p.fd, p.since);
+        ctx.upstreams.release(p.group, p.server, p.fd, p.since, ctx.upstream_stats);
     }
 
     /// The upstream's end of stream came with an event of the exchange: once
@@ -932,7 +927,7 @@ impl Conn {
     /// now, not when the client's next request finds it.
     pub(super) fn check_parked(&mut self, ctx: &mut Ctx) {
         let Some(p) = self.parked.take() else { return };
-        if sys::idle_socket_alive(p.fd.as_raw_fd()) {
+        if sys::peek(p.fd.as_raw_fd()) == Peek::Nothing {
             self.parked = Some(p);
         } else {
             close_parked(ctx, p);
@@ -949,11 +944,16 @@ enum Step {
     Finished,
 }
 
+/// This worker's entry of the region's table for a server.
+fn server_stats<'a>(ctx: &Ctx<'a>, group: usize, server: usize) -> Option<&'a UpstreamStats> {
+    ctx.upstream_stats.get(ctx.upstreams.group_of_stats(group, server))
+}
+
 /// The exchange counts among its server's exchanges under way.
 fn begin_active(ctx: &mut Ctx, ex: &mut Exchange) {
     ex.active = true;
     ctx.upstreams.set_active(ex.group, ex.server, true);
-    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
         st.active.fetch_add(1, Relaxed);
     }
 }
@@ -962,21 +962,18 @@ fn begin_active(ctx: &mut Ctx, ex: &mut Exchange) {
 fn end_active(ctx: &mut Ctx, ex: &mut Exchange) {
     if std::mem::take(&mut ex.active) {
         ctx.upstreams.set_active(ex.group, ex.server, false);
-        if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.active.fetch_sub(1, Relaxed);
         }
     }
 }
 
 fn release_closed(ctx: &mut Ctx, ex: &Exchange) {
-    ctx.upstreams.forget(ex.group, ex.server);
-    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
-        st.open.fetch_sub(1, Relaxed);
-    }
+    ctx.upstreams.forget(ex.group, ex.server, ctx.upstream_stats);
 }
 
 fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
-    if let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(ex.group, ex.server)) {
+    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
         st.bytes_copied.fetch_add(n as u64, Relaxed);
     }
 }
@@ -985,7 +982,7 @@ fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
 /// decisions (it counts the workers of the slot that hold the server out).
 fn report(ctx: &mut Ctx, group: usize, server: usize, ok: bool) {
     let health = ctx.upstreams.report(group, server, ok, ctx.now);
-    let Some(st) = ctx.upstream_stats.get(ctx.upstreams.group_of_stats(group, server)) else { return };
+    let Some(st) = server_stats(ctx, group, server) else { return };
     match health {
         Health::WentDown => {
             st.down.fetch_add(1, Relaxed);
