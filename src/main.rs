@@ -57,7 +57,7 @@ struct Settings {
     /// Number of worker processes (default: one per CPU this process may use).
     #[arg(long)]
     workers: Option<usize>,
-    /// Where to create the statistics region (default /dev/shm/tine-PORT.stats).
+    /// Where to create the statistics region (default /run/tine-PORT.stats as root, else $XDG_RUNTIME_DIR or /dev/shm).
     #[arg(long)]
     stats_path: Option<PathBuf>,
     /// Where to write the master's pid (default $XDG_RUNTIME_DIR, /run or /tmp, tine-PORT.pid).

@@ -88,17 +88,23 @@ fn warn_if_stale(s: &Snapshot) {
     }
 }
 
-/// With no --stats-path: the one live region in /dev/shm, else port 8080's.
+/// With no --stats-path: the one live region in the default directories,
+/// else port 8080's default.
 fn find_region() -> anyhow::Result<PathBuf> {
-    let live: Vec<PathBuf> = std::fs::read_dir("/dev/shm")
-        .context("cannot list /dev/shm")?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with("tine-") && name.ends_with(".stats")
-        })
-        .filter(|p| Reader::open(p).is_ok_and(|r| r.liveness() == Liveness::Live))
-        .collect();
+    let mut live: Vec<PathBuf> = Vec::new();
+    for dir in tine_master::paths::stats_dirs() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        live.extend(
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name.starts_with("tine-") && name.ends_with(".stats")
+                })
+                .filter(|p| Reader::open(p).is_ok_and(|r| r.liveness() == Liveness::Live)),
+        );
+    }
+    live.dedup();
     match live.len() {
         0 => Ok(tine_master::paths::default_stats_path(8080)),
         1 => Ok(live.into_iter().next().expect("one element")),

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
 
 #[test]
 fn master_forks_named_pinned_workers_each_with_its_own_socket() {
@@ -194,4 +195,48 @@ fn at_the_connection_limit_new_connections_wait_instead_of_failing() {
     assert_eq!(resp.body, b"abc");
     drop(second);
     assert_eq!(server.total("accepted"), 3);
+}
+
+// A region file that names a live pid proves nothing: any local user could
+// write one where tine's region goes. Only the lock of a running server keeps
+// a start from replacing it; a file of another user is refused, not used.
+#[test]
+fn a_squatted_stats_path_does_not_stop_a_start() {
+    let first = Server::start(1);
+    // A faithful copy of a live region: valid layout, the pid of a live master.
+    let squat = first.dir.path().join("squatted.stats");
+    std::fs::copy(&first.stats_path, &squat).unwrap();
+    let start_on = |stats: &std::path::Path, pid_file: &str| {
+        let mut child = tine()
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--root"])
+            .arg(&first.root)
+            .arg("--stats-path")
+            .arg(stats)
+            .arg("--pid-file")
+            .arg(first.dir.path().join(pid_file))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let verdict = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening on") || l.contains("cannot start"));
+        send_signal(child.id() as i32, libc::SIGTERM);
+        let _ = child.wait();
+        verdict.unwrap_or_default()
+    };
+    let verdict = start_on(&squat, "second.pid");
+    assert!(verdict.contains("listening on"), "the squatted path stopped a start: {verdict}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = first.dir.path().join("theirs.stats");
+        std::fs::copy(&first.stats_path, &theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let verdict = start_on(&theirs, "third.pid");
+        assert!(verdict.contains("owned by uid 65534"), "{verdict}");
+    }
+    assert_eq!(first.get("/").status, 403, "the first server is untouched");
 }

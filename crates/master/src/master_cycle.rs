@@ -116,7 +116,7 @@ struct Master {
 impl Master {
     fn start(launch: Launch) -> Result<Self, MasterError> {
         raise_fd_limit();
-        let inherited = upgrade::take_inherited();
+        let mut inherited = upgrade::take_inherited();
         let config = &launch.config;
         let cpus = allowed_cpus();
         let count = worker_count(config, &cpus);
@@ -138,7 +138,7 @@ impl Master {
         let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
         let region = match &inherited.stats_path {
             Some(path) => {
-                let region = Region::adopt(path)?;
+                let region = Region::adopt(path, inherited.stats_fd.take())?;
                 if region.slot_count() < count {
                     return Err(MasterError::Other(format!(
                         "{count} workers do not fit the {} slots of the adopted stats region; \
@@ -363,7 +363,7 @@ impl Master {
         }
         let exe = &self.launch.exe;
         log::info!("upgrade: starting {}", exe.display());
-        match upgrade::start(exe, &self.launch.args, &self.listeners, self.region.path(), &self.pid_file) {
+        match upgrade::start(exe, &self.launch.args, &self.listeners, &self.region, &self.pid_file) {
             Ok(pending) => self.upgrade = Some(pending),
             Err(e) => log::error!("upgrade failed, still serving: {e}"),
         }

@@ -6,9 +6,34 @@
 
 use std::path::PathBuf;
 
-/// `/dev/shm/tine-PORT.stats`: tmpfs, so the region never touches a disk.
+/// `tine-PORT.stats` in a directory on tmpfs (so the region never touches a
+/// disk) that, where the platform allows, no other user can write: `/run`
+/// for root (tmpfs under systemd, writable by root alone, so nobody can
+/// create the file first), `$XDG_RUNTIME_DIR` for other users (their own),
+/// else `/dev/shm`, where a file another user left is refused at start.
 pub fn default_stats_path(port: u16) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/tine-{port}.stats"))
+    stats_dirs()[0].join(format!("tine-{port}.stats"))
+}
+
+/// Where regions are created by default, in the order above; `tine stats`
+/// looks in all of them.
+pub fn stats_dirs() -> Vec<PathBuf> {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
+    let mut dirs = Vec::new();
+    if is_root() {
+        dirs.push(PathBuf::from("/run"));
+    }
+    dirs.extend(xdg);
+    dirs.push(PathBuf::from("/dev/shm"));
+    if !is_root() {
+        // Root's regions, for an ops user reading them.
+        dirs.push(PathBuf::from("/run"));
+    }
+    dirs
+}
+
+fn is_root() -> bool {
+    tine_stats::ownership::current_uid() == 0
 }
 
 /// `$XDG_RUNTIME_DIR/tine-PORT.pid`, else `/run/tine-PORT.pid` for root, else
@@ -21,8 +46,7 @@ fn runtime_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         PathBuf::from("/run")
     } else {
         PathBuf::from("/tmp")

@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | `TINE_LISTENERS` | the sockets: `REQUESTED|BOUND|FD,FD,...` per address, `;`-separated (one FD per slot) |
 //! | `TINE_ADOPT_STATS` | path of the region to adopt instead of creating one |
+//! | `TINE_STATS_FD` | the old master's descriptor of that region, which carries its lock (so it is never free between the two masters) |
 //! | `TINE_READY_FD` | write end of a pipe: one byte when the new workers are up |
 //! | `TINE_OLD_MASTER` | pid of the old master |
 
@@ -27,8 +28,10 @@ use std::time::{Duration, Instant};
 use tine_net::listener::LISTENERS_ENV;
 use tine_net::sys::set_cloexec_to;
 use tine_net::ListenerSet;
+use tine_stats::{Region, RegionView};
 
 pub const ADOPT_STATS_ENV: &str = "TINE_ADOPT_STATS";
+pub const STATS_FD_ENV: &str = "TINE_STATS_FD";
 pub const READY_FD_ENV: &str = "TINE_READY_FD";
 pub const OLD_MASTER_ENV: &str = "TINE_OLD_MASTER";
 
@@ -63,13 +66,13 @@ pub fn start(
     exe: &Path,
     args: &[OsString],
     listeners: &ListenerSet,
-    stats_path: &Path,
+    region: &Region,
     pid_file: &PidFile,
 ) -> Result<Pending, MasterError> {
     let pid_path = pid_file.path().to_owned();
     std::fs::rename(&pid_path, oldbin(&pid_path))
         .map_err(|source| MasterError::PidFile { path: pid_path.clone(), source })?;
-    match spawn(exe, args, listeners, stats_path) {
+    match spawn(exe, args, listeners, region) {
         Ok((pid, ready)) => Ok(Pending { pid, ready, deadline: Instant::now() + UPGRADE_TIMEOUT, pid_path }),
         Err(e) => {
             restore_pid_file(&pid_path);
@@ -82,15 +85,18 @@ fn spawn(
     exe: &Path,
     args: &[OsString],
     listeners: &ListenerSet,
-    stats_path: &Path,
+    region: &Region,
 ) -> io::Result<(Pid, std::fs::File)> {
     let (ready_read, ready_write) = pipe()?;
     let mut inherit = listeners.all();
     inherit.push(ready_write.as_raw_fd());
+    let region_fd = region.lock_fd().as_raw_fd();
+    inherit.push(region_fd);
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env(LISTENERS_ENV, listeners.to_env())
-        .env(ADOPT_STATS_ENV, stats_path)
+        .env(ADOPT_STATS_ENV, region.path())
+        .env(STATS_FD_ENV, region_fd.to_string())
         .env(READY_FD_ENV, ready_write.as_raw_fd().to_string())
         .env(OLD_MASTER_ENV, std::process::id().to_string());
     // SAFETY: the closure runs in the child between fork and exec and only makes
@@ -164,6 +170,8 @@ fn pipe() -> io::Result<(std::fs::File, OwnedFd)> {
 pub struct Inherited {
     pub listeners: Option<String>,
     pub stats_path: Option<PathBuf>,
+    /// The old master's descriptor of the region (it holds the region's lock).
+    pub stats_fd: Option<OwnedFd>,
     pub ready: Option<OwnedFd>,
     pub old_master: Option<i32>,
 }
@@ -176,14 +184,17 @@ pub fn take_inherited() -> Inherited {
     };
     let listeners = take(LISTENERS_ENV).map(|v| v.to_string_lossy().into_owned());
     let stats_path = take(ADOPT_STATS_ENV).map(PathBuf::from);
-    let ready = take(READY_FD_ENV)
-        .and_then(|v| v.to_str().and_then(|s| s.parse::<RawFd>().ok()))
-        .filter(|&fd| fd > 2)
-        .map(|fd| {
-            set_cloexec_to(fd, true);
-            // SAFETY: the old master passed this descriptor for this process to own.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        });
+    let handed_over = |name: &str| {
+        take(name).and_then(|v| v.to_str().and_then(|s| s.parse::<RawFd>().ok())).filter(|&fd| fd > 2).map(
+            |fd| {
+                set_cloexec_to(fd, true);
+                // SAFETY: the old master passed this descriptor for this process to own.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            },
+        )
+    };
+    let stats_fd = handed_over(STATS_FD_ENV);
+    let ready = handed_over(READY_FD_ENV);
     let old_master = take(OLD_MASTER_ENV).and_then(|v| v.to_str().and_then(|s| s.parse().ok()));
-    Inherited { listeners, stats_path, ready, old_master }
+    Inherited { listeners, stats_path, stats_fd, ready, old_master }
 }

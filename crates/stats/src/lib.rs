@@ -10,6 +10,7 @@
 //! This crate depends on no other tine crate, so an ops tool can link it alone.
 
 pub mod layout;
+pub mod ownership;
 pub mod prometheus;
 pub mod reader;
 pub mod render;

@@ -5,13 +5,15 @@ use crate::layout::{
     Header, Offsets, RegionState, ENDIAN_CHECK, HEADER_SIZE, HOST_SIZE, INTERFACE_CAPACITY, LAYOUT_VERSION,
     LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE, UPSTREAM_ENTRY_SIZE, UPSTREAM_NAME_SIZE,
 };
+use crate::ownership;
 use crate::reader::{validate, ReadError};
+use crate::unix_millis;
 use crate::view::RegionView;
-use crate::{pid_alive, unix_millis};
 use memmap2::MmapMut;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
 
@@ -25,6 +27,10 @@ pub enum CreateError {
          stop it or choose another --stats-path"
     )]
     InUse { path: PathBuf, pid: u64 },
+    #[error(
+        "stats region {path} is not this server's to use: {why}; remove it or choose another --stats-path"
+    )]
+    Foreign { path: PathBuf, why: String },
     #[error("stats region {path} cannot be adopted: {source}")]
     Incompatible { path: PathBuf, source: ReadError },
     #[error("a stats region needs at least one slot and at most 4096, not {0}")]
@@ -33,16 +39,19 @@ pub enum CreateError {
     ListenerTooLong(String),
 }
 
-/// A read-write mapping of the region.
+/// A read-write mapping of the region, and the open file whose lock says the
+/// region is live (see [`crate::ownership`]).
 pub struct Region {
     map: MmapMut,
     path: PathBuf,
+    file: File,
 }
 
 impl Region {
     /// Creates a fresh region at `path` with the given slots and listen addresses.
-    /// A leftover region whose master is gone is replaced; one whose master still
-    /// runs is refused, which also stops two servers sharing one path.
+    /// A leftover region nobody holds is replaced; one a running server holds is
+    /// refused, which also stops two servers sharing one path; a file of
+    /// another user, or that is not a plain file, is refused.
     pub fn create(path: &Path, slot_count: usize, listeners: &[String]) -> Result<Self, CreateError> {
         Self::create_with_upstreams(path, slot_count, listeners, &[])
     }
@@ -73,26 +82,61 @@ impl Region {
             .write(true)
             .create_new(true)
             .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(io_err)?;
+        if !ownership::lock(&file).map_err(io_err)? {
+            // Another server created and locked it since the check above.
+            return Err(CreateError::InUse { path: path.to_owned(), pid: 0 });
+        }
         let capacity = (upstreams.len() * 2).max(16);
         let offsets = Offsets::compute(slot_count, listeners.len(), capacity);
         file.set_len(offsets.total as u64).map_err(io_err)?;
         let map = map_rw(&file).map_err(io_err)?;
-        let mut region = Region { map, path: path.to_owned() };
+        let mut region = Region { map, path: path.to_owned(), file };
         region.initialise(slot_count, listeners, offsets, capacity);
         region.set_upstream_names(upstreams);
         Ok(region)
     }
 
     /// Maps an existing region read-write so that a new master (binary upgrade)
-    /// continues its counters.
-    pub fn adopt(path: &Path) -> Result<Self, CreateError> {
+    /// continues its counters. `inherited` is the old master's descriptor of
+    /// it, which carries the lock over; without one the region must be free.
+    pub fn adopt(path: &Path, inherited: Option<OwnedFd>) -> Result<Self, CreateError> {
         let io_err = |source| CreateError::Io { path: path.to_owned(), source };
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err)?;
+        let foreign = |why: String| CreateError::Foreign { path: path.to_owned(), why };
+        let file = match inherited {
+            Some(fd) => File::from(fd),
+            None => {
+                let opened = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)
+                    .map_err(io_err)?;
+                if !ownership::lock(&opened).map_err(io_err)? {
+                    return Err(CreateError::InUse { path: path.to_owned(), pid: 0 });
+                }
+                opened
+            }
+        };
+        let meta = file.metadata().map_err(io_err)?;
+        if let Some(why) = ownership::foreign(&meta) {
+            return Err(foreign(why));
+        }
+        let at_path = std::fs::symlink_metadata(path).map_err(io_err)?;
+        if (at_path.dev(), at_path.ino()) != (meta.dev(), meta.ino()) {
+            return Err(foreign("the file at the path is not the region handed over".into()));
+        }
         let map = map_rw(&file).map_err(io_err)?;
         validate(&map).map_err(|source| CreateError::Incompatible { path: path.to_owned(), source })?;
-        Ok(Region { map, path: path.to_owned() })
+        Ok(Region { map, path: path.to_owned(), file })
+    }
+
+    /// The descriptor that holds the region's lock, for a new master to
+    /// inherit across a binary upgrade.
+    pub fn lock_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 
     fn initialise(
@@ -203,13 +247,23 @@ fn map_rw(file: &File) -> io::Result<MmapMut> {
     unsafe { MmapMut::map_mut(file) }
 }
 
+/// Refuses a file at the path that a running server holds, that belongs to
+/// another user, or that is not a plain file (a symlink is not followed).
 fn refuse_if_live(path: &Path) -> Result<(), CreateError> {
-    let Ok(reader) = crate::Reader::open(path) else {
-        return Ok(());
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(CreateError::Foreign { path: path.to_owned(), why: "it is a symbolic link".into() })
+        }
+        Err(source) => return Err(CreateError::Io { path: path.to_owned(), source }),
     };
-    let pid = reader.header().master_pid.load(Ordering::Relaxed);
-    let state = reader.header().state.load(Ordering::Relaxed);
-    if pid != std::process::id() as u64 && state != RegionState::Stopped as u64 && pid_alive(pid) {
+    let meta = file.metadata().map_err(|source| CreateError::Io { path: path.to_owned(), source })?;
+    if let Some(why) = ownership::foreign(&meta) {
+        return Err(CreateError::Foreign { path: path.to_owned(), why });
+    }
+    if ownership::held(&file).map_err(|source| CreateError::Io { path: path.to_owned(), source })? {
+        let pid = crate::Reader::open(path).map_or(0, |r| r.header().master_pid.load(Ordering::Relaxed));
         return Err(CreateError::InUse { path: path.to_owned(), pid });
     }
     Ok(())

@@ -32,17 +32,41 @@ fn counters_written_are_counters_read() {
 }
 
 #[test]
-fn a_region_owned_by_a_live_master_is_not_replaced() {
+fn a_region_held_by_a_running_server_is_not_replaced_and_a_squatted_one_is() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.stats");
     let first = Region::create(&path, 1, &[]).unwrap();
-    // Pretend another live process (our parent) owns it.
-    let parent = std::os::unix::process::parent_id() as u64;
-    first.header().master_pid.store(parent, Relaxed);
     let err = Region::create(&path, 1, &[]).err().expect("must refuse");
     assert!(err.to_string().contains("running tine master"), "{err}");
-    first.set_state(tine_stats::RegionState::Stopped);
-    Region::create(&path, 1, &[]).expect("a stopped region is replaced");
+    // A reader's descriptor and its read lock do not make a region live.
+    let reader = std::fs::File::open(&path).unwrap();
+    assert!(tine_stats::ownership::held(&reader).unwrap());
+    drop(first);
+    assert!(!tine_stats::ownership::held(&reader).unwrap(), "the lock goes with its holder");
+    // A file that names a live pid (ours) but that nobody holds is a leftover.
+    let squatted = Region::create(&path, 1, &[]).unwrap();
+    squatted.header().master_pid.store(std::process::id() as u64, Relaxed);
+    drop(squatted);
+    Region::create(&path, 1, &[]).expect("an unheld region is replaced whatever pid it names");
+}
+
+#[test]
+fn a_region_file_of_another_user_or_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link.stats");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
+    let err = Region::create(&link, 1, &[]).err().expect("a symlink is refused");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    if tine_stats::ownership::current_uid() != 0 {
+        eprintln!("skipped the other-user half: needs root to give a file away");
+        return;
+    }
+    let path = dir.path().join("theirs.stats");
+    std::fs::write(&path, b"squatter").unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    let err = Region::create(&path, 1, &[]).err().expect("another user's file is refused");
+    assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"squatter", "left as it was");
 }
 
 #[test]
