@@ -32,6 +32,8 @@ UPSTREAM = ["requests", "failures", "timeouts", "pool_hits", "pool_misses", "ope
 UPSTREAM_GAUGES = {"open", "down", "active"}
 STATES = ["empty", "starting", "running", "draining", "dead", "backoff", "retired"]
 LATENCY_OFFSET, LATENCY_BUCKETS = 184, 32
+# Fields after the histogram, with their offsets in the slot.
+SLOT_AFTER_HISTOGRAM = {"closed_idle_at_limit": 440}
 
 
 class Invalid(Exception):
@@ -99,11 +101,13 @@ def read(path):
         w = {"slot": i}
         for j, name in enumerate(SLOT):
             w[name] = u64(base + 8 * j)
+        for name, off in SLOT_AFTER_HISTOGRAM.items():
+            w[name] = u64(base + off)
         w["latency_us"] = [u64(base + LATENCY_OFFSET + 8 * b) for b in range(LATENCY_BUCKETS)]
         slots.append(w)
 
     total = {}
-    for name in SLOT:
+    for name in SLOT + list(SLOT_AFTER_HISTOGRAM):
         if name in SLOT_INFO:
             continue
         s = sum(w[name] for w in slots) % (1 << 64)

@@ -45,6 +45,7 @@ struct RawUpstream {
     io_timeout: Option<Spanned<String>>,
     max_fails: Option<Spanned<i64>>,
     fail_timeout: Option<Spanned<String>>,
+    underscores_in_headers: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +309,7 @@ fn parse_proxy(
             io_timeout: duration_or(at, &u.io_timeout, Duration::from_secs(60))?,
             max_fails: u.max_fails.as_ref().map_or(Ok(3), |v| at.in_range(v, "max_fails", 0, 1000))? as u32,
             fail_timeout: duration_or(at, &u.fail_timeout, Duration::from_secs(10))?,
+            underscores_in_headers: u.underscores_in_headers.unwrap_or(false),
         });
     }
     let upstream_index =

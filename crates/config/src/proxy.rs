@@ -70,6 +70,8 @@ pub struct Upstream {
     pub max_fails: u32,
     /// ...for this long, before one request probes it again.
     pub fail_timeout: Duration,
+    /// Request headers whose names contain `_` are forwarded (dropped by default).
+    pub underscores_in_headers: bool,
 }
 
 /// The Host header a proxied request carries.
@@ -107,9 +109,12 @@ pub struct Stream {
     pub idle_timeout: Duration,
 }
 
-/// Picks the route for a request: `host` without its port, lowercase.
-/// Runs for every request, so it compares in place rather than allocating.
-pub fn route_for<'r>(routes: &'r [Route], host: Option<&[u8]>, path: &[u8]) -> Option<&'r Route> {
+/// Picks the route for a request: the index of the route in `routes`.
+/// `host` is compared without its port and case; `path` is the request's
+/// normalised path (tine_http::target), so every spelling of a path picks
+/// the same route. Runs for every request, so it compares in place rather
+/// than allocating.
+pub fn route_for(routes: &[Route], host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
     let host = host.map(|h| match h.iter().rposition(|&b| b == b':') {
         // Keep IPv6 literals whole: `[::1]:80` -> `[::1]`.
         Some(i) if !h.ends_with(b"]") => &h[..i],
@@ -117,11 +122,13 @@ pub fn route_for<'r>(routes: &'r [Route], host: Option<&[u8]>, path: &[u8]) -> O
     });
     routes
         .iter()
-        .filter(|r| path.starts_with(r.path.as_bytes()))
-        .filter(|r| {
+        .enumerate()
+        .filter(|(_, r)| path.starts_with(r.path.as_bytes()))
+        .filter(|(_, r)| {
             r.host.as_ref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want.as_bytes())))
         })
-        .max_by_key(|r| (r.host.is_some(), r.path.len()))
+        .max_by_key(|(_, r)| (r.host.is_some(), r.path.len()))
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -140,8 +147,11 @@ mod tests {
     fn longest_prefix_and_host_win() {
         let routes = [route(None, "/", 0), route(None, "/api/", 1), route(Some("a.test"), "/", 2)];
         let pick = |h: Option<&str>, p: &str| match route_for(&routes, h.map(str::as_bytes), p.as_bytes()) {
-            Some(Route { handler: Handler::Proxy { upstream, .. }, .. }) => Some(*upstream),
-            _ => None,
+            Some(i) => match routes[i].handler {
+                Handler::Proxy { upstream, .. } => Some(upstream),
+                Handler::Static(_) => None,
+            },
+            None => None,
         };
         assert_eq!(pick(None, "/x"), Some(0));
         assert_eq!(pick(Some("b.test"), "/api/v1"), Some(1));

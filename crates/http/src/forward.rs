@@ -1,15 +1,21 @@
-//! A request and a response as they cross a reverse proxy: hop-by-hop
-//! headers removed (RFC 9110 section 7.6.1), Host and X-Forwarded-* set on the
-//! way up, the client's own Connection header on the way down, and how the
-//! response body is framed. Heads are written into the caller's buffer;
-//! nothing here allocates in the common case.
+//! A request and a response as they cross a reverse proxy. Hop-by-hop
+//! headers are removed (RFC 9110 section 7.6.1), and so is everything that
+//! frames a message: tine writes Content-Length or Transfer-Encoding, Host
+//! and the Connection header itself, from what it parsed, so no header the
+//! client or server sent can make the next hop frame the message differently
+//! (a `Connection: Content-Length` that strips the length while the body
+//! still follows is the classic smuggling). Heads are written into the
+//! caller's buffer; nothing here allocates in the common case.
 
-use crate::request::Request;
+use crate::request::{Body, Request};
+use crate::response_head::{ResponseBody, ResponseHead};
 
-/// Hop-by-hop headers never forwarded (RFC 9110 section 7.6.1), plus the ones
-/// tine sets itself. Compared without allocating: this runs for every header.
-fn hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
-    const DROP: [&[u8]; 10] = [
+/// Headers that never cross the proxy as they came: hop-by-hop ones, the
+/// ones tine writes itself, and what the Connection header lists. Framing
+/// and Host are in the first group, so a Connection header naming them
+/// changes nothing. Compared without allocating: this runs for every header.
+fn dropped(name: &[u8], listed: &[Vec<u8>]) -> bool {
+    const DROP: [&[u8]; 12] = [
         b"connection",
         // tine answers the expectation itself (100 Continue) as it relays the body.
         b"expect",
@@ -18,6 +24,8 @@ fn hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
         b"trailer",
         b"upgrade",
         b"host",
+        b"content-length",
+        b"transfer-encoding",
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"proxy-connection",
@@ -27,114 +35,81 @@ fn hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
         || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
 }
 
-/// Header names the Connection header lists (they are hop-by-hop too), and
-/// whether it asks for an upgrade.
-fn connection_tokens(headers: &[httparse::Header<'_>]) -> (Vec<Vec<u8>>, bool) {
+/// Header names the Connection header lists (they are hop-by-hop too).
+fn connection_listed(headers: &[httparse::Header<'_>]) -> Vec<Vec<u8>> {
     let mut listed = Vec::new();
-    let mut upgrade = false;
     for value in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value) {
         for t in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
-            upgrade |= t.eq_ignore_ascii_case(b"upgrade");
-            // keep-alive and close are options, not header names worth a copy.
-            if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close") {
+            // keep-alive, close and upgrade are options, not header names worth a copy.
+            let option = [&b"keep-alive"[..], b"close", b"upgrade"].iter().any(|o| t.eq_ignore_ascii_case(o));
+            if !t.is_empty() && !option {
                 listed.push(t.to_vec());
             }
         }
     }
-    (listed, upgrade)
+    listed
 }
 
-/// The upstream's response head as the client gets it: status line, headers
-/// without hop-by-hop ones, and the client connection's own Connection header.
-pub fn client_response_head(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, keep_alive: bool) {
-    let code = resp.code.unwrap_or(502);
-    let (listed, _) = connection_tokens(resp.headers);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    crate::response::push_u64(out, code as u64);
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        if hop_by_hop(h.name.as_bytes(), &listed) {
-            continue;
-        }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
-    if code == 101 {
-        if let Some(u) = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade")) {
-            out.extend_from_slice(b"Upgrade: ");
-            out.extend_from_slice(u.value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
-    } else if keep_alive {
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
-    }
 }
 
-/// How a response body is framed, for the relay.
+/// How the client connection goes on after a proxied response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlannedBody {
-    None,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
-/// What the proxy does with an upstream response after its head.
-#[derive(Clone, Copy, Debug)]
-pub struct ResponsePlan {
-    pub body: PlannedBody,
-    /// The upstream connection can carry another request afterwards.
+pub struct ClientSide {
+    /// The client speaks HTTP/1.0: no chunked coding, keep-alive said aloud.
+    pub http10: bool,
+    /// The client connection stays open after this response.
     pub keep_alive: bool,
 }
 
-impl ResponsePlan {
-    /// How a response's body is framed (RFC 9112 section 6.3), and whether the
-    /// upstream connection can carry another request afterwards.
-    pub fn of(resp: &httparse::Response<'_, '_>, head_request: bool) -> Self {
-        let code = resp.code.unwrap_or(0);
-        let mut length = None;
-        let mut chunked = false;
-        let mut close = resp.version == Some(0);
-        for h in resp.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = h
-                    .value
-                    .split(|&b| b == b',')
-                    .next_back()
-                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("connection") {
-                for t in h.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if resp.version == Some(0) && t.eq_ignore_ascii_case(b"keep-alive") {
-                        close = false;
-                    }
-                }
+/// The upstream's response head as the client gets it: status line, the
+/// end-to-end headers, framing written by tine for the body it will send, and
+/// the client connection's own Connection header.
+pub fn client_response_head(out: &mut Vec<u8>, resp: &ResponseHead<'_, '_>, client: ClientSide) {
+    let listed = connection_listed(resp.headers);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    crate::response::push_u64(out, u64::from(resp.code));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason);
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        if !dropped(h.name.as_bytes(), &listed) {
+            push_header(out, h.name.as_bytes(), h.value);
+        }
+    }
+    match resp.body {
+        ResponseBody::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            crate::response::push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        // An HTTP/1.0 client gets the decoded body, ended by the close.
+        ResponseBody::Chunked if !client.http10 => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        // HEAD and 304 describe the body a GET would get.
+        ResponseBody::None if resp.code != 204 && resp.code >= 200 => {
+            if let Some(n) = resp.content_length {
+                out.extend_from_slice(b"Content-Length: ");
+                crate::response::push_u64(out, n);
+                out.extend_from_slice(b"\r\n");
             }
         }
-        let body = if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
-            PlannedBody::None
-        } else if chunked {
-            PlannedBody::Chunked
-        } else if let Some(n) = length {
-            if n == 0 {
-                PlannedBody::None
-            } else {
-                PlannedBody::Length(n)
-            }
-        } else {
-            PlannedBody::UntilClose
-        };
-        ResponsePlan { body, keep_alive: !close && body != PlannedBody::UntilClose }
+        _ => {}
+    }
+    if resp.code == 101 {
+        if let Some(u) = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade")) {
+            push_header(out, b"Upgrade", u.value);
+        }
+        out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
+    } else if !client.keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+    } else if client.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
+    } else {
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -157,87 +132,85 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     }
 }
 
-/// The request head for the upstream: method and target as received, headers
-/// without hop-by-hop ones, `host` as Host, X-Forwarded-* added.
-pub fn upstream_request_head(
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    raw_head: &[u8],
-    host: &[u8],
-    peer: Option<std::net::IpAddr>,
-) {
+/// What the proxy adds to a request it forwards.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding<'a> {
+    /// The Host the upstream is sent.
+    pub host: &'a [u8],
+    /// The client's address, appended to X-Forwarded-For.
+    pub peer: Option<std::net::IpAddr>,
+    /// Header names with underscores go through. Off by default: a back end
+    /// that maps headers to CGI-style variables reads `X_Forwarded_For` and
+    /// `X-Forwarded-For` as one name, and would take the client's for tine's.
+    pub underscores: bool,
+}
+
+/// The request head for the upstream: method and origin-form target, the
+/// client's end-to-end headers, then what tine writes itself: Host,
+/// X-Forwarded-*, the body's framing (Content-Length, or chunked for a body
+/// tine re-chunks) and the Connection header.
+pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, raw_head: &[u8], fwd: &Forwarding<'_>) {
     let mut headers = [httparse::EMPTY_HEADER; crate::request::MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let _ = parsed.parse(raw_head);
     let all = &*parsed.headers;
-    let (listed, upgrade) = connection_tokens(all);
-    let upgrade_to = all.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade")).map(|h| h.value);
+    let listed = connection_listed(all);
     out.extend_from_slice(req.method_text.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.target);
+    out.extend_from_slice(req.origin_target);
     // An HTTP/1.0 client gets an HTTP/1.0 exchange, so no chunked body comes back.
     out.extend_from_slice(if req.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
     let mut forwarded_for: Option<&[u8]> = None;
     for h in all {
-        let (name, value) = (h.name, h.value);
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded_for = Some(value);
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            forwarded_for = Some(h.value);
             continue;
         }
-        if hop_by_hop(name.as_bytes(), &listed) {
+        if dropped(name, &listed) || (!fwd.underscores && name.contains(&b'_')) {
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name, h.value);
     }
-    let client_host = req.host.unwrap_or(b"");
-    out.extend_from_slice(b"Host: ");
-    out.extend_from_slice(host);
-    out.extend_from_slice(b"\r\nX-Forwarded-For: ");
+    push_header(out, b"Host", fwd.host);
+    out.extend_from_slice(b"X-Forwarded-For: ");
     if let Some(prior) = forwarded_for {
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    if let Some(peer) = peer {
+    if let Some(peer) = fwd.peer {
         push_ip(out, peer);
     }
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
-    out.extend_from_slice(client_host);
-    out.extend_from_slice(b"\r\n");
-    match (upgrade, upgrade_to) {
-        (true, Some(to)) => {
-            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-            out.extend_from_slice(to);
-            out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if let Some(client_host) = req.host {
+        push_header(out, b"X-Forwarded-Host", client_host);
+    }
+    match req.body {
+        Body::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            crate::response::push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
         }
-        _ if req.minor_version == 0 => out.extend_from_slice(b"Connection: close\r\n\r\n"),
+        Body::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Body::None => {}
+    }
+    match req.upgrade {
+        Some(to) => {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+            push_header(out, b"Upgrade", to);
+            out.extend_from_slice(b"\r\n");
+        }
+        None if req.minor_version == 0 => out.extend_from_slice(b"Connection: close\r\n\r\n"),
         // HTTP/1.1 connections persist unless one side says otherwise.
-        _ => out.extend_from_slice(b"\r\n"),
+        None => out.extend_from_slice(b"\r\n"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plan(raw: &[u8]) -> ResponsePlan {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        assert!(resp.parse(raw).unwrap().is_complete());
-        ResponsePlan::of(&resp, false)
-    }
-
-    #[test]
-    fn connection_options_are_tokens_not_substrings() {
-        assert!(plan(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive);
-        assert!(!plan(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: Close\r\n\r\n").keep_alive);
-        assert!(plan(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: x-closed\r\n\r\n").keep_alive);
-        assert!(!plan(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive);
-        assert!(plan(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n").keep_alive);
-        assert!(!plan(b"HTTP/1.1 200 OK\r\n\r\n").keep_alive, "a close-delimited body ends the connection");
-    }
+    use crate::request::MAX_HEADERS;
+    use crate::response_head::{parse_response, Asked};
 
     #[test]
     fn addresses_as_text() {
@@ -248,12 +221,17 @@ mod tests {
         assert_eq!(out, b"192.0.2.255 2001:db8::1");
     }
 
-    fn upstream_head(raw: &[u8]) -> String {
+    fn upstream_head_with(raw: &[u8], underscores: bool) -> String {
         let limits = crate::Limits { head_bytes: 4096, uri_bytes: 1024 };
         let req = crate::parse_request(raw, &limits).unwrap().unwrap();
         let mut out = Vec::new();
-        upstream_request_head(&mut out, &req, &raw[..req.head_len], b"app", "10.0.0.2".parse().ok());
+        let fwd = Forwarding { host: b"app", peer: "10.0.0.2".parse().ok(), underscores };
+        upstream_request_head(&mut out, &req, &raw[..req.head_len], &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    fn upstream_head(raw: &[u8]) -> String {
+        upstream_head_with(raw, false)
     }
 
     #[test]
@@ -270,6 +248,37 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_strip_framing_and_tine_writes_it() {
+        let head = upstream_head(
+            b"POST /p HTTP/1.1\r\nHost: h\r\nConnection: Content-Length, Host, Transfer-Encoding\r\n\
+              Content-Length: 00005\r\n\r\n",
+        );
+        assert!(head.ends_with("Content-Length: 5\r\n\r\n"), "{head}");
+        assert_eq!(head.matches("Content-Length").count(), 1, "{head}");
+        let chunked = upstream_head(
+            b"POST /p HTTP/1.1\r\nHost: h\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(chunked.ends_with("Transfer-Encoding: chunked\r\n\r\n"), "{chunked}");
+        let zero = upstream_head(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+        assert!(zero.contains("Content-Length: 0\r\n"), "{zero}");
+    }
+
+    #[test]
+    fn underscored_names_are_dropped_unless_allowed() {
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: x\r\nX-Ok: 1\r\n\r\n";
+        let head = upstream_head(raw);
+        assert!(!head.contains('_') && head.contains("X-Ok: 1"), "{head}");
+        assert!(upstream_head_with(raw, true).contains("X_Forwarded_For: 6.6.6.6"));
+    }
+
+    #[test]
+    fn absolute_form_goes_upstream_in_origin_form() {
+        let head = upstream_head(b"GET http://Site.test/x?y HTTP/1.1\r\nHost: other\r\n\r\n");
+        assert!(head.starts_with("GET /x?y HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("X-Forwarded-Host: Site.test\r\n"), "{head}");
+    }
+
+    #[test]
     fn http10_asks_to_close_and_an_upgrade_is_kept() {
         assert!(upstream_head(b"GET / HTTP/1.0\r\n\r\n").ends_with("Connection: close\r\n\r\n"));
         let ws = upstream_head(
@@ -278,14 +287,27 @@ mod tests {
         assert!(ws.ends_with("Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"), "{ws}");
     }
 
-    #[test]
-    fn the_client_gets_its_own_connection_header() {
-        let mut headers = [httparse::EMPTY_HEADER; 8];
-        let mut resp = httparse::Response::new(&mut headers);
-        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nETag: \"e\"\r\n\r\n";
-        resp.parse(raw).unwrap();
+    fn client_head(raw: &[u8], client: ClientSide) -> String {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let resp = parse_response(raw, &mut headers, Asked::default(), 4096).unwrap().unwrap();
         let mut out = Vec::new();
-        client_response_head(&mut out, &resp, false);
-        assert_eq!(out, b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\nConnection: close\r\n\r\n");
+        client_response_head(&mut out, &resp, client);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_client_gets_its_own_connection_header_and_tines_framing() {
+        let close = ClientSide { http10: false, keep_alive: false };
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop, content-length\r\nX-Hop: 1\r\n\
+                    Keep-Alive: timeout=5\r\nETag: \"e\"\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(
+            client_head(raw, close),
+            "HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+        );
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let keep = ClientSide { http10: false, keep_alive: true };
+        assert_eq!(client_head(both, keep), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let old = ClientSide { http10: true, keep_alive: false };
+        assert_eq!(client_head(both, old), "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
     }
 }

@@ -1,6 +1,6 @@
 //! HTTP/1.1 as tine speaks it: request heads parsed strictly (anything ambiguous is
 //! an error, never a guess), request targets turned into safe relative paths,
-//! response heads, the cached Date header, byte ranges and validators, and
+//! response heads written and upstream response heads parsed, the cached Date header, byte ranges and validators, and
 //! heads rewritten for a reverse proxy.
 //!
 //! Nothing here does I/O; the worker feeds bytes in and writes bytes out.
@@ -10,6 +10,7 @@ pub mod date;
 pub mod forward;
 pub mod request;
 pub mod response;
+pub mod response_head;
 pub mod target;
 pub mod validators;
 
@@ -29,6 +30,10 @@ pub enum HttpError {
     HeadTooLarge,
     #[error("HTTP version not supported")]
     VersionNotSupported,
+    /// A well-formed request tine will not handle, such as a transfer coding
+    /// other than chunked (nginx answers these with 501 too).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
 }
 
 impl HttpError {
@@ -38,6 +43,7 @@ impl HttpError {
             HttpError::UriTooLong => Status::URI_TOO_LONG,
             HttpError::HeadTooLarge => Status::HEADER_FIELDS_TOO_LARGE,
             HttpError::VersionNotSupported => Status::VERSION_NOT_SUPPORTED,
+            HttpError::NotImplemented(_) => Status::NOT_IMPLEMENTED,
         }
     }
 }

@@ -19,8 +19,16 @@ pub enum Method {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
     None,
+    /// `Content-Length: N` (kept even for 0: a proxy says so upstream).
     Length(u64),
     Chunked,
+}
+
+impl Body {
+    /// Whether body bytes follow the head.
+    pub fn has_bytes(self) -> bool {
+        !matches!(self, Body::None | Body::Length(0))
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +42,12 @@ pub struct Limits {
 pub struct Request<'b> {
     pub method: Method,
     pub method_text: &'b str,
+    /// The request target as received (origin-form or absolute-form).
     pub target: &'b [u8],
+    /// The target in origin-form (path and query), what an upstream is sent:
+    /// the target itself, or the part of an absolute-form target after its
+    /// authority (`/` when it has no path).
+    pub origin_target: &'b [u8],
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     pub keep_alive: bool,
@@ -42,7 +55,13 @@ pub struct Request<'b> {
     /// HTTP/1.1 `Expect: 100-continue`: the client waits for a 100 (Continue)
     /// before it sends the body.
     pub expect_continue: bool,
+    /// The host the request is for: the authority of an absolute-form target,
+    /// which takes precedence over the Host header (RFC 9112 section 3.2.2),
+    /// else the Host header. Checked to be a valid `host[:port]`.
     pub host: Option<&'b [u8]>,
+    /// The protocol an HTTP/1.1 request asks to switch to (`Connection:
+    /// upgrade` and an `Upgrade` header); only then may a 101 answer it.
+    pub upgrade: Option<&'b [u8]>,
     pub if_none_match: Option<&'b [u8]>,
     pub if_modified_since: Option<&'b [u8]>,
     pub range: Option<&'b [u8]>,
@@ -73,6 +92,7 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         return Err(HttpError::UriTooLong);
     }
     let minor_version = req.version.unwrap_or(1);
+    let (authority, origin_target) = split_target(target)?;
     let mut out = Request {
         method: match method_text {
             "GET" => Method::Get,
@@ -81,11 +101,13 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         },
         method_text,
         target,
+        origin_target,
         minor_version,
         keep_alive: minor_version == 1,
         body: Body::None,
         expect_continue: false,
         host: None,
+        upgrade: None,
         if_none_match: None,
         if_modified_since: None,
         range: None,
@@ -98,7 +120,8 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut hosts = 0;
-    let (mut conn_close, mut conn_keep_alive) = (false, false);
+    let (mut conn_close, mut conn_keep_alive, mut conn_upgrade) = (false, false, false);
+    let mut upgrade_to: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -115,12 +138,18 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
             transfer_encoding = Some(value);
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
+            if !valid_authority(value) {
+                return Err(HttpError::BadRequest("invalid Host"));
+            }
             out.host = Some(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(trim) {
                 conn_close |= token.eq_ignore_ascii_case(b"close");
                 conn_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                conn_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade_to = Some(value);
         } else if name.eq_ignore_ascii_case(b"if-none-match") {
             out.if_none_match = Some(value);
         } else if name.eq_ignore_ascii_case(b"if-modified-since") {
@@ -143,20 +172,23 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
     if hosts == 0 && minor_version == 1 {
         return Err(HttpError::BadRequest("HTTP/1.1 request without Host"));
     }
+    if let Some(authority) = authority {
+        out.host = Some(authority);
+    }
+    if minor_version == 1 && conn_upgrade {
+        out.upgrade = upgrade_to.filter(|u| !u.is_empty());
+    }
     out.body = match (transfer_encoding, content_length) {
         (Some(_), Some(_)) => return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length")),
         (Some(_), None) if minor_version == 0 => {
             return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
         }
-        (Some(te), None) => {
-            let last = te.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
-            if !last.eq_ignore_ascii_case(b"chunked") {
-                return Err(HttpError::BadRequest("Transfer-Encoding does not end in chunked"));
-            }
-            Body::Chunked
-        }
-        (None, Some(0)) | (None, None) => Body::None,
+        // Only chunked alone: any other coding, or a list, is one a proxy
+        // would have to pass on undecoded and a back end might read otherwise.
+        (Some(te), None) if te.eq_ignore_ascii_case(b"chunked") => Body::Chunked,
+        (Some(_), None) => return Err(HttpError::NotImplemented("transfer coding other than chunked")),
         (None, Some(n)) => Body::Length(n),
+        (None, None) => Body::None,
     };
     out.keep_alive = if minor_version == 1 { !conn_close } else { conn_keep_alive && !conn_close };
     Ok(Some(out))
@@ -195,6 +227,52 @@ fn request_line(head: &[u8]) -> &[u8] {
     let rest = &head[start..];
     let end = rest.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(rest.len());
     &rest[..end]
+}
+
+/// Splits an absolute-form target (`http://host:port/path?q`) into its
+/// authority and origin-form rest; an origin-form target has no authority.
+/// Other forms are left to the router, which refuses them.
+fn split_target(target: &[u8]) -> Result<(Option<&[u8]>, &[u8]), HttpError> {
+    if target.first() == Some(&b'/') {
+        return Ok((None, target));
+    }
+    for scheme in [&b"http://"[..], b"https://"] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &target[scheme.len()..];
+            let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            if authority.is_empty() || !valid_authority(authority) {
+                return Err(HttpError::BadRequest("invalid authority in the request target"));
+            }
+            return Ok((Some(authority), if path.first() == Some(&b'/') { path } else { b"/" }));
+        }
+    }
+    Ok((None, target))
+}
+
+/// `host [":" port]` as RFC 9110 section 7.2 allows it: a registered name or
+/// IPv4 address (unreserved, sub-delims, percent-escapes), or an IP literal
+/// in brackets. No userinfo, no path, no whitespace.
+pub fn valid_authority(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(close) = value.iter().position(|&b| b == b']') else { return false };
+        let literal = &value[1..close];
+        if literal.is_empty() || !literal.iter().all(|&b| b.is_ascii_alphanumeric() || b":.".contains(&b)) {
+            return false;
+        }
+        match &value[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&b""[..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        }
+    };
+    let host_ok = host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    host_ok && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
@@ -252,7 +330,6 @@ mod tests {
         for raw in [
             "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1,1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
@@ -267,6 +344,63 @@ mod tests {
         }
         let same = parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(same.unwrap().unwrap().body, Body::Length(3));
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_transfer_coding() {
+        for te in ["chunked", "Chunked", "CHUNKED", " chunked "] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:{te}\r\n\r\n");
+            assert_eq!(parse(&raw).unwrap().unwrap().body, Body::Chunked, "{te:?}");
+        }
+        for te in ["gzip", "identity, chunked", "gzip, chunked", "chunked, chunked", "chunked;q=1", ""] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert!(matches!(parse(&raw), Err(HttpError::NotImplemented(_))), "{te:?}: {:?}", parse(&raw));
+        }
+        let zero = parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(zero.body, Body::Length(0));
+        assert!(!zero.body.has_bytes());
+    }
+
+    #[test]
+    fn host_values_are_checked() {
+        for good in
+            ["example.com", "example.com:8080", "127.0.0.1:80", "[::1]:443", "[2001:db8::1]", "a-b_c~d", ""]
+        {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+            assert!(parse(&raw).is_ok(), "{good:?} refused");
+        }
+        for bad in ["a b", "a/b", "a?b", "user@host", "a#b", "host:80x", "[::1", "[::1]x", "a\\b", "h:123456"]
+        {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert!(matches!(parse(&raw), Err(HttpError::BadRequest(_))), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_authority_wins_over_host() {
+        let r = parse("GET http://Real.test:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.host, Some(&b"Real.test:81"[..]));
+        assert_eq!(r.origin_target, b"/p?q");
+        let bare = parse("GET https://h.test HTTP/1.1\r\nHost: h.test\r\n\r\n").unwrap().unwrap();
+        assert_eq!(bare.origin_target, b"/");
+        let query = parse("GET http://h.test?x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().unwrap();
+        assert_eq!(query.origin_target, b"/");
+        for bad in ["http://user@h/", "http:///x", "http://h h/"] {
+            let raw = format!("GET {bad} HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert!(parse(&raw).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn an_upgrade_needs_connection_upgrade_and_http11() {
+        let up = |raw| parse(raw).unwrap().unwrap().upgrade;
+        assert_eq!(
+            up("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(up("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"), None);
+        assert_eq!(up("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n"), None);
+        assert_eq!(up("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"), None);
     }
 
     #[test]

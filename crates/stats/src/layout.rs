@@ -163,18 +163,21 @@ macro_rules! section {
             $( $name:ident : $kind:ident = $help:literal, )*
         }
         $( arrays { $( $aname:ident : [$alen:expr] = $ahelp:literal, )* } )?
+        $( after_arrays { $( $tname:ident : $tkind:ident = $thelp:literal, )* } )?
     ) => {
         $(#[$meta])*
         #[repr(C, align(64))]
         pub struct $section {
             $( #[doc = $help] pub $name: AtomicU64, )*
             $($( #[doc = $ahelp] pub $aname: [AtomicU64; $alen], )*)?
+            $($( #[doc = $thelp] pub $tname: AtomicU64, )*)?
         }
 
         /// Plain copy of every field of the section, loaded with relaxed atomics.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
         pub struct $values {
             $( #[doc = $help] pub $name: u64, )*
+            $($( #[doc = $thelp] pub $tname: u64, )*)?
             $($( #[doc = $ahelp] pub $aname: [u64; $alen], )*)?
         }
 
@@ -182,6 +185,7 @@ macro_rules! section {
             pub fn load(&self) -> $values {
                 $values {
                     $( $name: self.$name.load(std::sync::atomic::Ordering::Relaxed), )*
+                    $($( $tname: self.$tname.load(std::sync::atomic::Ordering::Relaxed), )*)?
                     $($( $aname: std::array::from_fn(|i| self.$aname[i].load(std::sync::atomic::Ordering::Relaxed)), )*)?
                 }
             }
@@ -193,17 +197,21 @@ macro_rules! section {
                 let mut it = values.iter().copied();
                 $values {
                     $( $name: it.next().unwrap_or(0), )*
+                    $($( $tname: it.next().unwrap_or(0), )*)?
                     $($( $aname: [0; $alen], )*)?
                 }
             }
 
             /// The value of the scalar field at this index of the field table.
             pub fn get(&self, index: usize) -> u64 {
-                let all = [$( self.$name, )*];
+                let all = [$( self.$name, )* $($( self.$tname, )*)?];
                 all[index]
             }
         }
 
+        /// Scalar fields in table order: those before the arrays, then any
+        /// appended after them (which sit in what was the section's padding,
+        /// so no earlier offset moved when they were added).
         pub const $fields: &[Field] = &[
             $( Field {
                 name: stringify!($name),
@@ -211,6 +219,12 @@ macro_rules! section {
                 offset: std::mem::offset_of!($section, $name),
                 help: $help,
             }, )*
+            $($( Field {
+                name: stringify!($tname),
+                kind: Kind::$tkind,
+                offset: std::mem::offset_of!($section, $tname),
+                help: $thelp,
+            }, )*)?
         ];
     };
 }
@@ -245,6 +259,9 @@ section! {
     }
     arrays {
         latency_us: [LATENCY_BUCKETS] = "request latency histogram: bucket i counts requests that took less than 2^i microseconds and at least 2^(i-1) (bucket 0: under 1 us)",
+    }
+    after_arrays {
+        closed_idle_at_limit: Counter = "idle keep-alive connections closed to admit new clients at the per-worker connection limit",
     }
 }
 
@@ -367,6 +384,8 @@ fn round_up(n: usize, to: usize) -> usize {
 const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
 const _: () = assert!(SLOT_SIZE % 64 == 0);
+// Fields appended after the histogram live in the slot's former padding.
+const _: () = assert!(SLOT_SIZE == 448);
 const _: () = assert!(MASTER_SIZE % 64 == 0);
 const _: () = assert!(HOST_SIZE % 64 == 0);
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);

@@ -79,6 +79,9 @@ pub enum CloseReason {
     Reset,
     Timeout,
     Drained,
+    /// An idle keep-alive connection closed to admit a new client at the
+    /// connection limit.
+    Reclaimed,
     Error,
 }
 
@@ -116,6 +119,8 @@ pub struct Conn {
     /// When the first byte of the request in progress arrived.
     request_started: Option<Instant>,
     served: u64,
+    /// When the connection last went idle between requests.
+    idle_since: Instant,
     lingered: u64,
     /// Tick at which the current phase times out.
     pub deadline: u64,
@@ -146,6 +151,7 @@ impl Conn {
             admin,
             request_started: None,
             served: 0,
+            idle_since: ctx.now,
             lingered: 0,
             deadline: 0,
             timer_tick: None,
@@ -165,6 +171,13 @@ impl Conn {
     /// True when the connection is between requests with nothing buffered.
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::ReadHead && self.discard == 0 && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
+    }
+
+    /// Since when the connection has been an idle keep-alive connection:
+    /// it has been served and waits for its next request with nothing read.
+    /// These are the connections a worker at its limit closes first.
+    pub fn idle_keep_alive_since(&self) -> Option<Instant> {
+        (self.served > 0 && self.exchange.is_none() && self.is_idle()).then_some(self.idle_since)
     }
 
     pub fn mark_readable(&mut self) {
@@ -281,31 +294,29 @@ impl Conn {
                 if self.wbuf.capacity() == 0 {
                     self.wbuf = ctx.pool.write_buf();
                 }
-                if !self.admin {
-                    if let Some((group, host)) = proxied(&req, ctx) {
-                        ctx.stats.requests.fetch_add(1, Relaxed);
-                        let raw = &self.rbuf.as_ref().expect("parsed from it").filled()[..req.head_len];
-                        let exchange = proxy::new_exchange(&req, raw, group, &host, self.peer, ctx);
-                        if ctx.access_log.is_some() {
-                            self.access = Some(PendingEntry::capture(&req, 0));
-                        }
-                        self.keep_alive = req.keep_alive && !ctx.draining;
-                        let head_len = req.head_len;
-                        if let Some(buf) = self.rbuf.as_mut() {
-                            buf.consume(head_len);
-                        }
-                        self.exchange = Some(exchange);
-                        self.phase = Phase::Proxy;
-                        // An end of stream seen before this request was read
-                        // is the client's half-close, not a change of mind.
-                        self.client_fin = false;
-                        return None;
+                let routed = if self.admin { Routed::Admin } else { route(&req, ctx) };
+                if let Routed::Proxy { route, group } = routed {
+                    ctx.stats.requests.fetch_add(1, Relaxed);
+                    let raw = &self.rbuf.as_ref().expect("parsed from it").filled()[..req.head_len];
+                    let exchange = proxy::new_exchange(&req, raw, route, group, self.peer, ctx);
+                    if ctx.access_log.is_some() {
+                        self.access = Some(PendingEntry::capture(&req, 0));
                     }
+                    self.keep_alive = req.keep_alive && !ctx.draining;
+                    let head_len = req.head_len;
+                    if let Some(buf) = self.rbuf.as_mut() {
+                        buf.consume(head_len);
+                    }
+                    self.exchange = Some(exchange);
+                    self.phase = Phase::Proxy;
+                    // An end of stream seen before this request was read
+                    // is the client's half-close, not a change of mind.
+                    self.client_fin = false;
+                    return None;
                 }
-                let started = if self.admin {
-                    crate::admin::respond(&req, ctx, &mut self.wbuf)
-                } else {
-                    start_response(&req, ctx, &mut self.wbuf)
+                let started = match routed {
+                    Routed::Admin => crate::admin::respond(&req, ctx, &mut self.wbuf),
+                    other => start_response(&req, other, ctx, &mut self.wbuf),
                 };
                 if ctx.access_log.is_some() {
                     self.access = Some(PendingEntry::capture(&req, started.reply.status.0));
@@ -467,6 +478,7 @@ impl Conn {
         }
         if self.keep_alive && !ctx.draining {
             self.phase = Phase::ReadHead;
+            self.idle_since = done;
             let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
             let timeout = if pending { ctx.timeouts.header } else { ctx.timeouts.idle };
             self.arm(ctx, timeout);
@@ -560,57 +572,69 @@ pub fn framing<'a>(req: &Request<'_>, date: &'a [u8], keep_alive: bool) -> Frami
     }
 }
 
-/// The upstream group (and Host rule) a request is routed to, if any. A target
-/// that does not normalise (`..`, NUL, bad escapes) is never proxied: it gets
-/// the same 400 a static route gives, instead of reaching a route its raw
-/// text happens to start with.
-fn proxied(req: &Request<'_>, ctx: &mut Ctx) -> Option<(usize, tine_config::HostHeader)> {
-    if tine_http::target::normalise(req.target, &mut ctx.path).is_err() {
-        return None;
+/// Where a request goes: decided once, from its normalised path and host,
+/// and carried as a value to the handler that answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Routed {
+    /// Accepted on the admin listener: /metrics and /stats.json.
+    Admin,
+    /// `route` of the route table sends it to upstream group `group`.
+    Proxy {
+        route: usize,
+        group: usize,
+    },
+    /// A static route: site `site` of the worker's sites.
+    Static {
+        site: usize,
+    },
+    NoRoute,
+    /// The target does not normalise (not a path, a bad escape, `..` above
+    /// the root): 400, and never proxied, whatever its text starts with.
+    BadTarget(HttpError),
+}
+
+/// Routes a request on its normalised path (left in `ctx.path` for the
+/// handler), so `/api//x`, `/api/./x` and `/%61pi/x` all go where `/api/x` goes.
+fn route(req: &Request<'_>, ctx: &mut Ctx) -> Routed {
+    if let Err(e) = tine_http::target::normalise(req.target, &mut ctx.path) {
+        return Routed::BadTarget(e);
     }
-    let path = req.target.split(|&b| b == b'?').next().unwrap_or_default();
-    match tine_config::proxy::route_for(&ctx.routes, req.host, path).map(|r| &r.handler) {
-        Some(tine_config::Handler::Proxy { upstream, host }) => Some((*upstream, host.clone())),
-        _ => None,
+    let Some(route) = tine_config::proxy::route_for(&ctx.routes, req.host, &ctx.path.route) else {
+        return Routed::NoRoute;
+    };
+    match ctx.routes[route].handler {
+        tine_config::Handler::Proxy { upstream, .. } => Routed::Proxy { route, group: upstream },
+        tine_config::Handler::Static(_) => match ctx.route_sites[route] {
+            Some(site) => Routed::Static { site },
+            None => Routed::NoRoute,
+        },
     }
 }
 
-/// Routes a parsed request to its handler, which writes the head into `out`.
-fn start_response(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
+/// Answers a request that is not proxied: writes the head into `out`.
+fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     ctx.stats.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
     let framing = framing(req, ctx.date.bytes(), keep_alive);
-    let reply = match req.method {
-        Method::Other => error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out),
-        Method::Get | Method::Head => match tine_http::target::normalise(req.target, &mut ctx.path) {
+    let bad_target = |ctx: &Ctx, e: HttpError, out: &mut Vec<u8>| {
+        ctx.stats.parse_errors.fetch_add(1, Relaxed);
+        error_page(e.status(), &framing, None, out)
+    };
+    let reply = match (req.method, routed) {
+        (_, Routed::BadTarget(e)) => bad_target(ctx, e, out),
+        (Method::Other, _) => {
+            error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
+        }
+        (_, Routed::Static { site }) => match ctx.path.decode_file_path() {
+            Err(e) => bad_target(ctx, e, out),
             Ok(()) => {
-                let path = req.target.split(|&b| b == b'?').next().unwrap_or_default();
-                let route = tine_config::proxy::route_for(&ctx.routes, req.host, path);
-                let site = route.and_then(|r| {
-                    let index = ctx.routes.iter().position(|x| std::ptr::eq(x, r))?;
-                    ctx.route_sites[index]
-                });
-                match site {
-                    Some(i) => {
-                        let site = &mut ctx.sites[i];
-                        static_files::respond(
-                            &mut site.files,
-                            &site.root,
-                            req,
-                            &ctx.path,
-                            &framing,
-                            ctx.now,
-                            out,
-                        )
-                    }
-                    None => error_page(Status::NOT_FOUND, &framing, None, out),
-                }
-            }
-            Err(e) => {
-                ctx.stats.parse_errors.fetch_add(1, Relaxed);
-                error_page(e.status(), &framing, None, out)
+                let site = &mut ctx.sites[site];
+                static_files::respond(&mut site.files, &site.root, req, &ctx.path, &framing, ctx.now, out)
             }
         },
+        (_, Routed::NoRoute | Routed::Admin | Routed::Proxy { .. }) => {
+            error_page(Status::NOT_FOUND, &framing, None, out)
+        }
     };
     Started { reply, keep_alive, discard }
 }

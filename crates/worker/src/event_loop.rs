@@ -22,6 +22,8 @@ const LISTENER_TOKEN: u64 = RESERVED_TOKENS;
 /// Connections accepted per listener event, so that one busy listener cannot
 /// keep the loop from serving the connections it already has.
 const ACCEPT_BATCH: usize = 64;
+/// Most idle keep-alive connections closed at once to make room at the limit.
+const RECLAIM_BATCH: usize = 32;
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,6 +53,8 @@ pub struct EventLoop<'a> {
     /// Connections that used their send budget while still writable.
     ready: Vec<u64>,
     expired: Vec<(u64, u64)>,
+    /// Scratch list of idle keep-alive connections, oldest first once sorted.
+    reclaimable: Vec<(Instant, u64)>,
     drain_deadline: Option<Instant>,
     /// When idle upstream connections are next checked for their timeout.
     next_pool_sweep: Instant,
@@ -80,6 +84,7 @@ impl<'a> EventLoop<'a> {
             events: Vec::with_capacity(512),
             ready: Vec::new(),
             expired: Vec::new(),
+            reclaimable: Vec::new(),
             drain_deadline: None,
             next_pool_sweep: ctx_now,
         };
@@ -230,8 +235,9 @@ impl<'a> EventLoop<'a> {
             return;
         };
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= self.max_connections {
-                // The rest wait in the kernel's queue until a connection closes.
+            if self.conns.len() >= self.max_connections && !self.reclaim_idle_connections() {
+                // Every connection is busy: the rest wait in the kernel's queue
+                // until one closes or goes idle.
                 self.pause_accepting();
                 return;
             }
@@ -258,6 +264,29 @@ impl<'a> EventLoop<'a> {
                 },
             }
         }
+    }
+
+    /// At the connection limit, idle keep-alive connections give way to new
+    /// clients (as nginx reuses connections): the longest-idle ones are
+    /// closed, up to an eighth of them at once. A client finds its idle
+    /// connection closed, which HTTP allows at any time, instead of a new
+    /// client waiting until an idle timeout frees a place. False when no
+    /// connection is idle.
+    fn reclaim_idle_connections(&mut self) -> bool {
+        self.reclaimable.clear();
+        self.reclaimable.extend(self.conns.iter().filter_map(|(t, c)| Some((c.idle_keep_alive_since()?, t))));
+        if self.reclaimable.is_empty() {
+            return false;
+        }
+        let n = (self.reclaimable.len() / 8).clamp(1, RECLAIM_BATCH);
+        if n < self.reclaimable.len() {
+            self.reclaimable.select_nth_unstable(n - 1);
+        }
+        for i in 0..n {
+            let (_, token) = self.reclaimable[i];
+            self.close(token, CloseReason::Reclaimed);
+        }
+        true
     }
 
     fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, role: ListenerRole) {
@@ -347,6 +376,9 @@ impl<'a> EventLoop<'a> {
             CloseReason::Reset => {
                 stats.closed_by_reset.fetch_add(1, Relaxed);
             }
+            CloseReason::Reclaimed => {
+                stats.closed_idle_at_limit.fetch_add(1, Relaxed);
+            }
             _ => {}
         }
         // Dropping the descriptor closes it, which also removes it from epoll.
@@ -372,10 +404,16 @@ impl<'a> EventLoop<'a> {
     }
 
     fn maybe_resume_accepting(&mut self) -> io::Result<()> {
-        if self.accepting || self.ctx.draining || self.conns.len() >= self.max_connections {
+        if self.accepting || self.ctx.draining {
             return Ok(());
         }
         if self.accept_retry_at.is_some_and(|at| self.ctx.now < at) {
+            return Ok(());
+        }
+        let full = self.conns.len() >= self.max_connections;
+        if full && !self.conns.iter().any(|(_, c)| c.idle_keep_alive_since().is_some()) {
+            // Every connection is busy; look again in a tick, not every turn.
+            self.accept_retry_at = Some(self.ctx.now + crate::timer_wheel::TICK);
             return Ok(());
         }
         self.accept_retry_at = None;

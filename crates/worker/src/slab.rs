@@ -77,12 +77,15 @@ impl<T> Slab<T> {
 
     /// Tokens of every live entry.
     pub fn tokens(&self) -> Vec<u64> {
+        self.iter().map(|(t, _)| t).collect()
+    }
+
+    /// Every live entry with its token.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
         self.entries
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.value.is_some())
-            .map(|(i, e)| token(e.generation, i as u32))
-            .collect()
+            .filter_map(|(i, e)| e.value.as_ref().map(|v| (token(e.generation, i as u32), v)))
     }
 }
 

@@ -186,7 +186,7 @@ pub fn respond(
 ) -> Reply {
     let res = match cache.get(root, &path.relative, now) {
         Ok(r) => r,
-        Err(Miss::Redirect) => return redirect_to_directory(req.target, framing, out),
+        Err(Miss::Redirect) => return redirect_to_directory(req.target, path, framing, out),
         Err(Miss::Status(status)) => return error_page(status, framing, None, out),
     };
     let not_modified = match (req.if_none_match, req.if_modified_since) {
@@ -254,23 +254,14 @@ fn status_for_open_error(e: &io::Error) -> Status {
 }
 
 /// `/dir` names a directory: send the client to `/dir/`, keeping its query.
-fn redirect_to_directory(target: &[u8], framing: &Framing, out: &mut Vec<u8>) -> Reply {
-    let path_end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
-    // An absolute-form target keeps only its path in the Location.
-    let path_start = if target.first() == Some(&b'/') {
-        0
-    } else {
-        let after_scheme = target.windows(3).position(|w| w == b"://").map_or(0, |i| i + 3);
-        target[after_scheme..path_end].iter().position(|&b| b == b'/').map_or(path_end, |i| after_scheme + i)
-    };
-    let mut location = Vec::with_capacity(target.len() + 2);
-    if path_start == path_end {
-        location.push(b'/');
-    } else {
-        location.extend_from_slice(&target[path_start..path_end]);
-    }
+/// The Location is the normalised path, so it is always a path on this host
+/// (`//evil.test` would be another host's).
+fn redirect_to_directory(target: &[u8], path: &TargetPath, framing: &Framing, out: &mut Vec<u8>) -> Reply {
+    let query = target.iter().position(|&b| b == b'?').map_or(&b""[..], |i| &target[i..]);
+    let mut location = Vec::with_capacity(path.route.len() + 1 + query.len());
+    location.extend_from_slice(&path.route);
     location.push(b'/');
-    location.extend_from_slice(&target[path_end..]);
+    location.extend_from_slice(query);
     let mut h = HeadWriter::start(out, Status::MOVED_PERMANENTLY, framing.date);
     h.header("Location", &location).header_u64("Content-Length", 0);
     h.finish(framing.persistence);

@@ -10,9 +10,16 @@
 //! ```
 //!
 //! Response bodies of known length, and bodies that run until the upstream
-//! closes, go upstream -> pipe -> client with splice. Chunked bodies are relayed
-//! verbatim through user space while their framing is checked. Request bodies
-//! (Content-Length or chunked) are copied.
+//! closes, go upstream -> pipe -> client with splice. Chunked bodies are
+//! decoded strictly and chunked again by tine through user space (the
+//! sender's extensions and trailers never cross). Request bodies (Content-Length
+//! or chunked, re-chunked the same way) are copied.
+//!
+//! Response heads are parsed by tine-http's strict rules; a head that breaks
+//! them is answered with 502 and its connection closed, nothing of it
+//! forwarded. An upstream connection is used for another request only when
+//! its last response ended exactly where its framing said, and only after a
+//! look shows nothing waiting on it.
 
 use super::{CloseReason, Conn, Outcome, Phase};
 use crate::context::Ctx;
@@ -25,13 +32,21 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tine_config::HostHeader;
-use tine_http::chunked::ChunkedDecoder;
-use tine_http::forward::{self, PlannedBody, ResponsePlan};
-use tine_http::request::{Body, Method, Request};
+use tine_http::chunked::{ChunkedDecoder, Output};
+use tine_http::forward::{self, ClientSide, Forwarding};
+use tine_http::request::{Body, Method, Request, MAX_HEADERS};
 use tine_http::response::{Persistence, Status};
+use tine_http::response_head::{self, Asked, BadResponse, ResponseHead};
 use tine_net::sys::{self, Peek};
 use tine_net::Interest;
 use tine_stats::layout::UpstreamStats;
+
+/// Interim (1xx) responses accepted before the final one; an upstream that
+/// sends more is broken or hostile.
+const MAX_INTERIM_RESPONSES: u8 = 16;
+/// Reads of a response head per turn of the loop, so that an upstream that
+/// keeps sending cannot hold the worker.
+const HEAD_READS_PER_TURN: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -49,7 +64,7 @@ enum RequestBody {
     Chunked(ChunkedDecoder),
 }
 
-enum ResponseBody {
+enum BodyRelay {
     None,
     Spliced(Relay),
     Chunked(ChunkedDecoder),
@@ -77,12 +92,18 @@ pub struct Exchange {
     response: Option<crate::buffer_pool::ReadBuf>,
     /// Some response byte arrived (so a failure is no longer retried).
     response_started: bool,
-    response_body: ResponseBody,
+    response_body: BodyRelay,
     upstream_keep_alive: bool,
     /// The upstream shut down its side during the exchange: the connection
     /// cannot be kept, whatever the response said.
     upstream_fin: bool,
     head_request: bool,
+    /// The request asked to switch protocols: only then may a 101 answer it.
+    upgrade_requested: bool,
+    /// The client speaks HTTP/1.0: a chunked response reaches it decoded.
+    client_http10: bool,
+    /// Interim responses read so far.
+    interim: u8,
     /// A stream (raw TCP relay) rather than an HTTP exchange.
     stream: Option<Duration>,
     tunnel: Option<Tunnel>,
@@ -108,10 +129,13 @@ impl Exchange {
             continue_pending: false,
             response: None,
             response_started: false,
-            response_body: ResponseBody::None,
+            response_body: BodyRelay::None,
             upstream_keep_alive: false,
             upstream_fin: false,
             head_request: false,
+            upgrade_requested: false,
+            client_http10: false,
+            interim: 0,
             stream: None,
             tunnel: None,
             to_upstream: Vec::new(),
@@ -139,7 +163,7 @@ fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
         ctx.pipes.give_back(t.up);
         ctx.pipes.give_back(t.down);
     }
-    if let ResponseBody::Spliced(relay) = std::mem::replace(&mut ex.response_body, ResponseBody::None) {
+    if let BodyRelay::Spliced(relay) = std::mem::replace(&mut ex.response_body, BodyRelay::None) {
         ctx.pipes.give_back(relay);
     }
     if let Some(buf) = ex.response.take() {
@@ -238,11 +262,12 @@ impl Conn {
             }
             let stats = server_stats(ctx, ex.group, server);
             if let Some(p) = self.parked.take() {
-                // A server's close of a parked connection raises an event that
-                // closes it (check_parked), so no peek is needed, except to
-                // narrow the race for a request that cannot be retried.
+                // Anything waiting on the kept connection (bytes nobody asked
+                // for, the server's close) would be read as this request's
+                // response: look first. An event for it may be queued behind
+                // this request's in the same turn, so check_parked is not enough.
                 let same = p.group == ex.group && p.server == server;
-                if same && !ex.idempotent && sys::peek(p.fd.as_raw_fd()) != Peek::Nothing {
+                if same && sys::peek(p.fd.as_raw_fd()) != Peek::Nothing {
                     close_parked(ctx, p);
                 } else if same {
                     if let Some(st) = stats {
@@ -382,15 +407,21 @@ impl Conn {
                 RequestBody::Length(n) => {
                     let take = (*n).min(data.len() as u64) as usize;
                     *n -= take as u64;
+                    ex.to_upstream.extend_from_slice(&data[..take]);
                     take
                 }
-                RequestBody::Chunked(d) => match d.feed(data) {
+                // Decoded and chunked again: the client's framing bytes
+                // (extensions, trailers) never reach the upstream.
+                RequestBody::Chunked(d) => match d.decode(data, &mut ex.to_upstream) {
                     Ok(k) => k,
-                    Err(_) => return self.proxy_fail(ctx, Status::BAD_REQUEST),
+                    Err(e) => {
+                        log::info!("client request body refused: {e}");
+                        ctx.stats.parse_errors.fetch_add(1, Relaxed);
+                        return self.proxy_fail(ctx, Status::BAD_REQUEST);
+                    }
                 },
                 RequestBody::None => 0,
             };
-            ex.to_upstream.extend_from_slice(&data[..take]);
             buf.consume(take);
         }
     }
@@ -424,29 +455,20 @@ impl Conn {
     }
 
     /// Reads the response head; on a complete one, writes the cleaned head for
-    /// the client and decides how the body travels.
+    /// the client and decides how the body travels. Interim responses are
+    /// read past, a bounded number of them; a few reads per turn at most.
     fn proxy_await_head(&mut self, ctx: &mut Ctx) -> Step {
-        loop {
+        for _ in 0..HEAD_READS_PER_TURN {
             let ex = self.exchange.as_mut().expect("exchange");
             let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
             let buf = ex.response.get_or_insert_with(|| ctx.pool.read_buf());
-            // A response head must fit a read buffer (limits.request_head_bytes).
-            let room = buf.spare();
-            if room.is_empty() {
-                log::warn!(
-                    "upstream {}: response head too large",
-                    ctx.upstreams.groups[ex.group].servers[ex.server].addr
-                );
-                return self.proxy_server_failed(ctx, true);
-            }
-            match sys::recv(fd, room) {
+            // The parser refuses a head that fills the buffer, so there is room.
+            match sys::recv(fd, buf.spare()) {
                 Ok(0) => return self.proxy_server_failed(ctx, true),
                 Ok(n) => {
                     buf.commit(n);
                     ex.response_started = true;
-                    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
-                        st.bytes_copied.fetch_add(n as u64, Relaxed);
-                    }
+                    count_copied(ctx, ex, n);
                 }
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => return Step::Wait,
@@ -454,91 +476,123 @@ impl Conn {
                     _ => return self.proxy_server_failed(ctx, true),
                 },
             }
-            // Parse where the bytes are, and write the client's head at once:
-            // the buffer and the output are different fields of the connection.
-            let parsed = {
-                let mut headers = [httparse::EMPTY_HEADER; 100];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(buf.filled()) {
-                    Ok(httparse::Status::Partial) => None,
-                    Err(_) => Some(Err(())),
-                    Ok(httparse::Status::Complete(head_len)) => {
-                        let code = resp.code.unwrap_or(502);
-                        let plan = ResponsePlan::of(&resp, ex.head_request);
-                        if (100..200).contains(&code) && code != 101 {
-                            // Interim responses (100 Continue) are not relayed.
-                            Some(Ok((code, plan, head_len, true)))
-                        } else {
-                            if matches!(plan.body, PlannedBody::UntilClose) || code == 101 {
-                                self.keep_alive = false;
-                            }
-                            if self.wbuf.capacity() == 0 {
-                                self.wbuf = ctx.pool.write_buf();
-                            }
-                            forward::client_response_head(
-                                &mut self.wbuf,
-                                &resp,
-                                self.keep_alive && !ctx.draining,
-                            );
-                            Some(Ok((code, plan, head_len, false)))
-                        }
-                    }
-                }
-            };
-            match parsed {
-                None => continue,
-                Some(Err(())) => {
-                    log::warn!(
-                        "upstream {}: malformed response head",
-                        ctx.upstreams.groups[ex.group].servers[ex.server].addr
-                    );
-                    return self.proxy_server_failed(ctx, true);
-                }
-                Some(Ok((_, _, head_len, true))) => buf.consume(head_len),
-                Some(Ok((code, plan, head_len, false))) => {
-                    buf.consume(head_len);
-                    return self.proxy_begin_response(ctx, code, plan);
-                }
+            if let Some(step) = self.parse_response_heads(ctx) {
+                return step;
             }
         }
+        Step::Yield
+    }
+
+    /// Parses the heads buffered so far: interim ones are dropped, a final
+    /// one starts the response. `None` asks for more bytes.
+    fn parse_response_heads(&mut self, ctx: &mut Ctx) -> Option<Step> {
+        let limit = ctx.http_limits.head_bytes;
+        loop {
+            let ex = self.exchange.as_mut().expect("exchange");
+            let asked = Asked { head: ex.head_request, upgrade: ex.upgrade_requested };
+            let buf = ex.response.as_mut().expect("response buffer");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let head = match response_head::parse_response(buf.filled(), &mut headers, asked, limit) {
+                Ok(None) => return None,
+                Err(why) => return Some(self.proxy_bad_response(ctx, why)),
+                Ok(Some(head)) => head,
+            };
+            if head.is_interim() {
+                ex.interim += 1;
+                if ex.interim > MAX_INTERIM_RESPONSES {
+                    return Some(self.proxy_bad_response(ctx, BadResponse::Malformed));
+                }
+                let len = head.head_len;
+                buf.consume(len);
+                continue;
+            }
+            if head.body == response_head::ResponseBody::UntilClose || head.code == 101 {
+                self.keep_alive = false;
+            }
+            if ex.client_http10 && head.body == response_head::ResponseBody::Chunked {
+                // Decoded for an HTTP/1.0 client, the body ends with the connection.
+                self.keep_alive = false;
+            }
+            if self.wbuf.capacity() == 0 {
+                self.wbuf = ctx.pool.write_buf();
+            }
+            let client =
+                ClientSide { http10: ex.client_http10, keep_alive: self.keep_alive && !ctx.draining };
+            forward::client_response_head(&mut self.wbuf, &head, client);
+            let started = Started::of(&head);
+            buf.consume(head.head_len);
+            return Some(self.proxy_begin_response(ctx, started));
+        }
+    }
+
+    /// An upstream response head broke the rules: the client gets a 502 and
+    /// the connection closes (nothing of the head was forwarded), the
+    /// upstream connection is closed, and the server's failure is counted.
+    fn proxy_bad_response(&mut self, ctx: &mut Ctx, why: BadResponse) -> Step {
+        let ex = self.exchange.as_mut().expect("exchange");
+        log::warn!("upstream {}: {why}", ctx.upstreams.groups[ex.group].servers[ex.server].addr);
+        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
+            st.failures.fetch_add(1, Relaxed);
+        }
+        report(ctx, ex.group, ex.server, false);
+        self.keep_alive = false;
+        self.proxy_fail(ctx, Status::BAD_GATEWAY)
     }
 
     /// The client's head is written; decide how the body travels, starting with
     /// whatever body bytes came in with the head.
-    fn proxy_begin_response(&mut self, ctx: &mut Ctx, code: u16, plan: ResponsePlan) -> Step {
-        let upgrade = code == 101;
-        self.count_proxied_response(ctx, code);
+    fn proxy_begin_response(&mut self, ctx: &mut Ctx, started: Started) -> Step {
+        let upgrade = started.code == 101;
+        self.count_proxied_response(ctx, started.code);
         let ex = self.exchange.as_mut().expect("exchange");
-        ex.upstream_keep_alive = plan.keep_alive && !upgrade;
+        ex.upstream_keep_alive = started.reusable;
         let early: &[u8] = ex.response.as_ref().map_or(&[][..], |b| b.filled());
-        ex.response_body = match plan.body {
-            PlannedBody::None => ResponseBody::None,
-            PlannedBody::Chunked => ResponseBody::Chunked(ChunkedDecoder::default()),
-            // The whole body came with the head: nothing left to splice.
-            PlannedBody::Length(n) if early.len() as u64 >= n => ResponseBody::None,
-            PlannedBody::Length(n) => match ctx.pipes.take() {
-                Ok(pipe) => ResponseBody::Spliced(Relay::new(pipe, Some(n - early.len() as u64))),
-                Err(_) => return Step::Close(CloseReason::Error),
-            },
-            PlannedBody::UntilClose => match ctx.pipes.take() {
-                Ok(pipe) => ResponseBody::Spliced(Relay::new(pipe, None)),
-                Err(_) => return Step::Close(CloseReason::Error),
-            },
+        let before = self.wbuf.len();
+        let (body, used) = match started.body {
+            _ if upgrade => {
+                // The upstream's first tunnel bytes go to the client as they are.
+                self.wbuf.extend_from_slice(early);
+                (BodyRelay::None, early.len())
+            }
+            response_head::ResponseBody::None => (BodyRelay::None, 0),
+            response_head::ResponseBody::Chunked => {
+                let output = if ex.client_http10 { Output::Raw } else { Output::Chunked };
+                let mut decoder = ChunkedDecoder::new(output);
+                match decoder.decode(early, &mut self.wbuf) {
+                    Ok(k) => (BodyRelay::Chunked(decoder), k),
+                    Err(e) => {
+                        log::warn!("upstream sent a chunked body with broken framing: {e}");
+                        return Step::Close(CloseReason::Error);
+                    }
+                }
+            }
+            response_head::ResponseBody::Length(n) => {
+                let have = (early.len() as u64).min(n) as usize;
+                self.wbuf.extend_from_slice(&early[..have]);
+                if have as u64 == n {
+                    (BodyRelay::None, have)
+                } else {
+                    match ctx.pipes.take() {
+                        Ok(pipe) => (BodyRelay::Spliced(Relay::new(pipe, Some(n - have as u64))), have),
+                        Err(_) => return Step::Close(CloseReason::Error),
+                    }
+                }
+            }
+            response_head::ResponseBody::UntilClose => {
+                self.wbuf.extend_from_slice(early);
+                match ctx.pipes.take() {
+                    Ok(pipe) => (BodyRelay::Spliced(Relay::new(pipe, None)), early.len()),
+                    Err(_) => return Step::Close(CloseReason::Error),
+                }
+            }
         };
-        let keep = match (&mut ex.response_body, plan.body) {
-            (ResponseBody::Chunked(d), _) => match d.feed(early) {
-                Ok(k) => k,
-                Err(_) => return self.proxy_server_failed(ctx, true),
-            },
-            (_, PlannedBody::Length(n)) => (early.len() as u64).min(n) as usize,
-            (_, PlannedBody::None) => 0,
-            _ => early.len(),
-        };
-        // Bytes past the body (or, after a 101, the upstream's first tunnel
-        // bytes) stay with the body for the tunnel.
-        let take = if upgrade { early.len() } else { keep };
-        self.wbuf.extend_from_slice(&early[..take]);
-        self.body_len = keep as u64;
+        if used < early.len() {
+            // Bytes after the end of the response: never read as the answer to
+            // another request.
+            ex.upstream_keep_alive = false;
+        }
+        ex.response_body = body;
+        self.body_len = (self.wbuf.len() - before) as u64;
         if let Some(buf) = ex.response.take() {
             ctx.pool.put_read(buf);
         }
@@ -562,8 +616,8 @@ impl Conn {
             let ex = self.exchange.as_mut().expect("exchange");
             let upstream = ex.fd.as_ref().expect("upstream").as_raw_fd();
             match &mut ex.response_body {
-                ResponseBody::None => return self.proxy_complete(ctx),
-                ResponseBody::Spliced(relay) => {
+                BodyRelay::None => return self.proxy_complete(ctx),
+                BodyRelay::Spliced(relay) => {
                     let before = relay.moved;
                     let pumped = relay.pump(upstream, self.fd.as_raw_fd(), budget);
                     let moved = relay.moved - before;
@@ -577,7 +631,7 @@ impl Conn {
                         self.arm(ctx, timeout);
                     }
                     let ex = self.exchange.as_mut().expect("exchange");
-                    let ResponseBody::Spliced(relay) = &ex.response_body else { unreachable!() };
+                    let BodyRelay::Spliced(relay) = &ex.response_body else { unreachable!() };
                     return match pumped {
                         Ok(Pump::Done) if relay.cut_short() => {
                             log::warn!("upstream closed in the middle of a response body");
@@ -589,7 +643,7 @@ impl Conn {
                         Err(_) => Step::Close(CloseReason::Error),
                     };
                 }
-                ResponseBody::Chunked(decoder) => {
+                BodyRelay::Chunked(decoder) => {
                     if decoder.is_done() {
                         return self.proxy_complete(ctx);
                     }
@@ -600,13 +654,19 @@ impl Conn {
                             return Step::Close(CloseReason::Error);
                         }
                         Ok(n) => {
-                            let Ok(k) = decoder.feed(&chunk[..n]) else {
-                                log::warn!("upstream sent a chunked body with broken framing");
-                                return Step::Close(CloseReason::Error);
+                            let before = self.wbuf.len();
+                            let k = match decoder.decode(&chunk[..n], &mut self.wbuf) {
+                                Ok(k) => k,
+                                Err(e) => {
+                                    log::warn!("upstream sent a chunked body with broken framing: {e}");
+                                    return Step::Close(CloseReason::Error);
+                                }
                             };
+                            if k < n {
+                                ex.upstream_keep_alive = false;
+                            }
                             count_copied(ctx, ex, n);
-                            self.wbuf.extend_from_slice(&chunk[..k]);
-                            self.body_len += k as u64;
+                            self.body_len += (self.wbuf.len() - before) as u64;
                             let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
                             self.arm(ctx, timeout);
                         }
@@ -861,33 +921,55 @@ impl Conn {
     }
 }
 
-/// The exchange for a request routed to upstream group `group`; `raw_head` is
-/// the request head as received.
+/// What a final response head decided, kept once the head's borrow ends.
+struct Started {
+    code: u16,
+    body: response_head::ResponseBody,
+    reusable: bool,
+}
+
+impl Started {
+    fn of(head: &ResponseHead<'_, '_>) -> Self {
+        Started { code: head.code, body: head.body, reusable: head.reusable }
+    }
+}
+
+/// The exchange for a request that route `route` sends to upstream group
+/// `group`; `raw_head` is the request head as received.
 pub(super) fn new_exchange(
     req: &Request<'_>,
     raw_head: &[u8],
+    route: usize,
     group: usize,
-    host: &HostHeader,
     peer: Option<std::net::IpAddr>,
     ctx: &mut Ctx,
 ) -> Box<Exchange> {
     let mut head = ctx.pool.write_buf();
-    let host: &[u8] = match host {
-        HostHeader::Keep => req.host.unwrap_or_default(),
-        HostHeader::Fixed(h) => h.as_bytes(),
-        HostHeader::Upstream => ctx.upstreams.groups[group].config.name.as_bytes(),
+    let config = &ctx.upstreams.groups[group].config;
+    let rule = match &ctx.routes[route].handler {
+        tine_config::Handler::Proxy { host, .. } => host,
+        tine_config::Handler::Static(_) => &HostHeader::Keep,
     };
-    forward::upstream_request_head(&mut head, req, raw_head, host, peer);
+    let host: &[u8] = match rule {
+        // A request without a Host (HTTP/1.0) still names one upstream.
+        HostHeader::Keep => req.host.filter(|h| !h.is_empty()).unwrap_or(config.name.as_bytes()),
+        HostHeader::Fixed(h) => h.as_bytes(),
+        HostHeader::Upstream => config.name.as_bytes(),
+    };
+    let fwd = Forwarding { host, peer, underscores: config.underscores_in_headers };
+    forward::upstream_request_head(&mut head, req, raw_head, &fwd);
     let mut exchange = Exchange::new(group);
     exchange.request_body = match req.body {
         Body::None => RequestBody::None,
         Body::Length(n) => RequestBody::Length(n),
-        Body::Chunked => RequestBody::Chunked(ChunkedDecoder::default()),
+        Body::Chunked => RequestBody::Chunked(ChunkedDecoder::new(Output::Chunked)),
     };
-    exchange.continue_pending = req.expect_continue && !matches!(req.body, Body::None);
+    exchange.continue_pending = req.expect_continue && req.body.has_bytes();
     exchange.idempotent = matches!(req.method_text, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
     exchange.head = head;
     exchange.head_request = req.method == Method::Head;
+    exchange.upgrade_requested = req.upgrade.is_some();
+    exchange.client_http10 = req.minor_version == 0;
     recycled(ctx, exchange)
 }
 
