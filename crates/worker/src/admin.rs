@@ -14,7 +14,7 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     ctx.stats.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
     let framing = framing(req, ctx.date.bytes(), keep_alive);
-    let path = req.target.split(|&b| b == b'?').next().unwrap_or_default();
+    let path = req.origin_target.split(|&b| b == b'?').next().unwrap_or_default();
     let reply = match (req.method, path) {
         (Method::Other, _) => {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)

@@ -596,7 +596,7 @@ enum Routed {
 /// Routes a request on its normalised path (left in `ctx.path` for the
 /// handler), so `/api//x`, `/api/./x` and `/%61pi/x` all go where `/api/x` goes.
 fn route(req: &Request<'_>, ctx: &mut Ctx) -> Routed {
-    if let Err(e) = tine_http::target::normalise(req.target, &mut ctx.path) {
+    if let Err(e) = tine_http::target::normalise(req.origin_target, &mut ctx.path) {
         return Routed::BadTarget(e);
     }
     let Some(route) = tine_config::proxy::route_for(&ctx.routes, req.host, &ctx.path.route) else {

@@ -186,7 +186,7 @@ pub fn respond(
 ) -> Reply {
     let res = match cache.get(root, &path.relative, now) {
         Ok(r) => r,
-        Err(Miss::Redirect) => return redirect_to_directory(req.target, path, framing, out),
+        Err(Miss::Redirect) => return redirect_to_directory(req.origin_target, path, framing, out),
         Err(Miss::Status(status)) => return error_page(status, framing, None, out),
     };
     let not_modified = match (req.if_none_match, req.if_modified_since) {

@@ -519,9 +519,9 @@ impl Conn {
             let client =
                 ClientSide { http10: ex.client_http10, keep_alive: self.keep_alive && !ctx.draining };
             forward::client_response_head(&mut self.wbuf, &head, client);
-            let started = Started::of(&head);
+            let head_facts = FinalHead::of(&head);
             buf.consume(head.head_len);
-            return Some(self.proxy_begin_response(ctx, started));
+            return Some(self.proxy_begin_response(ctx, head_facts));
         }
     }
 
@@ -541,14 +541,14 @@ impl Conn {
 
     /// The client's head is written; decide how the body travels, starting with
     /// whatever body bytes came in with the head.
-    fn proxy_begin_response(&mut self, ctx: &mut Ctx, started: Started) -> Step {
-        let upgrade = started.code == 101;
-        self.count_proxied_response(ctx, started.code);
+    fn proxy_begin_response(&mut self, ctx: &mut Ctx, head: FinalHead) -> Step {
+        let upgrade = head.code == 101;
+        self.count_proxied_response(ctx, head.code);
         let ex = self.exchange.as_mut().expect("exchange");
-        ex.upstream_keep_alive = started.reusable;
+        ex.upstream_keep_alive = head.reusable;
         let early: &[u8] = ex.response.as_ref().map_or(&[][..], |b| b.filled());
         let before = self.wbuf.len();
-        let (body, used) = match started.body {
+        let (body, used) = match head.body {
             _ if upgrade => {
                 // The upstream's first tunnel bytes go to the client as they are.
                 self.wbuf.extend_from_slice(early);
@@ -922,15 +922,15 @@ impl Conn {
 }
 
 /// What a final response head decided, kept once the head's borrow ends.
-struct Started {
+struct FinalHead {
     code: u16,
     body: response_head::ResponseBody,
     reusable: bool,
 }
 
-impl Started {
+impl FinalHead {
     fn of(head: &ResponseHead<'_, '_>) -> Self {
-        Started { code: head.code, body: head.body, reusable: head.reusable }
+        FinalHead { code: head.code, body: head.body, reusable: head.reusable }
     }
 }
 
