@@ -176,3 +176,65 @@ fn tine_signal_quit_stops_gracefully_and_explains_a_missing_pid_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is tine running?"));
 }
+
+/// The admin endpoint answers /metrics and a stream relays bytes to its echo.
+fn admin_and_stream_work(server: &Server, when: &str) {
+    let admin = admin_addr(server);
+    let raw = exchange_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&raw), 200, "admin endpoint {when}");
+    let stream = stream_addr(server, "echo");
+    let s = connect(stream);
+    let echoed = duplex(s.try_clone().unwrap(), s, b"through the stream");
+    assert_eq!(echoed, b"through the stream", "stream {when}");
+}
+
+fn with_admin_and_stream(echo: std::net::SocketAddr) -> String {
+    format!(
+        "{TWO_WORKERS}admin_listen = \"127.0.0.2:0\"\n[[upstream]]\nname = \"echo\"\nservers = [\"{echo}\"]\n\
+         [[stream]]\nlisten = \"127.0.0.3:0\"\nupstream = \"echo\"\n"
+    )
+}
+
+#[test]
+fn reloads_and_an_upgrade_keep_the_admin_endpoint_and_every_stream() {
+    let mut server = Server::builder().config_only(&with_admin_and_stream(echo_server())).start();
+    admin_and_stream_work(&server, "at start");
+    for generation in 2..=4 {
+        server.signal(libc::SIGHUP);
+        server.wait_until("the reload", |s| {
+            s["master"]["generation"] == generation
+                && s["workers"].as_array().unwrap().iter().all(|w| w["state"] == "running")
+        });
+        admin_and_stream_work(&server, &format!("after HUP number {}", generation - 1));
+    }
+    server.signal(libc::SIGUSR2);
+    assert!(server.wait_exit().success(), "the old master leaves once the new one serves");
+    admin_and_stream_work(&server, "after USR2");
+}
+
+#[test]
+fn a_reload_opens_an_added_listener_and_closes_a_removed_one_everywhere() {
+    let echo = echo_server();
+    let server = Server::builder().config_only(TWO_WORKERS).start();
+    std::fs::write(
+        server.config_path(),
+        with_admin_and_stream(echo).replace("{root}", server.root.to_str().unwrap()),
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_until("the reload", |s| s["master"]["generation"] == 2);
+    admin_and_stream_work(&server, "once a reload added them");
+    let (admin, stream) = (admin_addr(&server), stream_addr(&server, "echo"));
+    std::fs::write(server.config_path(), TWO_WORKERS.replace("{root}", server.root.to_str().unwrap()))
+        .unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_until("the reload", |s| s["master"]["generation"] == 3);
+    // Closed in the master once the old workers are gone, and never held by
+    // the new ones: connecting is refused, not left waiting in a queue.
+    for addr in [admin, stream] {
+        wait_for("the removed listener to refuse connections", || {
+            std::net::TcpStream::connect(addr).is_err()
+        });
+    }
+    assert_eq!(server.get("/").status, 403, "the kept listener still serves");
+}

@@ -160,31 +160,6 @@ fn serve(stream: TcpStream, id: usize) {
     }
 }
 
-/// A raw echo server for the stream relay.
-fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let mut w = s;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
-
-/// The address a `[[stream]]` to `upstream` listens on, from the master's log.
-fn stream_addr(server: &Server, upstream: &str) -> SocketAddr {
-    let needle = format!("relayed to upstream {upstream}");
-    server.wait_for_log(&needle);
-    let line = server.log().into_iter().find(|l| l.contains(&needle)).unwrap();
-    line.split("stream on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-}
-
 fn closed_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -533,4 +533,38 @@ fn try_read_response(r: &mut BufReader<std::net::TcpStream>) -> Result<(u16, boo
     let mut body = vec![0; length];
     r.read_exact(&mut body).map_err(|e| e.to_string())?;
     Ok((status, close))
+}
+
+/// A raw echo server for the stream relay.
+pub fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// The address a `[[stream]]` to `upstream` listens on, from the master's log
+/// (the latest such line: a reload that adds a stream logs it too).
+pub fn stream_addr(server: &Server, upstream: &str) -> SocketAddr {
+    let needle = format!("relayed to upstream {upstream}");
+    server.wait_for_log(&needle);
+    let line = server.log().into_iter().rfind(|l| l.contains(&needle)).unwrap();
+    line.split("stream on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The address of the admin endpoint, from the master's log.
+pub fn admin_addr(server: &Server) -> SocketAddr {
+    let needle = "admin endpoint on http://";
+    server.wait_for_log(needle);
+    let line = server.log().into_iter().rfind(|l| l.contains(needle)).unwrap();
+    line.split(needle).nth(1).unwrap().split('/').next().unwrap().parse().unwrap()
 }

@@ -133,7 +133,7 @@ impl Master {
             None => ListenerSet::default(),
         };
         // Inherited sockets no longer configured stay with the old master.
-        drop(listeners.rebind(&config.all_listen_addrs(), count, config.backlog)?);
+        drop(bind_listeners(&mut listeners, config, count)?);
         let port = listeners.addrs()[0].port();
         let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
         let region = match &inherited.stats_path {
@@ -163,18 +163,7 @@ impl Master {
         };
         let pid_file = PidFile::write(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(port)))?;
         tine_worker::name_process("tine: master");
-        for (a, (_, role)) in addrs.iter().zip(config.listener_roles()) {
-            match role {
-                tine_config::ListenerRole::Http => log::info!("listening on {a}"),
-                tine_config::ListenerRole::Admin => {
-                    log::info!("admin endpoint on http://{a}/metrics and /stats.json")
-                }
-                tine_config::ListenerRole::Stream(i) => {
-                    let upstream = &config.upstreams[config.streams[i].upstream].name;
-                    log::info!("stream on {a} relayed to upstream {upstream}")
-                }
-            }
-        }
+        announce_listeners(config, &listeners, &[]);
         log::info!(
             "master {} serving {} with {count} worker(s); stats {}, pid file {}{}",
             std::process::id(),
@@ -292,8 +281,9 @@ impl Master {
         if config.error_log != self.launch.config.error_log {
             tine_logging::install(error_log_target(&config)).map_err(|e| e.to_string())?;
         }
-        let retired =
-            self.listeners.rebind(&config.listen, count, config.backlog).map_err(|e| e.to_string())?;
+        let before = self.listeners.addrs();
+        let retired = bind_listeners(&mut self.listeners, &config, count).map_err(|e| e.to_string())?;
+        announce_listeners(&config, &self.listeners, &before);
         if !self.region.set_upstream_names(&upstream_names(&config)) {
             log::warn!("more upstream servers than the stats region has room for: restart to count them all");
         }
@@ -561,7 +551,12 @@ impl Master {
     /// Starts a worker in every slot whose time has come.
     fn respawn_due(&mut self) {
         let now = Instant::now();
-        let master_fds = [self.signals.as_raw_fd()];
+        // A new worker keeps none of the master's own descriptors, nor the
+        // sockets a reload retired: closed in the master once the old workers
+        // are gone, they must then be closed in every process, or clients
+        // would queue on a socket nobody accepts on instead of being refused.
+        let mut master_fds = vec![self.signals.as_raw_fd()];
+        master_fds.extend(self.retired_sockets.iter().map(|fd| fd.as_raw_fd()));
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
             if slot.pid.is_some() || slot.respawn_at.is_none_or(|at| at > now) {
@@ -704,6 +699,39 @@ fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Makes the listener set match every listener the configuration names
+/// (HTTP, admin, streams: [`tine_config::Config::listener_roles`], the one
+/// list of them), one socket per slot. Start and reload both come here, so a
+/// reload carries every kind of listener over; the sockets it no longer
+/// needs are returned, to close once no worker accepts on them.
+fn bind_listeners(
+    listeners: &mut ListenerSet,
+    config: &Config,
+    slots: usize,
+) -> Result<Vec<OwnedFd>, tine_net::NetError> {
+    listeners.rebind(&config.all_listen_addrs(), slots, config.backlog)
+}
+
+/// Logs each listener bound since `before` (all of them at start) with what
+/// it is for; tests and operators find port-0 addresses here.
+fn announce_listeners(config: &Config, listeners: &ListenerSet, before: &[std::net::SocketAddr]) {
+    for (a, (_, role)) in listeners.addrs().iter().zip(config.listener_roles()) {
+        if before.contains(a) {
+            continue;
+        }
+        match role {
+            tine_config::ListenerRole::Http => log::info!("listening on {a}"),
+            tine_config::ListenerRole::Admin => {
+                log::info!("admin endpoint on http://{a}/metrics and /stats.json")
+            }
+            tine_config::ListenerRole::Stream(i) => {
+                let upstream = &config.upstreams[config.streams[i].upstream].name;
+                log::info!("stream on {a} relayed to upstream {upstream}")
+            }
         }
     }
 }
