@@ -28,6 +28,7 @@ use crate::access::PendingEntry;
 use crate::context::Ctx;
 use crate::responses::{error_page, Framing, Reply};
 use crate::static_files::{self, FileBody};
+use crate::timer_wheel::Deadline;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -122,10 +123,8 @@ pub struct Conn {
     /// When the connection last went idle between requests.
     idle_since: Instant,
     lingered: u64,
-    /// Tick at which the current phase times out.
-    pub deadline: u64,
-    /// Tick under which the connection is filed in the timer wheel, if any.
-    pub timer_tick: Option<u64>,
+    /// When the current phase times out.
+    pub timer: Deadline,
 }
 
 impl Conn {
@@ -153,8 +152,7 @@ impl Conn {
             served: 0,
             idle_since: ctx.now,
             lingered: 0,
-            deadline: 0,
-            timer_tick: None,
+            timer: Deadline::default(),
         };
         conn.arm(ctx, ctx.timeouts.header);
         conn
@@ -235,6 +233,7 @@ impl Conn {
     /// upstream exchange (a parked upstream connection goes to the pool), and
     /// gives the buffers back.
     pub fn release(&mut self, ctx: &mut Ctx) {
+        ctx.wheel.disarm(&mut self.timer);
         self.log_access(ctx);
         self.release_exchange(ctx);
         self.release_buffers(ctx);
@@ -270,11 +269,7 @@ impl Conn {
 
     fn arm(&mut self, ctx: &mut Ctx, timeout: Duration) {
         let tick = ctx.wheel.deadline(ctx.now, timeout);
-        self.deadline = tick;
-        if self.timer_tick.is_none_or(|filed| tick < filed) {
-            ctx.wheel.schedule(self.token, tick);
-            self.timer_tick = Some(tick);
-        }
+        ctx.wheel.arm(&mut self.timer, self.token, tick);
     }
 
     fn read_head(&mut self, ctx: &mut Ctx) -> Option<Outcome> {

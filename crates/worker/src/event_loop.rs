@@ -6,6 +6,7 @@
 use crate::connection::{CloseReason, Conn, Outcome};
 use crate::context::Ctx;
 use crate::slab::{Slab, RESERVED_TOKENS, UPSTREAM_SIDE};
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use std::io;
@@ -52,7 +53,8 @@ pub struct EventLoop<'a> {
     events: Vec<Event>,
     /// Connections that used their send budget while still writable.
     ready: Vec<u64>,
-    expired: Vec<(u64, u64)>,
+    /// Tokens whose timer entry came due this turn.
+    expired: Vec<u64>,
     /// Scratch list of idle keep-alive connections, oldest first once sorted.
     reclaimable: Vec<(Instant, u64)>,
     drain_deadline: Option<Instant>,
@@ -247,16 +249,15 @@ impl<'a> EventLoop<'a> {
                     self.open(fd, peer.map(|p| p.ip()), role)
                 }
                 Ok(None) => return,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                Err(e) => match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+                    Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
                         log::error!("accept: {e}; pausing accepts for a moment");
                         self.pause_accepting();
                         self.accept_retry_at = Some(self.ctx.now + crate::timer_wheel::TICK * 5);
                         return;
                     }
                     // The client gave up while queued, or a transient error.
-                    Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) | Some(libc::EPERM) => {
-                    }
+                    Some(Errno::ECONNABORTED | Errno::EINTR | Errno::EPROTO | Errno::EPERM) => {}
                     _ => {
                         log::error!("accept: {e}");
                         return;
@@ -332,21 +333,13 @@ impl<'a> EventLoop<'a> {
 
     fn expire_deadlines(&mut self) {
         self.ctx.wheel.advance(self.ctx.now, &mut self.expired);
-        let now_tick = self.ctx.wheel.tick_of(self.ctx.now);
         // Index, not drain: the list keeps its allocation from turn to turn.
         for i in 0..self.expired.len() {
-            let (token, tick) = self.expired[i];
+            let token = self.expired[i];
             let Some(conn) = self.conns.get_mut(token) else { continue };
-            if conn.timer_tick != Some(tick) {
-                continue; // superseded by an earlier filing
-            }
-            if conn.deadline <= now_tick {
+            if self.ctx.wheel.came_due(&mut conn.timer, token, self.ctx.now) {
                 let outcome = conn.on_deadline(&mut self.ctx);
                 self.settle(token, outcome);
-            } else {
-                // The deadline moved later since it was filed: file it again.
-                conn.timer_tick = Some(conn.deadline);
-                self.ctx.wheel.schedule(token, conn.deadline);
             }
         }
         self.expired.clear();

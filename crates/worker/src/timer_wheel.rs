@@ -1,24 +1,68 @@
-//! A hashed timer wheel for connection deadlines. Re-arming a connection (which
-//! happens on every request) only writes its deadline field; the wheel is touched
-//! when a deadline moves earlier than the entry already in it, and stale entries
-//! are recognised and dropped when their slot comes round.
+//! A hashed timer wheel for connection deadlines. Each connection has one
+//! [`Deadline`], and a deadline has at most one entry in the wheel, so the
+//! wheel holds exactly as many entries as there are live deadlines, however
+//! often they are re-armed:
+//!
+//! - a deadline moved later (every request re-arms) only writes its tick;
+//!   the entry, found due early, is filed again for the new tick;
+//! - a deadline moved earlier moves its entry;
+//! - a closed connection's entry is removed at once.
+//!
+//! Entries live in a slab and each wheel slot is a doubly linked list
+//! through it, so filing, moving and removing are O(1) without allocating
+//! once warm.
 
 use std::time::{Duration, Instant};
 
 /// Granularity of every timeout.
 pub const TICK: Duration = Duration::from_millis(100);
 const SLOTS: usize = 1024;
+const NIL: u32 = u32::MAX;
+
+/// One connection's deadline: the tick it passes at, and its entry in the
+/// wheel (filed at or before that tick), if any.
+#[derive(Debug, Default)]
+pub struct Deadline {
+    tick: u64,
+    entry: Option<u32>,
+}
+
+impl Deadline {
+    /// The tick the deadline passes at.
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    token: u64,
+    tick: u64,
+    prev: u32,
+    next: u32,
+}
 
 pub struct TimerWheel {
     start: Instant,
-    slots: Vec<Vec<(u64, u64)>>,
+    /// Head entry of each slot's list.
+    heads: Vec<u32>,
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    live: usize,
     /// The next tick whose slot has not been processed yet.
     next: u64,
 }
 
 impl TimerWheel {
     pub fn new(now: Instant) -> Self {
-        TimerWheel { start: now, slots: (0..SLOTS).map(|_| Vec::new()).collect(), next: 0 }
+        TimerWheel {
+            start: now,
+            heads: vec![NIL; SLOTS],
+            entries: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next: 0,
+        }
     }
 
     pub fn tick_of(&self, t: Instant) -> u64 {
@@ -30,30 +74,69 @@ impl TimerWheel {
         self.tick_of(now) + (d.as_millis().div_ceil(TICK.as_millis()) as u64).max(1)
     }
 
-    /// Files `token` under `tick`.
-    pub fn schedule(&mut self, token: u64, tick: u64) {
-        let tick = tick.max(self.next);
-        self.slots[(tick % SLOTS as u64) as usize].push((token, tick));
+    /// Entries in the wheel: the number of armed deadlines.
+    pub fn len(&self) -> usize {
+        self.live
     }
 
-    /// Moves the wheel to `now`, handing every (token, tick) entry that came due to
-    /// `expired`. An entry filed for a later lap stays where it is.
-    pub fn advance(&mut self, now: Instant, expired: &mut Vec<(u64, u64)>) {
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Sets `d` to pass at `tick`, for the connection `token`.
+    pub fn arm(&mut self, d: &mut Deadline, token: u64, tick: u64) {
+        d.tick = tick;
+        match d.entry {
+            // Filed no later: it will be filed again for the new tick when due.
+            Some(e) if self.entries[e as usize].tick <= tick => {}
+            Some(e) => {
+                self.unlink(e);
+                self.link(e, tick);
+            }
+            None => d.entry = Some(self.insert(token, tick)),
+        }
+    }
+
+    /// Removes `d`'s entry: the connection is gone.
+    pub fn disarm(&mut self, d: &mut Deadline) {
+        if let Some(e) = d.entry.take() {
+            self.unlink(e);
+            self.release(e);
+        }
+    }
+
+    /// Moves the wheel to `now` and hands over the token of every entry that
+    /// came due; those entries are gone, and [`TimerWheel::came_due`] decides,
+    /// for each, whether its deadline really passed.
+    pub fn advance(&mut self, now: Instant, due: &mut Vec<u64>) {
         let now_tick = self.tick_of(now);
         // After a long stall one full lap visits every slot.
         let first = self.next.max(now_tick.saturating_sub(SLOTS as u64 - 1));
         for tick in first..=now_tick {
-            let slot = &mut self.slots[(tick % SLOTS as u64) as usize];
-            let mut i = 0;
-            while i < slot.len() {
-                if slot[i].1 <= now_tick {
-                    expired.push(slot.swap_remove(i));
-                } else {
-                    i += 1;
+            let mut e = self.heads[(tick % SLOTS as u64) as usize];
+            while e != NIL {
+                let entry = self.entries[e as usize];
+                if entry.tick <= now_tick {
+                    self.unlink(e);
+                    self.release(e);
+                    due.push(entry.token);
                 }
+                e = entry.next;
             }
         }
         self.next = now_tick + 1;
+    }
+
+    /// For a token [`TimerWheel::advance`] handed over: true when `d` has
+    /// passed; otherwise it moved later since it was filed, and is filed
+    /// again for its tick.
+    pub fn came_due(&mut self, d: &mut Deadline, token: u64, now: Instant) -> bool {
+        d.entry = None;
+        if d.tick <= self.tick_of(now) {
+            return true;
+        }
+        d.entry = Some(self.insert(token, d.tick));
+        false
     }
 
     /// Milliseconds until the next tick boundary: how long epoll may sleep.
@@ -61,6 +144,52 @@ impl TimerWheel {
         let elapsed = now.saturating_duration_since(self.start).as_millis();
         let tick = TICK.as_millis();
         (tick - elapsed % tick) as i32
+    }
+
+    fn insert(&mut self, token: u64, tick: u64) -> u32 {
+        let blank = Entry { token, tick, prev: NIL, next: NIL };
+        let e = match self.free.pop() {
+            Some(e) => {
+                self.entries[e as usize] = blank;
+                e
+            }
+            None => {
+                self.entries.push(blank);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.live += 1;
+        self.link(e, tick);
+        e
+    }
+
+    fn release(&mut self, e: u32) {
+        self.free.push(e);
+        self.live -= 1;
+    }
+
+    /// Files entry `e` under `tick` (never a tick already processed).
+    fn link(&mut self, e: u32, tick: u64) {
+        let tick = tick.max(self.next);
+        let slot = (tick % SLOTS as u64) as usize;
+        let head = self.heads[slot];
+        self.entries[e as usize] = Entry { tick, prev: NIL, next: head, ..self.entries[e as usize] };
+        if head != NIL {
+            self.entries[head as usize].prev = e;
+        }
+        self.heads[slot] = e;
+    }
+
+    fn unlink(&mut self, e: u32) {
+        let Entry { tick, prev, next, .. } = self.entries[e as usize];
+        if prev == NIL {
+            self.heads[(tick % SLOTS as u64) as usize] = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        }
     }
 }
 
@@ -72,19 +201,87 @@ mod tests {
     fn fires_on_time_and_not_before() {
         let t0 = Instant::now();
         let mut w = TimerWheel::new(t0);
-        let d = w.deadline(t0, Duration::from_millis(250));
-        w.schedule(7, d);
-        let far = w.deadline(t0, Duration::from_secs(200)); // beyond one lap
-        w.schedule(9, far);
-        let mut out = Vec::new();
-        w.advance(t0 + Duration::from_millis(200), &mut out);
-        assert!(out.is_empty());
-        w.advance(t0 + Duration::from_millis(300), &mut out);
-        assert_eq!(out, vec![(7, d)]);
-        out.clear();
-        w.advance(t0 + Duration::from_secs(150), &mut out);
-        assert!(out.is_empty(), "an entry for a later lap must wait");
-        w.advance(t0 + Duration::from_secs(201), &mut out);
-        assert_eq!(out, vec![(9, far)]);
+        let (mut a, mut b) = (Deadline::default(), Deadline::default());
+        w.arm(&mut a, 7, w.deadline(t0, Duration::from_millis(250)));
+        w.arm(&mut b, 9, w.deadline(t0, Duration::from_secs(200))); // beyond one lap
+        let mut due = Vec::new();
+        w.advance(t0 + Duration::from_millis(200), &mut due);
+        assert!(due.is_empty());
+        let t = t0 + Duration::from_millis(300);
+        w.advance(t, &mut due);
+        assert_eq!(due, vec![7]);
+        assert!(w.came_due(&mut a, 7, t));
+        due.clear();
+        w.advance(t0 + Duration::from_secs(150), &mut due);
+        assert!(due.is_empty(), "an entry for a later lap must wait");
+        let t = t0 + Duration::from_secs(201);
+        w.advance(t, &mut due);
+        assert_eq!(due, vec![9]);
+        assert!(w.came_due(&mut b, 9, t));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_deadline_moved_later_fires_at_its_new_tick_and_earlier_moves_its_entry() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        let mut d = Deadline::default();
+        w.arm(&mut d, 1, w.deadline(t0, Duration::from_secs(1)));
+        w.arm(&mut d, 1, w.deadline(t0, Duration::from_secs(5)));
+        let mut due = Vec::new();
+        let t = t0 + Duration::from_millis(1100);
+        w.advance(t, &mut due);
+        assert_eq!(due, vec![1]);
+        assert!(!w.came_due(&mut d, 1, t), "moved later: filed again");
+        assert_eq!(w.len(), 1);
+        w.arm(&mut d, 1, w.deadline(t, Duration::from_millis(100)));
+        due.clear();
+        w.advance(t0 + Duration::from_millis(1300), &mut due);
+        assert_eq!(due, vec![1], "moved earlier: fires early");
+        assert!(w.came_due(&mut d, 1, t0 + Duration::from_millis(1300)));
+        w.arm(&mut d, 1, w.deadline(t, Duration::from_secs(1)));
+        w.disarm(&mut d);
+        assert!(w.is_empty());
+        due.clear();
+        w.advance(t0 + Duration::from_secs(10), &mut due);
+        assert!(due.is_empty(), "a disarmed deadline never fires");
+    }
+
+    /// Keep-alive churn: every connection goes idle (long timeout), gets a
+    /// request (short header timeout, earlier), is answered (send timeout),
+    /// and goes idle again, over and over, while connections come and go.
+    /// The wheel never holds more entries than there are connections.
+    #[test]
+    fn the_wheel_stays_bounded_by_live_deadlines_under_keep_alive_churn() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        let mut conns: Vec<Option<Deadline>> = (0..100).map(|_| Some(Deadline::default())).collect();
+        let mut due = Vec::new();
+        let timeouts = [Duration::from_secs(60), Duration::from_secs(10), Duration::from_secs(30)];
+        for step in 0..20_000u64 {
+            let now = t0 + Duration::from_millis(step * 7);
+            let i = (step * 37 % 100) as usize;
+            match &mut conns[i] {
+                Some(d) if step % 97 == 0 => {
+                    w.disarm(d);
+                    conns[i] = None;
+                }
+                Some(d) => w.arm(d, i as u64, w.deadline(now, timeouts[(step % 3) as usize])),
+                None => conns[i] = Some(Deadline::default()),
+            }
+            due.clear();
+            w.advance(now, &mut due);
+            for &token in &due {
+                if let Some(d) = conns[token as usize].as_mut() {
+                    if w.came_due(d, token, now) {
+                        conns[token as usize] = None;
+                    }
+                }
+            }
+            let armed = conns.iter().flatten().filter(|d| d.entry.is_some()).count();
+            assert_eq!(w.len(), armed, "step {step}");
+            assert!(w.len() <= 100);
+        }
+        assert!(w.entries.len() <= 100, "storage never grew past the live deadlines");
     }
 }
