@@ -2,6 +2,7 @@
 //! the counterpart of `nginx -s`.
 
 use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
 use std::path::PathBuf;
 use tine_config::Config;
 
@@ -20,13 +21,13 @@ pub enum Action {
 }
 
 impl Action {
-    fn signal(self) -> (libc::c_int, &'static str) {
+    fn signal(self) -> (Signal, &'static str) {
         match self {
-            Action::Reload => (libc::SIGHUP, "HUP"),
-            Action::Stop => (libc::SIGTERM, "TERM"),
-            Action::Quit => (libc::SIGQUIT, "QUIT"),
-            Action::Reopen => (libc::SIGUSR1, "USR1"),
-            Action::Upgrade => (libc::SIGUSR2, "USR2"),
+            Action::Reload => (Signal::SIGHUP, "HUP"),
+            Action::Stop => (Signal::SIGTERM, "TERM"),
+            Action::Quit => (Signal::SIGQUIT, "QUIT"),
+            Action::Reopen => (Signal::SIGUSR1, "USR1"),
+            Action::Upgrade => (Signal::SIGUSR2, "USR2"),
         }
     }
 }
@@ -48,9 +49,7 @@ pub fn run(action: Action, pid_file: Option<PathBuf>, config: Option<PathBuf>) -
         _ => bail!("pid file {} does not hold a pid: {:?}", pid_file.display(), text.trim()),
     };
     let (sig, name) = action.signal();
-    // SAFETY: kill has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
         bail!("cannot send {name} to pid {pid} (from {}): {e}", pid_file.display());
     }
     eprintln!("sent {name} to tine master {pid}");

@@ -693,14 +693,7 @@ fn allowed_cpus() -> Vec<usize> {
 /// descriptor, and the default soft limit of 1024 is far below what a front end
 /// needs.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: lim is a valid rlimit to fill and then to read back.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    tine_net::sys::raise_fd_limit();
 }
 
 /// Makes the listener set match every listener the configuration names

@@ -23,10 +23,7 @@ pub fn ready() {
 }
 
 pub fn reloading() {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+    let usec = tine_net::sys::monotonic_usec();
     notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
 }
 

@@ -63,14 +63,11 @@ fn cpu_time_us(pid: i32) -> Option<u64> {
 fn rss_bytes(pid: i32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    Some(pages * page)
+    Some(pages * tine_net::sys::page_size())
 }
 
 fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+    tine_net::sys::clock_ticks_per_second()
 }
 
 fn sample_host(region: &Region) {

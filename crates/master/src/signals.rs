@@ -40,8 +40,5 @@ pub fn drain(fd: &SignalFd) -> Vec<Signal> {
 
 /// Waits until one of the descriptors is readable or `timeout_ms` passes.
 pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: pfds is a valid array of pfds.len() pollfd entries.
-    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    tine_net::sys::wait_readable(fds, timeout_ms);
 }

@@ -156,13 +156,8 @@ fn restore_pid_file(pid_path: &Path) {
 }
 
 fn pipe() -> io::Result<(std::fs::File, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two descriptors to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two fresh descriptors nobody else owns.
-    unsafe { Ok((std::fs::File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+    let (read, write) = tine_net::sys::pipe()?;
+    Ok((std::fs::File::from(read), write))
 }
 
 /// Seen from the new master: what the old one handed over, taken out of the

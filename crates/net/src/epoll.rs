@@ -74,7 +74,11 @@ impl Epoll {
     /// zero events so callers simply loop.
     pub fn wait(&self, events: &mut Vec<Event>, timeout_ms: i32) -> io::Result<usize> {
         events.clear();
-        let cap = events.capacity().max(1);
+        if events.capacity() == 0 {
+            // The kernel writes into the spare capacity: there must be some.
+            events.reserve(64);
+        }
+        let cap = events.capacity().min(i32::MAX as usize);
         // SAFETY: Event is repr(transparent) over epoll_event; the kernel writes at most `cap` entries into the spare capacity,
         // and set_len covers exactly the number it reports.
         let n = unsafe {
@@ -92,5 +96,22 @@ impl Epoll {
         // SAFETY: see above; n <= cap.
         unsafe { events.set_len(n as usize) };
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_with_an_empty_buffer_gets_room_for_the_events() {
+        let epoll = Epoll::new().unwrap();
+        let (_read, write) = crate::sys::pipe().unwrap();
+        // A pipe's write end is writable at once: one event is ready.
+        epoll.add(write.as_raw_fd(), 42, Interest(libc::EPOLLOUT as u32)).unwrap();
+        let mut events = Vec::new();
+        assert_eq!(epoll.wait(&mut events, 1000).unwrap(), 1);
+        assert_eq!(events[0].token(), 42);
+        assert!(events[0].writable());
     }
 }

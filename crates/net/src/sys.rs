@@ -1,7 +1,11 @@
-//! Socket system calls the standard library does not offer (or offers only with
-//! extra syscalls): SO_REUSEPORT listeners, accept4 with flags, MSG_MORE sends,
-//! sendfile.
+//! Every raw system call of tine, each behind a small safe function with a
+//! `// SAFETY:` note: sockets the standard library does not offer (or offers
+//! only with extra syscalls: SO_REUSEPORT listeners, accept4 with flags,
+//! MSG_MORE sends), sendfile and splice, files opened beneath a root
+//! (openat2), and the process calls of masters and workers (prctl, rlimits,
+//! poll). No other crate of tine calls libc.
 
+use std::ffi::CStr;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -366,6 +370,124 @@ pub fn connect_status(fd: RawFd) -> io::Result<bool> {
     } else {
         Err(e)
     }
+}
+
+/// Closes a descriptor this process inherited but does not own as a value
+/// (a worker's copies of the master's sockets).
+pub fn close_inherited(fd: RawFd) {
+    // SAFETY: the caller names a descriptor no value of this process owns;
+    // closing it invalidates nothing that will be used.
+    unsafe { libc::close(fd) };
+}
+
+/// Asks the kernel to send SIGQUIT to this process when its parent dies,
+/// however it dies.
+pub fn quit_when_parent_dies() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT as libc::c_ulong) };
+}
+
+/// Sets the process name shown by ps and top (comm, at most 15 bytes).
+pub fn set_process_name(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: buf is NUL-terminated and outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Raises the soft limit on open descriptors to the hard limit.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid rlimit to fill and then to read back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds (what systemd's MONOTONIC_USEC wants).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// The size of a memory page, in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(1) as u64
+}
+
+/// Clock ticks per second, the unit of CPU times in /proc.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+}
+
+/// Waits until one of the descriptors is readable or `timeout_ms` passes.
+pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: pfds is a valid array of pfds.len() pollfd entries.
+    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+}
+
+/// Opens a directory as an O_PATH handle, to open files beneath it.
+pub fn open_directory(path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: path is a valid C string; the result is checked before it is owned.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Flags of every file a worker opens to serve: read-only, and O_NONBLOCK so
+/// that a FIFO under a root cannot block the worker.
+const SERVE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// Opens `relative` under the directory `dir` with openat2 and
+/// RESOLVE_BENEATH: no `..`, absolute symlink or magic link leads outside.
+pub fn open_beneath(dir: RawFd, relative: &CStr) -> io::Result<OwnedFd> {
+    /// struct open_how from linux/openat2.h.
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const SYS_OPENAT2: libc::c_long = 437;
+    let how = OpenHow {
+        flags: SERVE_FLAGS as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: relative and how outlive the call, and the size passed is how's size.
+    let fd = unsafe {
+        libc::syscall(
+            SYS_OPENAT2,
+            dir,
+            relative.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Opens `relative` under the directory `dir` with plain openat (for kernels
+/// or sandboxes without openat2; the caller checks where it landed).
+pub fn open_at(dir: RawFd, relative: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: relative outlives the call; the result is checked before use.
+    let fd = check(unsafe { libc::openat(dir, relative.as_ptr(), SERVE_FLAGS) })?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

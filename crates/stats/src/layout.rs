@@ -383,11 +383,11 @@ fn round_up(n: usize, to: usize) -> usize {
 // The ABI promises these; a change here is a layout change.
 const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
-const _: () = assert!(SLOT_SIZE % 64 == 0);
+const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
 const _: () = assert!(SLOT_SIZE == 448);
-const _: () = assert!(MASTER_SIZE % 64 == 0);
-const _: () = assert!(HOST_SIZE % 64 == 0);
+const _: () = assert!(MASTER_SIZE.is_multiple_of(64));
+const _: () = assert!(HOST_SIZE.is_multiple_of(64));
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);
 const _: () = assert!(std::mem::align_of::<Slot>() == 64);
 

@@ -34,10 +34,13 @@ pub fn unix_millis() -> u64 {
 
 /// True when a process with this pid exists (signal 0 probes without sending).
 pub fn pid_alive(pid: u64) -> bool {
-    if pid == 0 || pid > i32::MAX as u64 {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    if pid == 0 {
         return false;
     }
-    // SAFETY: kill with signal 0 performs only the existence and permission check.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // Signal 0 performs only the existence and permission checks.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
 }

@@ -1,42 +1,38 @@
-//! Who a region file belongs to. A region is live while a master holds a
-//! write lock on it: an open-file-description lock (fcntl F_OFD_SETLK), which
-//! only a process that opened the file for writing can take, lasts exactly as
-//! long as some descriptor of that opening is open (the master's, its
-//! workers', a new master's after a binary upgrade), and vanishes when they
-//! all exit, however they exit. A pid written in the file proves nothing (any
-//! user can write any pid into a file of their own), and a read-only reader
-//! cannot take the lock, so neither a squatter nor an ops tool can make a
-//! region look live.
+//! Who a region file belongs to. A region is live while a server holds an
+//! exclusive lock on it (flock(2), through std's `File::try_lock`): the lock
+//! belongs to the open file, so it lasts exactly as long as some descriptor
+//! of that opening is open (the master's, its workers', a new master's after
+//! a binary upgrade) and vanishes when they all exit, however they exit. A pid
+//! written in the file proves nothing: any user can write any pid into a file
+//! of their own. A region is created mode 0640, so only the server's user and
+//! group can open it to lock it at all.
 
-use nix::fcntl::{fcntl, FcntlArg};
-use std::fs::{File, Metadata};
+use std::fs::{File, Metadata, TryLockError};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
-fn whole_file(kind: libc::c_int) -> libc::flock {
-    // SAFETY: libc::flock is plain data; all-zero is a valid value of it.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = kind as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock
-}
-
-/// Takes the write lock that marks a live region. `Ok(false)`: another
-/// process holds a lock on it.
+/// Takes the lock that marks a live region. `Ok(false)`: another open file
+/// holds a lock on it.
 pub fn lock(file: &File) -> io::Result<bool> {
-    match fcntl(file, FcntlArg::F_OFD_SETLK(&whole_file(libc::F_WRLCK))) {
-        Ok(_) => Ok(true),
-        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => Ok(false),
-        Err(e) => Err(e.into()),
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
     }
 }
 
-/// Whether some process holds the write lock of a live region. Works on a
-/// read-only descriptor, and a reader's own read lock never counts.
+/// Whether a running server holds the region's lock. The probe takes a
+/// shared lock for a moment on `file` (its own opening), which a holder of
+/// the exclusive lock refuses.
 pub fn held(file: &File) -> io::Result<bool> {
-    let mut probe = whole_file(libc::F_RDLCK);
-    fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe))?;
-    Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+    match file.try_lock_shared() {
+        Ok(()) => {
+            file.unlock()?;
+            Ok(false)
+        }
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// The effective user of this process.
@@ -44,8 +40,12 @@ pub fn current_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
-/// Why a file at a region's path cannot be taken as one of ours.
+/// Why a file at a region's path cannot be taken as one of ours; `meta` is
+/// read without following a symlink.
 pub fn foreign(meta: &Metadata) -> Option<String> {
+    if meta.file_type().is_symlink() {
+        return Some("it is a symbolic link".into());
+    }
     if !meta.is_file() {
         return Some("it is not a regular file".into());
     }

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+// create_new is O_CREAT|O_EXCL, which never follows a symlink at the path.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
 
@@ -82,7 +83,6 @@ impl Region {
             .write(true)
             .create_new(true)
             .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(io_err)?;
         if !ownership::lock(&file).map_err(io_err)? {
@@ -108,12 +108,7 @@ impl Region {
         let file = match inherited {
             Some(fd) => File::from(fd),
             None => {
-                let opened = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(path)
-                    .map_err(io_err)?;
+                let opened = OpenOptions::new().read(true).write(true).open(path).map_err(io_err)?;
                 if !ownership::lock(&opened).map_err(io_err)? {
                     return Err(CreateError::InUse { path: path.to_owned(), pid: 0 });
                 }
@@ -250,19 +245,22 @@ fn map_rw(file: &File) -> io::Result<MmapMut> {
 /// Refuses a file at the path that a running server holds, that belongs to
 /// another user, or that is not a plain file (a symlink is not followed).
 fn refuse_if_live(path: &Path) -> Result<(), CreateError> {
-    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
-        Ok(f) => f,
+    let io_err = |source| CreateError::Io { path: path.to_owned(), source };
+    let foreign = |why: String| CreateError::Foreign { path: path.to_owned(), why };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(CreateError::Foreign { path: path.to_owned(), why: "it is a symbolic link".into() })
-        }
-        Err(source) => return Err(CreateError::Io { path: path.to_owned(), source }),
+        Err(e) => return Err(io_err(e)),
     };
-    let meta = file.metadata().map_err(|source| CreateError::Io { path: path.to_owned(), source })?;
     if let Some(why) = ownership::foreign(&meta) {
-        return Err(CreateError::Foreign { path: path.to_owned(), why });
+        return Err(foreign(why));
     }
-    if ownership::held(&file).map_err(|source| CreateError::Io { path: path.to_owned(), source })? {
+    let file = File::open(path).map_err(io_err)?;
+    let opened = file.metadata().map_err(io_err)?;
+    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+        return Err(foreign("it was replaced while it was checked".into()));
+    }
+    if ownership::held(&file).map_err(io_err)? {
         let pid = crate::Reader::open(path).map_or(0, |r| r.header().master_pid.load(Ordering::Relaxed));
         return Err(CreateError::InUse { path: path.to_owned(), pid });
     }

@@ -71,10 +71,10 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         }
     }
     for &fd in &init.close_fds {
-        // SAFETY: inherited across fork and unused here; the master's values
-        // that own them are never dropped in a worker, which exits without
-        // returning into the master's frames.
-        unsafe { libc::close(fd) };
+        // Inherited across fork and unused here; the master's values that own
+        // them are never dropped in a worker, which exits without returning
+        // into the master's frames.
+        tine_net::sys::close_inherited(fd);
     }
     let signals = worker_signals()?;
     let config = init.config;
@@ -145,8 +145,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
 /// Asks the kernel to send SIGQUIT (a graceful stop) when the master dies, even by
 /// SIGKILL, so that an orphan never keeps accepting on a port a new master binds.
 fn die_with_master(master_pid: u32) -> Result<(), WorkerError> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT as libc::c_ulong) };
+    tine_net::sys::quit_when_parent_dies();
     // The master may have died before the request took effect.
     if std::os::unix::process::parent_id() != master_pid {
         return Err(WorkerError::Orphaned(master_pid));
@@ -156,11 +155,7 @@ fn die_with_master(master_pid: u32) -> Result<(), WorkerError> {
 
 /// Sets the process name shown by ps and top (comm, at most 15 bytes).
 pub fn name_process(name: &str) {
-    let mut buf = [0u8; 16];
-    let n = name.len().min(15);
-    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
-    // SAFETY: buf is NUL-terminated and outlives the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    tine_net::sys::set_process_name(name);
 }
 
 /// The master blocks its control signals before forking (it reads them from a

@@ -11,10 +11,11 @@
 
 use crate::file_cache::FileCache;
 use crate::responses::{error_page, Framing, Reply};
+use nix::errno::Errno;
 use std::ffi::{CStr, CString};
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -23,6 +24,7 @@ use tine_http::request::{Method, Request};
 use tine_http::response::{HeadWriter, Status};
 use tine_http::target::TargetPath;
 use tine_http::validators::{self, RangeAnswer};
+use tine_net::sys;
 
 pub struct StaticRoot {
     dir: OwnedFd,
@@ -43,17 +45,11 @@ impl StaticRoot {
         let canonical = std::fs::canonicalize(path)?;
         let c = CString::new(canonical.as_os_str().as_bytes())
             .map_err(|_| io::Error::other("root path contains NUL"))?;
-        // SAFETY: c is a valid C string; the result is checked before use.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let dir = sys::open_directory(&c)?;
         let mut root = StaticRoot { dir, canonical, openat2: true };
         // Probe once; a seccomp filter may refuse openat2 even on a new kernel.
-        if let Err(e) = root.openat2(b".") {
-            if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+        if let Err(e) = sys::open_beneath(root.dir.as_raw_fd(), c".") {
+            if matches!(errno(&e), Some(Errno::ENOSYS | Errno::EPERM)) {
                 log::warn!("openat2 unavailable ({e}); checking real paths instead");
                 root.openat2 = false;
             }
@@ -64,66 +60,34 @@ impl StaticRoot {
     /// Opens `relative` (already normalised) read-only beneath the root.
     pub fn open_beneath(&self, relative: &[u8]) -> io::Result<File> {
         let relative = if relative.is_empty() { &b"."[..] } else { relative };
-        let fd = if self.openat2 { self.openat2(relative)? } else { self.openat_checked(relative)? };
+        let dir = self.dir.as_raw_fd();
+        let fd = if self.openat2 {
+            with_c_path(relative, |c| sys::open_beneath(dir, c))?
+        } else {
+            self.openat_checked(relative)?
+        };
         Ok(File::from(fd))
     }
 
-    fn openat2(&self, relative: &[u8]) -> io::Result<OwnedFd> {
-        /// struct open_how from linux/openat2.h.
-        #[repr(C)]
-        struct OpenHow {
-            flags: u64,
-            mode: u64,
-            resolve: u64,
-        }
-        const SYS_OPENAT2: libc::c_long = 437;
-        with_c_path(relative, |c| {
-            let how = OpenHow {
-                // O_NONBLOCK so that a FIFO under the root cannot block the worker.
-                flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64,
-                mode: 0,
-                resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
-            };
-            // SAFETY: c and how outlive the call, and the size passed is how's size.
-            let fd = unsafe {
-                libc::syscall(
-                    SYS_OPENAT2,
-                    self.dir.as_raw_fd(),
-                    c.as_ptr(),
-                    &how as *const OpenHow,
-                    std::mem::size_of::<OpenHow>(),
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: a fresh descriptor nobody else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-        })
-    }
-
     fn openat_checked(&self, relative: &[u8]) -> io::Result<OwnedFd> {
-        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
-        // SAFETY: c outlives the call; the result is checked before use.
-        let fd =
-            with_c_path(relative, |c| Ok(unsafe { libc::openat(self.dir.as_raw_fd(), c.as_ptr(), flags) }))?;
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let real = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+        let owned = with_c_path(relative, |c| sys::open_at(self.dir.as_raw_fd(), c))?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", owned.as_raw_fd()))?;
         if real != self.canonical && !real.starts_with(&self.canonical) {
-            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            return Err(io::Error::from(Errno::EXDEV));
         }
         Ok(owned)
     }
 }
 
+/// The errno behind an I/O error, if it came from the system.
+fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw)
+}
+
 /// Calls `f` with `path` as a C string: built on the stack for ordinary
 /// lengths, so that opening (404s included) allocates nothing.
 fn with_c_path<T>(path: &[u8], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
-    let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+    let invalid = || io::Error::from(Errno::EINVAL);
     let mut stack = [0u8; 1024];
     if path.len() < stack.len() {
         stack[..path.len()].copy_from_slice(path);
@@ -238,11 +202,11 @@ pub fn respond(
 }
 
 fn status_for_open_error(e: &io::Error) -> Status {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => Status::NOT_FOUND,
+    match errno(e) {
+        Some(Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG) => Status::NOT_FOUND,
         // EXDEV: a symlink that leaves the root; ELOOP: too many or magic links.
-        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EXDEV) | Some(libc::ELOOP) => Status::FORBIDDEN,
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => {
+        Some(Errno::EACCES | Errno::EPERM | Errno::EXDEV | Errno::ELOOP) => Status::FORBIDDEN,
+        Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM) => {
             log::error!("cannot open a file: {e}");
             Status::SERVICE_UNAVAILABLE
         }
