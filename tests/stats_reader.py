@@ -127,9 +127,8 @@ def read(path):
             w["active"] = 0
         workers.append(w)
     upstreams = []
-    for u in range(upstream_count):
-        at = upstreams_offset + u * upstream_name_size
-        entry = {"name": m[at:at + upstream_name_size].split(b"\0")[0].decode("ascii", "replace")}
+    for u, name in enumerate(upstream_names(m, upstreams_offset, upstream_capacity, upstream_name_size)):
+        entry = {"name": name}
         entries = upstreams_offset + upstream_capacity * upstream_name_size
         for j, name in enumerate(UPSTREAM):
             total_u = sum(u64(entries + (s * upstream_capacity + u) * upstream_entry_size + 8 * j)
@@ -141,6 +140,24 @@ def read(path):
 
     return {"master": master, "host": host, "listeners": listeners, "total": total, "workers": workers,
             "upstreams": upstreams}
+
+
+def upstream_names(m, offset, capacity, size):
+    """The upstream names under the header's sequence lock (offset 144): a
+    copy counts only if the sequence was even and unchanged around it."""
+    give_up = time.time() + 1
+    while time.time() < give_up:
+        (before,) = struct.unpack_from("=Q", m, 144)
+        if before % 2:
+            time.sleep(0.001)
+            continue
+        (count,) = struct.unpack_from("=I", m, 128)
+        names = [m[offset + u * size:offset + (u + 1) * size].split(b"\0")[0].decode("ascii", "replace")
+                 for u in range(min(count, capacity))]
+        (after,) = struct.unpack_from("=Q", m, 144)
+        if after == before:
+            return names
+    return []  # a master that stopped in the middle of a rewrite: names unknown
 
 
 def live(pid, state, heartbeat_ms):

@@ -13,7 +13,7 @@
 //! which endianness that is), every section starts on a 64-byte boundary, and each
 //! slot is padded to whole cache lines so two workers never share one.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// First eight bytes of every region.
 pub const MAGIC: [u8; 8] = *b"TINESTAT";
@@ -58,12 +58,17 @@ pub struct Header {
     pub interface_capacity: u32,
     /// Where the upstream section starts (names, then per-slot entries).
     pub upstreams_offset: u64,
-    /// Upstream servers named in the section, and room for how many.
-    pub upstream_count: u32,
+    /// Upstream servers named in the section (a reload rewrites it, under
+    /// `upstream_names_seq`), and room for how many.
+    pub upstream_count: AtomicU32,
     pub upstream_capacity: u32,
     /// Bytes per upstream name and per upstream stats entry.
     pub upstream_name_size: u32,
     pub upstream_entry_size: u32,
+    /// Sequence lock of the upstream names and count: odd while the master
+    /// rewrites them; a reader whose copy began and ended on the same even
+    /// value has a consistent one.
+    pub upstream_names_seq: AtomicU64,
 }
 
 /// Lifecycle of the whole region, as stored in [`Header::state`].

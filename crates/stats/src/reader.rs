@@ -96,7 +96,8 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
     }
     if h.upstream_entry_size as usize != crate::layout::UPSTREAM_ENTRY_SIZE
         || (h.upstream_name_size as usize) < 16
-        || h.upstream_count > h.upstream_capacity
+        || !h.upstream_name_size.is_multiple_of(8)
+        || h.upstream_count.load(std::sync::atomic::Ordering::Relaxed) > h.upstream_capacity
         || h.upstreams_offset % 64 != 0
     {
         return Err(ReadError::Corrupt("upstream section"));

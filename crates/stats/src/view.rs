@@ -7,7 +7,8 @@ use crate::layout::{Header, Host, InterfaceEntry, MasterSection, RegionState, Sl
 use crate::snapshot::Snapshot;
 use crate::{pid_alive, unix_millis};
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::{fence, AtomicU64};
 
 /// A master stamps its heartbeat every second; this much silence means it is gone.
 pub const STALE_AFTER_MS: u64 = 5_000;
@@ -59,11 +60,51 @@ pub trait RegionView {
         unsafe { &*(self.bytes().as_ptr().add(at) as *const Slot) }
     }
 
-    /// Names of the upstream servers in the upstream section.
+    /// Names of the upstream servers in the upstream section, copied under
+    /// the sequence lock so a reload never shows a half-written list. Only
+    /// relaxed loads and fences: valid on a read-only mapping.
     fn upstream_names(&self) -> Vec<String> {
         let h = self.header();
-        let count = h.upstream_count.min(h.upstream_capacity) as usize;
-        text_entries(self.bytes(), h.upstreams_offset as usize, count, h.upstream_name_size as usize)
+        let size = h.upstream_name_size as usize;
+        let mut words: Vec<u64> = Vec::new();
+        // A rewrite takes microseconds; a master still in the middle of one
+        // after a second died there, and its names are unknown.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let before = h.upstream_names_seq.load(Relaxed);
+            fence(Acquire);
+            if before.is_multiple_of(2) {
+                let count = (h.upstream_count.load(Relaxed)).min(h.upstream_capacity) as usize;
+                words.clear();
+                words.extend(self.upstream_name_words(count).iter().map(|w| w.load(Relaxed)));
+                fence(Acquire);
+                if h.upstream_names_seq.load(Relaxed) == before {
+                    break;
+                }
+            }
+            if std::time::Instant::now() > give_up {
+                return Vec::new();
+            }
+            std::thread::yield_now();
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        text_entries(&bytes, 0, bytes.len() / size.max(1), size)
+    }
+
+    /// The first `count` upstream names as atomic words (names are a whole
+    /// number of words, on a 64-byte boundary: validate() checked).
+    fn upstream_name_words(&self, count: usize) -> &[AtomicU64] {
+        let h = self.header();
+        let words = count.min(h.upstream_capacity as usize) * h.upstream_name_size as usize / 8;
+        // SAFETY: validate() checked that the names lie inside the mapping, start
+        // 64-byte aligned and are a multiple of 8 bytes long; shared memory is
+        // only ever accessed through atomics here.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.bytes().as_ptr().add(h.upstreams_offset as usize) as *const AtomicU64,
+                words,
+            )
+        }
     }
 
     /// One slot's upstream entries (upstream_capacity of them).

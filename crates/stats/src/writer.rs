@@ -189,23 +189,32 @@ impl Region {
     /// Names the upstream servers (`group address`), in configuration order;
     /// returns false, naming none, when there are more than the region has
     /// room for (a reload that adds that many needs a restart to count them).
-    pub fn set_upstream_names(&mut self, names: &[String]) -> bool {
-        let (offset, capacity) = {
-            let h = self.header();
-            (h.upstreams_offset as usize, h.upstream_capacity as usize)
-        };
-        if names.len() > capacity {
+    /// Writes them under the header's sequence lock (odd while writing),
+    /// word by word with atomics, so a reader copying them meanwhile sees the
+    /// odd value or a changed one and copies again.
+    pub fn set_upstream_names(&self, names: &[String]) -> bool {
+        let h = self.header();
+        if names.len() > h.upstream_capacity as usize {
             return false;
         }
-        for (i, name) in names.iter().enumerate() {
-            let at = offset + i * UPSTREAM_NAME_SIZE;
-            let entry = &mut self.map[at..at + UPSTREAM_NAME_SIZE];
-            entry.fill(0);
-            let n = name.len().min(UPSTREAM_NAME_SIZE - 1);
-            entry[..n].copy_from_slice(&name.as_bytes()[..n]);
-        }
+        let seq = h.upstream_names_seq.load(Ordering::Relaxed);
+        h.upstream_names_seq.store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        self.header_mut().upstream_count = names.len() as u32;
+        let per_name = h.upstream_name_size as usize / 8;
+        let words = self.upstream_name_words(names.len());
+        for (name, entry) in names.iter().zip(words.chunks_exact(per_name)) {
+            // NUL-padded, with at least one NUL at the end.
+            let text = &name.as_bytes()[..name.len().min(per_name * 8 - 1)];
+            for (k, word) in entry.iter().enumerate() {
+                let mut bytes = [0u8; 8];
+                let from = (k * 8).min(text.len());
+                let part = &text[from..(from + 8).min(text.len())];
+                bytes[..part.len()].copy_from_slice(part);
+                word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+            }
+        }
+        h.upstream_count.store(names.len() as u32, Ordering::Relaxed);
+        h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
         true
     }
 

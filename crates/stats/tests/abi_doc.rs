@@ -85,6 +85,7 @@ fn header_offsets_match_the_document() {
         (offset_of!(Header, upstream_capacity), "upstream_capacity".into()),
         (offset_of!(Header, upstream_name_size), "upstream_name_size".into()),
         (offset_of!(Header, upstream_entry_size), "upstream_entry_size".into()),
+        (offset_of!(Header, upstream_names_seq), "upstream_names_seq".into()),
     ];
     assert_eq!(std::mem::size_of::<Header>(), 192);
     assert_eq!(documented("header"), expected);

@@ -118,3 +118,30 @@ fn percentiles_come_from_the_histogram() {
     assert!((64.0..=128.0).contains(&p50), "{p50}");
     assert!((8192.0..=16384.0).contains(&p99), "{p99}");
 }
+
+#[test]
+fn a_reader_never_sees_a_half_rewritten_list_of_upstream_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.stats");
+    let short: Vec<String> = vec!["a 127.0.0.1:1".into()];
+    let long: Vec<String> = (0..8).map(|i| format!("group-{i} 127.0.0.{i}:{}", 9000 + i)).collect();
+    let region = Region::create_with_upstreams(&path, 1, &[], &short).unwrap();
+    let reader = Reader::open(&path).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..5_000 {
+                region.set_upstream_names(if i % 2 == 0 { &long } else { &short });
+                // Reloads are spaced; a reader gets its chance between them.
+                std::thread::yield_now();
+            }
+            done.store(true, Relaxed);
+        });
+        let mut reads = 0;
+        while !done.load(Relaxed) || reads == 0 {
+            let names = reader.upstream_names();
+            assert!(names == short || names == long, "a torn list: {names:?}");
+            reads += 1;
+        }
+    });
+}
