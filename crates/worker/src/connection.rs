@@ -29,6 +29,8 @@ use crate::context::Ctx;
 use crate::responses::{error_page, Framing, Reply};
 use crate::static_files::{self, FileBody};
 use crate::timer_wheel::Deadline;
+use crate::token::ConnId;
+use crate::transport::{PlainTcp, Transport};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -37,7 +39,6 @@ use std::time::{Duration, Instant};
 use tine_http::request::{Body, Method, Request};
 use tine_http::response::{Persistence, Status};
 use tine_http::{parse_request, HttpError};
-use tine_net::sys;
 
 use crate::buffer_pool::ReadBuf;
 
@@ -87,8 +88,9 @@ pub enum CloseReason {
 }
 
 pub struct Conn {
-    token: u64,
-    fd: OwnedFd,
+    id: ConnId,
+    /// The client's socket, behind the transport seam.
+    transport: PlainTcp,
     peer: Option<IpAddr>,
     phase: Phase,
     /// Unread input; `None` while idle so an idle connection holds no buffer.
@@ -128,10 +130,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(token: u64, fd: OwnedFd, peer: Option<IpAddr>, admin: bool, ctx: &mut Ctx) -> Self {
+    pub fn new(id: ConnId, fd: OwnedFd, peer: Option<IpAddr>, admin: bool, ctx: &mut Ctx) -> Self {
         let mut conn = Conn {
-            token,
-            fd,
+            id,
+            transport: PlainTcp::new(fd),
             peer,
             phase: Phase::ReadHead,
             rbuf: None,
@@ -156,10 +158,6 @@ impl Conn {
         };
         conn.arm(ctx, ctx.timeouts.header);
         conn
-    }
-
-    pub fn fd(&self) -> &OwnedFd {
-        &self.fd
     }
 
     pub fn phase(&self) -> Phase {
@@ -269,7 +267,7 @@ impl Conn {
 
     fn arm(&mut self, ctx: &mut Ctx, timeout: Duration) {
         let tick = ctx.wheel.deadline(ctx.now, timeout);
-        ctx.wheel.arm(&mut self.timer, self.token, tick);
+        ctx.wheel.arm(&mut self.timer, self.id, tick);
     }
 
     fn read_head(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
@@ -343,7 +341,7 @@ impl Conn {
             return Some(Outcome::Close(CloseReason::Error));
         }
         let room = spare.len();
-        match sys::recv(self.fd.as_raw_fd(), spare) {
+        match self.transport.recv(spare) {
             Ok(0) => Some(Outcome::Close(CloseReason::PeerClosed)),
             Ok(n) => {
                 buf.commit(n);
@@ -382,7 +380,7 @@ impl Conn {
         self.body = started.reply.body;
         self.body_len = started.reply.body_len;
         if self.body.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM) {
-            self.corked = sys::set_cork(self.fd.as_raw_fd(), true).is_ok();
+            self.corked = self.transport.cork(true);
         }
         self.wpos = 0;
         self.phase = Phase::Send;
@@ -409,9 +407,8 @@ impl Conn {
     }
 
     fn send(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
-        let fd = self.fd.as_raw_fd();
         while self.wpos < self.wbuf.len() {
-            match sys::send(fd, &self.wbuf[self.wpos..], self.body.is_some()) {
+            match self.transport.send(&self.wbuf[self.wpos..], self.body.is_some()) {
                 Ok(n) => {
                     self.wpos += n;
                     ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
@@ -425,7 +422,7 @@ impl Conn {
                     return Some(Outcome::Yield);
                 }
                 let chunk = (body.end - body.offset).min(*budget as u64) as usize;
-                match sys::sendfile(fd, body.file.as_raw_fd(), &mut body.offset, chunk) {
+                match self.transport.send_file(body.file.as_raw_fd(), &mut body.offset, chunk) {
                     Ok(0) => {
                         log::warn!("a file shrank while it was being sent; closing the connection");
                         return Some(Outcome::Close(CloseReason::Error));
@@ -456,7 +453,7 @@ impl Conn {
         self.log_access(ctx);
         if self.corked {
             // Uncorking pushes out the last partial segment at once.
-            let _ = sys::set_cork(self.fd.as_raw_fd(), false);
+            self.transport.cork(false);
             self.corked = false;
         }
         let done = Instant::now();
@@ -478,7 +475,7 @@ impl Conn {
             let timeout = if pending { ctx.timeouts.header } else { ctx.timeouts.idle };
             self.arm(ctx, timeout);
         } else {
-            sys::shutdown_write(self.fd.as_raw_fd());
+            self.transport.shutdown_write();
             self.phase = Phase::Linger;
             self.arm(ctx, LINGER);
         }
@@ -497,7 +494,7 @@ impl Conn {
     fn linger(&mut self) -> Option<Outcome> {
         let mut scratch = [0u8; 4096];
         loop {
-            match sys::recv(self.fd.as_raw_fd(), &mut scratch) {
+            match self.transport.recv(&mut scratch) {
                 Ok(0) => return Some(Outcome::Close(CloseReason::Done)),
                 Ok(n) => {
                     self.lingered += n as u64;

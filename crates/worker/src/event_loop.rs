@@ -5,7 +5,8 @@
 
 use crate::connection::{CloseReason, Conn, Outcome};
 use crate::context::Ctx;
-use crate::slab::{Slab, RESERVED_TOKENS, UPSTREAM_SIDE};
+use crate::slab::Slab;
+use crate::token::{ConnId, Token};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
@@ -17,9 +18,6 @@ use tine_config::ListenerRole;
 use tine_net::{sys, Event, Interest};
 use tine_stats::SlotState;
 
-const SIGNAL_TOKEN: u64 = u64::MAX;
-/// Listener i has token LISTENER_TOKEN + i.
-const LISTENER_TOKEN: u64 = RESERVED_TOKENS;
 /// Connections accepted per listener event, so that one busy listener cannot
 /// keep the loop from serving the connections it already has.
 const ACCEPT_BATCH: usize = 64;
@@ -52,11 +50,11 @@ pub struct EventLoop<'a> {
     ctx: Ctx<'a>,
     events: Vec<Event>,
     /// Connections that used their send budget while still writable.
-    ready: Vec<u64>,
+    ready: Vec<ConnId>,
     /// Tokens whose timer entry came due this turn.
-    expired: Vec<u64>,
+    expired: Vec<ConnId>,
     /// Scratch list of idle keep-alive connections, oldest first once sorted.
-    reclaimable: Vec<(Instant, u64)>,
+    reclaimable: Vec<(Instant, ConnId)>,
     drain_deadline: Option<Instant>,
     /// When idle upstream connections are next checked for their timeout.
     next_pool_sweep: Instant,
@@ -71,7 +69,7 @@ impl<'a> EventLoop<'a> {
         signals: SignalFd,
         max_connections: usize,
     ) -> io::Result<Self> {
-        ctx.epoll.add(signals.as_raw_fd(), SIGNAL_TOKEN, Interest::READABLE)?;
+        ctx.epoll.add(signals.as_raw_fd(), Token::Signals.encode(), Interest::READABLE)?;
         let ctx_now = ctx.now;
         let mut el = EventLoop {
             generation,
@@ -99,8 +97,8 @@ impl<'a> EventLoop<'a> {
         let exit = self.turn_until_exit();
         // Whatever is still open closes through the one path that keeps the
         // gauges and the access log right.
-        for token in self.conns.tokens() {
-            self.close(token, CloseReason::Drained);
+        for id in self.conns.ids() {
+            self.close(id, CloseReason::Drained);
         }
         self.ctx.upstreams.close_all(self.ctx.upstream_stats);
         if let Some(log) = self.ctx.access_log.as_mut() {
@@ -160,29 +158,29 @@ impl<'a> EventLoop<'a> {
     }
 
     fn dispatch(&mut self, event: Event) -> io::Result<Option<Exit>> {
-        match event.token() {
-            SIGNAL_TOKEN => return self.on_signals(),
-            t if t >= LISTENER_TOKEN => self.accept_batch((t - LISTENER_TOKEN) as usize),
-            token => {
-                // The upstream socket of a connection carries the connection's
-                // token with UPSTREAM_SIDE set; either side drives it.
-                let upstream_side = token & UPSTREAM_SIDE != 0;
-                let token = token & !UPSTREAM_SIDE;
-                let Some(conn) = self.conns.get_mut(token) else {
-                    return Ok(None);
-                };
-                if upstream_side {
-                    conn.on_upstream_event(&mut self.ctx, event.peer_closed());
-                } else if event.readable() {
-                    conn.mark_readable();
-                    if event.peer_closed() {
-                        conn.mark_client_fin();
-                    }
-                }
-                let outcome = conn.drive(&mut self.ctx);
-                self.settle(token, outcome);
+        let (id, upstream_side) = match Token::decode(event.token()) {
+            Token::Signals => return self.on_signals(),
+            Token::Listener(i) => {
+                self.accept_batch(i as usize);
+                return Ok(None);
+            }
+            Token::Client(id) => (id, false),
+            // The upstream socket of a connection; either side drives it.
+            Token::Upstream(id) => (id, true),
+        };
+        let Some(conn) = self.conns.get_mut(id) else {
+            return Ok(None);
+        };
+        if upstream_side {
+            conn.on_upstream_event(&mut self.ctx, event.peer_closed());
+        } else if event.readable() {
+            conn.mark_readable();
+            if event.peer_closed() {
+                conn.mark_client_fin();
             }
         }
+        let outcome = conn.drive(&mut self.ctx);
+        self.settle(id, outcome);
         Ok(None)
     }
 
@@ -213,8 +211,8 @@ impl<'a> EventLoop<'a> {
         self.set_slot_state(SlotState::Draining);
         self.drain_deadline = Some(self.ctx.now + self.ctx.timeouts.drain);
         self.pause_accepting();
-        for token in self.conns.tokens() {
-            if let Some(conn) = self.conns.get_mut(token) {
+        for id in self.conns.ids() {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.start_grace(&mut self.ctx);
             }
         }
@@ -284,8 +282,8 @@ impl<'a> EventLoop<'a> {
             self.reclaimable.select_nth_unstable(n - 1);
         }
         for i in 0..n {
-            let (_, token) = self.reclaimable[i];
-            self.close(token, CloseReason::Reclaimed);
+            let (_, id) = self.reclaimable[i];
+            self.close(id, CloseReason::Reclaimed);
         }
         true
     }
@@ -296,10 +294,10 @@ impl<'a> EventLoop<'a> {
         let _ = sys::set_nodelay(fd.as_raw_fd());
         let raw = fd.as_raw_fd();
         let ctx = &mut self.ctx;
-        let token = self.conns.insert_with(|token| Conn::new(token, fd, peer, admin, ctx));
-        if let Err(e) = self.ctx.epoll.add(raw, token, Interest::CONNECTION) {
+        let id = self.conns.insert_with(|id| Conn::new(id, fd, peer, admin, ctx));
+        if let Err(e) = self.ctx.epoll.add(raw, Token::Client(id).encode(), Interest::CONNECTION) {
             log::error!("epoll add: {e}");
-            if let Some(mut conn) = self.conns.remove(token) {
+            if let Some(mut conn) = self.conns.remove(id) {
                 conn.release(&mut self.ctx);
             }
             return;
@@ -307,26 +305,26 @@ impl<'a> EventLoop<'a> {
         self.ctx.stats.accepted.fetch_add(1, Relaxed);
         self.ctx.stats.active.fetch_add(1, Relaxed);
         if let ListenerRole::Stream(stream) = role {
-            if let Some(conn) = self.conns.get_mut(token) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 let outcome = conn.begin_stream(stream, &mut self.ctx);
-                self.settle(token, outcome);
+                self.settle(id, outcome);
             }
         }
     }
 
-    fn settle(&mut self, token: u64, outcome: Outcome) {
+    fn settle(&mut self, id: ConnId, outcome: Outcome) {
         match outcome {
             Outcome::Wait => {}
-            Outcome::Yield => self.ready.push(token),
-            Outcome::Close(reason) => self.close(token, reason),
+            Outcome::Yield => self.ready.push(id),
+            Outcome::Close(reason) => self.close(id, reason),
         }
     }
 
     fn drive_ready(&mut self) {
-        for token in std::mem::take(&mut self.ready) {
-            if let Some(conn) = self.conns.get_mut(token) {
+        for id in std::mem::take(&mut self.ready) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 let outcome = conn.drive(&mut self.ctx);
-                self.settle(token, outcome);
+                self.settle(id, outcome);
             }
         }
     }
@@ -335,11 +333,11 @@ impl<'a> EventLoop<'a> {
         self.ctx.wheel.advance(self.ctx.now, &mut self.expired);
         // Index, not drain: the list keeps its allocation from turn to turn.
         for i in 0..self.expired.len() {
-            let token = self.expired[i];
-            let Some(conn) = self.conns.get_mut(token) else { continue };
-            if self.ctx.wheel.came_due(&mut conn.timer, token, self.ctx.now) {
+            let id = self.expired[i];
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            if self.ctx.wheel.came_due(&mut conn.timer, id, self.ctx.now) {
                 let outcome = conn.on_deadline(&mut self.ctx);
-                self.settle(token, outcome);
+                self.settle(id, outcome);
             }
         }
         self.expired.clear();
@@ -355,8 +353,8 @@ impl<'a> EventLoop<'a> {
         self.ctx.upstreams.close_expired(self.ctx.now, self.ctx.upstream_stats);
     }
 
-    fn close(&mut self, token: u64, reason: CloseReason) {
-        let Some(mut conn) = self.conns.remove(token) else {
+    fn close(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(mut conn) = self.conns.remove(id) else {
             return;
         };
         conn.release(&mut self.ctx);
@@ -390,7 +388,7 @@ impl<'a> EventLoop<'a> {
 
     fn resume_accepting(&mut self) -> io::Result<()> {
         for (i, &fd) in self.listeners.iter().enumerate() {
-            self.ctx.epoll.add(fd, LISTENER_TOKEN + i as u64, Interest::READABLE)?;
+            self.ctx.epoll.add(fd, Token::Listener(i as u32).encode(), Interest::READABLE)?;
         }
         self.accepting = true;
         Ok(())

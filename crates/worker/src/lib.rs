@@ -19,6 +19,8 @@ pub mod static_files;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 pub mod timer_wheel;
+pub mod token;
+pub mod transport;
 pub mod upstream;
 
 use nix::sys::signal::{SigSet, Signal};

@@ -1,12 +1,8 @@
-//! Connections live in a slab addressed by token: the low 32 bits are the index,
-//! the high bits a generation that changes every time the entry is reused, so an
-//! event or timer left over from a closed connection never reaches its successor.
+//! Connections live in a slab addressed by [`ConnId`]: an index, and a
+//! generation that changes every time the entry is reused, so an event or
+//! timer left over from a closed connection never reaches its successor.
 
-/// Tokens at or above this value are not slab tokens (listeners, signals).
-pub const RESERVED_TOKENS: u64 = 1 << 63;
-/// Set in the token of a connection's upstream socket: the same slab entry,
-/// the other side.
-pub const UPSTREAM_SIDE: u64 = 1 << 62;
+use crate::token::ConnId;
 
 pub struct Slab<T> {
     entries: Vec<Entry<T>>,
@@ -34,13 +30,13 @@ impl<T> Slab<T> {
         self.len == 0
     }
 
-    /// Stores `value` and returns its token.
-    pub fn insert(&mut self, value: T) -> u64 {
+    /// Stores `value` and returns its key.
+    pub fn insert(&mut self, value: T) -> ConnId {
         self.insert_with(|_| value)
     }
 
-    /// Stores the value `make` builds from the token it will have.
-    pub fn insert_with(&mut self, make: impl FnOnce(u64) -> T) -> u64 {
+    /// Stores the value `make` builds from the key it will have.
+    pub fn insert_with(&mut self, make: impl FnOnce(ConnId) -> T) -> ConnId {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -49,52 +45,41 @@ impl<T> Slab<T> {
             }
         };
         let entry = &mut self.entries[index as usize];
-        // Generations stay below 2^30 so no token has UPSTREAM_SIDE or
-        // RESERVED_TOKENS set.
-        entry.generation = (entry.generation + 1) & 0x3fff_ffff;
-        let token = token(entry.generation, index);
-        entry.value = Some(make(token));
+        let id = ConnId::new(index, entry.generation.wrapping_add(1));
+        entry.generation = id.generation();
+        entry.value = Some(make(id));
         self.len += 1;
-        token
+        id
     }
 
-    pub fn get_mut(&mut self, token: u64) -> Option<&mut T> {
-        let (generation, index) = split(token);
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut T> {
         self.entries
-            .get_mut(index as usize)
-            .filter(|e| e.generation == generation)
+            .get_mut(id.index() as usize)
+            .filter(|e| e.generation == id.generation())
             .and_then(|e| e.value.as_mut())
     }
 
-    pub fn remove(&mut self, token: u64) -> Option<T> {
-        let (generation, index) = split(token);
-        let entry = self.entries.get_mut(index as usize).filter(|e| e.generation == generation)?;
+    pub fn remove(&mut self, id: ConnId) -> Option<T> {
+        let index = id.index();
+        let entry = self.entries.get_mut(index as usize).filter(|e| e.generation == id.generation())?;
         let value = entry.value.take()?;
         self.free.push(index);
         self.len -= 1;
         Some(value)
     }
 
-    /// Tokens of every live entry.
-    pub fn tokens(&self) -> Vec<u64> {
-        self.iter().map(|(t, _)| t).collect()
+    /// Keys of every live entry.
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.iter().map(|(id, _)| id).collect()
     }
 
-    /// Every live entry with its token.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+    /// Every live entry with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &T)> {
         self.entries
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| e.value.as_ref().map(|v| (token(e.generation, i as u32), v)))
+            .filter_map(|(i, e)| e.value.as_ref().map(|v| (ConnId::new(i as u32, e.generation), v)))
     }
-}
-
-fn token(generation: u32, index: u32) -> u64 {
-    ((generation as u64) << 32) | index as u64
-}
-
-fn split(token: u64) -> (u32, u32) {
-    ((token >> 32) as u32, token as u32)
 }
 
 #[cfg(test)]
@@ -102,7 +87,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stale_tokens_miss() {
+    fn stale_keys_miss() {
         let mut s = Slab::default();
         let a = s.insert("a");
         assert_eq!(s.remove(a), Some("a"));
@@ -111,6 +96,5 @@ mod tests {
         assert!(s.get_mut(a).is_none());
         assert_eq!(s.get_mut(b), Some(&mut "b"));
         assert_eq!(s.len(), 1);
-        assert!(b < UPSTREAM_SIDE);
     }
 }

@@ -12,6 +12,7 @@
 //! through it, so filing, moving and removing are O(1) without allocating
 //! once warm.
 
+use crate::token::ConnId;
 use std::time::{Duration, Instant};
 
 /// Granularity of every timeout.
@@ -36,7 +37,7 @@ impl Deadline {
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
-    token: u64,
+    id: ConnId,
     tick: u64,
     prev: u32,
     next: u32,
@@ -83,8 +84,8 @@ impl TimerWheel {
         self.live == 0
     }
 
-    /// Sets `d` to pass at `tick`, for the connection `token`.
-    pub fn arm(&mut self, d: &mut Deadline, token: u64, tick: u64) {
+    /// Sets `d`, the deadline of connection `id`, to pass at `tick`.
+    pub fn arm(&mut self, d: &mut Deadline, id: ConnId, tick: u64) {
         d.tick = tick;
         match d.entry {
             // Filed no later: it will be filed again for the new tick when due.
@@ -93,7 +94,7 @@ impl TimerWheel {
                 self.unlink(e);
                 self.link(e, tick);
             }
-            None => d.entry = Some(self.insert(token, tick)),
+            None => d.entry = Some(self.insert(id, tick)),
         }
     }
 
@@ -105,10 +106,10 @@ impl TimerWheel {
         }
     }
 
-    /// Moves the wheel to `now` and hands over the token of every entry that
+    /// Moves the wheel to `now` and hands over the connection of every entry that
     /// came due; those entries are gone, and [`TimerWheel::came_due`] decides,
     /// for each, whether its deadline really passed.
-    pub fn advance(&mut self, now: Instant, due: &mut Vec<u64>) {
+    pub fn advance(&mut self, now: Instant, due: &mut Vec<ConnId>) {
         let now_tick = self.tick_of(now);
         // After a long stall one full lap visits every slot.
         let first = self.next.max(now_tick.saturating_sub(SLOTS as u64 - 1));
@@ -119,7 +120,7 @@ impl TimerWheel {
                 if entry.tick <= now_tick {
                     self.unlink(e);
                     self.release(e);
-                    due.push(entry.token);
+                    due.push(entry.id);
                 }
                 e = entry.next;
             }
@@ -127,15 +128,15 @@ impl TimerWheel {
         self.next = now_tick + 1;
     }
 
-    /// For a token [`TimerWheel::advance`] handed over: true when `d` has
+    /// For a connection [`TimerWheel::advance`] handed over: true when `d` has
     /// passed; otherwise it moved later since it was filed, and is filed
     /// again for its tick.
-    pub fn came_due(&mut self, d: &mut Deadline, token: u64, now: Instant) -> bool {
+    pub fn came_due(&mut self, d: &mut Deadline, id: ConnId, now: Instant) -> bool {
         d.entry = None;
         if d.tick <= self.tick_of(now) {
             return true;
         }
-        d.entry = Some(self.insert(token, d.tick));
+        d.entry = Some(self.insert(id, d.tick));
         false
     }
 
@@ -146,8 +147,8 @@ impl TimerWheel {
         (tick - elapsed % tick) as i32
     }
 
-    fn insert(&mut self, token: u64, tick: u64) -> u32 {
-        let blank = Entry { token, tick, prev: NIL, next: NIL };
+    fn insert(&mut self, id: ConnId, tick: u64) -> u32 {
+        let blank = Entry { id, tick, prev: NIL, next: NIL };
         let e = match self.free.pop() {
             Some(e) => {
                 self.entries[e as usize] = blank;
@@ -197,27 +198,31 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
+    fn c(n: u64) -> ConnId {
+        ConnId::new(n as u32, 0)
+    }
+
     #[test]
     fn fires_on_time_and_not_before() {
         let t0 = Instant::now();
         let mut w = TimerWheel::new(t0);
         let (mut a, mut b) = (Deadline::default(), Deadline::default());
-        w.arm(&mut a, 7, w.deadline(t0, Duration::from_millis(250)));
-        w.arm(&mut b, 9, w.deadline(t0, Duration::from_secs(200))); // beyond one lap
+        w.arm(&mut a, c(7), w.deadline(t0, Duration::from_millis(250)));
+        w.arm(&mut b, c(9), w.deadline(t0, Duration::from_secs(200))); // beyond one lap
         let mut due = Vec::new();
         w.advance(t0 + Duration::from_millis(200), &mut due);
         assert!(due.is_empty());
         let t = t0 + Duration::from_millis(300);
         w.advance(t, &mut due);
-        assert_eq!(due, vec![7]);
-        assert!(w.came_due(&mut a, 7, t));
+        assert_eq!(due, vec![c(7)]);
+        assert!(w.came_due(&mut a, c(7), t));
         due.clear();
         w.advance(t0 + Duration::from_secs(150), &mut due);
         assert!(due.is_empty(), "an entry for a later lap must wait");
         let t = t0 + Duration::from_secs(201);
         w.advance(t, &mut due);
-        assert_eq!(due, vec![9]);
-        assert!(w.came_due(&mut b, 9, t));
+        assert_eq!(due, vec![c(9)]);
+        assert!(w.came_due(&mut b, c(9), t));
         assert!(w.is_empty());
     }
 
@@ -226,20 +231,20 @@ mod tests {
         let t0 = Instant::now();
         let mut w = TimerWheel::new(t0);
         let mut d = Deadline::default();
-        w.arm(&mut d, 1, w.deadline(t0, Duration::from_secs(1)));
-        w.arm(&mut d, 1, w.deadline(t0, Duration::from_secs(5)));
+        w.arm(&mut d, c(1), w.deadline(t0, Duration::from_secs(1)));
+        w.arm(&mut d, c(1), w.deadline(t0, Duration::from_secs(5)));
         let mut due = Vec::new();
         let t = t0 + Duration::from_millis(1100);
         w.advance(t, &mut due);
-        assert_eq!(due, vec![1]);
-        assert!(!w.came_due(&mut d, 1, t), "moved later: filed again");
+        assert_eq!(due, vec![c(1)]);
+        assert!(!w.came_due(&mut d, c(1), t), "moved later: filed again");
         assert_eq!(w.len(), 1);
-        w.arm(&mut d, 1, w.deadline(t, Duration::from_millis(100)));
+        w.arm(&mut d, c(1), w.deadline(t, Duration::from_millis(100)));
         due.clear();
         w.advance(t0 + Duration::from_millis(1300), &mut due);
-        assert_eq!(due, vec![1], "moved earlier: fires early");
-        assert!(w.came_due(&mut d, 1, t0 + Duration::from_millis(1300)));
-        w.arm(&mut d, 1, w.deadline(t, Duration::from_secs(1)));
+        assert_eq!(due, vec![c(1)], "moved earlier: fires early");
+        assert!(w.came_due(&mut d, c(1), t0 + Duration::from_millis(1300)));
+        w.arm(&mut d, c(1), w.deadline(t, Duration::from_secs(1)));
         w.disarm(&mut d);
         assert!(w.is_empty());
         due.clear();
@@ -266,15 +271,16 @@ mod tests {
                     w.disarm(d);
                     conns[i] = None;
                 }
-                Some(d) => w.arm(d, i as u64, w.deadline(now, timeouts[(step % 3) as usize])),
+                Some(d) => w.arm(d, c(i as u64), w.deadline(now, timeouts[(step % 3) as usize])),
                 None => conns[i] = Some(Deadline::default()),
             }
             due.clear();
             w.advance(now, &mut due);
-            for &token in &due {
-                if let Some(d) = conns[token as usize].as_mut() {
-                    if w.came_due(d, token, now) {
-                        conns[token as usize] = None;
+            for &id in &due {
+                let i = id.index() as usize;
+                if let Some(d) = conns[i].as_mut() {
+                    if w.came_due(d, id, now) {
+                        conns[i] = None;
                     }
                 }
             }

@@ -25,7 +25,8 @@ use super::{CloseReason, Conn, Outcome, Phase};
 use crate::context::Ctx;
 use crate::relay::{Pump, Relay};
 use crate::responses::{error_page, Framing};
-use crate::slab::UPSTREAM_SIDE;
+use crate::token::Token;
+use crate::transport::Transport;
 use crate::upstream::Health;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -243,7 +244,7 @@ impl Conn {
         let http = self.exchange.as_ref().is_some_and(|ex| ex.stream.is_none());
         let waiting = http && matches!(stage, Stage::Connect | Stage::SendHead | Stage::AwaitHead);
         let nothing_buffered = self.rbuf.as_ref().is_none_or(|b| b.is_empty());
-        waiting && nothing_buffered && sys::peek(self.fd.as_raw_fd()) == Peek::End
+        waiting && nothing_buffered && self.transport.peek() == Peek::End
     }
 
     /// Picks a server (not yet tried) and starts connecting, from the pool when
@@ -289,7 +290,7 @@ impl Conn {
             let ex = self.exchange.as_mut().expect("exchange");
             match ctx.upstreams.connect(ex.group, server, ctx.now, ctx.upstream_stats) {
                 Ok(c) => {
-                    let token = self.token | UPSTREAM_SIDE;
+                    let token = Token::Upstream(self.id).encode();
                     if ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION).is_err() {
                         ctx.upstreams.forget(ex.group, server, ctx.upstream_stats);
                         return self.proxy_fail(ctx, Status::BAD_GATEWAY);
@@ -386,7 +387,7 @@ impl Conn {
             }
             if self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
                 let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
-                match sys::recv(self.fd.as_raw_fd(), buf.spare()) {
+                match self.transport.recv(buf.spare()) {
                     Ok(0) => return Step::Close(CloseReason::PeerClosed),
                     Ok(n) => {
                         buf.commit(n);
@@ -619,7 +620,7 @@ impl Conn {
                 BodyRelay::None => return self.proxy_complete(ctx),
                 BodyRelay::Spliced(relay) => {
                     let before = relay.moved;
-                    let pumped = relay.pump(upstream, self.fd.as_raw_fd(), budget);
+                    let pumped = self.transport.relay_from(relay, upstream, budget);
                     let moved = relay.moved - before;
                     ctx.stats.bytes_sent.fetch_add(moved, Relaxed);
                     self.body_len += moved;
@@ -683,7 +684,7 @@ impl Conn {
     /// went out.
     fn flush_client(&mut self, ctx: &mut Ctx) -> Option<Step> {
         while self.wpos < self.wbuf.len() {
-            match sys::send(self.fd.as_raw_fd(), &self.wbuf[self.wpos..], false) {
+            match self.transport.send(&self.wbuf[self.wpos..], false) {
                 Ok(n) => {
                     self.wpos += n;
                     ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
@@ -836,14 +837,18 @@ impl Conn {
         if let Some(step) = self.flush_to_upstream(ctx) {
             return step;
         }
-        let client = self.fd.as_raw_fd();
         let ex = self.exchange.as_mut().expect("exchange");
         let upstream = ex.fd.as_ref().expect("upstream").as_raw_fd();
         let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
         let t = ex.tunnel.as_mut().expect("tunnel");
         let (before_up, before_down) = (t.up.moved, t.down.moved);
-        let up = if t.up_closed { Ok(Pump::Done) } else { t.up.pump(client, upstream, budget) };
-        let down = if t.down_closed { Ok(Pump::Done) } else { t.down.pump(upstream, client, budget) };
+        let up =
+            if t.up_closed { Ok(Pump::Done) } else { self.transport.relay_to(&mut t.up, upstream, budget) };
+        let down = if t.down_closed {
+            Ok(Pump::Done)
+        } else {
+            self.transport.relay_from(&mut t.down, upstream, budget)
+        };
         let (moved_up, moved_down) = (t.up.moved - before_up, t.down.moved - before_down);
         ctx.stats.bytes_received.fetch_add(moved_up, Relaxed);
         ctx.stats.bytes_sent.fetch_add(moved_down, Relaxed);
@@ -860,7 +865,7 @@ impl Conn {
         }
         if down == Pump::Done && !t.down_closed {
             t.down_closed = true;
-            sys::shutdown_write(client);
+            self.transport.shutdown_write();
         }
         if t.up_closed && t.down_closed {
             return Step::Close(CloseReason::Done);
