@@ -149,10 +149,10 @@ pub struct Forwarding<'a> {
 /// client's end-to-end headers, then what tine writes itself: Host,
 /// X-Forwarded-*, the body's framing (Content-Length, or chunked for a body
 /// tine re-chunks) and the Connection header.
-pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, raw_head: &[u8], fwd: &Forwarding<'_>) {
+pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, fwd: &Forwarding<'_>) {
     let mut headers = [httparse::EMPTY_HEADER; crate::request::MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    let _ = parsed.parse(raw_head);
+    let _ = parsed.parse(req.raw);
     let all = &*parsed.headers;
     let listed = connection_listed(all);
     out.extend_from_slice(req.method_text.as_bytes());
@@ -226,7 +226,7 @@ mod tests {
         let req = crate::parse_request(raw, &limits).unwrap().unwrap();
         let mut out = Vec::new();
         let fwd = Forwarding { host: b"app", peer: "10.0.0.2".parse().ok(), underscores };
-        upstream_request_head(&mut out, &req, &raw[..req.head_len], &fwd);
+        upstream_request_head(&mut out, &req, &fwd);
         String::from_utf8(out).unwrap()
     }
 

@@ -72,6 +72,8 @@ pub struct Request<'b> {
     pub request_line: &'b [u8],
     /// Bytes of the buffer the head occupies, including its final blank line.
     pub head_len: usize,
+    /// The head as received (request line, headers, blank line).
+    pub raw: &'b [u8],
 }
 
 /// Parses one request head from the front of `buf`. `Ok(None)` asks for more bytes.
@@ -116,6 +118,7 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         user_agent: None,
         request_line: request_line(&buf[..head_len]),
         head_len,
+        raw: &buf[..head_len],
     };
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;

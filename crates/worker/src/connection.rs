@@ -55,12 +55,12 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How much leftover input a closing connection drains at most.
 const LINGER_BYTES: u64 = 1 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the connection is doing; a phase's own data lives in its variant.
 pub enum Phase {
     ReadHead,
     Send,
     /// An exchange with an upstream server, or a tunnel (see proxy.rs).
-    Proxy,
+    Proxy(Box<proxy::Exchange>),
     Linger,
 }
 
@@ -103,8 +103,6 @@ pub struct Conn {
     body_len: u64,
     /// The access-log line of the response in flight, when logging.
     access: Option<Box<PendingEntry>>,
-    /// The upstream exchange or tunnel in progress.
-    exchange: Option<Box<proxy::Exchange>>,
     /// The upstream connection kept from the last exchange, for the next one.
     parked: Option<proxy::Parked>,
     /// Body bytes of the last request still to read and throw away.
@@ -142,7 +140,6 @@ impl Conn {
             body: None,
             body_len: 0,
             access: None,
-            exchange: None,
             parked: None,
             discard: 0,
             keep_alive: true,
@@ -160,20 +157,18 @@ impl Conn {
         conn
     }
 
-    pub fn phase(&self) -> Phase {
-        self.phase
-    }
-
     /// True when the connection is between requests with nothing buffered.
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::ReadHead && self.discard == 0 && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
+        matches!(self.phase, Phase::ReadHead)
+            && self.discard == 0
+            && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
     }
 
     /// Since when the connection has been an idle keep-alive connection:
     /// it has been served and waits for its next request with nothing read.
     /// These are the connections a worker at its limit closes first.
     pub fn idle_keep_alive_since(&self) -> Option<Instant> {
-        (self.served > 0 && self.exchange.is_none() && self.is_idle()).then_some(self.idle_since)
+        (self.served > 0 && self.is_idle()).then_some(self.idle_since)
     }
 
     pub fn mark_readable(&mut self) {
@@ -185,22 +180,25 @@ impl Conn {
     }
 
     pub fn on_upstream_event(&mut self, ctx: &mut Ctx, peer_closed: bool) {
-        if self.exchange.is_none() {
-            self.check_parked(ctx);
-        } else if peer_closed {
-            self.note_upstream_fin();
+        if let Phase::Proxy(exchange) = &mut self.phase {
+            if peer_closed {
+                exchange.note_upstream_fin();
+            }
+            return;
         }
+        self.check_parked(ctx);
     }
 
     /// The connection's deadline passed: usually it closes, but an upstream
     /// exchange may move on to another server or answer 504.
     pub fn on_deadline(&mut self, ctx: &mut Ctx) -> Outcome {
-        if self.phase == Phase::Proxy {
-            if let Some(outcome) = self.proxy_deadline(ctx) {
-                return outcome;
+        match std::mem::replace(&mut self.phase, Phase::ReadHead) {
+            Phase::Proxy(exchange) => self.proxy_deadline(exchange, ctx),
+            other => {
+                self.phase = other;
+                Outcome::Close(self.timeout_reason(ctx.draining))
             }
         }
-        Outcome::Close(self.timeout_reason(ctx.draining))
     }
 
     /// A connection accepted on a `[[stream]]` listener starts as a tunnel.
@@ -233,7 +231,11 @@ impl Conn {
     pub fn release(&mut self, ctx: &mut Ctx) {
         ctx.wheel.disarm(&mut self.timer);
         self.log_access(ctx);
-        self.release_exchange(ctx);
+        let exchange = match std::mem::replace(&mut self.phase, Phase::Linger) {
+            Phase::Proxy(exchange) => Some(exchange),
+            _ => None,
+        };
+        self.release_exchange(ctx, exchange);
         self.release_buffers(ctx);
     }
 
@@ -253,11 +255,20 @@ impl Conn {
     pub fn drive(&mut self, ctx: &mut Ctx) -> Outcome {
         let mut budget = SEND_BUDGET;
         loop {
-            let step = match self.phase {
+            // Each phase's step runs with the phase taken out of the
+            // connection and sets the phase that follows (read_head runs in
+            // ReadHead, the placeholder; the others put theirs back).
+            let step = match std::mem::replace(&mut self.phase, Phase::ReadHead) {
                 Phase::ReadHead => self.read_head(ctx),
-                Phase::Send => self.send(ctx, &mut budget),
-                Phase::Proxy => self.drive_proxy(ctx, &mut budget),
-                Phase::Linger => self.linger(),
+                Phase::Send => {
+                    self.phase = Phase::Send;
+                    self.send(ctx, &mut budget)
+                }
+                Phase::Proxy(exchange) => self.drive_proxy(exchange, ctx, &mut budget),
+                Phase::Linger => {
+                    self.phase = Phase::Linger;
+                    self.linger()
+                }
             };
             if let Some(outcome) = step {
                 return outcome;
@@ -290,8 +301,7 @@ impl Conn {
                 let routed = if self.admin { Routed::Admin } else { route(&req, ctx) };
                 if let Routed::Proxy { route, group } = routed {
                     ctx.stats.requests.fetch_add(1, Relaxed);
-                    let raw = &self.rbuf.as_ref().expect("parsed from it").filled()[..req.head_len];
-                    let exchange = proxy::new_exchange(&req, raw, route, group, self.peer, ctx);
+                    let exchange = proxy::new_exchange(&req, route, group, self.peer, ctx);
                     if ctx.access_log.is_some() {
                         self.access = Some(PendingEntry::capture(&req, 0));
                     }
@@ -300,8 +310,7 @@ impl Conn {
                     if let Some(buf) = self.rbuf.as_mut() {
                         buf.consume(head_len);
                     }
-                    self.exchange = Some(exchange);
-                    self.phase = Phase::Proxy;
+                    self.phase = Phase::Proxy(exchange);
                     // An end of stream seen before this request was read
                     // is the client's half-close, not a change of mind.
                     self.client_fin = false;

@@ -2,12 +2,19 @@
 //! 101, and raw `[[stream]]` connections).
 //!
 //! ```text
-//!  Connect -> SendHead -> SendBody -> AwaitHead -> Respond -> (done: pool, next request)
-//!     |  refused / timed out before anything was sent: next server, else 502
-//!     |  reused connection broken before any response byte (idempotent): one fresh retry
-//!     |  no response head within response_timeout: 504
+//!  Pick -> Connecting -> SendHead -> SendBody -> AwaitHead -> Respond -> complete: keep, pool or close
+//!   ^  refused / timed out before anything was sent: next server, else 502
+//!   |  reused connection broken before any response byte (idempotent): one fresh retry
+//!   |  no response head within response_timeout: 504
 //!  101 Switching Protocols, or a stream: Tunnel (splice both ways, half-close)
 //! ```
+//!
+//! Each [`Stage`] holds what it needs and nothing else: the upstream socket
+//! from `Connecting` on, the response buffer while the head is read, the
+//! relay while a body or tunnel flows. A stage function takes its stage's
+//! data by value and returns [`Next`], so a stage without its socket cannot
+//! be written, and only the driver ends an exchange (completes it, answers
+//! with an error page, or closes), each in one place.
 //!
 //! Response bodies of known length, and bodies that run until the upstream
 //! closes, go upstream -> pipe -> client with splice. Chunked bodies are
@@ -22,6 +29,7 @@
 //! look shows nothing waiting on it.
 
 use super::{CloseReason, Conn, Outcome, Phase};
+use crate::buffer_pool::ReadBuf;
 use crate::context::Ctx;
 use crate::relay::{Pump, Relay};
 use crate::responses::{error_page, Framing};
@@ -29,7 +37,7 @@ use crate::token::Token;
 use crate::transport::Transport;
 use crate::upstream::Health;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tine_config::HostHeader;
@@ -49,14 +57,74 @@ const MAX_INTERIM_RESPONSES: u8 = 16;
 /// keeps sending cannot hold the worker.
 const HEAD_READS_PER_TURN: usize = 4;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where an exchange stands, with what that stage needs.
 enum Stage {
-    Connect,
-    SendHead,
-    SendBody,
-    AwaitHead,
-    Respond,
-    Tunnel,
+    /// Choose a server (again, after a failure), then reuse or connect.
+    Pick,
+    /// A non-blocking connect under way (or a pooled connection to check).
+    Connecting(OwnedFd),
+    SendHead(OwnedFd),
+    SendBody(OwnedFd),
+    /// The response buffer is taken when the first bytes come.
+    AwaitHead(OwnedFd, Option<ReadBuf>),
+    Respond(OwnedFd, BodyRelay),
+    Tunnel(OwnedFd, Tunnel),
+}
+
+impl Stage {
+    /// Waiting on the upstream with nothing of a response under way: what a
+    /// client that goes away abandons.
+    fn waiting(&self) -> bool {
+        matches!(self, Stage::Pick | Stage::Connecting(_) | Stage::SendHead(_) | Stage::AwaitHead(..))
+    }
+
+    /// Gives back the buffers and pipes the stage holds; returns its upstream
+    /// socket, if it has one, for the caller to close or keep.
+    fn dismantle(self, ctx: &mut Ctx) -> Option<OwnedFd> {
+        match self {
+            Stage::Pick => None,
+            Stage::Connecting(fd) | Stage::SendHead(fd) | Stage::SendBody(fd) => Some(fd),
+            Stage::AwaitHead(fd, buf) => {
+                if let Some(buf) = buf {
+                    ctx.pool.put_read(buf);
+                }
+                Some(fd)
+            }
+            Stage::Respond(fd, body) => {
+                recycle_body(ctx, body);
+                Some(fd)
+            }
+            Stage::Tunnel(fd, t) => {
+                recycle_tunnel(ctx, t);
+                Some(fd)
+            }
+        }
+    }
+}
+
+/// What a stage function decided.
+enum Next {
+    /// Go on at once, in this stage.
+    Go(Stage),
+    /// Stop in this stage until an event (Wait) or the next turn (Yield).
+    Pause(Stage, Outcome),
+    /// The response is complete; its upstream connection may be kept.
+    Complete(OwnedFd),
+    /// The server failed (refused, reset, closed early): try again where the
+    /// request allows it, else 502.
+    ServerFailed { upstream: Option<OwnedFd>, after_sending: bool },
+    /// Answer with this error page if nothing of a response went out yet,
+    /// else close.
+    Fail { status: Status, upstream: Option<OwnedFd> },
+    /// Close the client connection.
+    Close { reason: CloseReason, upstream: Option<OwnedFd> },
+}
+
+/// After the driver applied a [`Next`]: the exchange goes on, or it is over
+/// (with what the connection's state machine does next).
+enum Flow {
+    Continue(Box<Exchange>),
+    Done(Option<Outcome>),
 }
 
 enum RequestBody {
@@ -65,22 +133,35 @@ enum RequestBody {
     Chunked(ChunkedDecoder),
 }
 
+impl RequestBody {
+    fn done(&self) -> bool {
+        match self {
+            RequestBody::None => true,
+            RequestBody::Length(n) => *n == 0,
+            RequestBody::Chunked(d) => d.is_done(),
+        }
+    }
+}
+
 enum BodyRelay {
+    /// Nothing more to read from the upstream: the buffer holds the rest.
     None,
     Spliced(Relay),
     Chunked(ChunkedDecoder),
 }
 
+/// One request's exchange with its upstream group: the facts that hold
+/// across stages, and the stage.
 pub struct Exchange {
+    stage: Stage,
     group: usize,
     server: usize,
     /// Servers already tried for this request (a bit each).
     tried: u64,
     fresh_retry_done: bool,
     idempotent: bool,
-    fd: Option<OwnedFd>,
+    /// The upstream connection came from a kept or pooled one.
     reused: bool,
-    stage: Stage,
     /// Counted among `server`'s exchanges under way (for least_conn).
     active: bool,
     /// The request head as sent upstream (kept for a retry).
@@ -89,11 +170,8 @@ pub struct Exchange {
     request_body: RequestBody,
     /// The client asked for a 100 (Continue) before it sends the body.
     continue_pending: bool,
-    /// The response head being read (a pooled buffer, taken when needed).
-    response: Option<crate::buffer_pool::ReadBuf>,
     /// Some response byte arrived (so a failure is no longer retried).
     response_started: bool,
-    response_body: BodyRelay,
     upstream_keep_alive: bool,
     /// The upstream shut down its side during the exchange: the connection
     /// cannot be kept, whatever the response said.
@@ -107,30 +185,26 @@ pub struct Exchange {
     interim: u8,
     /// A stream (raw TCP relay) rather than an HTTP exchange.
     stream: Option<Duration>,
-    tunnel: Option<Tunnel>,
-    /// Bytes the client sent after its upgrade request, for the upstream.
+    /// Request bytes on their way upstream (body, or a tunnel's first bytes).
     to_upstream: Vec<u8>,
 }
 
 impl Exchange {
     fn new(group: usize) -> Self {
         Exchange {
+            stage: Stage::Pick,
             group,
             server: 0,
             tried: 0,
             fresh_retry_done: false,
             idempotent: false,
-            fd: None,
             reused: false,
-            stage: Stage::Connect,
             active: false,
             head: Vec::new(),
             sent: 0,
             request_body: RequestBody::None,
             continue_pending: false,
-            response: None,
             response_started: false,
-            response_body: BodyRelay::None,
             upstream_keep_alive: false,
             upstream_fin: false,
             head_request: false,
@@ -138,9 +212,14 @@ impl Exchange {
             client_http10: false,
             interim: 0,
             stream: None,
-            tunnel: None,
             to_upstream: Vec::new(),
         }
+    }
+
+    /// The upstream's end of stream came with an event: once the edge is
+    /// consumed no later event would tell, so remember it.
+    pub(super) fn note_upstream_fin(&mut self) {
+        self.upstream_fin = true;
     }
 }
 
@@ -156,23 +235,33 @@ fn recycled(ctx: &mut Ctx, fresh: Exchange) -> Box<Exchange> {
     }
 }
 
-/// An exchange that ended (its upstream socket already dealt with): its pipes,
-/// its buffers and its box go back for the next one.
+/// An exchange that ended: whatever its stage still holds goes back (an
+/// upstream socket is closed), then its buffers and its box.
 fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
+    if let Some(fd) = std::mem::replace(&mut ex.stage, Stage::Pick).dismantle(ctx) {
+        close_upstream(ctx, &ex, fd);
+    }
     end_active(ctx, &mut ex);
-    if let Some(t) = ex.tunnel.take() {
-        ctx.pipes.give_back(t.up);
-        ctx.pipes.give_back(t.down);
-    }
-    if let BodyRelay::Spliced(relay) = std::mem::replace(&mut ex.response_body, BodyRelay::None) {
-        ctx.pipes.give_back(relay);
-    }
-    if let Some(buf) = ex.response.take() {
-        ctx.pool.put_read(buf);
-    }
     ctx.pool.put_write(std::mem::take(&mut ex.head));
     ctx.pool.put_write(std::mem::take(&mut ex.to_upstream));
     ctx.exchanges.give(ex);
+}
+
+/// Closes an upstream connection that cannot be kept.
+fn close_upstream(ctx: &mut Ctx, ex: &Exchange, fd: OwnedFd) {
+    let _ = ctx.epoll.delete(fd.as_raw_fd());
+    ctx.upstreams.forget(ex.group, ex.server, ctx.upstream_stats);
+}
+
+fn recycle_body(ctx: &mut Ctx, body: BodyRelay) {
+    if let BodyRelay::Spliced(relay) = body {
+        ctx.pipes.give_back(relay);
+    }
+}
+
+fn recycle_tunnel(ctx: &mut Ctx, t: Tunnel) {
+    ctx.pipes.give_back(t.up);
+    ctx.pipes.give_back(t.down);
 }
 
 struct Tunnel {
@@ -182,6 +271,20 @@ struct Tunnel {
     down_closed: bool,
 }
 
+/// How far a queue of bytes for the upstream got.
+enum Flushed {
+    All,
+    Blocked,
+    Failed,
+}
+
+/// What the response heads read so far amount to.
+enum Parsed {
+    More,
+    Bad(BadResponse),
+    Final(FinalHead),
+}
+
 impl Conn {
     /// A connection accepted on a `[[stream]]` listener: relay it raw.
     pub(super) fn start_stream(&mut self, stream: usize, ctx: &mut Ctx) {
@@ -189,35 +292,78 @@ impl Conn {
         let mut exchange = Exchange::new(s.upstream);
         exchange.fresh_retry_done = true;
         exchange.stream = Some(s.idle_timeout);
-        self.exchange = Some(recycled(ctx, exchange));
-        self.phase = Phase::Proxy;
+        self.phase = Phase::Proxy(recycled(ctx, exchange));
     }
 
-    pub(super) fn drive_proxy(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
+    /// Runs the exchange until it blocks or ends. While it runs the
+    /// connection's phase is not `Proxy`; it is put back when the exchange
+    /// pauses, and set to what follows when it ends.
+    pub(super) fn drive_proxy(
+        &mut self,
+        mut ex: Box<Exchange>,
+        ctx: &mut Ctx,
+        budget: &mut usize,
+    ) -> Option<Outcome> {
         loop {
-            let stage = self.exchange.as_ref()?.stage;
-            if self.client_gave_up(stage) {
+            if self.client_gave_up(&ex) {
                 // What nginx logs for a request its client abandoned.
                 if let Some(entry) = self.access.as_mut() {
                     entry.set_status(499);
                 }
+                retire(ctx, ex);
                 return Some(Outcome::Close(CloseReason::PeerClosed));
             }
-            let step = match stage {
-                Stage::Connect => self.proxy_connect(ctx),
-                Stage::SendHead => self.proxy_send_head(ctx),
-                Stage::SendBody => self.proxy_send_body(ctx),
-                Stage::AwaitHead => self.proxy_await_head(ctx),
-                Stage::Respond => self.proxy_respond(ctx, budget),
-                Stage::Tunnel => self.proxy_tunnel(ctx, budget),
-            };
-            match step {
-                Step::Next => continue,
-                Step::Wait => return Some(Outcome::Wait),
-                Step::Yield => return Some(Outcome::Yield),
-                Step::Close(r) => return Some(Outcome::Close(r)),
-                Step::Finished => return None,
+            let next = self.advance(&mut ex, ctx, budget);
+            match self.settle_exchange(ex, next, ctx) {
+                Flow::Continue(more) => ex = more,
+                Flow::Done(outcome) => return outcome,
             }
+        }
+    }
+
+    /// Runs the exchange's current stage once.
+    fn advance(&mut self, ex: &mut Exchange, ctx: &mut Ctx, budget: &mut usize) -> Next {
+        match std::mem::replace(&mut ex.stage, Stage::Pick) {
+            Stage::Pick => self.pick_server(ex, ctx),
+            Stage::Connecting(fd) => self.finish_connect(ex, fd, ctx),
+            Stage::SendHead(fd) => self.send_head(ex, fd, ctx),
+            Stage::SendBody(fd) => self.send_body(ex, fd, ctx),
+            Stage::AwaitHead(fd, buf) => self.await_head(ex, fd, buf, ctx),
+            Stage::Respond(fd, body) => self.respond(ex, fd, body, ctx, budget),
+            Stage::Tunnel(fd, t) => self.tunnel(ex, fd, t, ctx, budget),
+        }
+    }
+
+    /// Applies what a stage decided: the one place an exchange goes on,
+    /// pauses, completes, fails over, answers with an error or closes.
+    fn settle_exchange(&mut self, mut ex: Box<Exchange>, mut next: Next, ctx: &mut Ctx) -> Flow {
+        loop {
+            next = match next {
+                Next::Go(stage) => {
+                    ex.stage = stage;
+                    return Flow::Continue(ex);
+                }
+                Next::Pause(stage, outcome) => {
+                    ex.stage = stage;
+                    self.phase = Phase::Proxy(ex);
+                    return Flow::Done(Some(outcome));
+                }
+                Next::Complete(fd) => {
+                    self.complete(ex, fd, ctx);
+                    return Flow::Done(None);
+                }
+                Next::ServerFailed { upstream, after_sending } => {
+                    self.server_failed(&mut ex, upstream, after_sending, ctx)
+                }
+                Next::Fail { status, upstream } => return Flow::Done(self.fail(ex, status, upstream, ctx)),
+                Next::Close { reason, upstream } => {
+                    if let Some(fd) = upstream {
+                        close_upstream(ctx, &ex, fd);
+                    }
+                    retire(ctx, ex);
+                    return Flow::Done(Some(Outcome::Close(reason)));
+                }
+            };
         }
     }
 
@@ -237,158 +383,140 @@ impl Conn {
     /// the exchange counts, and only with nothing left to read: a client that
     /// half-closed after sending its requests is served. Streams relay
     /// half-closes instead.
-    fn client_gave_up(&mut self, stage: Stage) -> bool {
+    fn client_gave_up(&mut self, ex: &Exchange) -> bool {
         if !std::mem::take(&mut self.client_fin) {
             return false;
         }
-        let http = self.exchange.as_ref().is_some_and(|ex| ex.stream.is_none());
-        let waiting = http && matches!(stage, Stage::Connect | Stage::SendHead | Stage::AwaitHead);
+        let waiting = ex.stream.is_none() && ex.stage.waiting();
         let nothing_buffered = self.rbuf.as_ref().is_none_or(|b| b.is_empty());
         waiting && nothing_buffered && self.transport.peek() == Peek::End
     }
 
-    /// Picks a server (not yet tried) and starts connecting, from the pool when
-    /// it can; with none left, answers 502.
-    fn proxy_connect(&mut self, ctx: &mut Ctx) -> Step {
-        let ex = self.exchange.as_mut().expect("exchange");
-        if ex.fd.is_none() {
-            end_active(ctx, ex);
-            let Some(server) = ctx.upstreams.pick(ex.group, ex.tried, ctx.now) else {
-                return self.proxy_fail(ctx, Status::BAD_GATEWAY);
-            };
-            ex.server = server;
-            begin_active(ctx, ex);
-            if server < 64 {
-                ex.tried |= 1 << server;
-            }
-            let stats = server_stats(ctx, ex.group, server);
-            if let Some(p) = self.parked.take() {
-                // Anything waiting on the kept connection (bytes nobody asked
-                // for, the server's close) would be read as this request's
-                // response: look first. An event for it may be queued behind
-                // this request's in the same turn, so check_parked is not enough.
-                let same = p.group == ex.group && p.server == server;
-                if same && sys::peek(p.fd.as_raw_fd()) != Peek::Nothing {
-                    close_parked(ctx, p);
-                } else if same {
-                    if let Some(st) = stats {
-                        st.requests.fetch_add(1, Relaxed);
-                        st.pool_hits.fetch_add(1, Relaxed);
-                    }
-                    ex.reused = true;
-                    ex.fd = Some(p.fd);
-                    ex.upstream_fin = false;
-                    ex.stage = Stage::SendHead;
-                    let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
-                    self.arm(ctx, timeout);
-                    return Step::Next;
-                } else {
-                    self.parked = Some(p);
-                    self.unpark(ctx);
+    /// Picks a server (not yet tried) and takes the connection this client
+    /// connection kept, one from the pool, or a new one; with no server left,
+    /// 502.
+    fn pick_server(&mut self, ex: &mut Exchange, ctx: &mut Ctx) -> Next {
+        end_active(ctx, ex);
+        let Some(server) = ctx.upstreams.pick(ex.group, ex.tried, ctx.now) else {
+            return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
+        };
+        ex.server = server;
+        begin_active(ctx, ex);
+        if server < 64 {
+            ex.tried |= 1 << server;
+        }
+        let stats = server_stats(ctx, ex.group, server);
+        if let Some(p) = self.parked.take() {
+            // Anything waiting on the kept connection (bytes nobody asked
+            // for, the server's close) would be read as this request's
+            // response: look first. An event for it may be queued behind
+            // this request's in the same turn, so check_parked is not enough.
+            let same = p.group == ex.group && p.server == server;
+            if same && sys::peek(p.fd.as_raw_fd()) != Peek::Nothing {
+                close_parked(ctx, p);
+            } else if same {
+                if let Some(st) = stats {
+                    st.requests.fetch_add(1, Relaxed);
+                    st.pool_hits.fetch_add(1, Relaxed);
                 }
-            }
-            let ex = self.exchange.as_mut().expect("exchange");
-            match ctx.upstreams.connect(ex.group, server, ctx.now, ctx.upstream_stats) {
-                Ok(c) => {
-                    let token = Token::Upstream(self.id).encode();
-                    if ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION).is_err() {
-                        ctx.upstreams.forget(ex.group, server, ctx.upstream_stats);
-                        return self.proxy_fail(ctx, Status::BAD_GATEWAY);
-                    }
-                    ex.reused = c.reused;
-                    ex.fd = Some(c.fd);
-                    ex.upstream_fin = false;
-                    if let Some(st) = stats {
-                        st.requests.fetch_add(1, Relaxed);
-                    }
-                    let timeout = ctx.upstreams.groups[ex.group].config.connect_timeout;
-                    self.arm(ctx, timeout);
-                }
-                Err(e) => {
-                    log::warn!(
-                        "upstream {}: connect: {e}",
-                        ctx.upstreams.groups[ex.group].servers[server].addr
-                    );
-                    if let Some(st) = stats {
-                        st.failures.fetch_add(1, Relaxed);
-                    }
-                    report(ctx, ex.group, server, false);
-                    return Step::Next;
-                }
+                ex.reused = true;
+                ex.upstream_fin = false;
+                let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                self.arm(ctx, timeout);
+                return Next::Go(Stage::SendHead(p.fd));
+            } else {
+                self.parked = Some(p);
+                self.unpark(ctx);
             }
         }
-        let ex = self.exchange.as_mut().expect("exchange");
-        let fd = ex.fd.as_ref().expect("connecting").as_raw_fd();
-        if !ex.reused {
-            match sys::connect_status(fd) {
-                Ok(true) => {}
-                Ok(false) => return Step::Wait,
-                Err(_) => return self.proxy_server_failed(ctx, false),
+        match ctx.upstreams.connect(ex.group, server, ctx.now, ctx.upstream_stats) {
+            Ok(c) => {
+                let token = Token::Upstream(self.id).encode();
+                if ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION).is_err() {
+                    ctx.upstreams.forget(ex.group, server, ctx.upstream_stats);
+                    return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
+                }
+                ex.reused = c.reused;
+                ex.upstream_fin = false;
+                if let Some(st) = stats {
+                    st.requests.fetch_add(1, Relaxed);
+                }
+                let timeout = ctx.upstreams.groups[ex.group].config.connect_timeout;
+                self.arm(ctx, timeout);
+                Next::Go(Stage::Connecting(c.fd))
+            }
+            Err(e) => {
+                log::warn!("upstream {}: connect: {e}", ctx.upstreams.groups[ex.group].servers[server].addr);
+                if let Some(st) = stats {
+                    st.failures.fetch_add(1, Relaxed);
+                }
+                report(ctx, ex.group, server, false);
+                Next::Go(Stage::Pick)
             }
         }
-        let ex = self.exchange.as_mut().expect("exchange");
-        if ex.stream.is_some() {
-            return self.start_tunnel(ctx);
-        }
-        ex.stage = Stage::SendHead;
-        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
-        self.arm(ctx, timeout);
-        Step::Next
     }
 
-    fn proxy_send_head(&mut self, ctx: &mut Ctx) -> Step {
-        let ex = self.exchange.as_mut().expect("exchange");
-        let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
+    fn finish_connect(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
+        if !ex.reused {
+            match sys::connect_status(fd.as_raw_fd()) {
+                Ok(true) => {}
+                Ok(false) => return Next::Pause(Stage::Connecting(fd), Outcome::Wait),
+                Err(_) => return Next::ServerFailed { upstream: Some(fd), after_sending: false },
+            }
+        }
+        if ex.stream.is_some() {
+            return self.start_tunnel(ex, fd, ctx);
+        }
+        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+        self.arm(ctx, timeout);
+        Next::Go(Stage::SendHead(fd))
+    }
+
+    fn send_head(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
         while ex.sent < ex.head.len() {
-            match sys::send(fd, &ex.head[ex.sent..], false) {
+            match sys::send(fd.as_raw_fd(), &ex.head[ex.sent..], false) {
                 Ok(n) => {
                     ex.sent += n;
                     count_copied(ctx, ex, n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Next::Pause(Stage::SendHead(fd), Outcome::Wait)
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.proxy_server_failed(ctx, false),
+                Err(_) => return Next::ServerFailed { upstream: Some(fd), after_sending: false },
             }
         }
-        ex.stage = Stage::SendBody;
-        Step::Next
+        Next::Go(Stage::SendBody(fd))
     }
 
     /// Copies the request body, from what is buffered and then from the client,
     /// through a small queue so that a full upstream socket loses nothing.
-    fn proxy_send_body(&mut self, ctx: &mut Ctx) -> Step {
-        let ex = self.exchange.as_mut().expect("exchange");
+    fn send_body(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
         // The upstream took the head: invite the body, unless it is on its way.
         if std::mem::take(&mut ex.continue_pending) && self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
             self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         loop {
-            if let Some(step) = self.flush_client(ctx) {
-                return step;
+            match self.flush_client(ctx) {
+                None => {}
+                Some(Outcome::Close(reason)) => return Next::Close { reason, upstream: Some(fd) },
+                Some(outcome) => return Next::Pause(Stage::SendBody(fd), outcome),
             }
-            if let Some(step) = self.flush_to_upstream(ctx) {
-                return match step {
-                    Step::Close(_) => self.proxy_server_failed(ctx, true),
-                    other => other,
-                };
+            match self.flush_to_upstream(ex, fd.as_raw_fd(), ctx) {
+                Flushed::All => {}
+                Flushed::Blocked => return Next::Pause(Stage::SendBody(fd), Outcome::Wait),
+                Flushed::Failed => return Next::ServerFailed { upstream: Some(fd), after_sending: true },
             }
-            let ex = self.exchange.as_mut().expect("exchange");
-            let done = match &ex.request_body {
-                RequestBody::None => true,
-                RequestBody::Length(n) => *n == 0,
-                RequestBody::Chunked(d) => d.is_done(),
-            };
-            if done {
-                ex.stage = Stage::AwaitHead;
+            if ex.request_body.done() {
                 let timeout = ctx.upstreams.groups[ex.group].config.response_timeout;
                 self.arm(ctx, timeout);
                 // The answer cannot be there yet; its arrival raises an event.
-                return Step::Wait;
+                return Next::Pause(Stage::AwaitHead(fd, None), Outcome::Wait);
             }
-            if self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
-                let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
+            let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
+            if buf.is_empty() {
                 match self.transport.recv(buf.spare()) {
-                    Ok(0) => return Step::Close(CloseReason::PeerClosed),
+                    Ok(0) => return Next::Close { reason: CloseReason::PeerClosed, upstream: Some(fd) },
                     Ok(n) => {
                         buf.commit(n);
                         ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
@@ -396,13 +524,14 @@ impl Conn {
                         let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
                         self.arm(ctx, timeout);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Next::Pause(Stage::SendBody(fd), Outcome::Wait)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Step::Close(CloseReason::Reset),
+                    Err(_) => return Next::Close { reason: CloseReason::Reset, upstream: Some(fd) },
                 }
                 continue;
             }
-            let buf = self.rbuf.as_mut().expect("buffered");
             let data = buf.filled();
             let take = match &mut ex.request_body {
                 RequestBody::Length(n) => {
@@ -418,7 +547,7 @@ impl Conn {
                     Err(e) => {
                         log::info!("client request body refused: {e}");
                         ctx.stats.parse_errors.fetch_add(1, Relaxed);
-                        return self.proxy_fail(ctx, Status::BAD_REQUEST);
+                        return Next::Fail { status: Status::BAD_REQUEST, upstream: Some(fd) };
                     }
                 },
                 RequestBody::None => 0,
@@ -427,11 +556,10 @@ impl Conn {
         }
     }
 
-    fn flush_to_upstream(&mut self, ctx: &mut Ctx) -> Option<Step> {
-        let ex = self.exchange.as_mut().expect("exchange");
-        let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
+    /// Sends what is queued for the upstream.
+    fn flush_to_upstream(&mut self, ex: &mut Exchange, fd: RawFd, ctx: &mut Ctx) -> Flushed {
         let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
-        let mut step = None;
+        let mut flushed = Flushed::All;
         let mut moved = false;
         while !ex.to_upstream.is_empty() {
             match sys::send(fd, &ex.to_upstream, false) {
@@ -441,67 +569,74 @@ impl Conn {
                     moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    step = Some(Step::Wait);
+                    flushed = Flushed::Blocked;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Some(Step::Close(CloseReason::Error)),
+                Err(_) => return Flushed::Failed,
             }
         }
         if moved {
             // A slow reader upstream is fine as long as it keeps reading.
             self.arm(ctx, timeout);
         }
-        step
+        flushed
     }
 
     /// Reads the response head; on a complete one, writes the cleaned head for
     /// the client and decides how the body travels. Interim responses are
     /// read past, a bounded number of them; a few reads per turn at most.
-    fn proxy_await_head(&mut self, ctx: &mut Ctx) -> Step {
+    fn await_head(&mut self, ex: &mut Exchange, fd: OwnedFd, buf: Option<ReadBuf>, ctx: &mut Ctx) -> Next {
+        let mut buf = buf.unwrap_or_else(|| ctx.pool.read_buf());
         for _ in 0..HEAD_READS_PER_TURN {
-            let ex = self.exchange.as_mut().expect("exchange");
-            let fd = ex.fd.as_ref().expect("upstream").as_raw_fd();
-            let buf = ex.response.get_or_insert_with(|| ctx.pool.read_buf());
             // The parser refuses a head that fills the buffer, so there is room.
-            match sys::recv(fd, buf.spare()) {
-                Ok(0) => return self.proxy_server_failed(ctx, true),
+            match sys::recv(fd.as_raw_fd(), buf.spare()) {
+                Ok(0) => {
+                    ctx.pool.put_read(buf);
+                    return Next::ServerFailed { upstream: Some(fd), after_sending: true };
+                }
                 Ok(n) => {
                     buf.commit(n);
                     ex.response_started = true;
                     count_copied(ctx, ex, n);
                 }
-                Err(e) => match e.kind() {
-                    io::ErrorKind::WouldBlock => return Step::Wait,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return self.proxy_server_failed(ctx, true),
-                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Next::Pause(Stage::AwaitHead(fd, Some(buf)), Outcome::Wait)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    ctx.pool.put_read(buf);
+                    return Next::ServerFailed { upstream: Some(fd), after_sending: true };
+                }
             }
-            if let Some(step) = self.parse_response_heads(ctx) {
-                return step;
+            match self.parse_response_heads(ex, &mut buf, ctx) {
+                Parsed::More => {}
+                Parsed::Bad(why) => {
+                    ctx.pool.put_read(buf);
+                    return self.bad_response(ex, fd, why, ctx);
+                }
+                Parsed::Final(head) => return self.begin_response(ex, fd, buf, head, ctx),
             }
         }
-        Step::Yield
+        Next::Pause(Stage::AwaitHead(fd, Some(buf)), Outcome::Yield)
     }
 
     /// Parses the heads buffered so far: interim ones are dropped, a final
-    /// one starts the response. `None` asks for more bytes.
-    fn parse_response_heads(&mut self, ctx: &mut Ctx) -> Option<Step> {
+    /// one writes the client's head and is consumed from the buffer.
+    fn parse_response_heads(&mut self, ex: &mut Exchange, buf: &mut ReadBuf, ctx: &mut Ctx) -> Parsed {
         let limit = ctx.http_limits.head_bytes;
+        let asked = Asked { head: ex.head_request, upgrade: ex.upgrade_requested };
         loop {
-            let ex = self.exchange.as_mut().expect("exchange");
-            let asked = Asked { head: ex.head_request, upgrade: ex.upgrade_requested };
-            let buf = ex.response.as_mut().expect("response buffer");
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let head = match response_head::parse_response(buf.filled(), &mut headers, asked, limit) {
-                Ok(None) => return None,
-                Err(why) => return Some(self.proxy_bad_response(ctx, why)),
+                Ok(None) => return Parsed::More,
+                Err(why) => return Parsed::Bad(why),
                 Ok(Some(head)) => head,
             };
             if head.is_interim() {
                 ex.interim += 1;
                 if ex.interim > MAX_INTERIM_RESPONSES {
-                    return Some(self.proxy_bad_response(ctx, BadResponse::Malformed));
+                    return Parsed::Bad(BadResponse::Malformed);
                 }
                 let len = head.head_len;
                 buf.consume(len);
@@ -520,50 +655,55 @@ impl Conn {
             let client =
                 ClientSide { http10: ex.client_http10, keep_alive: self.keep_alive && !ctx.draining };
             forward::client_response_head(&mut self.wbuf, &head, client);
-            let head_facts = FinalHead::of(&head);
+            let facts = FinalHead::of(&head);
             buf.consume(head.head_len);
-            return Some(self.proxy_begin_response(ctx, head_facts));
+            return Parsed::Final(facts);
         }
     }
 
     /// An upstream response head broke the rules: the client gets a 502 and
     /// the connection closes (nothing of the head was forwarded), the
     /// upstream connection is closed, and the server's failure is counted.
-    fn proxy_bad_response(&mut self, ctx: &mut Ctx, why: BadResponse) -> Step {
-        let ex = self.exchange.as_mut().expect("exchange");
+    fn bad_response(&mut self, ex: &mut Exchange, fd: OwnedFd, why: BadResponse, ctx: &mut Ctx) -> Next {
         log::warn!("upstream {}: {why}", ctx.upstreams.groups[ex.group].servers[ex.server].addr);
         if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.failures.fetch_add(1, Relaxed);
         }
         report(ctx, ex.group, ex.server, false);
         self.keep_alive = false;
-        self.proxy_fail(ctx, Status::BAD_GATEWAY)
+        Next::Fail { status: Status::BAD_GATEWAY, upstream: Some(fd) }
     }
 
     /// The client's head is written; decide how the body travels, starting with
     /// whatever body bytes came in with the head.
-    fn proxy_begin_response(&mut self, ctx: &mut Ctx, head: FinalHead) -> Step {
+    fn begin_response(
+        &mut self,
+        ex: &mut Exchange,
+        fd: OwnedFd,
+        buf: ReadBuf,
+        head: FinalHead,
+        ctx: &mut Ctx,
+    ) -> Next {
         let upgrade = head.code == 101;
         self.count_proxied_response(ctx, head.code);
-        let ex = self.exchange.as_mut().expect("exchange");
         ex.upstream_keep_alive = head.reusable;
-        let early: &[u8] = ex.response.as_ref().map_or(&[][..], |b| b.filled());
+        let early: &[u8] = buf.filled();
         let before = self.wbuf.len();
-        let (body, used) = match head.body {
+        let relay = match head.body {
             _ if upgrade => {
                 // The upstream's first tunnel bytes go to the client as they are.
                 self.wbuf.extend_from_slice(early);
-                (BodyRelay::None, early.len())
+                Ok((BodyRelay::None, early.len()))
             }
-            response_head::ResponseBody::None => (BodyRelay::None, 0),
+            response_head::ResponseBody::None => Ok((BodyRelay::None, 0)),
             response_head::ResponseBody::Chunked => {
                 let output = if ex.client_http10 { Output::Raw } else { Output::Chunked };
                 let mut decoder = ChunkedDecoder::new(output);
                 match decoder.decode(early, &mut self.wbuf) {
-                    Ok(k) => (BodyRelay::Chunked(decoder), k),
+                    Ok(k) => Ok((BodyRelay::Chunked(decoder), k)),
                     Err(e) => {
                         log::warn!("upstream sent a chunked body with broken framing: {e}");
-                        return Step::Close(CloseReason::Error);
+                        Err(())
                     }
                 }
             }
@@ -571,57 +711,70 @@ impl Conn {
                 let have = (early.len() as u64).min(n) as usize;
                 self.wbuf.extend_from_slice(&early[..have]);
                 if have as u64 == n {
-                    (BodyRelay::None, have)
+                    Ok((BodyRelay::None, have))
                 } else {
-                    match ctx.pipes.take() {
-                        Ok(pipe) => (BodyRelay::Spliced(Relay::new(pipe, Some(n - have as u64))), have),
-                        Err(_) => return Step::Close(CloseReason::Error),
-                    }
+                    ctx.pipes
+                        .take()
+                        .map(|pipe| (BodyRelay::Spliced(Relay::new(pipe, Some(n - have as u64))), have))
+                        .map_err(|_| ())
                 }
             }
             response_head::ResponseBody::UntilClose => {
                 self.wbuf.extend_from_slice(early);
-                match ctx.pipes.take() {
-                    Ok(pipe) => (BodyRelay::Spliced(Relay::new(pipe, None)), early.len()),
-                    Err(_) => return Step::Close(CloseReason::Error),
-                }
+                ctx.pipes
+                    .take()
+                    .map(|pipe| (BodyRelay::Spliced(Relay::new(pipe, None)), early.len()))
+                    .map_err(|_| ())
             }
         };
-        if used < early.len() {
+        let early_len = early.len();
+        ctx.pool.put_read(buf);
+        let Ok((body, used)) = relay else {
+            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
+        };
+        if used < early_len {
             // Bytes after the end of the response: never read as the answer to
             // another request.
             ex.upstream_keep_alive = false;
         }
-        ex.response_body = body;
         self.body_len = (self.wbuf.len() - before) as u64;
-        if let Some(buf) = ex.response.take() {
-            ctx.pool.put_read(buf);
-        }
         self.wpos = 0;
         report(ctx, ex.group, ex.server, true);
         if upgrade {
-            return self.start_tunnel(ctx);
+            recycle_body(ctx, body);
+            return self.start_tunnel(ex, fd, ctx);
         }
-        ex.stage = Stage::Respond;
         let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
         self.arm(ctx, timeout);
-        Step::Next
+        Next::Go(Stage::Respond(fd, body))
     }
 
     /// Sends the head and the body to the client.
-    fn proxy_respond(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Step {
+    fn respond(
+        &mut self,
+        ex: &mut Exchange,
+        fd: OwnedFd,
+        mut body: BodyRelay,
+        ctx: &mut Ctx,
+        budget: &mut usize,
+    ) -> Next {
+        let upstream = fd.as_raw_fd();
         loop {
-            if let Some(step) = self.flush_client(ctx) {
-                return step;
+            match self.flush_client(ctx) {
+                None => {}
+                Some(Outcome::Close(reason)) => {
+                    recycle_body(ctx, body);
+                    return Next::Close { reason, upstream: Some(fd) };
+                }
+                Some(outcome) => return Next::Pause(Stage::Respond(fd, body), outcome),
             }
-            let ex = self.exchange.as_mut().expect("exchange");
-            let upstream = ex.fd.as_ref().expect("upstream").as_raw_fd();
-            match &mut ex.response_body {
-                BodyRelay::None => return self.proxy_complete(ctx),
+            match &mut body {
+                BodyRelay::None => return Next::Complete(fd),
                 BodyRelay::Spliced(relay) => {
                     let before = relay.moved;
                     let pumped = self.transport.relay_from(relay, upstream, budget);
                     let moved = relay.moved - before;
+                    let cut_short = relay.cut_short();
                     ctx.stats.bytes_sent.fetch_add(moved, Relaxed);
                     self.body_len += moved;
                     if let Some(st) = server_stats(ctx, ex.group, ex.server) {
@@ -631,28 +784,34 @@ impl Conn {
                         let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
                         self.arm(ctx, timeout);
                     }
-                    let ex = self.exchange.as_mut().expect("exchange");
-                    let BodyRelay::Spliced(relay) = &ex.response_body else { unreachable!() };
-                    return match pumped {
-                        Ok(Pump::Done) if relay.cut_short() => {
-                            log::warn!("upstream closed in the middle of a response body");
-                            Step::Close(CloseReason::Error)
+                    let outcome = match pumped {
+                        Ok(Pump::Blocked) => Outcome::Wait,
+                        Ok(Pump::Budget) => Outcome::Yield,
+                        Ok(Pump::Done) if !cut_short => {
+                            recycle_body(ctx, body);
+                            return Next::Complete(fd);
                         }
-                        Ok(Pump::Done) => self.proxy_complete(ctx),
-                        Ok(Pump::Blocked) => Step::Wait,
-                        Ok(Pump::Budget) => Step::Yield,
-                        Err(_) => Step::Close(CloseReason::Error),
+                        Ok(Pump::Done) => {
+                            log::warn!("upstream closed in the middle of a response body");
+                            recycle_body(ctx, body);
+                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
+                        }
+                        Err(_) => {
+                            recycle_body(ctx, body);
+                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
+                        }
                     };
+                    return Next::Pause(Stage::Respond(fd, body), outcome);
                 }
                 BodyRelay::Chunked(decoder) => {
                     if decoder.is_done() {
-                        return self.proxy_complete(ctx);
+                        return Next::Complete(fd);
                     }
                     let mut chunk = [0u8; 16 * 1024];
                     match sys::recv(upstream, &mut chunk) {
                         Ok(0) => {
                             log::warn!("upstream closed in the middle of a chunked body");
-                            return Step::Close(CloseReason::Error);
+                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
                         }
                         Ok(n) => {
                             let before = self.wbuf.len();
@@ -660,7 +819,7 @@ impl Conn {
                                 Ok(k) => k,
                                 Err(e) => {
                                     log::warn!("upstream sent a chunked body with broken framing: {e}");
-                                    return Step::Close(CloseReason::Error);
+                                    return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
                                 }
                             };
                             if k < n {
@@ -671,9 +830,11 @@ impl Conn {
                             let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
                             self.arm(ctx, timeout);
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Next::Pause(Stage::Respond(fd, body), Outcome::Wait)
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return Step::Close(CloseReason::Error),
+                        Err(_) => return Next::Close { reason: CloseReason::Error, upstream: Some(fd) },
                     }
                 }
             }
@@ -681,17 +842,17 @@ impl Conn {
     }
 
     /// Writes what is in the output buffer to the client. `None` when all of it
-    /// went out.
-    fn flush_client(&mut self, ctx: &mut Ctx) -> Option<Step> {
+    /// went out; else Wait, or Close on a broken connection.
+    fn flush_client(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
         while self.wpos < self.wbuf.len() {
             match self.transport.send(&self.wbuf[self.wpos..], false) {
                 Ok(n) => {
                     self.wpos += n;
                     ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Step::Wait),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Outcome::Wait),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Some(Step::Close(CloseReason::Reset)),
+                Err(_) => return Some(Outcome::Close(CloseReason::Reset)),
             }
         }
         self.wbuf.clear();
@@ -699,41 +860,39 @@ impl Conn {
         None
     }
 
-    /// The response is complete: the upstream connection goes back to the pool
-    /// when it can carry another request, and the client connection goes on.
-    fn proxy_complete(&mut self, ctx: &mut Ctx) -> Step {
-        let mut ex = self.exchange.take().expect("exchange");
+    /// The response is complete: the upstream connection is kept with this
+    /// client connection or pooled when it can carry another request, and the
+    /// client connection goes on.
+    fn complete(&mut self, mut ex: Box<Exchange>, fd: OwnedFd, ctx: &mut Ctx) {
         if ex.upstream_fin {
             ex.upstream_keep_alive = false;
         }
-        if let Some(fd) = ex.fd.take() {
-            if ex.upstream_keep_alive && self.keep_alive && !ctx.draining {
-                // Keep it with this client connection, still registered, for
-                // its next request: no trip through the pool, no epoll change.
-                self.parked = Some(Parked { group: ex.group, server: ex.server, fd, since: ctx.now });
-            } else {
-                let _ = ctx.epoll.delete(fd.as_raw_fd());
-                if ex.upstream_keep_alive {
-                    ctx.upstreams.release(ex.group, ex.server, fd, ctx.now, ctx.upstream_stats);
-                } else {
-                    release_closed(ctx, &ex);
-                }
-            }
+        if ex.upstream_keep_alive && self.keep_alive && !ctx.draining {
+            // Keep it with this client connection, still registered, for
+            // its next request: no trip through the pool, no epoll change.
+            self.parked = Some(Parked { group: ex.group, server: ex.server, fd, since: ctx.now });
+        } else if ex.upstream_keep_alive {
+            let _ = ctx.epoll.delete(fd.as_raw_fd());
+            ctx.upstreams.release(ex.group, ex.server, fd, ctx.now, ctx.upstream_stats);
+        } else {
+            close_upstream(ctx, &ex, fd);
         }
         retire(ctx, ex);
         self.phase = Phase::Send;
         self.finish_response(ctx);
-        Step::Finished
     }
 
     /// The server failed us. Before anything reached the client, try another
-    /// server (or a fresh connection to the same one); otherwise close.
-    fn proxy_server_failed(&mut self, ctx: &mut Ctx, after_sending: bool) -> Step {
-        let ex = self.exchange.as_mut().expect("exchange");
-        let stats = server_stats(ctx, ex.group, ex.server);
-        if let Some(fd) = ex.fd.take() {
-            let _ = ctx.epoll.delete(fd.as_raw_fd());
-            release_closed(ctx, ex);
+    /// server (or a fresh connection to the same one); otherwise 502.
+    fn server_failed(
+        &mut self,
+        ex: &mut Exchange,
+        upstream: Option<OwnedFd>,
+        after_sending: bool,
+        ctx: &mut Ctx,
+    ) -> Next {
+        if let Some(fd) = upstream {
+            close_upstream(ctx, ex, fd);
         }
         // A pooled connection the server had closed meanwhile is no failure of
         // the server: retry once on a fresh connection (if the request may be
@@ -742,49 +901,43 @@ impl Conn {
             ex.fresh_retry_done = true;
             ex.reused = false;
             ex.sent = 0;
-            ex.stage = Stage::Connect;
             ex.tried &= !(1u64.checked_shl(ex.server as u32).unwrap_or(0));
-            return Step::Next;
+            return Next::Go(Stage::Pick);
         }
-        if let Some(st) = stats {
+        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.failures.fetch_add(1, Relaxed);
         }
         report(ctx, ex.group, ex.server, false);
         let nothing_sent = !after_sending || (ex.sent == 0 && matches!(ex.request_body, RequestBody::None));
         if nothing_sent || (ex.idempotent && !ex.response_started && ex.stream.is_none()) {
             ex.sent = 0;
-            if let Some(buf) = ex.response.take() {
-                ctx.pool.put_read(buf);
-            }
-            ex.stage = Stage::Connect;
-            return Step::Next;
+            return Next::Go(Stage::Pick);
         }
-        self.proxy_fail(ctx, Status::BAD_GATEWAY)
+        Next::Fail { status: Status::BAD_GATEWAY, upstream: None }
     }
 
-    /// Ends the exchange with an error page (502, 504), if the client has not
-    /// been sent anything of a response yet; else closes.
-    fn proxy_fail(&mut self, ctx: &mut Ctx, status: Status) -> Step {
-        let mut ex = self.exchange.take().expect("exchange");
-        if let Some(fd) = ex.fd.take() {
-            let _ = ctx.epoll.delete(fd.as_raw_fd());
-            release_closed(ctx, &ex);
+    /// Ends the exchange with an error page (400, 502, 504), if the client has
+    /// not been sent anything of a response yet; else closes.
+    fn fail(
+        &mut self,
+        ex: Box<Exchange>,
+        status: Status,
+        upstream: Option<OwnedFd>,
+        ctx: &mut Ctx,
+    ) -> Option<Outcome> {
+        if let Some(fd) = upstream {
+            close_upstream(ctx, &ex, fd);
         }
         if ex.stream.is_some() || !self.wbuf.is_empty() {
             retire(ctx, ex);
-            return Step::Close(CloseReason::Error);
+            return Some(Outcome::Close(CloseReason::Error));
         }
         if self.wbuf.capacity() == 0 {
             self.wbuf = ctx.pool.write_buf();
         }
         // Whatever of the request body was not relayed cannot be told from the
         // next request: close after the answer.
-        let unfinished_body = match ex.request_body {
-            RequestBody::None => false,
-            RequestBody::Length(n) => n > 0,
-            RequestBody::Chunked(d) => !d.is_done(),
-        };
-        if unfinished_body {
+        if !ex.request_body.done() {
             self.keep_alive = false;
         }
         let persistence = if self.keep_alive && !ctx.draining {
@@ -802,45 +955,58 @@ impl Conn {
         self.phase = Phase::Send;
         let timeout = ctx.timeouts.send;
         self.arm(ctx, timeout);
-        Step::Next
+        None
     }
 
-    fn start_tunnel(&mut self, ctx: &mut Ctx) -> Step {
+    fn start_tunnel(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
         let (Ok(a), Ok(b)) = (ctx.pipes.take(), ctx.pipes.take()) else {
-            return Step::Close(CloseReason::Error);
+            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
         };
-        let ex = self.exchange.as_mut().expect("exchange");
         // Client bytes already read past the upgrade request go upstream first.
         if let Some(buf) = self.rbuf.as_mut() {
             ex.to_upstream.extend_from_slice(buf.filled());
             buf.consume(usize::MAX);
         }
-        ex.tunnel = Some(Tunnel {
+        let tunnel = Tunnel {
             up: Relay::new(a, None),
             down: Relay::new(b, None),
             up_closed: false,
             down_closed: false,
-        });
-        ex.stage = Stage::Tunnel;
+        };
         let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
         report(ctx, ex.group, ex.server, true);
         self.arm(ctx, idle);
-        Step::Next
+        Next::Go(Stage::Tunnel(fd, tunnel))
     }
 
     /// Splices both ways; a side that reaches end of stream half-closes the
     /// other, and the tunnel ends when both have.
-    fn proxy_tunnel(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Step {
-        if let Some(step) = self.flush_client(ctx) {
-            return step;
+    fn tunnel(
+        &mut self,
+        ex: &mut Exchange,
+        fd: OwnedFd,
+        mut t: Tunnel,
+        ctx: &mut Ctx,
+        budget: &mut usize,
+    ) -> Next {
+        match self.flush_client(ctx) {
+            None => {}
+            Some(Outcome::Close(reason)) => {
+                recycle_tunnel(ctx, t);
+                return Next::Close { reason, upstream: Some(fd) };
+            }
+            Some(outcome) => return Next::Pause(Stage::Tunnel(fd, t), outcome),
         }
-        if let Some(step) = self.flush_to_upstream(ctx) {
-            return step;
+        match self.flush_to_upstream(ex, fd.as_raw_fd(), ctx) {
+            Flushed::All => {}
+            Flushed::Blocked => return Next::Pause(Stage::Tunnel(fd, t), Outcome::Wait),
+            Flushed::Failed => {
+                recycle_tunnel(ctx, t);
+                return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
+            }
         }
-        let ex = self.exchange.as_mut().expect("exchange");
-        let upstream = ex.fd.as_ref().expect("upstream").as_raw_fd();
+        let upstream = fd.as_raw_fd();
         let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
-        let t = ex.tunnel.as_mut().expect("tunnel");
         let (before_up, before_down) = (t.up.moved, t.down.moved);
         let up =
             if t.up_closed { Ok(Pump::Done) } else { self.transport.relay_to(&mut t.up, upstream, budget) };
@@ -857,7 +1023,10 @@ impl Conn {
         }
         let (up, down) = match (up, down) {
             (Ok(u), Ok(d)) => (u, d),
-            _ => return Step::Close(CloseReason::Reset),
+            _ => {
+                recycle_tunnel(ctx, t);
+                return Next::Close { reason: CloseReason::Reset, upstream: Some(fd) };
+            }
         };
         if up == Pump::Done && !t.up_closed {
             t.up_closed = true;
@@ -868,36 +1037,31 @@ impl Conn {
             self.transport.shutdown_write();
         }
         if t.up_closed && t.down_closed {
-            return Step::Close(CloseReason::Done);
+            recycle_tunnel(ctx, t);
+            return Next::Close { reason: CloseReason::Done, upstream: Some(fd) };
         }
         if moved_up + moved_down > 0 {
             self.arm(ctx, idle);
         }
-        if up == Pump::Budget || down == Pump::Budget {
-            Step::Yield
-        } else {
-            Step::Wait
-        }
+        let outcome = if up == Pump::Budget || down == Pump::Budget { Outcome::Yield } else { Outcome::Wait };
+        Next::Pause(Stage::Tunnel(fd, t), outcome)
     }
 
-    /// The proxy's part of closing: pipes back, upstream socket closed.
-    pub(super) fn release_exchange(&mut self, ctx: &mut Ctx) {
+    /// The proxy's part of closing: a kept upstream connection goes to the
+    /// pool, and an exchange under way is abandoned (its socket closed).
+    pub(super) fn release_exchange(&mut self, ctx: &mut Ctx, exchange: Option<Box<Exchange>>) {
         self.unpark(ctx);
-        let Some(mut ex) = self.exchange.take() else { return };
-        if let Some(fd) = ex.fd.take() {
-            let _ = ctx.epoll.delete(fd.as_raw_fd());
-            release_closed(ctx, &ex);
+        if let Some(ex) = exchange {
+            retire(ctx, ex);
         }
-        retire(ctx, ex);
     }
 
     /// What a passed deadline means mid-exchange: a connect that took too long
     /// tries the next server; a response head that took too long is a 504.
-    pub(super) fn proxy_deadline(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        let ex = self.exchange.as_mut()?;
+    pub(super) fn proxy_deadline(&mut self, mut ex: Box<Exchange>, ctx: &mut Ctx) -> Outcome {
         let stats = server_stats(ctx, ex.group, ex.server);
-        let step = match ex.stage {
-            Stage::Connect | Stage::SendHead if ex.sent == 0 => {
+        let next = match std::mem::replace(&mut ex.stage, Stage::Pick) {
+            stage @ (Stage::Pick | Stage::Connecting(_) | Stage::SendHead(_)) if ex.sent == 0 => {
                 if let Some(st) = stats {
                     st.timeouts.fetch_add(1, Relaxed);
                 }
@@ -905,24 +1069,32 @@ impl Conn {
                     "upstream {}: connect timed out",
                     ctx.upstreams.groups[ex.group].servers[ex.server].addr
                 );
-                self.proxy_server_failed(ctx, false)
+                Next::ServerFailed { upstream: stage.dismantle(ctx), after_sending: false }
             }
-            Stage::AwaitHead if !ex.response_started => {
+            Stage::AwaitHead(fd, buf) if !ex.response_started => {
                 if let Some(st) = stats {
                     st.timeouts.fetch_add(1, Relaxed);
                 }
+                if let Some(buf) = buf {
+                    ctx.pool.put_read(buf);
+                }
                 report(ctx, ex.group, ex.server, false);
-                self.proxy_fail(ctx, Status::GATEWAY_TIMEOUT)
+                Next::Fail { status: Status::GATEWAY_TIMEOUT, upstream: Some(fd) }
             }
-            Stage::Tunnel => Step::Close(CloseReason::Done),
-            _ => Step::Close(CloseReason::Timeout),
+            Stage::Tunnel(fd, t) => {
+                recycle_tunnel(ctx, t);
+                Next::Close { reason: CloseReason::Done, upstream: Some(fd) }
+            }
+            stage => Next::Close { reason: CloseReason::Timeout, upstream: stage.dismantle(ctx) },
         };
-        Some(match step {
-            Step::Next | Step::Finished => self.drive(ctx),
-            Step::Wait => Outcome::Wait,
-            Step::Yield => Outcome::Yield,
-            Step::Close(r) => Outcome::Close(r),
-        })
+        match self.settle_exchange(ex, next, ctx) {
+            Flow::Continue(ex) => {
+                self.phase = Phase::Proxy(ex);
+                self.drive(ctx)
+            }
+            Flow::Done(Some(outcome)) => outcome,
+            Flow::Done(None) => self.drive(ctx),
+        }
     }
 }
 
@@ -940,10 +1112,9 @@ impl FinalHead {
 }
 
 /// The exchange for a request that route `route` sends to upstream group
-/// `group`; `raw_head` is the request head as received.
+/// `group`.
 pub(super) fn new_exchange(
     req: &Request<'_>,
-    raw_head: &[u8],
     route: usize,
     group: usize,
     peer: Option<std::net::IpAddr>,
@@ -962,7 +1133,7 @@ pub(super) fn new_exchange(
         HostHeader::Upstream => config.name.as_bytes(),
     };
     let fwd = Forwarding { host, peer, underscores: config.underscores_in_headers };
-    forward::upstream_request_head(&mut head, req, raw_head, &fwd);
+    forward::upstream_request_head(&mut head, req, &fwd);
     let mut exchange = Exchange::new(group);
     exchange.request_body = match req.body {
         Body::None => RequestBody::None,
@@ -1001,14 +1172,6 @@ impl Conn {
         ctx.upstreams.release(p.group, p.server, p.fd, p.since, ctx.upstream_stats);
     }
 
-    /// The upstream's end of stream came with an event of the exchange: once
-    /// the edge is consumed no later event would tell, so remember it.
-    pub(super) fn note_upstream_fin(&mut self) {
-        if let Some(ex) = self.exchange.as_mut() {
-            ex.upstream_fin = true;
-        }
-    }
-
     /// An event on the upstream side while no exchange runs: the server
     /// closed the parked connection (or sent what nobody asked for). Close it
     /// now, not when the client's next request finds it.
@@ -1020,15 +1183,6 @@ impl Conn {
             close_parked(ctx, p);
         }
     }
-}
-
-enum Step {
-    Next,
-    Wait,
-    Yield,
-    Close(CloseReason),
-    /// The exchange is over; the connection's own state machine goes on.
-    Finished,
 }
 
 /// This worker's entry of the region's table for a server.
@@ -1053,10 +1207,6 @@ fn end_active(ctx: &mut Ctx, ex: &mut Exchange) {
             st.active.fetch_sub(1, Relaxed);
         }
     }
-}
-
-fn release_closed(ctx: &mut Ctx, ex: &Exchange) {
-    ctx.upstreams.forget(ex.group, ex.server, ctx.upstream_stats);
 }
 
 fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
