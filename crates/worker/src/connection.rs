@@ -378,7 +378,7 @@ impl Conn {
                 self.readable = false;
                 None
             }
-            Err(e) => close_or_retry(e),
+            Err(e) => client_io(e),
         }
     }
 
@@ -455,7 +455,7 @@ impl Conn {
             // another full send timeout to read.
             self.arm(ctx, ctx.timeouts.send);
         }
-        close_or_retry(e)
+        client_io(e)
     }
 
     fn finish_response(&mut self, ctx: &mut Ctx) {
@@ -519,13 +519,16 @@ impl Conn {
     }
 }
 
-/// Maps a socket error to what happens next: EAGAIN waits for the next event,
-/// EINTR retries, a reset closes and is counted as one.
-fn close_or_retry(e: io::Error) -> Option<Outcome> {
+/// What an error on the client's socket means, on every path (static files,
+/// the proxy, tunnels and streams alike): EAGAIN waits for the next event
+/// (`Some(Wait)`), EINTR retries (`None`), a reset, broken pipe or abort by
+/// the client closes as a reset (counted in `closed_by_reset`), anything
+/// else closes as an error. docs/stats-abi.md states these counting rules.
+pub(crate) fn client_io(e: io::Error) -> Option<Outcome> {
     match e.kind() {
         io::ErrorKind::WouldBlock => Some(Outcome::Wait),
         io::ErrorKind::Interrupted => None,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
             Some(Outcome::Close(CloseReason::Reset))
         }
         _ => Some(Outcome::Close(CloseReason::Error)),

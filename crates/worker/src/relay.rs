@@ -54,6 +54,14 @@ pub struct Relay {
     pub moved: u64,
 }
 
+/// Which side of a relay failed: the source it reads or the destination it
+/// writes (the caller knows which is the client).
+#[derive(Debug)]
+pub enum RelayError {
+    Source(io::Error),
+    Dest(io::Error),
+}
+
 /// Where a relay stands after pumping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pump {
@@ -86,8 +94,9 @@ impl Relay {
     }
 
     /// Moves bytes until both sides block, everything is through, or `budget`
-    /// bytes have moved. Errors are the sockets' (reset, broken pipe).
-    pub fn pump(&mut self, source: RawFd, dest: RawFd, budget: &mut usize) -> io::Result<Pump> {
+    /// bytes have moved. Errors are the sockets' (reset, broken pipe), with
+    /// the side they came from.
+    pub fn pump(&mut self, source: RawFd, dest: RawFd, budget: &mut usize) -> Result<Pump, RelayError> {
         loop {
             let mut progress = false;
             let want_more = !self.source_ended && self.remaining != Some(0);
@@ -105,7 +114,7 @@ impl Relay {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(RelayError::Source(e)),
                 }
             }
             if self.in_pipe > 0 {
@@ -118,7 +127,7 @@ impl Relay {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(RelayError::Dest(e)),
                 }
             }
             if self.in_pipe == 0 && (self.source_ended || self.remaining == Some(0)) {

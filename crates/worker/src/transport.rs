@@ -6,7 +6,7 @@
 //! reads the file range and encrypts it on `send_file`, and relays through
 //! user space where plain TCP splices; the connection code stays the same.
 
-use crate::relay::{Pump, Relay};
+use crate::relay::{Pump, Relay, RelayError};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tine_net::sys::{self, Peek};
@@ -32,11 +32,23 @@ pub trait Transport {
     /// What waits from the client, without taking it.
     fn peek(&self) -> Peek;
 
-    /// Moves bytes from an upstream socket to the client through `relay`.
-    fn relay_from(&mut self, relay: &mut Relay, upstream: RawFd, budget: &mut usize) -> io::Result<Pump>;
+    /// Moves bytes from an upstream socket to the client through `relay`
+    /// (a failed source is the upstream, a failed destination the client).
+    fn relay_from(
+        &mut self,
+        relay: &mut Relay,
+        upstream: RawFd,
+        budget: &mut usize,
+    ) -> Result<Pump, RelayError>;
 
-    /// Moves bytes from the client to an upstream socket through `relay`.
-    fn relay_to(&mut self, relay: &mut Relay, upstream: RawFd, budget: &mut usize) -> io::Result<Pump>;
+    /// Moves bytes from the client to an upstream socket through `relay`
+    /// (a failed source is the client, a failed destination the upstream).
+    fn relay_to(
+        &mut self,
+        relay: &mut Relay,
+        upstream: RawFd,
+        budget: &mut usize,
+    ) -> Result<Pump, RelayError>;
 }
 
 /// A client on a plain TCP connection.
@@ -75,11 +87,21 @@ impl Transport for PlainTcp {
         sys::peek(self.fd.as_raw_fd())
     }
 
-    fn relay_from(&mut self, relay: &mut Relay, upstream: RawFd, budget: &mut usize) -> io::Result<Pump> {
+    fn relay_from(
+        &mut self,
+        relay: &mut Relay,
+        upstream: RawFd,
+        budget: &mut usize,
+    ) -> Result<Pump, RelayError> {
         relay.pump(upstream, self.fd.as_raw_fd(), budget)
     }
 
-    fn relay_to(&mut self, relay: &mut Relay, upstream: RawFd, budget: &mut usize) -> io::Result<Pump> {
+    fn relay_to(
+        &mut self,
+        relay: &mut Relay,
+        upstream: RawFd,
+        budget: &mut usize,
+    ) -> Result<Pump, RelayError> {
         relay.pump(self.fd.as_raw_fd(), upstream, budget)
     }
 }

@@ -28,10 +28,10 @@
 //! its last response ended exactly where its framing said, and only after a
 //! look shows nothing waiting on it.
 
-use super::{CloseReason, Conn, Outcome, Phase};
+use super::{client_io, CloseReason, Conn, Outcome, Phase};
 use crate::buffer_pool::ReadBuf;
 use crate::context::Ctx;
-use crate::relay::{Pump, Relay};
+use crate::relay::{Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
 use crate::token::Token;
 use crate::transport::Transport;
@@ -524,11 +524,11 @@ impl Conn {
                         let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
                         self.arm(ctx, timeout);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Next::Pause(Stage::SendBody(fd), Outcome::Wait)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Next::Close { reason: CloseReason::Reset, upstream: Some(fd) },
+                    Err(e) => match client_io(e) {
+                        None => {}
+                        Some(Outcome::Close(reason)) => return Next::Close { reason, upstream: Some(fd) },
+                        Some(outcome) => return Next::Pause(Stage::SendBody(fd), outcome),
+                    },
                 }
                 continue;
             }
@@ -796,9 +796,12 @@ impl Conn {
                             recycle_body(ctx, body);
                             return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
                         }
-                        Err(_) => {
+                        Err(e) => {
                             recycle_body(ctx, body);
-                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
+                            return Next::Close {
+                                reason: relay_failure(e, Side::ClientIsDest),
+                                upstream: Some(fd),
+                            };
                         }
                     };
                     return Next::Pause(Stage::Respond(fd, body), outcome);
@@ -850,9 +853,11 @@ impl Conn {
                     self.wpos += n;
                     ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Outcome::Wait),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Some(Outcome::Close(CloseReason::Reset)),
+                Err(e) => {
+                    if let Some(outcome) = client_io(e) {
+                        return Some(outcome);
+                    }
+                }
             }
         }
         self.wbuf.clear();
@@ -1023,9 +1028,13 @@ impl Conn {
         }
         let (up, down) = match (up, down) {
             (Ok(u), Ok(d)) => (u, d),
-            _ => {
+            (Err(e), _) => {
                 recycle_tunnel(ctx, t);
-                return Next::Close { reason: CloseReason::Reset, upstream: Some(fd) };
+                return Next::Close { reason: relay_failure(e, Side::ClientIsSource), upstream: Some(fd) };
+            }
+            (_, Err(e)) => {
+                recycle_tunnel(ctx, t);
+                return Next::Close { reason: relay_failure(e, Side::ClientIsDest), upstream: Some(fd) };
             }
         };
         if up == Pump::Done && !t.up_closed {
@@ -1182,6 +1191,29 @@ impl Conn {
         } else {
             close_parked(ctx, p);
         }
+    }
+}
+
+/// Which end of a relay is the client.
+enum Side {
+    ClientIsSource,
+    ClientIsDest,
+}
+
+/// Why a failed relay closes the connection: the client's side maps as
+/// every client error does (a reset counts as one); the upstream's side is
+/// the upstream failing mid-stream.
+fn relay_failure(e: RelayError, side: Side) -> CloseReason {
+    let client_error = match (e, side) {
+        (RelayError::Source(e), Side::ClientIsSource) | (RelayError::Dest(e), Side::ClientIsDest) => e,
+        (RelayError::Source(e), Side::ClientIsDest) | (RelayError::Dest(e), Side::ClientIsSource) => {
+            log::warn!("upstream connection failed mid-stream: {e}");
+            return CloseReason::Error;
+        }
+    };
+    match client_io(client_error) {
+        Some(Outcome::Close(reason)) => reason,
+        _ => CloseReason::Error,
     }
 }
 
