@@ -57,11 +57,30 @@ const LINGER_BYTES: u64 = 1 << 20;
 
 /// What the connection is doing; a phase's own data lives in its variant.
 pub enum Phase {
+    /// Waiting for (or reading) a request head.
     ReadHead,
-    Send,
+    /// Writing a response: the output buffer, then a file range if any.
+    Send(Sending),
     /// An exchange with an upstream server, or a tunnel (see proxy.rs).
     Proxy(Box<proxy::Exchange>),
-    Linger,
+    /// The write side is shut; the client's leftover input is drained for a
+    /// moment so that it does not turn the close into a reset.
+    Linger { drained: u64 },
+}
+
+/// A response on its way out: its head (and a small body) are in the
+/// connection's output buffer; `file` is the range sent after them.
+pub struct Sending {
+    file: Option<FileBody>,
+    /// TCP_CORK is set for this response.
+    corked: bool,
+}
+
+impl Sending {
+    /// A response wholly in the output buffer.
+    fn buffered() -> Self {
+        Sending { file: None, corked: false }
+    }
 }
 
 /// What the event loop must do with the connection after driving it.
@@ -98,7 +117,6 @@ pub struct Conn {
     /// The response head (and small bodies) being written; empty while idle.
     wbuf: Vec<u8>,
     wpos: usize,
-    body: Option<FileBody>,
     /// Body bytes the response in flight sends in all.
     body_len: u64,
     /// The access-log line of the response in flight, when logging.
@@ -112,8 +130,6 @@ pub struct Conn {
     readable: bool,
     /// The client shut down its side since this was last looked at.
     client_fin: bool,
-    /// TCP_CORK is set for the response in flight.
-    corked: bool,
     /// Connection accepted on the admin listener: answers /metrics and
     /// /stats.json instead of files.
     admin: bool,
@@ -122,7 +138,6 @@ pub struct Conn {
     served: u64,
     /// When the connection last went idle between requests.
     idle_since: Instant,
-    lingered: u64,
     /// When the current phase times out.
     pub timer: Deadline,
 }
@@ -137,7 +152,6 @@ impl Conn {
             rbuf: None,
             wbuf: Vec::new(),
             wpos: 0,
-            body: None,
             body_len: 0,
             access: None,
             parked: None,
@@ -145,12 +159,10 @@ impl Conn {
             keep_alive: true,
             readable: false,
             client_fin: false,
-            corked: false,
             admin,
             request_started: None,
             served: 0,
             idle_since: ctx.now,
-            lingered: 0,
             timer: Deadline::default(),
         };
         conn.arm(ctx, ctx.timeouts.header);
@@ -210,7 +222,7 @@ impl Conn {
     /// Why the connection closes when its deadline passes.
     pub fn timeout_reason(&self, draining: bool) -> CloseReason {
         match self.phase {
-            Phase::Linger => CloseReason::Done,
+            Phase::Linger { .. } => CloseReason::Done,
             // The keep-alive grace of a graceful stop ran out.
             Phase::ReadHead if draining && self.is_idle() => CloseReason::Drained,
             _ => CloseReason::Timeout,
@@ -231,7 +243,7 @@ impl Conn {
     pub fn release(&mut self, ctx: &mut Ctx) {
         ctx.wheel.disarm(&mut self.timer);
         self.log_access(ctx);
-        let exchange = match std::mem::replace(&mut self.phase, Phase::Linger) {
+        let exchange = match std::mem::replace(&mut self.phase, Phase::ReadHead) {
             Phase::Proxy(exchange) => Some(exchange),
             _ => None,
         };
@@ -260,15 +272,9 @@ impl Conn {
             // ReadHead, the placeholder; the others put theirs back).
             let step = match std::mem::replace(&mut self.phase, Phase::ReadHead) {
                 Phase::ReadHead => self.read_head(ctx),
-                Phase::Send => {
-                    self.phase = Phase::Send;
-                    self.send(ctx, &mut budget)
-                }
+                Phase::Send(sending) => self.send(sending, ctx, &mut budget),
                 Phase::Proxy(exchange) => self.drive_proxy(exchange, ctx, &mut budget),
-                Phase::Linger => {
-                    self.phase = Phase::Linger;
-                    self.linger()
-                }
+                Phase::Linger { drained } => self.linger(drained),
             };
             if let Some(outcome) = step {
                 return outcome;
@@ -386,13 +392,12 @@ impl Conn {
         count_response(ctx, started.reply.status);
         self.keep_alive = started.keep_alive;
         self.discard = started.discard;
-        self.body = started.reply.body;
         self.body_len = started.reply.body_len;
-        if self.body.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM) {
-            self.corked = self.transport.cork(true);
-        }
+        let file = started.reply.body;
+        let corked =
+            file.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM) && self.transport.cork(true);
         self.wpos = 0;
-        self.phase = Phase::Send;
+        self.phase = Phase::Send(Sending { file, corked });
         self.arm(ctx, ctx.timeouts.send);
     }
 
@@ -415,25 +420,27 @@ impl Conn {
         self.begin_send(ctx, Started { reply, keep_alive: false, discard: 0 });
     }
 
-    fn send(&mut self, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
+    fn send(&mut self, mut sending: Sending, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
         while self.wpos < self.wbuf.len() {
-            match self.transport.send(&self.wbuf[self.wpos..], self.body.is_some()) {
+            match self.transport.send(&self.wbuf[self.wpos..], sending.file.is_some()) {
                 Ok(n) => {
                     self.wpos += n;
                     ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
-                Err(e) => return self.blocked_sending(ctx, e),
+                Err(e) => return self.blocked_sending(sending, ctx, e),
             }
         }
-        if let Some(body) = self.body.as_mut() {
+        if let Some(body) = sending.file.as_mut() {
             while body.offset < body.end {
                 if *budget == 0 {
+                    self.phase = Phase::Send(sending);
                     return Some(Outcome::Yield);
                 }
                 let chunk = (body.end - body.offset).min(*budget as u64) as usize;
                 match self.transport.send_file(body.file.as_raw_fd(), &mut body.offset, chunk) {
                     Ok(0) => {
                         log::warn!("a file shrank while it was being sent; closing the connection");
+                        self.phase = Phase::Send(sending);
                         return Some(Outcome::Close(CloseReason::Error));
                     }
                     Ok(n) => {
@@ -441,35 +448,36 @@ impl Conn {
                         ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
                         ctx.stats.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
                     }
-                    Err(e) => return self.blocked_sending(ctx, e),
+                    Err(e) => return self.blocked_sending(sending, ctx, e),
                 }
             }
         }
-        self.finish_response(ctx);
+        self.finish_response(ctx, sending);
         None
     }
 
-    fn blocked_sending(&mut self, ctx: &mut Ctx, e: io::Error) -> Option<Outcome> {
+    /// The response stays in flight (the phase keeps what is left of it).
+    fn blocked_sending(&mut self, sending: Sending, ctx: &mut Ctx, e: io::Error) -> Option<Outcome> {
         if e.kind() == io::ErrorKind::WouldBlock {
             // Progress was made or the response just started: the client has
             // another full send timeout to read.
             self.arm(ctx, ctx.timeouts.send);
         }
+        self.phase = Phase::Send(sending);
         client_io(e)
     }
 
-    fn finish_response(&mut self, ctx: &mut Ctx) {
+    /// The response is out: log it, then wait for the next request or close.
+    fn finish_response(&mut self, ctx: &mut Ctx, sending: Sending) {
         self.log_access(ctx);
-        if self.corked {
+        if sending.corked {
             // Uncorking pushes out the last partial segment at once.
             self.transport.cork(false);
-            self.corked = false;
         }
         let done = Instant::now();
         if let Some(started) = self.request_started.take() {
             record_latency(ctx, done.saturating_duration_since(started));
         }
-        self.body = None;
         self.wbuf.clear();
         self.wpos = 0;
         self.served += 1;
@@ -485,7 +493,7 @@ impl Conn {
             self.arm(ctx, timeout);
         } else {
             self.transport.shutdown_write();
-            self.phase = Phase::Linger;
+            self.phase = Phase::Linger { drained: 0 };
             self.arm(ctx, LINGER);
         }
     }
@@ -495,23 +503,29 @@ impl Conn {
     fn log_access(&mut self, ctx: &mut Ctx) {
         let (Some(entry), Some(log)) = (self.access.take(), ctx.access_log.as_mut()) else { return };
         let unsent_buffer = self.wbuf.len().saturating_sub(self.wpos) as u64;
-        let unsent_file = self.body.as_ref().map_or(0, |b| b.end - b.offset);
+        let unsent_file = match &self.phase {
+            Phase::Send(Sending { file: Some(file), .. }) => file.end - file.offset,
+            _ => 0,
+        };
         let sent = self.body_len.saturating_sub(unsent_buffer + unsent_file);
         entry.write(log, ctx.unix_secs, self.peer, sent);
     }
 
-    fn linger(&mut self) -> Option<Outcome> {
+    fn linger(&mut self, mut drained: u64) -> Option<Outcome> {
         let mut scratch = [0u8; 4096];
         loop {
             match self.transport.recv(&mut scratch) {
                 Ok(0) => return Some(Outcome::Close(CloseReason::Done)),
                 Ok(n) => {
-                    self.lingered += n as u64;
-                    if self.lingered > LINGER_BYTES {
+                    drained += n as u64;
+                    if drained > LINGER_BYTES {
                         return Some(Outcome::Close(CloseReason::Done));
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Outcome::Wait),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.phase = Phase::Linger { drained };
+                    return Some(Outcome::Wait);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Some(Outcome::Close(CloseReason::Done)),
             }

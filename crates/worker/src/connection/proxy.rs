@@ -28,7 +28,7 @@
 //! its last response ended exactly where its framing said, and only after a
 //! look shows nothing waiting on it.
 
-use super::{client_io, CloseReason, Conn, Outcome, Phase};
+use super::{client_io, CloseReason, Conn, Outcome, Phase, Sending};
 use crate::buffer_pool::ReadBuf;
 use crate::context::Ctx;
 use crate::relay::{Pump, Relay, RelayError};
@@ -883,8 +883,7 @@ impl Conn {
             close_upstream(ctx, &ex, fd);
         }
         retire(ctx, ex);
-        self.phase = Phase::Send;
-        self.finish_response(ctx);
+        self.finish_response(ctx, Sending::buffered());
     }
 
     /// The server failed us. Before anything reached the client, try another
@@ -957,7 +956,7 @@ impl Conn {
         self.count_proxied_response(ctx, status.0);
         self.body_len = reply.body_len;
         self.wpos = 0;
-        self.phase = Phase::Send;
+        self.phase = Phase::Send(Sending::buffered());
         let timeout = ctx.timeouts.send;
         self.arm(ctx, timeout);
         None
