@@ -56,6 +56,11 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest)
     }
 
+    /// Gives an existing registration a new token (and interest).
+    pub fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
+    }
+
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, Interest(0))
     }

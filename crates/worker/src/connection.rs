@@ -121,8 +121,6 @@ pub struct Conn {
     body_len: u64,
     /// The access-log line of the response in flight, when logging.
     access: Option<Box<PendingEntry>>,
-    /// The upstream connection kept from the last exchange, for the next one.
-    parked: Option<proxy::Parked>,
     /// Body bytes of the last request still to read and throw away.
     discard: u64,
     keep_alive: bool,
@@ -154,7 +152,6 @@ impl Conn {
             wpos: 0,
             body_len: 0,
             access: None,
-            parked: None,
             discard: 0,
             keep_alive: true,
             readable: false,
@@ -198,7 +195,7 @@ impl Conn {
             }
             return;
         }
-        self.check_parked(ctx);
+        ctx.upstreams.check_idle(self.id, ctx.upstream_stats);
     }
 
     /// The connection's deadline passed: usually it closes, but an upstream
@@ -238,7 +235,7 @@ impl Conn {
     }
 
     /// Before the connection is dropped: logs a response cut short, ends any
-    /// upstream exchange (a parked upstream connection goes to the pool), and
+    /// upstream exchange (its idle upstream connections stay in the pool), and
     /// gives the buffers back.
     pub fn release(&mut self, ctx: &mut Ctx) {
         ctx.wheel.disarm(&mut self.timer);
@@ -252,7 +249,7 @@ impl Conn {
     }
 
     /// Between requests: buffers go back to the pool so an idle connection
-    /// holds none. A parked upstream connection stays.
+    /// holds none.
     fn release_buffers(&mut self, ctx: &mut Ctx) {
         if let Some(buf) = self.rbuf.take() {
             ctx.pool.put_read(buf);

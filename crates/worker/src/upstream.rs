@@ -2,8 +2,14 @@
 //! to (smooth weighted round robin, or weighted least connections), which servers
 //! are out after repeated failures (a circuit breaker: out for fail_timeout, then
 //! one probe request decides), and the keep-alive pool of idle connections per
-//! server. Nothing here is shared between workers.
+//! server: the one place idle upstream connections live. Each idle connection
+//! stays registered with epoll under the token of the client connection that
+//! used it last, which gets it back first (no epoll change); any other takes
+//! it with one re-registration. Every reuse checks its age and that nothing
+//! waits on it, and one sweep closes those idle past keepalive_timeout.
+//! Nothing here is shared between workers.
 
+use crate::token::ConnId;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -24,7 +30,16 @@ pub struct Server {
     down_until: Option<Instant>,
     /// A probe request is under way after the server was out.
     probing: bool,
-    idle: Vec<(OwnedFd, Instant)>,
+    idle: Vec<Idle>,
+}
+
+/// An idle keep-alive connection in the pool.
+struct Idle {
+    fd: OwnedFd,
+    since: Instant,
+    /// The client connection that used it last; it is registered with epoll
+    /// under that connection's token.
+    owner: ConnId,
 }
 
 pub struct Group {
@@ -55,6 +70,20 @@ pub struct Connection {
     /// Taken from the keep-alive pool (so a failure before any response byte
     /// may be retried on a fresh connection).
     pub reused: bool,
+    /// How it stands with epoll for the client connection that asked.
+    pub registered: Registered,
+}
+
+/// Whether a connection is registered with epoll for the client connection
+/// that took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// A new connection: not registered at all.
+    No,
+    /// Registered under another client connection's token.
+    ForAnother,
+    /// Already registered for this client connection.
+    Yes,
 }
 
 impl Upstreams {
@@ -132,11 +161,14 @@ impl Upstreams {
         s.active = if begins { s.active + 1 } else { s.active.saturating_sub(1) };
     }
 
-    /// A pooled connection that is still alive, or a new non-blocking connect.
+    /// For client connection `owner`: a pooled connection that is young
+    /// enough and has nothing waiting on it (the one `owner` used last
+    /// first, then the most recently idle), or a new non-blocking connect.
     pub fn connect(
         &mut self,
         group: usize,
         server: usize,
+        owner: ConnId,
         now: Instant,
         stats: &[UpstreamStats],
     ) -> std::io::Result<Connection> {
@@ -144,14 +176,18 @@ impl Upstreams {
         let keepalive_timeout = g.config.keepalive_timeout;
         let stat = stats.get(g.stats_base + server);
         let s = &mut g.servers[server];
-        while let Some((fd, since)) = s.idle.pop() {
-            if now.saturating_duration_since(since) < keepalive_timeout
-                && sys::peek(fd.as_raw_fd()) == Peek::Nothing
+        while let Some(i) = s.idle.iter().rposition(|c| c.owner == owner).or(s.idle.len().checked_sub(1)) {
+            let c = s.idle.swap_remove(i);
+            // Anything waiting (bytes nobody asked for, the server's close)
+            // would be read as the next response: look first.
+            if now.saturating_duration_since(c.since) < keepalive_timeout
+                && sys::peek(c.fd.as_raw_fd()) == Peek::Nothing
             {
                 if let Some(st) = stat {
                     st.pool_hits.fetch_add(1, Relaxed);
                 }
-                return Ok(Connection { fd, reused: true });
+                let registered = if c.owner == owner { Registered::Yes } else { Registered::ForAnother };
+                return Ok(Connection { fd: c.fd, reused: true, registered });
             }
             closed(s, stat, 1);
         }
@@ -167,7 +203,24 @@ impl Upstreams {
         if let Some(st) = stat {
             st.open.fetch_add(1, Relaxed);
         }
-        Ok(Connection { fd, reused: false })
+        Ok(Connection { fd, reused: false, registered: Registered::No })
+    }
+
+    /// An event came for client connection `owner` while it has no exchange:
+    /// one of the idle connections it used last was closed by its server (or
+    /// sent what nobody asked for). Close those at once rather than when a
+    /// request finds them.
+    pub fn check_idle(&mut self, owner: ConnId, stats: &[UpstreamStats]) {
+        for g in &mut self.groups {
+            for (i, s) in g.servers.iter_mut().enumerate() {
+                let before = s.idle.len();
+                s.idle.retain(|c| c.owner != owner || sys::peek(c.fd.as_raw_fd()) == Peek::Nothing);
+                let dropped = before - s.idle.len();
+                if dropped > 0 {
+                    closed(s, stats.get(g.stats_base + i), dropped);
+                }
+            }
+        }
     }
 
     /// Closes the idle connections that have been idle for the group's
@@ -177,7 +230,7 @@ impl Upstreams {
             let timeout = g.config.keepalive_timeout;
             for (i, s) in g.servers.iter_mut().enumerate() {
                 let before = s.idle.len();
-                s.idle.retain(|(_, since)| now.saturating_duration_since(*since) < timeout);
+                s.idle.retain(|c| now.saturating_duration_since(c.since) < timeout);
                 let expired = before - s.idle.len();
                 if expired > 0 {
                     closed(s, stats.get(g.stats_base + i), expired);
@@ -186,22 +239,23 @@ impl Upstreams {
         }
     }
 
-    /// Returns a connection whose exchange completed cleanly to the pool.
-    /// Returns a connection that is idle since `since` to the pool (or
-    /// closes it when the pool is full).
+    /// Keeps a connection whose exchange for client connection `owner`
+    /// completed cleanly (it stays registered under `owner`'s token), or
+    /// closes it when the pool is full.
     pub fn release(
         &mut self,
         group: usize,
         server: usize,
         fd: OwnedFd,
-        since: Instant,
+        owner: ConnId,
+        now: Instant,
         stats: &[UpstreamStats],
     ) {
         let g = &mut self.groups[group];
         let keep = g.config.keepalive;
         let s = &mut g.servers[server];
         if s.idle.len() < keep {
-            s.idle.push((fd, since));
+            s.idle.push(Idle { fd, since: now, owner });
         } else {
             closed(s, stats.get(g.stats_base + server), 1);
         }

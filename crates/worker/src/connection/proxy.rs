@@ -35,7 +35,7 @@ use crate::relay::{Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
 use crate::token::Token;
 use crate::transport::Transport;
-use crate::upstream::Health;
+use crate::upstream::{Health, Registered};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -392,9 +392,9 @@ impl Conn {
         waiting && nothing_buffered && self.transport.peek() == Peek::End
     }
 
-    /// Picks a server (not yet tried) and takes the connection this client
-    /// connection kept, one from the pool, or a new one; with no server left,
-    /// 502.
+    /// Picks a server (not yet tried) and takes a connection to it from the
+    /// pool (the one this client connection used last first) or a new one;
+    /// with no server left, 502.
     fn pick_server(&mut self, ex: &mut Exchange, ctx: &mut Ctx) -> Next {
         end_active(ctx, ex);
         let Some(server) = ctx.upstreams.pick(ex.group, ex.tried, ctx.now) else {
@@ -406,33 +406,15 @@ impl Conn {
             ex.tried |= 1 << server;
         }
         let stats = server_stats(ctx, ex.group, server);
-        if let Some(p) = self.parked.take() {
-            // Anything waiting on the kept connection (bytes nobody asked
-            // for, the server's close) would be read as this request's
-            // response: look first. An event for it may be queued behind
-            // this request's in the same turn, so check_parked is not enough.
-            let same = p.group == ex.group && p.server == server;
-            if same && sys::peek(p.fd.as_raw_fd()) != Peek::Nothing {
-                close_parked(ctx, p);
-            } else if same {
-                if let Some(st) = stats {
-                    st.requests.fetch_add(1, Relaxed);
-                    st.pool_hits.fetch_add(1, Relaxed);
-                }
-                ex.reused = true;
-                ex.upstream_fin = false;
-                let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
-                self.arm(ctx, timeout);
-                return Next::Go(Stage::SendHead(p.fd));
-            } else {
-                self.parked = Some(p);
-                self.unpark(ctx);
-            }
-        }
-        match ctx.upstreams.connect(ex.group, server, ctx.now, ctx.upstream_stats) {
+        match ctx.upstreams.connect(ex.group, server, self.id, ctx.now, ctx.upstream_stats) {
             Ok(c) => {
                 let token = Token::Upstream(self.id).encode();
-                if ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION).is_err() {
+                let registered = match c.registered {
+                    Registered::Yes => Ok(()),
+                    Registered::ForAnother => ctx.epoll.modify(c.fd.as_raw_fd(), token, Interest::CONNECTION),
+                    Registered::No => ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION),
+                };
+                if registered.is_err() {
                     ctx.upstreams.forget(ex.group, server, ctx.upstream_stats);
                     return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
                 }
@@ -441,7 +423,8 @@ impl Conn {
                 if let Some(st) = stats {
                     st.requests.fetch_add(1, Relaxed);
                 }
-                let timeout = ctx.upstreams.groups[ex.group].config.connect_timeout;
+                let config = &ctx.upstreams.groups[ex.group].config;
+                let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
                 self.arm(ctx, timeout);
                 Next::Go(Stage::Connecting(c.fd))
             }
@@ -865,20 +848,16 @@ impl Conn {
         None
     }
 
-    /// The response is complete: the upstream connection is kept with this
-    /// client connection or pooled when it can carry another request, and the
-    /// client connection goes on.
+    /// The response is complete: the upstream connection goes to the pool
+    /// when it can carry another request (still registered under this client
+    /// connection's token, which gets it back first), and the client
+    /// connection goes on.
     fn complete(&mut self, mut ex: Box<Exchange>, fd: OwnedFd, ctx: &mut Ctx) {
         if ex.upstream_fin {
             ex.upstream_keep_alive = false;
         }
-        if ex.upstream_keep_alive && self.keep_alive && !ctx.draining {
-            // Keep it with this client connection, still registered, for
-            // its next request: no trip through the pool, no epoll change.
-            self.parked = Some(Parked { group: ex.group, server: ex.server, fd, since: ctx.now });
-        } else if ex.upstream_keep_alive {
-            let _ = ctx.epoll.delete(fd.as_raw_fd());
-            ctx.upstreams.release(ex.group, ex.server, fd, ctx.now, ctx.upstream_stats);
+        if ex.upstream_keep_alive {
+            ctx.upstreams.release(ex.group, ex.server, fd, self.id, ctx.now, ctx.upstream_stats);
         } else {
             close_upstream(ctx, &ex, fd);
         }
@@ -1055,10 +1034,9 @@ impl Conn {
         Next::Pause(Stage::Tunnel(fd, t), outcome)
     }
 
-    /// The proxy's part of closing: a kept upstream connection goes to the
-    /// pool, and an exchange under way is abandoned (its socket closed).
+    /// The proxy's part of closing: an exchange under way is abandoned (its
+    /// socket closed). Idle connections this one used stay in the pool.
     pub(super) fn release_exchange(&mut self, ctx: &mut Ctx, exchange: Option<Box<Exchange>>) {
-        self.unpark(ctx);
         if let Some(ex) = exchange {
             retire(ctx, ex);
         }
@@ -1155,42 +1133,6 @@ pub(super) fn new_exchange(
     exchange.upgrade_requested = req.upgrade.is_some();
     exchange.client_http10 = req.minor_version == 0;
     recycled(ctx, exchange)
-}
-
-/// An upstream connection a client connection keeps between its requests.
-pub struct Parked {
-    group: usize,
-    server: usize,
-    fd: OwnedFd,
-    /// Idle since then (the pool's keepalive_timeout counts from here).
-    since: std::time::Instant,
-}
-
-/// Closes a parked connection that cannot be used again.
-fn close_parked(ctx: &mut Ctx, p: Parked) {
-    let _ = ctx.epoll.delete(p.fd.as_raw_fd());
-    ctx.upstreams.forget(p.group, p.server, ctx.upstream_stats);
-}
-
-impl Conn {
-    /// Gives a parked upstream connection to the worker's pool.
-    pub(super) fn unpark(&mut self, ctx: &mut Ctx) {
-        let Some(p) = self.parked.take() else { return };
-        let _ = ctx.epoll.delete(p.fd.as_raw_fd());
-        ctx.upstreams.release(p.group, p.server, p.fd, p.since, ctx.upstream_stats);
-    }
-
-    /// An event on the upstream side while no exchange runs: the server
-    /// closed the parked connection (or sent what nobody asked for). Close it
-    /// now, not when the client's next request finds it.
-    pub(super) fn check_parked(&mut self, ctx: &mut Ctx) {
-        let Some(p) = self.parked.take() else { return };
-        if sys::peek(p.fd.as_raw_fd()) == Peek::Nothing {
-            self.parked = Some(p);
-        } else {
-            close_parked(ctx, p);
-        }
-    }
 }
 
 /// Which end of a relay is the client.
