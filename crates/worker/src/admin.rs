@@ -11,20 +11,20 @@ use tine_http::response::{HeadWriter, Status};
 use tine_stats::RegionView;
 
 pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
-    ctx.stats.requests.fetch_add(1, Relaxed);
+    ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
-    let framing = framing(req, ctx.date.bytes(), keep_alive);
+    let framing = framing(req, ctx.clock.date.bytes(), keep_alive);
     let path = req.origin_target.split(|&b| b == b'?').next().unwrap_or_default();
     let reply = match (req.method, path) {
         (Method::Other, _) => {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
         }
         (_, b"/metrics") => {
-            let text = tine_stats::prometheus::render(&ctx.region.snapshot(), None);
+            let text = tine_stats::prometheus::render(&ctx.stats.region.snapshot(), None);
             document(out, &framing, b"text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
         }
         (_, b"/stats.json") => {
-            let json = tine_stats::render::json(&ctx.region.snapshot(), None);
+            let json = tine_stats::render::json(&ctx.stats.region.snapshot(), None);
             document(out, &framing, b"application/json", json.to_string().into_bytes())
         }
         _ => error_page(Status::NOT_FOUND, &framing, None, out),

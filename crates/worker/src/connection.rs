@@ -159,10 +159,10 @@ impl Conn {
             admin,
             request_started: None,
             served: 0,
-            idle_since: ctx.now,
+            idle_since: ctx.clock.now,
             timer: Deadline::default(),
         };
-        conn.arm(ctx, ctx.timeouts.header);
+        conn.arm(ctx, ctx.timers.timeouts.header);
         conn
     }
 
@@ -195,7 +195,7 @@ impl Conn {
             }
             return;
         }
-        ctx.upstreams.check_idle(self.id, ctx.upstream_stats);
+        ctx.proxy.upstreams.check_idle(self.id, ctx.stats.upstreams);
     }
 
     /// The connection's deadline passed: usually it closes, but an upstream
@@ -230,7 +230,7 @@ impl Conn {
     /// (it will be answered with `Connection: close`) within the grace period.
     pub fn start_grace(&mut self, ctx: &mut Ctx) {
         if self.is_idle() {
-            self.arm(ctx, ctx.timeouts.keepalive_grace);
+            self.arm(ctx, ctx.timers.timeouts.keepalive_grace);
         }
     }
 
@@ -238,7 +238,7 @@ impl Conn {
     /// upstream exchange (its idle upstream connections stay in the pool), and
     /// gives the buffers back.
     pub fn release(&mut self, ctx: &mut Ctx) {
-        ctx.wheel.disarm(&mut self.timer);
+        ctx.timers.wheel.disarm(&mut self.timer);
         self.log_access(ctx);
         let exchange = match std::mem::replace(&mut self.phase, Phase::ReadHead) {
             Phase::Proxy(exchange) => Some(exchange),
@@ -280,8 +280,8 @@ impl Conn {
     }
 
     fn arm(&mut self, ctx: &mut Ctx, timeout: Duration) {
-        let tick = ctx.wheel.deadline(ctx.now, timeout);
-        ctx.wheel.arm(&mut self.timer, self.id, tick);
+        let tick = ctx.timers.wheel.deadline(ctx.clock.now, timeout);
+        ctx.timers.wheel.arm(&mut self.timer, self.id, tick);
     }
 
     fn read_head(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
@@ -292,7 +292,7 @@ impl Conn {
         }
         let parsed = match self.rbuf.as_ref() {
             Some(buf) if self.discard == 0 && !buf.is_empty() => {
-                parse_request(buf.filled(), &ctx.http_limits)
+                parse_request(buf.filled(), &ctx.http.limits)
             }
             _ => Ok(None),
         };
@@ -303,7 +303,7 @@ impl Conn {
                 }
                 let routed = if self.admin { Routed::Admin } else { route(&req, ctx) };
                 if let Routed::Proxy { route, group } = routed {
-                    ctx.stats.requests.fetch_add(1, Relaxed);
+                    ctx.stats.slot.requests.fetch_add(1, Relaxed);
                     let exchange = proxy::new_exchange(&req, route, group, self.peer, ctx);
                     if ctx.access_log.is_some() {
                         self.access = Some(PendingEntry::capture(&req, 0));
@@ -363,16 +363,16 @@ impl Conn {
                 if n < room {
                     self.readable = false;
                 }
-                ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
+                ctx.stats.slot.bytes_received.fetch_add(n as u64, Relaxed);
                 if was_empty && self.request_started.is_none() {
                     // The turn began when epoll reported these bytes: the
                     // closest time to their arrival, and no clock read.
-                    self.request_started = Some(ctx.now);
+                    self.request_started = Some(ctx.clock.now);
                 }
                 if was_empty && self.served > 0 && self.discard == 0 {
                     // A new request began on a kept-alive connection: from now
                     // on the head must arrive within the header timeout.
-                    self.arm(ctx, ctx.timeouts.header);
+                    self.arm(ctx, ctx.timers.timeouts.header);
                 }
                 None
             }
@@ -386,7 +386,7 @@ impl Conn {
     }
 
     fn begin_send(&mut self, ctx: &mut Ctx, started: Started) {
-        count_response(ctx, started.reply.status);
+        ctx.stats.count_response(started.reply.status);
         self.keep_alive = started.keep_alive;
         self.discard = started.discard;
         self.body_len = started.reply.body_len;
@@ -395,18 +395,18 @@ impl Conn {
             file.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM) && self.transport.cork(true);
         self.wpos = 0;
         self.phase = Phase::Send(Sending { file, corked });
-        self.arm(ctx, ctx.timeouts.send);
+        self.arm(ctx, ctx.timers.timeouts.send);
     }
 
     /// Answers a head that cannot be parsed, then closes: after a malformed head
     /// there is no telling where the next request would start.
     fn reject(&mut self, ctx: &mut Ctx, e: HttpError) {
-        ctx.stats.parse_errors.fetch_add(1, Relaxed);
+        ctx.stats.slot.parse_errors.fetch_add(1, Relaxed);
         if self.wbuf.capacity() == 0 {
             self.wbuf = ctx.pool.write_buf();
         }
         let framing =
-            Framing { date: ctx.date.bytes(), persistence: Persistence::Close, head_request: false };
+            Framing { date: ctx.clock.date.bytes(), persistence: Persistence::Close, head_request: false };
         let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
         if let Some(buf) = self.rbuf.as_mut() {
             if ctx.access_log.is_some() {
@@ -422,7 +422,7 @@ impl Conn {
             match self.transport.send(&self.wbuf[self.wpos..], sending.file.is_some()) {
                 Ok(n) => {
                     self.wpos += n;
-                    ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                    ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
                 Err(e) => return self.blocked_sending(sending, ctx, e),
             }
@@ -442,8 +442,8 @@ impl Conn {
                     }
                     Ok(n) => {
                         *budget -= n;
-                        ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
-                        ctx.stats.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
+                        ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
+                        ctx.stats.slot.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
                     }
                     Err(e) => return self.blocked_sending(sending, ctx, e),
                 }
@@ -458,7 +458,7 @@ impl Conn {
         if e.kind() == io::ErrorKind::WouldBlock {
             // Progress was made or the response just started: the client has
             // another full send timeout to read.
-            self.arm(ctx, ctx.timeouts.send);
+            self.arm(ctx, ctx.timers.timeouts.send);
         }
         self.phase = Phase::Send(sending);
         client_io(e)
@@ -473,7 +473,7 @@ impl Conn {
         }
         let done = Instant::now();
         if let Some(started) = self.request_started.take() {
-            record_latency(ctx, done.saturating_duration_since(started));
+            ctx.stats.record_latency(done.saturating_duration_since(started));
         }
         self.wbuf.clear();
         self.wpos = 0;
@@ -486,7 +486,7 @@ impl Conn {
             self.phase = Phase::ReadHead;
             self.idle_since = done;
             let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
-            let timeout = if pending { ctx.timeouts.header } else { ctx.timeouts.idle };
+            let timeout = if pending { ctx.timers.timeouts.header } else { ctx.timers.timeouts.idle };
             self.arm(ctx, timeout);
         } else {
             self.transport.shutdown_write();
@@ -505,7 +505,7 @@ impl Conn {
             _ => 0,
         };
         let sent = self.body_len.saturating_sub(unsent_buffer + unsent_file);
-        entry.write(log, ctx.unix_secs, self.peer, sent);
+        entry.write(log, ctx.clock.unix_secs, self.peer, sent);
     }
 
     fn linger(&mut self, mut drained: u64) -> Option<Outcome> {
@@ -553,19 +553,13 @@ pub struct Started {
     pub discard: u64,
 }
 
-fn record_latency(ctx: &Ctx, took: Duration) {
-    let us = took.as_micros().min(u64::MAX as u128) as u64;
-    ctx.stats.latency_us[tine_stats::layout::latency_bucket(us)].fetch_add(1, Relaxed);
-    ctx.stats.latency_us_sum.fetch_add(us, Relaxed);
-}
-
 /// How a request's body and connection are handled whatever answers it: a body
 /// small enough is read and thrown away, anything else closes after the answer.
 pub fn plan_framing(req: &Request<'_>, ctx: &Ctx) -> (bool, u64) {
     let mut keep_alive = req.keep_alive && !ctx.draining;
     let discard = match req.body {
         Body::None => 0,
-        Body::Length(n) if n <= ctx.discard_body_bytes => n,
+        Body::Length(n) if n <= ctx.http.discard_body_bytes => n,
         // Too large to throw away, or chunked: answer, then close.
         Body::Length(_) | Body::Chunked => {
             keep_alive = false;
@@ -608,18 +602,18 @@ enum Routed {
     BadTarget(HttpError),
 }
 
-/// Routes a request on its normalised path (left in `ctx.path` for the
+/// Routes a request on its normalised path (left in `ctx.http.path` for the
 /// handler), so `/api//x`, `/api/./x` and `/%61pi/x` all go where `/api/x` goes.
 fn route(req: &Request<'_>, ctx: &mut Ctx) -> Routed {
-    if let Err(e) = tine_http::target::normalise(req.origin_target, &mut ctx.path) {
+    if let Err(e) = tine_http::target::normalise(req.origin_target, &mut ctx.http.path) {
         return Routed::BadTarget(e);
     }
-    let Some(route) = tine_config::proxy::route_for(&ctx.routes, req.host, &ctx.path.route) else {
+    let Some(route) = tine_config::proxy::route_for(&ctx.http.routes, req.host, &ctx.http.path.route) else {
         return Routed::NoRoute;
     };
-    match ctx.routes[route].handler {
+    match ctx.http.routes[route].handler {
         tine_config::Handler::Proxy { upstream, .. } => Routed::Proxy { route, group: upstream },
-        tine_config::Handler::Static(_) => match ctx.route_sites[route] {
+        tine_config::Handler::Static(_) => match ctx.http.route_sites[route] {
             Some(site) => Routed::Static { site },
             None => Routed::NoRoute,
         },
@@ -628,11 +622,11 @@ fn route(req: &Request<'_>, ctx: &mut Ctx) -> Routed {
 
 /// Answers a request that is not proxied: writes the head into `out`.
 fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
-    ctx.stats.requests.fetch_add(1, Relaxed);
+    ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
-    let framing = framing(req, ctx.date.bytes(), keep_alive);
+    let framing = framing(req, ctx.clock.date.bytes(), keep_alive);
     let bad_target = |ctx: &Ctx, e: HttpError, out: &mut Vec<u8>| {
-        ctx.stats.parse_errors.fetch_add(1, Relaxed);
+        ctx.stats.slot.parse_errors.fetch_add(1, Relaxed);
         error_page(e.status(), &framing, None, out)
     };
     let reply = match (req.method, routed) {
@@ -640,11 +634,19 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
         (Method::Other, _) => {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
         }
-        (_, Routed::Static { site }) => match ctx.path.decode_file_path() {
+        (_, Routed::Static { site }) => match ctx.http.path.decode_file_path() {
             Err(e) => bad_target(ctx, e, out),
             Ok(()) => {
-                let site = &mut ctx.sites[site];
-                static_files::respond(&mut site.files, &site.root, req, &ctx.path, &framing, ctx.now, out)
+                let site = &mut ctx.http.sites[site];
+                static_files::respond(
+                    &mut site.files,
+                    &site.root,
+                    req,
+                    &ctx.http.path,
+                    &framing,
+                    ctx.clock.now,
+                    out,
+                )
             }
         },
         (_, Routed::NoRoute | Routed::Admin | Routed::Proxy { .. }) => {
@@ -652,16 +654,4 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
         }
     };
     Started { reply, keep_alive, discard }
-}
-
-fn count_response(ctx: &Ctx, status: Status) {
-    let s = &ctx.stats;
-    let counter = match status.class() {
-        1 => &s.responses_1xx,
-        2 => &s.responses_2xx,
-        3 => &s.responses_3xx,
-        4 => &s.responses_4xx,
-        _ => &s.responses_5xx,
-    };
-    counter.fetch_add(1, Relaxed);
 }

@@ -9,6 +9,7 @@ use crate::relay::PipePool;
 use crate::static_files::StaticRoot;
 use crate::timer_wheel::TimerWheel;
 use crate::upstream::Upstreams;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tine_config::{Route, Stream, Timeouts};
 use tine_http::date::DateCache;
@@ -24,34 +25,87 @@ pub struct Site {
     pub files: FileCache,
 }
 
+/// What every connection of a worker shares, in parts by concern, so that a
+/// function can take the part it uses.
 pub struct Ctx<'a> {
+    pub clock: Clock,
+    pub timers: Timers,
+    pub http: Http,
+    pub proxy: Proxy,
+    pub epoll: Epoll,
+    /// Read and write buffers lent to connections.
+    pub pool: BufferPool,
+    pub stats: Counters<'a>,
+    pub access_log: Option<AccessLog>,
+    /// A graceful stop is under way: finish what is in flight, take nothing new.
+    pub draining: bool,
+}
+
+/// The time of the current turn of the loop (read once per turn).
+pub struct Clock {
+    /// Monotonic.
+    pub now: Instant,
+    pub unix_secs: u64,
+    /// The Date header, formatted once a second.
+    pub date: DateCache,
+}
+
+/// Deadlines: the configured timeouts and the wheel that files them.
+pub struct Timers {
     pub timeouts: Timeouts,
-    pub http_limits: tine_http::Limits,
+    pub wheel: TimerWheel,
+}
+
+/// Serving requests: limits, routes, static sites with their file caches.
+pub struct Http {
+    pub limits: tine_http::Limits,
     pub discard_body_bytes: u64,
     pub routes: Vec<Route>,
     /// For each route, the index of its site in `sites` (static routes only).
     pub route_sites: Vec<Option<usize>>,
     pub sites: Vec<Site>,
-    pub streams: Vec<Stream>,
-    pub upstreams: Upstreams,
-    pub pipes: PipePool,
-    pub epoll: Epoll,
-    pub date: DateCache,
-    pub stats: &'a Slot,
-    /// This worker's entries of the region's upstream table.
-    pub upstream_stats: &'a [UpstreamStats],
-    /// The whole region, for the admin listener's documents.
-    pub region: &'a Region,
-    pub pool: BufferPool,
-    /// Upstream exchanges that ended, reused by the next proxied requests.
-    pub exchanges: FreeList<Box<Exchange>>,
-    pub wheel: TimerWheel,
     /// Scratch space for the normalised path of the request being answered.
     pub path: TargetPath,
-    /// The time of the current turn of the loop, monotonic and as Unix seconds.
-    pub now: Instant,
-    pub unix_secs: u64,
-    pub access_log: Option<AccessLog>,
-    /// A graceful stop is under way: finish what is in flight, take nothing new.
-    pub draining: bool,
+}
+
+/// The reverse proxy and the TCP relay: upstream groups with their pools,
+/// streams, pipes for splice, and exchanges kept for reuse.
+pub struct Proxy {
+    pub upstreams: Upstreams,
+    pub streams: Vec<Stream>,
+    pub pipes: PipePool,
+    /// Upstream exchanges that ended, reused by the next proxied requests.
+    pub exchanges: FreeList<Box<Exchange>>,
+}
+
+/// This worker's counters in the stats region.
+pub struct Counters<'a> {
+    /// The worker's slot.
+    pub slot: &'a Slot,
+    /// This worker's entries of the region's upstream table.
+    pub upstreams: &'a [UpstreamStats],
+    /// The whole region, for the admin listener's documents.
+    pub region: &'a Region,
+}
+
+impl Counters<'_> {
+    /// A response starts: counted by its status class.
+    pub fn count_response(&self, status: tine_http::Status) {
+        let s = self.slot;
+        let counter = match status.class() {
+            1 => &s.responses_1xx,
+            2 => &s.responses_2xx,
+            3 => &s.responses_3xx,
+            4 => &s.responses_4xx,
+            _ => &s.responses_5xx,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// A request took `took`, from its first byte to its response's last.
+    pub fn record_latency(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.slot.latency_us[tine_stats::layout::latency_bucket(us)].fetch_add(1, Relaxed);
+        self.slot.latency_us_sum.fetch_add(us, Relaxed);
+    }
 }

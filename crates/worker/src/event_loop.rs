@@ -70,7 +70,7 @@ impl<'a> EventLoop<'a> {
         max_connections: usize,
     ) -> io::Result<Self> {
         ctx.epoll.add(signals.as_raw_fd(), Token::Signals.encode(), Interest::READABLE)?;
-        let ctx_now = ctx.now;
+        let ctx_now = ctx.clock.now;
         let mut el = EventLoop {
             generation,
             signals,
@@ -100,7 +100,7 @@ impl<'a> EventLoop<'a> {
         for id in self.conns.ids() {
             self.close(id, CloseReason::Drained);
         }
-        self.ctx.upstreams.close_all(self.ctx.upstream_stats);
+        self.ctx.proxy.upstreams.close_all(self.ctx.stats.upstreams);
         if let Some(log) = self.ctx.access_log.as_mut() {
             log.flush();
         }
@@ -111,8 +111,11 @@ impl<'a> EventLoop<'a> {
         loop {
             // The turn's own clock is late by the turn's work, a few
             // microseconds: a tick that much late is fine, a clock read is saved.
-            let timeout =
-                if self.ready.is_empty() { self.ctx.wheel.until_next_tick(self.ctx.now) } else { 0 };
+            let timeout = if self.ready.is_empty() {
+                self.ctx.timers.wheel.until_next_tick(self.ctx.clock.now)
+            } else {
+                0
+            };
             self.ctx.epoll.wait(&mut self.events, timeout)?;
             self.begin_turn();
             for i in 0..self.events.len() {
@@ -126,7 +129,7 @@ impl<'a> EventLoop<'a> {
             self.sweep_upstream_pools();
             self.maybe_resume_accepting()?;
             if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || self.ctx.now >= deadline {
+                if self.conns.is_empty() || self.ctx.clock.now >= deadline {
                     return Ok(Exit::Drained);
                 }
             }
@@ -134,26 +137,26 @@ impl<'a> EventLoop<'a> {
     }
 
     fn begin_turn(&mut self) {
-        self.ctx.now = Instant::now();
+        self.ctx.clock.now = Instant::now();
         let wall = SystemTime::now();
-        self.ctx.date.refresh(wall);
+        self.ctx.clock.date.refresh(wall);
         let since_epoch = wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.ctx.unix_secs = since_epoch.as_secs();
+        self.ctx.clock.unix_secs = since_epoch.as_secs();
         if self.owns_slot() {
-            self.ctx.stats.heartbeat_unix_ms.store(since_epoch.as_millis() as u64, Relaxed);
+            self.ctx.stats.slot.heartbeat_unix_ms.store(since_epoch.as_millis() as u64, Relaxed);
         }
         if let Some(log) = self.ctx.access_log.as_mut() {
-            log.tick(self.ctx.now);
+            log.tick(self.ctx.clock.now);
         }
     }
 
     fn owns_slot(&self) -> bool {
-        self.ctx.stats.generation.load(Relaxed) == self.generation
+        self.ctx.stats.slot.generation.load(Relaxed) == self.generation
     }
 
     fn set_slot_state(&self, state: SlotState) {
         if self.owns_slot() {
-            self.ctx.stats.state.store(state as u64, Relaxed);
+            self.ctx.stats.slot.state.store(state as u64, Relaxed);
         }
     }
 
@@ -209,7 +212,7 @@ impl<'a> EventLoop<'a> {
         log::info!("worker draining {} connection(s)", self.conns.len());
         self.ctx.draining = true;
         self.set_slot_state(SlotState::Draining);
-        self.drain_deadline = Some(self.ctx.now + self.ctx.timeouts.drain);
+        self.drain_deadline = Some(self.ctx.clock.now + self.ctx.timers.timeouts.drain);
         self.pause_accepting();
         for id in self.conns.ids() {
             if let Some(conn) = self.conns.get_mut(id) {
@@ -251,7 +254,7 @@ impl<'a> EventLoop<'a> {
                     Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
                         log::error!("accept: {e}; pausing accepts for a moment");
                         self.pause_accepting();
-                        self.accept_retry_at = Some(self.ctx.now + crate::timer_wheel::TICK * 5);
+                        self.accept_retry_at = Some(self.ctx.clock.now + crate::timer_wheel::TICK * 5);
                         return;
                     }
                     // The client gave up while queued, or a transient error.
@@ -302,8 +305,8 @@ impl<'a> EventLoop<'a> {
             }
             return;
         }
-        self.ctx.stats.accepted.fetch_add(1, Relaxed);
-        self.ctx.stats.active.fetch_add(1, Relaxed);
+        self.ctx.stats.slot.accepted.fetch_add(1, Relaxed);
+        self.ctx.stats.slot.active.fetch_add(1, Relaxed);
         if let ListenerRole::Stream(stream) = role {
             if let Some(conn) = self.conns.get_mut(id) {
                 let outcome = conn.begin_stream(stream, &mut self.ctx);
@@ -330,12 +333,12 @@ impl<'a> EventLoop<'a> {
     }
 
     fn expire_deadlines(&mut self) {
-        self.ctx.wheel.advance(self.ctx.now, &mut self.expired);
+        self.ctx.timers.wheel.advance(self.ctx.clock.now, &mut self.expired);
         // Index, not drain: the list keeps its allocation from turn to turn.
         for i in 0..self.expired.len() {
             let id = self.expired[i];
             let Some(conn) = self.conns.get_mut(id) else { continue };
-            if self.ctx.wheel.came_due(&mut conn.timer, id, self.ctx.now) {
+            if self.ctx.timers.wheel.came_due(&mut conn.timer, id, self.ctx.clock.now) {
                 let outcome = conn.on_deadline(&mut self.ctx);
                 self.settle(id, outcome);
             }
@@ -346,11 +349,11 @@ impl<'a> EventLoop<'a> {
     /// Once a second: idle upstream connections past their keepalive_timeout
     /// are closed, rather than waiting for a request to find them stale.
     fn sweep_upstream_pools(&mut self) {
-        if self.ctx.now < self.next_pool_sweep {
+        if self.ctx.clock.now < self.next_pool_sweep {
             return;
         }
-        self.next_pool_sweep = self.ctx.now + Duration::from_secs(1);
-        self.ctx.upstreams.close_expired(self.ctx.now, self.ctx.upstream_stats);
+        self.next_pool_sweep = self.ctx.clock.now + Duration::from_secs(1);
+        self.ctx.proxy.upstreams.close_expired(self.ctx.clock.now, self.ctx.stats.upstreams);
     }
 
     fn close(&mut self, id: ConnId, reason: CloseReason) {
@@ -358,7 +361,7 @@ impl<'a> EventLoop<'a> {
             return;
         };
         conn.release(&mut self.ctx);
-        let stats = self.ctx.stats;
+        let stats = self.ctx.stats.slot;
         stats.active.fetch_sub(1, Relaxed);
         match reason {
             CloseReason::Timeout => {
@@ -398,13 +401,13 @@ impl<'a> EventLoop<'a> {
         if self.accepting || self.ctx.draining {
             return Ok(());
         }
-        if self.accept_retry_at.is_some_and(|at| self.ctx.now < at) {
+        if self.accept_retry_at.is_some_and(|at| self.ctx.clock.now < at) {
             return Ok(());
         }
         let full = self.conns.len() >= self.max_connections;
         if full && !self.conns.iter().any(|(_, c)| c.idle_keep_alive_since().is_some()) {
             // Every connection is busy; look again in a tick, not every turn.
-            self.accept_retry_at = Some(self.ctx.now + crate::timer_wheel::TICK);
+            self.accept_retry_at = Some(self.ctx.clock.now + crate::timer_wheel::TICK);
             return Ok(());
         }
         self.accept_retry_at = None;

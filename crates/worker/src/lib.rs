@@ -106,32 +106,36 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     };
     let now = Instant::now();
     let ctx = context::Ctx {
-        timeouts: config.timeouts,
-        http_limits: tine_http::Limits {
-            head_bytes: config.limits.request_head_bytes,
-            uri_bytes: config.limits.uri_bytes,
+        clock: context::Clock { now, unix_secs: tine_stats::unix_millis() / 1000, date: Default::default() },
+        timers: context::Timers { timeouts: config.timeouts, wheel: timer_wheel::TimerWheel::new(now) },
+        http: context::Http {
+            limits: tine_http::Limits {
+                head_bytes: config.limits.request_head_bytes,
+                uri_bytes: config.limits.uri_bytes,
+            },
+            discard_body_bytes: config.limits.discard_body_bytes,
+            routes,
+            route_sites,
+            sites: sites.into_iter().map(|(_, site)| site).collect(),
+            path: Default::default(),
         },
-        discard_body_bytes: config.limits.discard_body_bytes,
-        routes,
-        route_sites,
-        sites: sites.into_iter().map(|(_, site)| site).collect(),
-        streams: config.streams.clone(),
-        upstreams: upstream::Upstreams::new(&config.upstreams),
-        pipes: Default::default(),
+        proxy: context::Proxy {
+            upstreams: upstream::Upstreams::new(&config.upstreams),
+            streams: config.streams.clone(),
+            pipes: Default::default(),
+            exchanges: buffer_pool::FreeList::new(1024),
+        },
         epoll: tine_net::Epoll::new()?,
-        upstream_stats: init.region.upstream_stats(init.slot),
-        date: Default::default(),
-        stats: init.region.slot(init.slot),
-        region: init.region,
         pool: buffer_pool::BufferPool::new(config.limits.request_head_bytes, 1024),
-        exchanges: buffer_pool::FreeList::new(1024),
-        wheel: timer_wheel::TimerWheel::new(now),
-        path: Default::default(),
-        now,
-        unix_secs: tine_stats::unix_millis() / 1000,
+        stats: context::Counters {
+            slot: init.region.slot(init.slot),
+            upstreams: init.region.upstream_stats(init.slot),
+            region: init.region,
+        },
         access_log,
         draining: false,
     };
+
     init.region.slot(init.slot).heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
     let mut event_loop = event_loop::EventLoop::new(
         ctx,

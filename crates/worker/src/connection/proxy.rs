@@ -31,7 +31,7 @@
 use super::{client_io, CloseReason, Conn, Outcome, Phase, Sending};
 use crate::buffer_pool::ReadBuf;
 use crate::context::Ctx;
-use crate::relay::{Pump, Relay, RelayError};
+use crate::relay::{PipePool, Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
 use crate::token::Token;
 use crate::transport::Transport;
@@ -91,11 +91,11 @@ impl Stage {
                 Some(fd)
             }
             Stage::Respond(fd, body) => {
-                recycle_body(ctx, body);
+                recycle_body(&mut ctx.proxy.pipes, body);
                 Some(fd)
             }
             Stage::Tunnel(fd, t) => {
-                recycle_tunnel(ctx, t);
+                recycle_tunnel(&mut ctx.proxy.pipes, t);
                 Some(fd)
             }
         }
@@ -226,7 +226,7 @@ impl Exchange {
 /// `fresh` in a box that an earlier exchange used, if one is free: a proxied
 /// request allocates nothing in the steady state.
 fn recycled(ctx: &mut Ctx, fresh: Exchange) -> Box<Exchange> {
-    match ctx.exchanges.take() {
+    match ctx.proxy.exchanges.take() {
         Some(mut boxed) => {
             *boxed = fresh;
             boxed
@@ -244,24 +244,24 @@ fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
     end_active(ctx, &mut ex);
     ctx.pool.put_write(std::mem::take(&mut ex.head));
     ctx.pool.put_write(std::mem::take(&mut ex.to_upstream));
-    ctx.exchanges.give(ex);
+    ctx.proxy.exchanges.give(ex);
 }
 
 /// Closes an upstream connection that cannot be kept.
 fn close_upstream(ctx: &mut Ctx, ex: &Exchange, fd: OwnedFd) {
     let _ = ctx.epoll.delete(fd.as_raw_fd());
-    ctx.upstreams.forget(ex.group, ex.server, ctx.upstream_stats);
+    ctx.proxy.upstreams.forget(ex.group, ex.server, ctx.stats.upstreams);
 }
 
-fn recycle_body(ctx: &mut Ctx, body: BodyRelay) {
+fn recycle_body(pipes: &mut PipePool, body: BodyRelay) {
     if let BodyRelay::Spliced(relay) = body {
-        ctx.pipes.give_back(relay);
+        pipes.give_back(relay);
     }
 }
 
-fn recycle_tunnel(ctx: &mut Ctx, t: Tunnel) {
-    ctx.pipes.give_back(t.up);
-    ctx.pipes.give_back(t.down);
+fn recycle_tunnel(pipes: &mut PipePool, t: Tunnel) {
+    pipes.give_back(t.up);
+    pipes.give_back(t.down);
 }
 
 struct Tunnel {
@@ -288,7 +288,7 @@ enum Parsed {
 impl Conn {
     /// A connection accepted on a `[[stream]]` listener: relay it raw.
     pub(super) fn start_stream(&mut self, stream: usize, ctx: &mut Ctx) {
-        let s = &ctx.streams[stream];
+        let s = &ctx.proxy.streams[stream];
         let mut exchange = Exchange::new(s.upstream);
         exchange.fresh_retry_done = true;
         exchange.stream = Some(s.idle_timeout);
@@ -370,7 +370,7 @@ impl Conn {
     /// A response starts for the client: counted, and its status kept for the
     /// access log.
     fn count_proxied_response(&mut self, ctx: &mut Ctx, code: u16) {
-        super::count_response(ctx, Status(code));
+        ctx.stats.count_response(Status(code));
         if let Some(entry) = self.access.as_mut() {
             entry.set_status(code);
         }
@@ -397,7 +397,7 @@ impl Conn {
     /// with no server left, 502.
     fn pick_server(&mut self, ex: &mut Exchange, ctx: &mut Ctx) -> Next {
         end_active(ctx, ex);
-        let Some(server) = ctx.upstreams.pick(ex.group, ex.tried, ctx.now) else {
+        let Some(server) = ctx.proxy.upstreams.pick(ex.group, ex.tried, ctx.clock.now) else {
             return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
         };
         ex.server = server;
@@ -406,7 +406,7 @@ impl Conn {
             ex.tried |= 1 << server;
         }
         let stats = server_stats(ctx, ex.group, server);
-        match ctx.upstreams.connect(ex.group, server, self.id, ctx.now, ctx.upstream_stats) {
+        match ctx.proxy.upstreams.connect(ex.group, server, self.id, ctx.clock.now, ctx.stats.upstreams) {
             Ok(c) => {
                 let token = Token::Upstream(self.id).encode();
                 let registered = match c.registered {
@@ -415,7 +415,7 @@ impl Conn {
                     Registered::No => ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION),
                 };
                 if registered.is_err() {
-                    ctx.upstreams.forget(ex.group, server, ctx.upstream_stats);
+                    ctx.proxy.upstreams.forget(ex.group, server, ctx.stats.upstreams);
                     return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
                 }
                 ex.reused = c.reused;
@@ -423,13 +423,16 @@ impl Conn {
                 if let Some(st) = stats {
                     st.requests.fetch_add(1, Relaxed);
                 }
-                let config = &ctx.upstreams.groups[ex.group].config;
+                let config = &ctx.proxy.upstreams.groups[ex.group].config;
                 let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
                 self.arm(ctx, timeout);
                 Next::Go(Stage::Connecting(c.fd))
             }
             Err(e) => {
-                log::warn!("upstream {}: connect: {e}", ctx.upstreams.groups[ex.group].servers[server].addr);
+                log::warn!(
+                    "upstream {}: connect: {e}",
+                    ctx.proxy.upstreams.groups[ex.group].servers[server].addr
+                );
                 if let Some(st) = stats {
                     st.failures.fetch_add(1, Relaxed);
                 }
@@ -450,7 +453,7 @@ impl Conn {
         if ex.stream.is_some() {
             return self.start_tunnel(ex, fd, ctx);
         }
-        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
         self.arm(ctx, timeout);
         Next::Go(Stage::SendHead(fd))
     }
@@ -491,7 +494,7 @@ impl Conn {
                 Flushed::Failed => return Next::ServerFailed { upstream: Some(fd), after_sending: true },
             }
             if ex.request_body.done() {
-                let timeout = ctx.upstreams.groups[ex.group].config.response_timeout;
+                let timeout = ctx.proxy.upstreams.groups[ex.group].config.response_timeout;
                 self.arm(ctx, timeout);
                 // The answer cannot be there yet; its arrival raises an event.
                 return Next::Pause(Stage::AwaitHead(fd, None), Outcome::Wait);
@@ -502,9 +505,9 @@ impl Conn {
                     Ok(0) => return Next::Close { reason: CloseReason::PeerClosed, upstream: Some(fd) },
                     Ok(n) => {
                         buf.commit(n);
-                        ctx.stats.bytes_received.fetch_add(n as u64, Relaxed);
+                        ctx.stats.slot.bytes_received.fetch_add(n as u64, Relaxed);
                         // io_timeout bounds a pause in the body, not the whole upload.
-                        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
                         self.arm(ctx, timeout);
                     }
                     Err(e) => match client_io(e) {
@@ -529,7 +532,7 @@ impl Conn {
                     Ok(k) => k,
                     Err(e) => {
                         log::info!("client request body refused: {e}");
-                        ctx.stats.parse_errors.fetch_add(1, Relaxed);
+                        ctx.stats.slot.parse_errors.fetch_add(1, Relaxed);
                         return Next::Fail { status: Status::BAD_REQUEST, upstream: Some(fd) };
                     }
                 },
@@ -541,7 +544,7 @@ impl Conn {
 
     /// Sends what is queued for the upstream.
     fn flush_to_upstream(&mut self, ex: &mut Exchange, fd: RawFd, ctx: &mut Ctx) -> Flushed {
-        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
         let mut flushed = Flushed::All;
         let mut moved = false;
         while !ex.to_upstream.is_empty() {
@@ -607,7 +610,7 @@ impl Conn {
     /// Parses the heads buffered so far: interim ones are dropped, a final
     /// one writes the client's head and is consumed from the buffer.
     fn parse_response_heads(&mut self, ex: &mut Exchange, buf: &mut ReadBuf, ctx: &mut Ctx) -> Parsed {
-        let limit = ctx.http_limits.head_bytes;
+        let limit = ctx.http.limits.head_bytes;
         let asked = Asked { head: ex.head_request, upgrade: ex.upgrade_requested };
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -648,7 +651,7 @@ impl Conn {
     /// the connection closes (nothing of the head was forwarded), the
     /// upstream connection is closed, and the server's failure is counted.
     fn bad_response(&mut self, ex: &mut Exchange, fd: OwnedFd, why: BadResponse, ctx: &mut Ctx) -> Next {
-        log::warn!("upstream {}: {why}", ctx.upstreams.groups[ex.group].servers[ex.server].addr);
+        log::warn!("upstream {}: {why}", ctx.proxy.upstreams.groups[ex.group].servers[ex.server].addr);
         if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.failures.fetch_add(1, Relaxed);
         }
@@ -696,7 +699,8 @@ impl Conn {
                 if have as u64 == n {
                     Ok((BodyRelay::None, have))
                 } else {
-                    ctx.pipes
+                    ctx.proxy
+                        .pipes
                         .take()
                         .map(|pipe| (BodyRelay::Spliced(Relay::new(pipe, Some(n - have as u64))), have))
                         .map_err(|_| ())
@@ -704,7 +708,8 @@ impl Conn {
             }
             response_head::ResponseBody::UntilClose => {
                 self.wbuf.extend_from_slice(early);
-                ctx.pipes
+                ctx.proxy
+                    .pipes
                     .take()
                     .map(|pipe| (BodyRelay::Spliced(Relay::new(pipe, None)), early.len()))
                     .map_err(|_| ())
@@ -724,10 +729,10 @@ impl Conn {
         self.wpos = 0;
         report(ctx, ex.group, ex.server, true);
         if upgrade {
-            recycle_body(ctx, body);
+            recycle_body(&mut ctx.proxy.pipes, body);
             return self.start_tunnel(ex, fd, ctx);
         }
-        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
         self.arm(ctx, timeout);
         Next::Go(Stage::Respond(fd, body))
     }
@@ -746,7 +751,7 @@ impl Conn {
             match self.flush_client(ctx) {
                 None => {}
                 Some(Outcome::Close(reason)) => {
-                    recycle_body(ctx, body);
+                    recycle_body(&mut ctx.proxy.pipes, body);
                     return Next::Close { reason, upstream: Some(fd) };
                 }
                 Some(outcome) => return Next::Pause(Stage::Respond(fd, body), outcome),
@@ -758,29 +763,29 @@ impl Conn {
                     let pumped = self.transport.relay_from(relay, upstream, budget);
                     let moved = relay.moved - before;
                     let cut_short = relay.cut_short();
-                    ctx.stats.bytes_sent.fetch_add(moved, Relaxed);
+                    ctx.stats.slot.bytes_sent.fetch_add(moved, Relaxed);
                     self.body_len += moved;
                     if let Some(st) = server_stats(ctx, ex.group, ex.server) {
                         st.bytes_spliced.fetch_add(moved, Relaxed);
                     }
                     if moved > 0 {
-                        let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
                         self.arm(ctx, timeout);
                     }
                     let outcome = match pumped {
                         Ok(Pump::Blocked) => Outcome::Wait,
                         Ok(Pump::Budget) => Outcome::Yield,
                         Ok(Pump::Done) if !cut_short => {
-                            recycle_body(ctx, body);
+                            recycle_body(&mut ctx.proxy.pipes, body);
                             return Next::Complete(fd);
                         }
                         Ok(Pump::Done) => {
                             log::warn!("upstream closed in the middle of a response body");
-                            recycle_body(ctx, body);
+                            recycle_body(&mut ctx.proxy.pipes, body);
                             return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
                         }
                         Err(e) => {
-                            recycle_body(ctx, body);
+                            recycle_body(&mut ctx.proxy.pipes, body);
                             return Next::Close {
                                 reason: relay_failure(e, Side::ClientIsDest),
                                 upstream: Some(fd),
@@ -813,7 +818,7 @@ impl Conn {
                             }
                             count_copied(ctx, ex, n);
                             self.body_len += (self.wbuf.len() - before) as u64;
-                            let timeout = ctx.upstreams.groups[ex.group].config.io_timeout;
+                            let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
                             self.arm(ctx, timeout);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -834,7 +839,7 @@ impl Conn {
             match self.transport.send(&self.wbuf[self.wpos..], false) {
                 Ok(n) => {
                     self.wpos += n;
-                    ctx.stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                    ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
                 Err(e) => {
                     if let Some(outcome) = client_io(e) {
@@ -857,7 +862,7 @@ impl Conn {
             ex.upstream_keep_alive = false;
         }
         if ex.upstream_keep_alive {
-            ctx.upstreams.release(ex.group, ex.server, fd, self.id, ctx.now, ctx.upstream_stats);
+            ctx.proxy.upstreams.release(ex.group, ex.server, fd, self.id, ctx.clock.now, ctx.stats.upstreams);
         } else {
             close_upstream(ctx, &ex, fd);
         }
@@ -930,19 +935,19 @@ impl Conn {
         };
         let head_request = ex.head_request;
         retire(ctx, ex);
-        let framing = Framing { date: ctx.date.bytes(), persistence, head_request };
+        let framing = Framing { date: ctx.clock.date.bytes(), persistence, head_request };
         let reply = error_page(status, &framing, None, &mut self.wbuf);
         self.count_proxied_response(ctx, status.0);
         self.body_len = reply.body_len;
         self.wpos = 0;
         self.phase = Phase::Send(Sending::buffered());
-        let timeout = ctx.timeouts.send;
+        let timeout = ctx.timers.timeouts.send;
         self.arm(ctx, timeout);
         None
     }
 
     fn start_tunnel(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
-        let (Ok(a), Ok(b)) = (ctx.pipes.take(), ctx.pipes.take()) else {
+        let (Ok(a), Ok(b)) = (ctx.proxy.pipes.take(), ctx.proxy.pipes.take()) else {
             return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
         };
         // Client bytes already read past the upgrade request go upstream first.
@@ -956,7 +961,7 @@ impl Conn {
             up_closed: false,
             down_closed: false,
         };
-        let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
+        let idle = ex.stream.unwrap_or(ctx.proxy.upstreams.groups[ex.group].config.io_timeout);
         report(ctx, ex.group, ex.server, true);
         self.arm(ctx, idle);
         Next::Go(Stage::Tunnel(fd, tunnel))
@@ -975,7 +980,7 @@ impl Conn {
         match self.flush_client(ctx) {
             None => {}
             Some(Outcome::Close(reason)) => {
-                recycle_tunnel(ctx, t);
+                recycle_tunnel(&mut ctx.proxy.pipes, t);
                 return Next::Close { reason, upstream: Some(fd) };
             }
             Some(outcome) => return Next::Pause(Stage::Tunnel(fd, t), outcome),
@@ -984,12 +989,12 @@ impl Conn {
             Flushed::All => {}
             Flushed::Blocked => return Next::Pause(Stage::Tunnel(fd, t), Outcome::Wait),
             Flushed::Failed => {
-                recycle_tunnel(ctx, t);
+                recycle_tunnel(&mut ctx.proxy.pipes, t);
                 return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
             }
         }
         let upstream = fd.as_raw_fd();
-        let idle = ex.stream.unwrap_or(ctx.upstreams.groups[ex.group].config.io_timeout);
+        let idle = ex.stream.unwrap_or(ctx.proxy.upstreams.groups[ex.group].config.io_timeout);
         let (before_up, before_down) = (t.up.moved, t.down.moved);
         let up =
             if t.up_closed { Ok(Pump::Done) } else { self.transport.relay_to(&mut t.up, upstream, budget) };
@@ -999,19 +1004,19 @@ impl Conn {
             self.transport.relay_from(&mut t.down, upstream, budget)
         };
         let (moved_up, moved_down) = (t.up.moved - before_up, t.down.moved - before_down);
-        ctx.stats.bytes_received.fetch_add(moved_up, Relaxed);
-        ctx.stats.bytes_sent.fetch_add(moved_down, Relaxed);
+        ctx.stats.slot.bytes_received.fetch_add(moved_up, Relaxed);
+        ctx.stats.slot.bytes_sent.fetch_add(moved_down, Relaxed);
         if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.bytes_spliced.fetch_add(moved_up + moved_down, Relaxed);
         }
         let (up, down) = match (up, down) {
             (Ok(u), Ok(d)) => (u, d),
             (Err(e), _) => {
-                recycle_tunnel(ctx, t);
+                recycle_tunnel(&mut ctx.proxy.pipes, t);
                 return Next::Close { reason: relay_failure(e, Side::ClientIsSource), upstream: Some(fd) };
             }
             (_, Err(e)) => {
-                recycle_tunnel(ctx, t);
+                recycle_tunnel(&mut ctx.proxy.pipes, t);
                 return Next::Close { reason: relay_failure(e, Side::ClientIsDest), upstream: Some(fd) };
             }
         };
@@ -1024,7 +1029,7 @@ impl Conn {
             self.transport.shutdown_write();
         }
         if t.up_closed && t.down_closed {
-            recycle_tunnel(ctx, t);
+            recycle_tunnel(&mut ctx.proxy.pipes, t);
             return Next::Close { reason: CloseReason::Done, upstream: Some(fd) };
         }
         if moved_up + moved_down > 0 {
@@ -1053,7 +1058,7 @@ impl Conn {
                 }
                 log::warn!(
                     "upstream {}: connect timed out",
-                    ctx.upstreams.groups[ex.group].servers[ex.server].addr
+                    ctx.proxy.upstreams.groups[ex.group].servers[ex.server].addr
                 );
                 Next::ServerFailed { upstream: stage.dismantle(ctx), after_sending: false }
             }
@@ -1068,7 +1073,7 @@ impl Conn {
                 Next::Fail { status: Status::GATEWAY_TIMEOUT, upstream: Some(fd) }
             }
             Stage::Tunnel(fd, t) => {
-                recycle_tunnel(ctx, t);
+                recycle_tunnel(&mut ctx.proxy.pipes, t);
                 Next::Close { reason: CloseReason::Done, upstream: Some(fd) }
             }
             stage => Next::Close { reason: CloseReason::Timeout, upstream: stage.dismantle(ctx) },
@@ -1107,8 +1112,8 @@ pub(super) fn new_exchange(
     ctx: &mut Ctx,
 ) -> Box<Exchange> {
     let mut head = ctx.pool.write_buf();
-    let config = &ctx.upstreams.groups[group].config;
-    let rule = match &ctx.routes[route].handler {
+    let config = &ctx.proxy.upstreams.groups[group].config;
+    let rule = match &ctx.http.routes[route].handler {
         tine_config::Handler::Proxy { host, .. } => host,
         tine_config::Handler::Static(_) => &HostHeader::Keep,
     };
@@ -1160,13 +1165,13 @@ fn relay_failure(e: RelayError, side: Side) -> CloseReason {
 
 /// This worker's entry of the region's table for a server.
 fn server_stats<'a>(ctx: &Ctx<'a>, group: usize, server: usize) -> Option<&'a UpstreamStats> {
-    ctx.upstream_stats.get(ctx.upstreams.group_of_stats(group, server))
+    ctx.stats.upstreams.get(ctx.proxy.upstreams.group_of_stats(group, server))
 }
 
 /// The exchange counts among its server's exchanges under way.
 fn begin_active(ctx: &mut Ctx, ex: &mut Exchange) {
     ex.active = true;
-    ctx.upstreams.set_active(ex.group, ex.server, true);
+    ctx.proxy.upstreams.set_active(ex.group, ex.server, true);
     if let Some(st) = server_stats(ctx, ex.group, ex.server) {
         st.active.fetch_add(1, Relaxed);
     }
@@ -1175,7 +1180,7 @@ fn begin_active(ctx: &mut Ctx, ex: &mut Exchange) {
 /// The exchange no longer counts among its server's exchanges under way.
 fn end_active(ctx: &mut Ctx, ex: &mut Exchange) {
     if std::mem::take(&mut ex.active) {
-        ctx.upstreams.set_active(ex.group, ex.server, false);
+        ctx.proxy.upstreams.set_active(ex.group, ex.server, false);
         if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.active.fetch_sub(1, Relaxed);
         }
@@ -1191,7 +1196,7 @@ fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
 /// Tells the circuit breaker how the server did; the down gauge follows its
 /// decisions (it counts the workers of the slot that hold the server out).
 fn report(ctx: &mut Ctx, group: usize, server: usize, ok: bool) {
-    let health = ctx.upstreams.report(group, server, ok, ctx.now);
+    let health = ctx.proxy.upstreams.report(group, server, ok, ctx.clock.now);
     let Some(st) = server_stats(ctx, group, server) else { return };
     match health {
         Health::WentDown => {
