@@ -39,6 +39,9 @@ SCENARIOS = [  # name, file, size, connections option
     ("64KiB", "64k.bin", 64 * 1024, "connections"),
     ("1MiB", "1m.bin", 1024 * 1024, "connections"),
     ("1KiB-10k-conns", "1k.bin", 1024, "many"),
+    # One request per connection (wrk sends Connection: close): the cost of
+    # connection churn, accept to close.
+    ("1KiB-close", "1k.bin", 1024, "connections"),
 ]
 # Proxy scenarios: the server under test proxies every request, over a
 # keep-alive pool, to one backend (nginx serving the files, on the CPU that is
@@ -157,7 +160,7 @@ http {{
     open_file_cache max=16384 inactive=60s; open_file_cache_valid 5s; open_file_cache_errors on;
     default_type application/octet-stream;
     {upstream}
-    server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {work}/www; {location} }}
+    server {{ listen 127.0.0.1:{port} reuseport backlog=4096 deferred; root {work}/www; {location} }}
 }}
 """)
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -181,9 +184,11 @@ http {{
             self.proc.wait()
 
 
-def wrk(port, path, connections, seconds, threads, cpus, batch=False):
+def wrk(port, path, connections, seconds, threads, cpus, batch=False, close=False):
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
            "--timeout", "10s", f"http://127.0.0.1:{port}/{path}"]
+    if close:
+        cmd[1:1] = ["-H", "Connection: close"]
     if cpus:
         cmd = ["taskset", "-c", cpus] + cmd
     if batch:
@@ -232,8 +237,9 @@ def measure(server, scenario, args, workers):
     pinned = workers == 1
     cpus = "1" if pinned and os.cpu_count() > 1 else None
     threads = 1 if pinned else 2
+    close = name.endswith("-close")
     # Warm up: open files, caches, connection pools of both sides.
-    wrk(server.port, path, min(connections, 64), 1, threads, cpus, args.batch_load)
+    wrk(server.port, path, min(connections, 64), 1, threads, cpus, args.batch_load, close)
     pids = server.pids()
     idle_rss = rss_bytes(pids)
     mid = {}
@@ -244,7 +250,7 @@ def measure(server, scenario, args, workers):
     sampler = threading.Thread(target=sample_memory)
     cpu0 = cpu_ns(pids)
     sampler.start()
-    r = wrk(server.port, path, connections, args.duration, threads, cpus, args.batch_load)
+    r = wrk(server.port, path, connections, args.duration, threads, cpus, args.batch_load, close)
     cpu1 = cpu_ns(pids)
     sampler.join()
     r["cpu_us_per_req"] = (cpu1 - cpu0) / 1000 / r["requests"] if r["requests"] else 0.0

@@ -240,3 +240,31 @@ fn a_squatted_stats_path_does_not_stop_a_start() {
     }
     assert_eq!(first.get("/").status, 403, "the first server is untouched");
 }
+
+// HTTP listeners defer accepting until a request arrives (accept and read are
+// then one turn); a stream listener does not, since its protocol may have the
+// server speak first. Every listener carries TCP_NODELAY for the connections
+// it hands over, so no connection costs a setsockopt.
+#[test]
+fn listeners_carry_the_options_their_connections_inherit() {
+    let echo = echo_server();
+    let server = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"echo\"\nservers = [\"{echo}\"]\n[[stream]]\nlisten = \"127.0.0.3:0\"\nupstream = \"echo\"\n"
+        ))
+        .start();
+    let stream = stream_addr(&server, "echo");
+    let master = server.master_pid();
+    let http_defer = listener_opts(master, server.addr.port(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT);
+    assert!(!http_defer.is_empty() && http_defer.iter().all(|&v| v > 0), "{http_defer:?}");
+    let stream_defer = listener_opts(master, stream.port(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT);
+    assert!(!stream_defer.is_empty() && stream_defer.iter().all(|&v| v == 0), "{stream_defer:?}");
+    for port in [server.addr.port(), stream.port()] {
+        let nodelay = listener_opts(master, port, libc::IPPROTO_TCP, libc::TCP_NODELAY);
+        assert!(!nodelay.is_empty() && nodelay.iter().all(|&v| v == 1), "port {port}: {nodelay:?}");
+    }
+    // A request is still answered, and a stream still relays at once.
+    assert_eq!(server.get("/").status, 403);
+    let s = connect(stream);
+    assert_eq!(duplex(s.try_clone().unwrap(), s, b"banner"), b"banner");
+}

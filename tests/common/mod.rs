@@ -568,3 +568,47 @@ pub fn admin_addr(server: &Server) -> SocketAddr {
     let line = server.log().into_iter().rfind(|l| l.contains(needle)).unwrap();
     line.split(needle).nth(1).unwrap().split('/').next().unwrap().parse().unwrap()
 }
+
+/// An integer socket option of every listening socket the process `pid`
+/// holds on `port`, read with getsockopt on a duplicate taken by
+/// pidfd_getfd (the test started the process, so it may).
+pub fn listener_opts(pid: i32, port: u16, level: i32, name: i32) -> Vec<i32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1].ends_with(&local) && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    let mut values = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let Ok(link) = std::fs::read_link(entry.path()) else { continue };
+        let link = link.to_string_lossy().into_owned();
+        if !inodes.iter().any(|i| link == format!("socket:[{i}]")) {
+            continue;
+        }
+        let target: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+        // SAFETY: pidfd is ours; the call returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as i32;
+        assert!(fd >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+        let (mut value, mut len) = (0i32, std::mem::size_of::<i32>() as libc::socklen_t);
+        // SAFETY: value and len are valid for writing and len says value's size.
+        let rc = unsafe {
+            libc::getsockopt(fd, level, name, &mut value as *mut i32 as *mut libc::c_void, &mut len)
+        };
+        assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
+        values.push(value);
+        // SAFETY: fd is the duplicate made above, used nowhere else.
+        unsafe { libc::close(fd) };
+    }
+    // SAFETY: pidfd is ours.
+    unsafe { libc::close(pidfd) };
+    values
+}

@@ -706,8 +706,25 @@ fn bind_listeners(
     config: &Config,
     slots: usize,
 ) -> Result<Vec<OwnedFd>, tine_net::NetError> {
-    listeners.rebind(&config.all_listen_addrs(), slots, config.backlog)
+    let retired = listeners.rebind(&config.all_listen_addrs(), slots, config.backlog)?;
+    for (i, (addr, role)) in config.listener_roles().into_iter().enumerate() {
+        // HTTP clients speak first: the kernel hands a connection over with
+        // its request, so accepting and answering take one turn of the loop.
+        // A stream may carry a protocol whose server speaks first.
+        let defer = match role {
+            tine_config::ListenerRole::Http | tine_config::ListenerRole::Admin => DEFER_ACCEPT_SECONDS,
+            tine_config::ListenerRole::Stream(_) => 0,
+        };
+        if let Err(e) = listeners.set_defer_accept(i, defer) {
+            log::warn!("{addr}: cannot set TCP_DEFER_ACCEPT: {e}");
+        }
+    }
+    Ok(retired)
 }
+
+/// How long the kernel holds a connection that sent nothing before handing
+/// it over anyway (then the header timeout applies), as nginx's `deferred`.
+const DEFER_ACCEPT_SECONDS: u32 = 1;
 
 /// Logs each listener bound since `before` (all of them at start) with what
 /// it is for; tests and operators find port-0 addresses here.

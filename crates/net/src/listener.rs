@@ -136,6 +136,15 @@ impl ListenerSet {
         self.groups.iter().map(|g| g.bound).collect()
     }
 
+    /// Sets TCP_DEFER_ACCEPT on every socket of the address at `index` (in
+    /// binding order); 0 turns it off.
+    pub fn set_defer_accept(&self, index: usize, seconds: u32) -> io::Result<()> {
+        for s in self.groups.get(index).map_or(&[][..], |g| &g.sockets) {
+            sys::set_defer_accept(s.as_raw_fd(), seconds)?;
+        }
+        Ok(())
+    }
+
     /// The sockets of one slot, one per address, in address order.
     pub fn for_slot(&self, slot: usize) -> Vec<RawFd> {
         self.groups.iter().map(|g| g.sockets[slot].as_raw_fd()).collect()
@@ -186,6 +195,8 @@ impl ListenerSet {
                 // and was just checked to be an open listening socket.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 sys::set_cloexec(fd);
+                // An older master's listener may lack what ours carry.
+                let _ = sys::set_nodelay(fd);
                 group.sockets.push(owned);
             }
             set.groups.push(group);

@@ -1,24 +1,26 @@
 //! One client connection, as an explicit state machine:
 //!
 //! ```text
-//!            accept
+//!            accept (read at once: the listener defers until the request is there)
 //!              |
 //!              v
-//!   +----> ReadHead --(complete head)--> Send --(done, keep-alive)--+
-//!   |          |                           |                        |
-//!   |   (bad head: error page)      (done, close)                   |
-//!   |          +-------> Send ------------ +--> Linger --> closed   |
-//!   +---------------------------------------------------------------+
+//!   +----> ReadHead --(route)--> Send(Sending) ------(done, keep-alive)-----+
+//!   |          |      \--------> Proxy(Exchange) --> (Send) ---------------+
+//!   |   (bad head: error page)                  (done, close)              |
+//!   |          +--> Send ---------+--> client asked, nothing unread: closed |
+//!   |                             +--> Linger { drained } --> closed        |
+//!   +----------------------------------------------------------------------+
 //! ```
 //!
 //! Sockets are edge-triggered, so the connection remembers readability itself and
 //! reads until EAGAIN. Pipelined requests are answered one at a time, in order,
 //! straight from the read buffer. Bodies of requests that take none are read and
 //! thrown away before the next head is parsed, so they can never be misread as a
-//! request. After the last response of a connection the write side is shut and
-//! the rest of the client's input is drained for a moment (a lingering close), so
-//! that unread input does not turn the close into a reset that destroys the
-//! response in flight.
+//! request. After the last response of a connection that the client asked to
+//! close, with nothing of its input unread, the connection simply closes.
+//! Otherwise the write side is shut and the rest of the client's input is
+//! drained for a moment (a lingering close), so that unread input does not
+//! turn the close into a reset that destroys the response in flight.
 
 mod proxy;
 
@@ -124,6 +126,9 @@ pub struct Conn {
     /// Body bytes of the last request still to read and throw away.
     discard: u64,
     keep_alive: bool,
+    /// The client itself asked to close after this response (`Connection:
+    /// close`, or HTTP/1.0 without keep-alive), so it sends nothing more.
+    client_closes: bool,
     /// Edge-triggered readiness not yet consumed by a read that hit EAGAIN.
     readable: bool,
     /// The client shut down its side since this was last looked at.
@@ -154,6 +159,7 @@ impl Conn {
             access: None,
             discard: 0,
             keep_alive: true,
+            client_closes: false,
             readable: false,
             client_fin: false,
             admin,
@@ -301,6 +307,7 @@ impl Conn {
                 if self.wbuf.capacity() == 0 {
                     self.wbuf = ctx.pool.write_buf();
                 }
+                self.client_closes = !req.keep_alive;
                 let routed = if self.admin { Routed::Admin } else { route(&req, ctx) };
                 if let Routed::Proxy { route, group } = routed {
                     ctx.stats.slot.requests.fetch_add(1, Relaxed);
@@ -408,6 +415,8 @@ impl Conn {
         let framing =
             Framing { date: ctx.clock.date.bytes(), persistence: Persistence::Close, head_request: false };
         let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
+        // After a malformed head, what else the client sends is unknown.
+        self.client_closes = false;
         if let Some(buf) = self.rbuf.as_mut() {
             if ctx.access_log.is_some() {
                 self.access = Some(PendingEntry::malformed(buf.filled(), reply.status.0));
@@ -449,8 +458,7 @@ impl Conn {
                 }
             }
         }
-        self.finish_response(ctx, sending);
-        None
+        self.finish_response(ctx, sending)
     }
 
     /// The response stays in flight (the phase keeps what is left of it).
@@ -464,8 +472,11 @@ impl Conn {
         client_io(e)
     }
 
-    /// The response is out: log it, then wait for the next request or close.
-    fn finish_response(&mut self, ctx: &mut Ctx, sending: Sending) {
+    /// The response is out: log it, then wait for the next request, or close:
+    /// at once when the client asked to and left nothing unread (its own
+    /// close follows, so nothing can turn ours into a reset), else with a
+    /// lingering close.
+    fn finish_response(&mut self, ctx: &mut Ctx, sending: Sending) -> Option<Outcome> {
         self.log_access(ctx);
         if sending.corked {
             // Uncorking pushes out the last partial segment at once.
@@ -482,16 +493,21 @@ impl Conn {
             // A pipelined request was already waiting: it starts now.
             self.request_started = Some(done);
         }
+        let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
+        let unread = pending || self.readable || self.discard > 0;
         if self.keep_alive && !ctx.draining {
             self.phase = Phase::ReadHead;
             self.idle_since = done;
-            let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
             let timeout = if pending { ctx.timers.timeouts.header } else { ctx.timers.timeouts.idle };
             self.arm(ctx, timeout);
+            None
+        } else if self.client_closes && !unread {
+            Some(Outcome::Close(CloseReason::Done))
         } else {
             self.transport.shutdown_write();
             self.phase = Phase::Linger { drained: 0 };
             self.arm(ctx, LINGER);
+            None
         }
     }
 

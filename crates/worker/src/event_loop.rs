@@ -291,28 +291,36 @@ impl<'a> EventLoop<'a> {
         true
     }
 
+    /// A new connection is read at once, before it is registered with epoll:
+    /// a request already there is answered in this turn, and a connection
+    /// that ends with that answer (`Connection: close`) never costs an epoll
+    /// call. Registration is edge-triggered, and readiness that arrives after
+    /// the first read is reported when the connection is registered.
     fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, role: ListenerRole) {
         let admin = role == ListenerRole::Admin;
-        // Heads are written with MSG_MORE, so Nagle has nothing left to merge.
-        let _ = sys::set_nodelay(fd.as_raw_fd());
         let raw = fd.as_raw_fd();
         let ctx = &mut self.ctx;
         let id = self.conns.insert_with(|id| Conn::new(id, fd, peer, admin, ctx));
-        if let Err(e) = self.ctx.epoll.add(raw, Token::Client(id).encode(), Interest::CONNECTION) {
-            log::error!("epoll add: {e}");
-            if let Some(mut conn) = self.conns.remove(id) {
-                conn.release(&mut self.ctx);
-            }
-            return;
-        }
         self.ctx.stats.slot.accepted.fetch_add(1, Relaxed);
         self.ctx.stats.slot.active.fetch_add(1, Relaxed);
-        if let ListenerRole::Stream(stream) = role {
-            if let Some(conn) = self.conns.get_mut(id) {
-                let outcome = conn.begin_stream(stream, &mut self.ctx);
-                self.settle(id, outcome);
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let outcome = match role {
+            ListenerRole::Stream(stream) => conn.begin_stream(stream, &mut self.ctx),
+            ListenerRole::Http | ListenerRole::Admin => {
+                conn.mark_readable();
+                conn.drive(&mut self.ctx)
             }
+        };
+        if let Outcome::Close(reason) = outcome {
+            self.close(id, reason);
+            return;
         }
+        if let Err(e) = self.ctx.epoll.add(raw, Token::Client(id).encode(), Interest::CONNECTION) {
+            log::error!("epoll add: {e}");
+            self.close(id, CloseReason::Error);
+            return;
+        }
+        self.settle(id, outcome);
     }
 
     fn settle(&mut self, id: ConnId, outcome: Outcome) {

@@ -348,10 +348,7 @@ impl Conn {
                     self.phase = Phase::Proxy(ex);
                     return Flow::Done(Some(outcome));
                 }
-                Next::Complete(fd) => {
-                    self.complete(ex, fd, ctx);
-                    return Flow::Done(None);
-                }
+                Next::Complete(fd) => return Flow::Done(self.complete(ex, fd, ctx)),
                 Next::ServerFailed { upstream, after_sending } => {
                     self.server_failed(&mut ex, upstream, after_sending, ctx)
                 }
@@ -857,7 +854,7 @@ impl Conn {
     /// when it can carry another request (still registered under this client
     /// connection's token, which gets it back first), and the client
     /// connection goes on.
-    fn complete(&mut self, mut ex: Box<Exchange>, fd: OwnedFd, ctx: &mut Ctx) {
+    fn complete(&mut self, mut ex: Box<Exchange>, fd: OwnedFd, ctx: &mut Ctx) -> Option<Outcome> {
         if ex.upstream_fin {
             ex.upstream_keep_alive = false;
         }
@@ -867,7 +864,7 @@ impl Conn {
             close_upstream(ctx, &ex, fd);
         }
         retire(ctx, ex);
-        self.finish_response(ctx, Sending::buffered());
+        self.finish_response(ctx, Sending::buffered())
     }
 
     /// The server failed us. Before anything reached the client, try another
