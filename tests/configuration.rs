@@ -56,3 +56,35 @@ fn stats_explains_a_missing_region() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no stats region"));
 }
+
+// `tine check` refuses TCP option values the kernel would refuse, and an
+// override for an address no listener has, each at its file:line.
+#[test]
+fn tcp_values_the_kernel_would_refuse_are_refused_at_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, line, word) in [
+        ("[tcp]\nkeepalive_count = 1000\n", 4, "keepalive_count"),
+        ("[tcp]\nkeepalive_idle = \"1500ms\"\n", 4, "whole seconds"),
+        ("[tcp]\nkeepalive_interval = \"40000s\"\n", 4, "keepalive_interval"),
+        ("[tcp]\nsend_buffer = 4294967296\n", 4, "send_buffer"),
+        ("[tcp]\ncongestion = \"two words\"\n", 4, "congestion"),
+        ("[tcp]\nnodelay = true\nwindow = 5\n", 5, "window"),
+        ("[tcp.listener.\"10.9.9.9:1\"]\nnodelay = false\n", 3, "no listen"),
+    ] {
+        let path = dir.path().join("tcp.toml");
+        std::fs::write(&path, format!("listen = [\"127.0.0.1:0\"]\n\n{body}")).unwrap();
+        let out = tine().args(["check", "--config"]).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{body}: {err}");
+        assert!(err.contains(&format!("tcp.toml:{line}:")) && err.contains(word), "{body}: {err}");
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = [\"127.0.0.1:0\"]\n[tcp]\nkeepalive_idle = \"0s\"\ncongestion = \"bbr\"\n\
+         [tcp.listener.\"127.0.0.1:0\"]\nfastopen = 256\n",
+    )
+    .unwrap();
+    let ok = tine().args(["check", "--config"]).arg(&good).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}

@@ -268,3 +268,59 @@ fn listeners_carry_the_options_their_connections_inherit() {
     let s = connect(stream);
     assert_eq!(duplex(s.try_clone().unwrap(), s, b"banner"), b"banner");
 }
+
+fn int_opts(server: &Server, port: u16, level: i32, name: i32) -> Vec<i32> {
+    listener_opts(server.master_pid(), port, level, name)
+}
+
+// [tcp] reaches every kind of listener (HTTP, admin, stream), read back from
+// the sockets themselves, and [tcp.listener."ADDRESS"] overrides it for one.
+#[test]
+fn tcp_options_reach_every_kind_of_listener_and_one_can_override_them() {
+    let echo = echo_server();
+    let server = Server::builder()
+        .config(&format!(
+            "admin_listen = \"127.0.0.2:0\"\n\
+             [tcp]\nkeepalive_idle = \"30s\"\nkeepalive_interval = \"5s\"\nkeepalive_count = 4\n\
+             user_timeout = \"20s\"\nsend_buffer = 65536\nreceive_buffer = 131072\nfastopen = 64\n\
+             notsent_lowat = 16384\ncongestion = \"reno\"\n\
+             [tcp.listener.\"127.0.0.3:0\"]\nkeepalive_count = 2\ndefer_accept = \"2s\"\n\
+             [[upstream]]\nname = \"echo\"\nservers = [\"{echo}\"]\n\
+             [[stream]]\nlisten = \"127.0.0.3:0\"\nupstream = \"echo\"\n"
+        ))
+        .start();
+    let (http, admin, stream) =
+        (server.addr.port(), admin_addr(&server).port(), stream_addr(&server, "echo").port());
+    let (tcp, sol) = (libc::IPPROTO_TCP, libc::SOL_SOCKET);
+    for (port, count) in [(http, 4), (admin, 4), (stream, 2)] {
+        let all = |level, name, want: i32| {
+            let got = int_opts(&server, port, level, name);
+            assert!(!got.is_empty() && got.iter().all(|&v| v == want), "port {port} option {name}: {got:?}");
+        };
+        all(sol, libc::SO_KEEPALIVE, 1);
+        all(tcp, libc::TCP_KEEPIDLE, 30);
+        all(tcp, libc::TCP_KEEPINTVL, 5);
+        all(tcp, libc::TCP_KEEPCNT, count);
+        all(tcp, libc::TCP_USER_TIMEOUT, 20_000);
+        // The kernel doubles a buffer size it is given.
+        all(sol, libc::SO_SNDBUF, 131_072);
+        all(sol, libc::SO_RCVBUF, 262_144);
+        all(tcp, libc::TCP_FASTOPEN, 64);
+        all(tcp, libc::TCP_NOTSENT_LOWAT, 16_384);
+        all(tcp, libc::TCP_NODELAY, 1);
+        let defer = int_opts(&server, port, tcp, libc::TCP_DEFER_ACCEPT);
+        assert!(defer.iter().all(|&v| v > 0), "port {port} defers: {defer:?}");
+    }
+    assert!(!server.log().iter().any(|l| l.contains("refused")), "{:?}", server.log());
+    assert_eq!(server.get("/").status, 403);
+}
+
+// A congestion control the kernel lacks is a warning, not a failed start;
+// a backlog above net.core.somaxconn is a warning too.
+#[test]
+fn a_missing_congestion_control_and_a_capped_backlog_are_warnings() {
+    let server = Server::builder().config("backlog = 1048576\n[tcp]\ncongestion = \"no-such-cc\"\n").start();
+    server.wait_for_log("the kernel refused [tcp] congestion");
+    server.wait_for_log("net.core.somaxconn");
+    assert_eq!(server.get("/").status, 403);
+}

@@ -24,6 +24,7 @@ struct RawFile {
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
     cache: Option<RawCache>,
+    tcp: Option<RawTcp>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
     #[serde(default)]
@@ -71,6 +72,24 @@ struct RawStream {
     listen: Spanned<String>,
     upstream: Spanned<String>,
     idle_timeout: Option<Spanned<String>>,
+}
+
+/// `[tcp]`, and (the same keys) each `[tcp.listener."ADDRESS"]` in it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    nodelay: Option<bool>,
+    keepalive_idle: Option<Spanned<String>>,
+    keepalive_interval: Option<Spanned<String>>,
+    keepalive_count: Option<Spanned<i64>>,
+    user_timeout: Option<Spanned<String>>,
+    send_buffer: Option<Spanned<i64>>,
+    receive_buffer: Option<Spanned<i64>>,
+    fastopen: Option<Spanned<i64>>,
+    congestion: Option<Spanned<String>>,
+    defer_accept: Option<Spanned<String>>,
+    notsent_lowat: Option<Spanned<i64>>,
+    listener: Option<Spanned<std::collections::BTreeMap<String, Spanned<RawTcp>>>>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +266,28 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
+    if let Some(tcp) = &raw.tcp {
+        config.tcp = tcp_options(&at, tcp)?;
+        if let Some(listeners) = &tcp.listener {
+            let known = config.all_listen_addrs();
+            for (address, over) in listeners.get_ref() {
+                let addr = parse_listen(address).map_err(|m| at.error(over.span(), m))?;
+                if !known.contains(&addr) {
+                    return Err(at.error(
+                        over.span(),
+                        format!("[tcp.listener.\"{address}\"]: no listen, admin_listen or [[stream]] has this address"),
+                    ));
+                }
+                if over.get_ref().listener.is_some() {
+                    return Err(at.error(
+                        over.span(),
+                        "a [tcp.listener] table cannot hold listener tables of its own",
+                    ));
+                }
+                config.tcp_listeners.push((addr, tcp_options(&at, over.get_ref())?));
+            }
+        }
+    }
     Ok(config)
 }
 
@@ -256,6 +297,46 @@ fn duration_or(
     default: Duration,
 ) -> Result<Duration, ConfigError> {
     raw.as_ref().map_or(Ok(default), |v| at.check(v, |s| parse_duration(s)))
+}
+
+/// The options one `[tcp]` (or `[tcp.listener]`) table sets, each checked
+/// against the kernel's own limits.
+fn tcp_options(at: &Locator, raw: &RawTcp) -> Result<crate::TcpOptions, ConfigError> {
+    use crate::tcp::{
+        congestion_name, duration_or_off, int_value, seconds, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECONDS,
+    };
+    let max_int = i64::from(i32::MAX);
+    let duration = |v: &Option<Spanned<String>>, check: &dyn Fn(Duration) -> Result<Duration, String>| {
+        v.as_ref().map(|v| at.check(v, |s| duration_or_off(s).and_then(check))).transpose()
+    };
+    let int = |v: &Option<Spanned<i64>>, name: &str, min: i64, max: i64| {
+        v.as_ref().map(|v| at.check(v, |&n| int_value(name, n, min, max))).transpose()
+    };
+    Ok(crate::TcpOptions {
+        nodelay: raw.nodelay,
+        keepalive_idle: duration(&raw.keepalive_idle, &|d| {
+            seconds("keepalive_idle", d, 0, MAX_KEEPALIVE_SECONDS)
+        })?,
+        keepalive_interval: duration(&raw.keepalive_interval, &|d| {
+            seconds("keepalive_interval", d, 1, MAX_KEEPALIVE_SECONDS)
+        })?,
+        // Zero (the kernel's default) leaves the timeout to retransmissions.
+        keepalive_count: int(&raw.keepalive_count, "keepalive_count", 1, MAX_KEEPALIVE_COUNT)?,
+        user_timeout: duration(&raw.user_timeout, &|d| {
+            if d.as_millis() > max_int as u128 {
+                Err(format!("user_timeout must be at most {max_int} ms"))
+            } else {
+                Ok(d)
+            }
+        })?,
+        // The kernel doubles a buffer size it is given.
+        send_buffer: int(&raw.send_buffer, "send_buffer", 1, max_int / 2)?,
+        receive_buffer: int(&raw.receive_buffer, "receive_buffer", 1, max_int / 2)?,
+        fastopen: int(&raw.fastopen, "fastopen", 0, max_int)?,
+        congestion: raw.congestion.as_ref().map(|v| at.check(v, |s| congestion_name(s))).transpose()?,
+        defer_accept: duration(&raw.defer_accept, &|d| seconds("defer_accept", d, 0, max_int as u64))?,
+        notsent_lowat: int(&raw.notsent_lowat, "notsent_lowat", 1, max_int)?,
+    })
 }
 
 fn parse_proxy(

@@ -7,6 +7,8 @@
 mod duration;
 mod file;
 pub mod proxy;
+pub mod tcp;
+pub use tcp::TcpOptions;
 
 pub use duration::parse_duration;
 pub use proxy::{Balance, Handler, HostHeader, Route, Stream, Upstream, UpstreamAddr, UpstreamServer};
@@ -55,6 +57,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Raw TCP relays.
     pub streams: Vec<Stream>,
+    /// What the `[tcp]` table sets, for every listener.
+    pub tcp: TcpOptions,
+    /// `[tcp.listener."ADDRESS"]` overrides, by configured listen address.
+    pub tcp_listeners: Vec<(SocketAddr, TcpOptions)>,
     /// The file this was loaded from, for reloads and messages.
     pub source: Option<PathBuf>,
 }
@@ -141,6 +147,8 @@ impl Default for Config {
             upstreams: Vec::new(),
             routes: Vec::new(),
             streams: Vec::new(),
+            tcp: TcpOptions::default(),
+            tcp_listeners: Vec::new(),
             source: None,
         }
     }
@@ -194,6 +202,29 @@ impl Config {
         let admin = self.admin_listen.map(|a| (a, ListenerRole::Admin));
         let streams = self.streams.iter().enumerate().map(|(i, s)| (s.listen, ListenerRole::Stream(i)));
         http.chain(admin).chain(streams).collect()
+    }
+
+    /// The socket options of the listener at `addr` (as configured) with
+    /// `role`: production defaults, then the `[tcp]` table, then the
+    /// listener's own override. Listeners whose clients speak first (HTTP,
+    /// admin) defer accepting for a second by default; a stream gets
+    /// defer_accept only from its own override, since its protocol may
+    /// have the server speak first.
+    pub fn listener_tcp(&self, addr: SocketAddr, role: ListenerRole) -> TcpOptions {
+        let mut options = TcpOptions::production_defaults();
+        match role {
+            ListenerRole::Http | ListenerRole::Admin => {
+                options.defer_accept = Some(Duration::from_secs(1));
+                options = options.overlaid(&self.tcp);
+            }
+            ListenerRole::Stream(_) => {
+                options = options.overlaid(&TcpOptions { defer_accept: None, ..self.tcp.clone() });
+            }
+        }
+        match self.tcp_listeners.iter().find(|(a, _)| *a == addr) {
+            Some((_, over)) => options.overlaid(over),
+            None => options,
+        }
     }
 
     /// The routes requests are matched against: the configured ones, or one

@@ -707,24 +707,28 @@ fn bind_listeners(
     slots: usize,
 ) -> Result<Vec<OwnedFd>, tine_net::NetError> {
     let retired = listeners.rebind(&config.all_listen_addrs(), slots, config.backlog)?;
+    // Set once on each listener: its connections inherit every option.
     for (i, (addr, role)) in config.listener_roles().into_iter().enumerate() {
-        // HTTP clients speak first: the kernel hands a connection over with
-        // its request, so accepting and answering take one turn of the loop.
-        // A stream may carry a protocol whose server speaks first.
-        let defer = match role {
-            tine_config::ListenerRole::Http | tine_config::ListenerRole::Admin => DEFER_ACCEPT_SECONDS,
-            tine_config::ListenerRole::Stream(_) => 0,
-        };
-        if let Err(e) = listeners.set_defer_accept(i, defer) {
-            log::warn!("{addr}: cannot set TCP_DEFER_ACCEPT: {e}");
+        for (option, e) in listeners.configure(i, &config.listener_tcp(addr, role)) {
+            log::warn!("{addr}: the kernel refused [tcp] {option} ({e}); its default stays");
         }
     }
+    warn_if_backlog_capped(config.backlog);
     Ok(retired)
 }
 
-/// How long the kernel holds a connection that sent nothing before handing
-/// it over anyway (then the header timeout applies), as nginx's `deferred`.
-const DEFER_ACCEPT_SECONDS: u32 = 1;
+/// The kernel caps every listen backlog at net.core.somaxconn.
+fn warn_if_backlog_capped(backlog: u32) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else { return };
+    if let Ok(max) = text.trim().parse::<u32>() {
+        if backlog > max {
+            log::warn!(
+                "backlog {backlog} is capped at net.core.somaxconn = {max}; raise it (deploy/sysctl-tine.conf) \
+                 for the accept queues to be as long as configured"
+            );
+        }
+    }
+}
 
 /// Logs each listener bound since `before` (all of them at start) with what
 /// it is for; tests and operators find port-0 addresses here.

@@ -136,13 +136,22 @@ impl ListenerSet {
         self.groups.iter().map(|g| g.bound).collect()
     }
 
-    /// Sets TCP_DEFER_ACCEPT on every socket of the address at `index` (in
-    /// binding order); 0 turns it off.
-    pub fn set_defer_accept(&self, index: usize, seconds: u32) -> io::Result<()> {
+    /// Sets TCP options on every socket of the address at `index` (in
+    /// binding order); returns the options the kernel refused, once each.
+    pub fn configure(
+        &self,
+        index: usize,
+        options: &tine_config::TcpOptions,
+    ) -> Vec<(&'static str, io::Error)> {
+        let mut refused = Vec::new();
         for s in self.groups.get(index).map_or(&[][..], |g| &g.sockets) {
-            sys::set_defer_accept(s.as_raw_fd(), seconds)?;
+            for (name, e) in sys::apply_tcp_options(s.as_raw_fd(), options) {
+                if !refused.iter().any(|(n, _)| *n == name) {
+                    refused.push((name, e));
+                }
+            }
         }
-        Ok(())
+        refused
     }
 
     /// The sockets of one slot, one per address, in address order.
@@ -195,8 +204,6 @@ impl ListenerSet {
                 // and was just checked to be an open listening socket.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 sys::set_cloexec(fd);
-                // An older master's listener may lack what ours carry.
-                let _ = sys::set_nodelay(fd);
                 group.sockets.push(owned);
             }
             set.groups.push(group);

@@ -28,9 +28,7 @@ fn check_size(rc: libc::ssize_t) -> io::Result<usize> {
 }
 
 /// A non-blocking, close-on-exec TCP listener with SO_REUSEADDR and
-/// SO_REUSEPORT, and TCP_NODELAY, which every connection accepted on it
-/// inherits (heads go out with MSG_MORE, so Nagle has nothing left to merge;
-/// set once here, it costs no system call per connection).
+/// SO_REUSEPORT; its TCP options come from [`apply_tcp_options`].
 pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain syscall; the descriptor is owned right after the check.
@@ -44,7 +42,6 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd>
     if addr.is_ipv6() {
         set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
-    set_nodelay(fd)?;
     let (storage, len) = to_sockaddr(addr);
     // SAFETY: storage is a valid sockaddr of `len` bytes for the socket's family.
     check(unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) })?;
@@ -72,12 +69,69 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
-/// TCP_DEFER_ACCEPT: the listener hands over a connection only once its
-/// first bytes arrived (or after about `seconds`), so accepting and reading
-/// the request are one turn of the loop, with no epoll round trip between.
-/// Only for protocols where the client speaks first.
-pub fn set_defer_accept(fd: RawFd, seconds: u32) -> io::Result<()> {
-    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, seconds.min(i32::MAX as u32) as i32)
+/// Sets TCP options on a socket; on a listener, the connections it hands
+/// over inherit them, so they cost nothing per connection. Returns each
+/// option the kernel refused, with why (the caller warns and goes on: the
+/// kernel's value stays). TCP_DEFER_ACCEPT hands a connection over only once
+/// its first bytes arrived, so accepting and reading the request are one
+/// turn of the loop.
+pub fn apply_tcp_options(fd: RawFd, o: &tine_config::TcpOptions) -> Vec<(&'static str, io::Error)> {
+    let mut refused = Vec::new();
+    let mut set = |name: &'static str, level: i32, option: i32, value: u64| {
+        if let Err(e) = set_int_opt(fd, level, option, value.min(i32::MAX as u64) as i32) {
+            refused.push((name, e));
+        }
+    };
+    let tcp = libc::IPPROTO_TCP;
+    if let Some(on) = o.nodelay {
+        set("nodelay", tcp, libc::TCP_NODELAY, u64::from(on));
+    }
+    if let Some(idle) = o.keepalive_idle {
+        set("keepalive_idle", libc::SOL_SOCKET, libc::SO_KEEPALIVE, u64::from(idle.as_secs() > 0));
+        if idle.as_secs() > 0 {
+            set("keepalive_idle", tcp, libc::TCP_KEEPIDLE, idle.as_secs());
+        }
+    }
+    if let Some(interval) = o.keepalive_interval {
+        set("keepalive_interval", tcp, libc::TCP_KEEPINTVL, interval.as_secs());
+    }
+    if let Some(count) = o.keepalive_count {
+        set("keepalive_count", tcp, libc::TCP_KEEPCNT, u64::from(count));
+    }
+    if let Some(t) = o.user_timeout {
+        set("user_timeout", tcp, libc::TCP_USER_TIMEOUT, t.as_millis() as u64);
+    }
+    if let Some(b) = o.send_buffer {
+        set("send_buffer", libc::SOL_SOCKET, libc::SO_SNDBUF, u64::from(b));
+    }
+    if let Some(b) = o.receive_buffer {
+        set("receive_buffer", libc::SOL_SOCKET, libc::SO_RCVBUF, u64::from(b));
+    }
+    if let Some(q) = o.fastopen {
+        set("fastopen", tcp, libc::TCP_FASTOPEN, u64::from(q));
+    }
+    if let Some(d) = o.defer_accept {
+        set("defer_accept", tcp, libc::TCP_DEFER_ACCEPT, d.as_secs());
+    }
+    if let Some(l) = o.notsent_lowat {
+        set("notsent_lowat", tcp, libc::TCP_NOTSENT_LOWAT, u64::from(l));
+    }
+    if let Some(name) = &o.congestion {
+        // SAFETY: name's bytes are valid for their length, which is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                tcp,
+                libc::TCP_CONGESTION,
+                name.as_ptr() as *const libc::c_void,
+                name.len() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            refused.push(("congestion", io::Error::last_os_error()));
+        }
+    }
+    refused
 }
 
 /// Reads an integer socket option.
@@ -535,6 +589,7 @@ mod tests {
     #[test]
     fn accepted_connections_inherit_nodelay_from_the_listener() {
         let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        set_nodelay(listener.as_raw_fd()).unwrap();
         let addr = local_addr(listener.as_raw_fd()).unwrap();
         let _client = std::net::TcpStream::connect(addr).unwrap();
         let accepted = loop {
