@@ -263,6 +263,13 @@ fn listeners_carry_the_options_their_connections_inherit() {
         let nodelay = listener_opts(master, port, libc::IPPROTO_TCP, libc::TCP_NODELAY);
         assert!(!nodelay.is_empty() && nodelay.iter().all(|&v| v == 1), "port {port}: {nodelay:?}");
     }
+    // Relayed streams are probed with TCP keepalive; HTTP connections end by
+    // tine's own timeouts.
+    let keepalive = |port| listener_opts(master, port, libc::SOL_SOCKET, libc::SO_KEEPALIVE);
+    assert!(keepalive(server.addr.port()).iter().all(|&v| v == 0));
+    assert!(keepalive(stream.port()).iter().all(|&v| v == 1));
+    let idle = listener_opts(master, stream.port(), libc::IPPROTO_TCP, libc::TCP_KEEPIDLE);
+    assert!(idle.iter().all(|&v| v == 60), "{idle:?}");
     // A request is still answered, and a stream still relays at once.
     assert_eq!(server.get("/").status, 403);
     let s = connect(stream);

@@ -205,11 +205,11 @@ impl Config {
     }
 
     /// The socket options of the listener at `addr` (as configured) with
-    /// `role`: production defaults, then the `[tcp]` table, then the
-    /// listener's own override. Listeners whose clients speak first (HTTP,
-    /// admin) defer accepting for a second by default; a stream gets
-    /// defer_accept only from its own override, since its protocol may
-    /// have the server speak first.
+    /// `role`: defaults, then the `[tcp]` table, then the listener's own
+    /// override. Listeners whose clients speak first (HTTP, admin) defer
+    /// accepting for a second by default; a stream gets defer_accept only
+    /// from its own override, since its protocol may have the server speak
+    /// first, and TCP keepalive by default.
     pub fn listener_tcp(&self, addr: SocketAddr, role: ListenerRole) -> TcpOptions {
         let mut options = TcpOptions::production_defaults();
         match role {
@@ -218,7 +218,9 @@ impl Config {
                 options = options.overlaid(&self.tcp);
             }
             ListenerRole::Stream(_) => {
-                options = options.overlaid(&TcpOptions { defer_accept: None, ..self.tcp.clone() });
+                options = options
+                    .overlaid(&TcpOptions::stream_keepalive())
+                    .overlaid(&TcpOptions { defer_accept: None, ..self.tcp.clone() });
             }
         }
         match self.tcp_listeners.iter().find(|(a, _)| *a == addr) {

@@ -35,12 +35,18 @@ pub struct TcpOptions {
 }
 
 impl TcpOptions {
-    /// The options a production front end starts from: no Nagle, and
-    /// keepalive that notices a vanished client in about two minutes (the
-    /// kernel's defaults take over two hours).
+    /// What every listener starts from: no Nagle.
     pub fn production_defaults() -> Self {
+        TcpOptions { nodelay: Some(true), ..TcpOptions::default() }
+    }
+
+    /// Keepalive that notices a vanished peer in about two minutes (the
+    /// kernel's defaults take over two hours): the default of stream
+    /// listeners, whose relayed connections may stay quiet for long. HTTP
+    /// connections end by tine's own header, idle and send timeouts, so a
+    /// probe timer per connection would only add to every connection's cost.
+    pub fn stream_keepalive() -> Self {
         TcpOptions {
-            nodelay: Some(true),
             keepalive_idle: Some(Duration::from_secs(60)),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_count: Some(6),
@@ -118,7 +124,7 @@ mod tests {
 
     #[test]
     fn an_override_replaces_only_what_it_sets() {
-        let base = TcpOptions::production_defaults();
+        let base = TcpOptions::production_defaults().overlaid(&TcpOptions::stream_keepalive());
         let over =
             TcpOptions { keepalive_count: Some(3), congestion: Some("bbr".into()), ..Default::default() };
         let both = base.overlaid(&over);
