@@ -70,6 +70,16 @@ fn tcp_values_the_kernel_would_refuse_are_refused_at_check() {
         ("[tcp]\ncongestion = \"two words\"\n", 4, "congestion"),
         ("[tcp]\nnodelay = true\nwindow = 5\n", 5, "window"),
         ("[tcp.listener.\"10.9.9.9:1\"]\nnodelay = false\n", 3, "no listen"),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\ntcp = { fastopen = 5 }\n",
+            6,
+            "applies to listeners",
+        ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\ntcp = { keepalive_count = 0 }\n",
+            6,
+            "keepalive_count",
+        ),
     ] {
         let path = dir.path().join("tcp.toml");
         std::fs::write(&path, format!("listen = [\"127.0.0.1:0\"]\n\n{body}")).unwrap();

@@ -938,3 +938,29 @@ fn garbage_from_clients_or_upstreams_never_breaks_a_worker() {
     assert_eq!(proxy.stats()["master"]["respawns"], 0);
     assert_eq!(liar.stats()["master"]["respawns"], 0);
 }
+
+// The connections to an upstream carry the group's `tcp` options (and no
+// Nagle by default), read back from the worker's own sockets.
+#[test]
+fn upstream_connections_carry_their_groups_tcp_options() {
+    let up = Upstream::start();
+    let proxy = proxy_to(
+        &[up.addr],
+        "tcp = { keepalive_idle = \"30s\", keepalive_count = 3, user_timeout = \"7s\" }\n",
+    );
+    let mut conn = BufReader::new(proxy.connect());
+    assert_eq!(get_on(&mut conn, "/", "").body, b"ok");
+    let worker = proxy.worker_pids()[0];
+    let opt = |level, name| connection_opts(worker, up.addr.port(), level, name);
+    let (tcp, sol) = (libc::IPPROTO_TCP, libc::SOL_SOCKET);
+    for (level, name, want) in [
+        (tcp, libc::TCP_NODELAY, 1),
+        (sol, libc::SO_KEEPALIVE, 1),
+        (tcp, libc::TCP_KEEPIDLE, 30),
+        (tcp, libc::TCP_KEEPCNT, 3),
+        (tcp, libc::TCP_USER_TIMEOUT, 7000),
+    ] {
+        let got = opt(level, name);
+        assert!(!got.is_empty() && got.iter().all(|&v| v == want), "option {name}: {got:?}");
+    }
+}

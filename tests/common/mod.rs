@@ -573,15 +573,28 @@ pub fn admin_addr(server: &Server) -> SocketAddr {
 /// holds on `port`, read with getsockopt on a duplicate taken by
 /// pidfd_getfd (the test started the process, so it may).
 pub fn listener_opts(pid: i32, port: u16, level: i32, name: i32) -> Vec<i32> {
+    let local = format!(":{port:04X}");
+    socket_opts(pid, |f| f[1].ends_with(&local) && f[3] == "0A", level, name)
+}
+
+/// As [`listener_opts`], for the established connections `pid` holds to
+/// remote port `port` (an upstream server's).
+pub fn connection_opts(pid: i32, port: u16, level: i32, name: i32) -> Vec<i32> {
+    let remote = format!(":{port:04X}");
+    socket_opts(pid, |f| f[2].ends_with(&remote) && f[3] == "01", level, name)
+}
+
+/// An integer option of every TCP socket of `pid` whose /proc/net/tcp row
+/// (split into fields) `row` accepts.
+fn socket_opts(pid: i32, row: impl Fn(&[&str]) -> bool, level: i32, name: i32) -> Vec<i32> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap()
         + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
-    let local = format!(":{port:04X}");
     let inodes: Vec<String> = table
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 9 && f[1].ends_with(&local) && f[3] == "0A").then(|| f[9].to_string())
+            (f.len() > 9 && row(&f)).then(|| f[9].to_string())
         })
         .collect();
     // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.

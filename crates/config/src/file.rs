@@ -47,6 +47,7 @@ struct RawUpstream {
     max_fails: Option<Spanned<i64>>,
     fail_timeout: Option<Spanned<String>>,
     underscores_in_headers: Option<bool>,
+    tcp: Option<Spanned<RawTcp>>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +300,21 @@ fn duration_or(
     raw.as_ref().map_or(Ok(default), |v| at.check(v, |s| parse_duration(s)))
 }
 
+/// The `tcp` table of an `[[upstream]]`: the same keys as `[tcp]`, less
+/// those that only a listener has.
+fn upstream_tcp(at: &Locator, raw: &Spanned<RawTcp>) -> Result<crate::TcpOptions, ConfigError> {
+    let t = raw.get_ref();
+    let listener_only = [
+        ("fastopen", t.fastopen.as_ref().map(|v| v.span())),
+        ("defer_accept", t.defer_accept.as_ref().map(|v| v.span())),
+        ("listener", t.listener.as_ref().map(|v| v.span())),
+    ];
+    if let Some((name, Some(span))) = listener_only.into_iter().find(|(_, s)| s.is_some()) {
+        return Err(at.error(span, format!("{name} applies to listeners, not to connections to an upstream")));
+    }
+    tcp_options(at, t)
+}
+
 /// The options one `[tcp]` (or `[tcp.listener]`) table sets, each checked
 /// against the kernel's own limits.
 fn tcp_options(at: &Locator, raw: &RawTcp) -> Result<crate::TcpOptions, ConfigError> {
@@ -391,6 +407,10 @@ fn parse_proxy(
             max_fails: u.max_fails.as_ref().map_or(Ok(3), |v| at.in_range(v, "max_fails", 0, 1000))? as u32,
             fail_timeout: duration_or(at, &u.fail_timeout, Duration::from_secs(10))?,
             underscores_in_headers: u.underscores_in_headers.unwrap_or(false),
+            tcp: match &u.tcp {
+                None => crate::TcpOptions::production_defaults(),
+                Some(raw) => crate::TcpOptions::production_defaults().overlaid(&upstream_tcp(at, raw)?),
+            },
         });
     }
     let upstream_index =

@@ -72,6 +72,8 @@ pub struct Upstream {
     pub fail_timeout: Duration,
     /// Request headers whose names contain `_` are forwarded (dropped by default).
     pub underscores_in_headers: bool,
+    /// Socket options of the connections to the group's servers.
+    pub tcp: crate::TcpOptions,
 }
 
 /// The Host header a proxied request carries.

@@ -714,6 +714,13 @@ fn bind_listeners(
         }
     }
     warn_if_backlog_capped(config.backlog);
+    // Upstream connections are made by the workers, one at a time: say once,
+    // here, which of their options this kernel refuses.
+    for u in &config.upstreams {
+        for (option, e) in tine_net::sys::refused_tcp_options(&u.tcp) {
+            log::warn!("upstream {}: the kernel refused tcp {option} ({e}); its default stays", u.name);
+        }
+    }
     Ok(retired)
 }
 

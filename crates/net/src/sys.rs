@@ -134,6 +134,20 @@ pub fn apply_tcp_options(fd: RawFd, o: &tine_config::TcpOptions) -> Vec<(&'stati
     refused
 }
 
+/// The options of `options` that the kernel refuses on a fresh TCP socket
+/// (for a warning at start, before any connection uses them).
+pub fn refused_tcp_options(options: &tine_config::TcpOptions) -> Vec<(&'static str, io::Error)> {
+    // SAFETY: plain syscall; the descriptor is owned right after the check.
+    match check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }) {
+        Ok(fd) => {
+            // SAFETY: fresh descriptor, owned here so that it is closed.
+            let _owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            apply_tcp_options(fd, options)
+        }
+        Err(e) => vec![("socket", e)],
+    }
+}
+
 /// Reads an integer socket option.
 pub fn int_opt(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     let mut value: i32 = 0;
@@ -327,7 +341,10 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 
 /// Starts a non-blocking connect to a TCP or Unix-socket address. Returns the
 /// socket; completion (or failure) shows as writability, then [`socket_error`].
-pub fn connect_start(addr: &ConnectTo<'_>) -> io::Result<OwnedFd> {
+/// Starts a non-blocking connect; a TCP socket gets `options` first (buffer
+/// sizes must be set before the handshake to shape its window), and an
+/// option the kernel refuses leaves its default.
+pub fn connect_start(addr: &ConnectTo<'_>, options: &tine_config::TcpOptions) -> io::Result<OwnedFd> {
     let family = match addr {
         ConnectTo::Tcp(a) if a.is_ipv4() => libc::AF_INET,
         ConnectTo::Tcp(_) => libc::AF_INET6,
@@ -341,6 +358,8 @@ pub fn connect_start(addr: &ConnectTo<'_>) -> io::Result<OwnedFd> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let rc = match addr {
         ConnectTo::Tcp(a) => {
+            // Refusals were reported once at start (the master tries the options).
+            let _ = apply_tcp_options(fd, options);
             let (storage, len) = to_sockaddr(*a);
             // SAFETY: storage is a valid sockaddr of `len` bytes for the family.
             unsafe { libc::connect(fd, &storage as *const _ as *const libc::sockaddr, len) }

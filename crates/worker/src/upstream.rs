@@ -198,7 +198,7 @@ impl Upstreams {
             UpstreamAddr::Tcp(a) => ConnectTo::Tcp(*a),
             UpstreamAddr::Unix(p) => ConnectTo::Unix(p),
         };
-        let fd = sys::connect_start(&target)?;
+        let fd = sys::connect_start(&target, &g.config.tcp)?;
         s.open += 1;
         if let Some(st) = stat {
             st.open.fetch_add(1, Relaxed);
