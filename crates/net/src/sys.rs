@@ -387,9 +387,6 @@ pub fn connect_start(addr: &ConnectTo<'_>, options: &tine_config::TcpOptions) ->
             return Err(e);
         }
     }
-    if let ConnectTo::Tcp(_) = addr {
-        let _ = set_nodelay(fd);
-    }
     Ok(owned)
 }
 
