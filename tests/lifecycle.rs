@@ -74,9 +74,10 @@ fn a_reload_can_add_workers_and_a_listen_address() {
         .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{}\", \"127.0.0.1:0\"]", server.addr));
     std::fs::write(server.config_path(), grown).unwrap();
     server.signal(libc::SIGHUP);
-    let stats = server.wait_until("three workers", |s| {
+    // The new workers can be running before the master counts the reload.
+    let stats = server.wait_until("three workers and the reload counted", |s| {
         let ws = s["workers"].as_array().unwrap();
-        ws.len() == 3 && ws.iter().all(|w| w["state"] == "running")
+        ws.len() == 3 && ws.iter().all(|w| w["state"] == "running") && s["master"]["reloads"] == 1
     });
     assert_eq!(listening_sockets(server.addr.port()), 3, "the kept address gained a socket for the new slot");
     assert_eq!(server.get("/a.txt").body, b"A");

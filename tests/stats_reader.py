@@ -33,7 +33,9 @@ UPSTREAM_GAUGES = {"open", "down", "active"}
 STATES = ["empty", "starting", "running", "draining", "dead", "backoff", "retired"]
 LATENCY_OFFSET, LATENCY_BUCKETS = 184, 32
 # Fields after the histogram, with their offsets in the slot.
-SLOT_AFTER_HISTOGRAM = {"closed_idle_at_limit": 440}
+SLOT_AFTER_HISTOGRAM = {"closed_idle_at_limit": 440, "tls_handshakes": 448, "tls_resumed": 456, "tls_v1_3": 464,
+                        "tls_v1_2": 472, "tls_failed_protocol": 480, "tls_failed_timeout": 488,
+                        "tls_failed_no_certificate": 496, "tls_failed_plain_http": 504, "tls_record_errors": 512}
 
 
 class Invalid(Exception):
@@ -102,7 +104,8 @@ def read(path):
         for j, name in enumerate(SLOT):
             w[name] = u64(base + 8 * j)
         for name, off in SLOT_AFTER_HISTOGRAM.items():
-            w[name] = u64(base + off)
+            # Appended fields a region's slots may be too old to have.
+            w[name] = u64(base + off) if off + 8 <= slot_size else 0
         w["latency_us"] = [u64(base + LATENCY_OFFSET + 8 * b) for b in range(LATENCY_BUCKETS)]
         slots.append(w)
 

@@ -13,6 +13,10 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
+    tls_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    certificate: Vec<RawCertificate>,
     admin_listen: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
     workers: Option<Spanned<RawWorkers>>,
@@ -31,6 +35,23 @@ struct RawFile {
     route: Vec<RawRoute>,
     #[serde(default)]
     stream: Vec<RawStream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    min_version: Option<Spanned<String>>,
+    unknown_name: Option<Spanned<String>>,
+    session_tickets: Option<bool>,
+    ticket_key_rotation: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    default: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +86,7 @@ struct RawRoute {
     upstream: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
     host_header: Option<Spanned<String>>,
+    redirect_to_https: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +95,7 @@ struct RawStream {
     listen: Spanned<String>,
     upstream: Spanned<String>,
     idle_timeout: Option<Spanned<String>>,
+    tls: Option<bool>,
 }
 
 /// `[tcp]`, and (the same keys) each `[tcp.listener."ADDRESS"]` in it.
@@ -191,12 +214,26 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         config.listen =
             listen.get_ref().iter().map(|a| at.check(a, |s| parse_listen(s))).collect::<Result<_, _>>()?;
     }
-    if let Some(admin) = &raw.admin_listen {
-        config.admin_listen = Some(at.check(admin, |s| parse_listen(s))?);
-        if config.listen.contains(&config.admin_listen.expect("just set")) {
-            return Err(at.error(admin.span(), "admin_listen must differ from every listen address"));
+    if let Some(tls_listen) = &raw.tls_listen {
+        for a in tls_listen.get_ref() {
+            let addr = at.check(a, |s| parse_listen(s))?;
+            // Port 0 asks for any free port: every such socket is its own.
+            if addr.port() != 0 && (config.listen.contains(&addr) || config.tls_listen.contains(&addr)) {
+                return Err(
+                    at.error(a.span(), "a tls_listen address must differ from every other listen address")
+                );
+            }
+            config.tls_listen.push(addr);
         }
     }
+    if let Some(admin) = &raw.admin_listen {
+        let addr = at.check(admin, |s| parse_listen(s))?;
+        if addr.port() != 0 && (config.listen.contains(&addr) || config.tls_listen.contains(&addr)) {
+            return Err(at.error(admin.span(), "admin_listen must differ from every listen address"));
+        }
+        config.admin_listen = Some(addr);
+    }
+    parse_tls(&raw, &at, &relative_to_file, &mut config)?;
     if let Some(root) = &raw.root {
         config.root = at.check(root, |r| check_root(&relative_to_file(r)))?;
     } else {
@@ -267,6 +304,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
+    check_tls_users(&raw, &at, &config)?;
     if let Some(tcp) = &raw.tcp {
         config.tcp = tcp_options(&at, tcp)?;
         if let Some(listeners) = &tcp.listener {
@@ -290,6 +328,67 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// `[tls]` and `[[certificate]]`.
+fn parse_tls(
+    raw: &RawFile,
+    at: &Locator,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+    config: &mut Config,
+) -> Result<(), ConfigError> {
+    if let Some(t) = &raw.tls {
+        if let Some(v) = &t.min_version {
+            config.tls.min_version = at.check(v, |s| crate::TlsVersion::parse(s))?;
+        }
+        if let Some(v) = &t.unknown_name {
+            config.tls.unknown_name = at.check(v, |s| crate::UnknownName::parse(s))?;
+        }
+        if let Some(v) = t.session_tickets {
+            config.tls.session_tickets = v;
+        }
+        if let Some(v) = &t.ticket_key_rotation {
+            config.tls.ticket_key_rotation = at.check(v, |s| {
+                let d = parse_duration(s)?;
+                if (Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600)).contains(&d) {
+                    Ok(d)
+                } else {
+                    Err("ticket_key_rotation must be from 1m to 7d".to_string())
+                }
+            })?;
+        }
+    }
+    for c in &raw.certificate {
+        let cert = relative_to_file(c.cert.get_ref());
+        let key = relative_to_file(c.key.get_ref());
+        if config.certificates.iter().any(|x| x.cert == cert) {
+            return Err(at.error(c.cert.span(), "this certificate is listed twice"));
+        }
+        config.certificates.push(crate::Certificate { cert, key, default: c.default.unwrap_or(false) });
+    }
+    Ok(())
+}
+
+/// Whatever terminates TLS needs a certificate; a redirect to https needs
+/// somewhere to send it.
+fn check_tls_users(raw: &RawFile, at: &Locator, config: &Config) -> Result<(), ConfigError> {
+    if config.certificates.is_empty() {
+        if let Some(tls_listen) = raw.tls_listen.as_ref().filter(|l| !l.get_ref().is_empty()) {
+            return Err(at.error(tls_listen.span(), "tls_listen needs at least one [[certificate]]"));
+        }
+        if let Some(s) = raw.stream.iter().find(|s| s.tls == Some(true)) {
+            return Err(
+                at.error(s.listen.span(), "a stream with tls = true needs at least one [[certificate]]")
+            );
+        }
+    }
+    if config.tls_listen.is_empty() {
+        if let Some(r) = raw.route.iter().find_map(|r| r.redirect_to_https.as_ref().filter(|v| *v.get_ref()))
+        {
+            return Err(at.error(r.span(), "redirect_to_https needs a tls_listen address to send clients to"));
+        }
+    }
+    Ok(())
 }
 
 fn duration_or(
@@ -446,18 +545,24 @@ fn parse_proxy(
             }
         };
         let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
-        routes.push(Route { host, path, handler });
+        let redirect_to_https = r.redirect_to_https.as_ref().is_some_and(|v| *v.get_ref());
+        routes.push(Route { host, path, handler, redirect_to_https });
     }
     config.routes = routes;
     for s in &raw.stream {
         let listen = at.check(&s.listen, |l| parse_listen(l))?;
-        if config.listen.contains(&listen) || config.admin_listen == Some(listen) {
+        if listen.port() != 0
+            && (config.listen.contains(&listen)
+                || config.tls_listen.contains(&listen)
+                || config.admin_listen == Some(listen))
+        {
             return Err(at.error(s.listen.span(), "a stream must listen on an address of its own"));
         }
         config.streams.push(Stream {
             listen,
             upstream: upstream_index(&s.upstream)?,
             idle_timeout: duration_or(at, &s.idle_timeout, Duration::from_secs(600))?,
+            tls: s.tls.unwrap_or(false),
         });
     }
     Ok(())

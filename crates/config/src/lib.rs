@@ -8,7 +8,9 @@ mod duration;
 mod file;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;
 pub use tcp::TcpOptions;
+pub use tls::{Certificate, Tls, TlsVersion, UnknownName};
 
 pub use duration::parse_duration;
 pub use proxy::{Balance, Handler, HostHeader, Route, Stream, Upstream, UpstreamAddr, UpstreamServer};
@@ -24,6 +26,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerRole {
     Http,
+    /// HTTP over TLS (`tls_listen`).
+    Https,
     Admin,
     /// Relayed raw to the upstream group of this stream.
     Stream(usize),
@@ -33,6 +37,12 @@ pub enum ListenerRole {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listen addresses; their certificates are `certificates`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// `[[certificate]]`: what TLS listeners (and TLS streams) choose from.
+    pub certificates: Vec<Certificate>,
+    /// The `[tls]` table.
+    pub tls: Tls,
     /// Admin listener answering /metrics and /stats.json; `None` for none.
     pub admin_listen: Option<SocketAddr>,
     /// Directory served as the document root (absolute once loaded).
@@ -121,6 +131,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![DEFAULT_LISTEN.parse().expect("default address parses")],
+            tls_listen: Vec::new(),
+            certificates: Vec::new(),
+            tls: Tls::default(),
             admin_listen: None,
             root: PathBuf::from("."),
             workers: Workers::Auto,
@@ -191,7 +204,7 @@ impl Source {
 
 impl Config {
     /// Every address to bind, in [`ListenerRole`] order: the HTTP listen
-    /// addresses, the admin listener, then the streams.
+    /// addresses, the HTTPS ones, the admin listener, then the streams.
     pub fn all_listen_addrs(&self) -> Vec<SocketAddr> {
         self.listener_roles().into_iter().map(|(addr, _)| addr).collect()
     }
@@ -199,9 +212,10 @@ impl Config {
     /// What each bound address is for, in binding order.
     pub fn listener_roles(&self) -> Vec<(SocketAddr, ListenerRole)> {
         let http = self.listen.iter().map(|&a| (a, ListenerRole::Http));
+        let https = self.tls_listen.iter().map(|&a| (a, ListenerRole::Https));
         let admin = self.admin_listen.map(|a| (a, ListenerRole::Admin));
         let streams = self.streams.iter().enumerate().map(|(i, s)| (s.listen, ListenerRole::Stream(i)));
-        http.chain(admin).chain(streams).collect()
+        http.chain(https).chain(admin).chain(streams).collect()
     }
 
     /// The socket options of the listener at `addr` (as configured) with
@@ -213,7 +227,7 @@ impl Config {
     pub fn listener_tcp(&self, addr: SocketAddr, role: ListenerRole) -> TcpOptions {
         let mut options = TcpOptions::production_defaults();
         match role {
-            ListenerRole::Http | ListenerRole::Admin => {
+            ListenerRole::Http | ListenerRole::Https | ListenerRole::Admin => {
                 options.defer_accept = Some(Duration::from_secs(1));
                 options = options.overlaid(&self.tcp);
             }
@@ -229,11 +243,21 @@ impl Config {
         }
     }
 
+    /// True when something terminates TLS: an HTTPS listener or a TLS stream.
+    pub fn uses_tls(&self) -> bool {
+        !self.tls_listen.is_empty() || self.streams.iter().any(|s| s.tls)
+    }
+
     /// The routes requests are matched against: the configured ones, or one
     /// route serving `root` for everything.
     pub fn effective_routes(&self) -> Vec<Route> {
         if self.routes.is_empty() {
-            vec![Route { host: None, path: "/".into(), handler: Handler::Static(self.root.clone()) }]
+            vec![Route {
+                host: None,
+                path: "/".into(),
+                handler: Handler::Static(self.root.clone()),
+                redirect_to_https: false,
+            }]
         } else {
             self.routes.clone()
         }

@@ -100,6 +100,9 @@ pub struct Route {
     pub host: Option<String>,
     pub path: String,
     pub handler: Handler,
+    /// Requests that arrive over plain HTTP get a 308 to the same URL over
+    /// https instead of being served.
+    pub redirect_to_https: bool,
 }
 
 /// A TCP listener whose connections are relayed raw to an upstream group.
@@ -109,6 +112,9 @@ pub struct Stream {
     pub upstream: usize,
     /// A tunnel with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// The listener terminates TLS (with the `[[certificate]]`s) and relays
+    /// the plaintext.
+    pub tls: bool,
 }
 
 /// Picks the route for a request: the index of the route in `routes`.
@@ -142,6 +148,7 @@ mod tests {
             host: host.map(String::from),
             path: path.into(),
             handler: Handler::Proxy { upstream: n, host: HostHeader::Keep },
+            redirect_to_https: false,
         }
     }
 

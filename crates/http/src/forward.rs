@@ -143,6 +143,8 @@ pub struct Forwarding<'a> {
     /// that maps headers to CGI-style variables reads `X_Forwarded_For` and
     /// `X-Forwarded-For` as one name, and would take the client's for tine's.
     pub underscores: bool,
+    /// The client came over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// The request head for the upstream: method and origin-form target, the
@@ -181,7 +183,11 @@ pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, fwd: &Forward
     if let Some(peer) = fwd.peer {
         push_ip(out, peer);
     }
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(if fwd.https {
+        b"\r\nX-Forwarded-Proto: https\r\n"
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\n"
+    });
     if let Some(client_host) = req.host {
         push_header(out, b"X-Forwarded-Host", client_host);
     }
@@ -225,7 +231,7 @@ mod tests {
         let limits = crate::Limits { head_bytes: 4096, uri_bytes: 1024 };
         let req = crate::parse_request(raw, &limits).unwrap().unwrap();
         let mut out = Vec::new();
-        let fwd = Forwarding { host: b"app", peer: "10.0.0.2".parse().ok(), underscores };
+        let fwd = Forwarding { host: b"app", peer: "10.0.0.2".parse().ok(), underscores, https: false };
         upstream_request_head(&mut out, &req, &fwd);
         String::from_utf8(out).unwrap()
     }

@@ -36,6 +36,7 @@ use tine_config::{Config, Source, Workers};
 use tine_logging::ErrorLogTarget;
 use tine_net::ListenerSet;
 use tine_stats::{Region, RegionState, RegionView, SlotState};
+use tine_tls::{TicketKeyRing, TlsContext};
 
 /// A worker that exits sooner than this after starting counts as crash-looping.
 const CRASH_WINDOW: Duration = Duration::from_secs(2);
@@ -99,6 +100,10 @@ struct Master {
     /// Sockets no longer configured, closed once no old worker accepts on them.
     retired_sockets: Vec<OwnedFd>,
     region: Region,
+    /// TLS session-ticket keys, shared with the workers only.
+    tickets: TicketKeyRing,
+    /// Certificates and server configurations of the current configuration.
+    tls: Option<TlsContext>,
     pid_file: PidFile,
     signals: SignalFd,
     cpus: Vec<usize>,
@@ -127,6 +132,12 @@ impl Master {
             PidFile::check_free(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(first_port)))?;
         }
         check_access_log(config)?;
+        let tickets = match inherited.ticket_fd.take() {
+            Some(fd) => TicketKeyRing::adopt(fd),
+            None => TicketKeyRing::create(),
+        }
+        .map_err(|e| MasterError::Other(format!("TLS session-ticket keys: {e}")))?;
+        let tls = load_tls(config, &tickets).map_err(MasterError::Other)?;
         let signals = master_signalfd().map_err(MasterError::Signals)?;
         let mut listeners = match &inherited.listeners {
             Some(env) => ListenerSet::inherit(env)?,
@@ -177,6 +188,8 @@ impl Master {
             listeners,
             retired_sockets: Vec::new(),
             region,
+            tickets,
+            tls,
             pid_file,
             signals,
             cpus,
@@ -278,6 +291,9 @@ impl Master {
         config.stats_path = self.launch.config.stats_path.clone();
         config.pid_file = self.launch.config.pid_file.clone();
         check_access_log(&config).map_err(|e| e.to_string())?;
+        // Certificates are read before anything changes: one that cannot be
+        // used refuses the reload, and the current ones keep serving.
+        let tls = load_tls(&config, &self.tickets)?;
         if config.error_log != self.launch.config.error_log {
             tine_logging::install(error_log_target(&config)).map_err(|e| e.to_string())?;
         }
@@ -288,6 +304,7 @@ impl Master {
             log::warn!("more upstream servers than the stats region has room for: restart to count them all");
         }
         self.launch.config = config;
+        self.tls = tls;
         self.retired_sockets.extend(retired);
         let old = self.retire_current_workers();
         self.resize_slots(count);
@@ -353,7 +370,8 @@ impl Master {
         }
         let exe = &self.launch.exe;
         log::info!("upgrade: starting {}", exe.display());
-        match upgrade::start(exe, &self.launch.args, &self.listeners, &self.region, &self.pid_file) {
+        let tickets = self.tickets.raw_fd();
+        match upgrade::start(exe, &self.launch.args, &self.listeners, &self.region, tickets, &self.pid_file) {
             Ok(pending) => self.upgrade = Some(pending),
             Err(e) => log::error!("upgrade failed, still serving: {e}"),
         }
@@ -555,7 +573,7 @@ impl Master {
         // sockets a reload retired: closed in the master once the old workers
         // are gone, they must then be closed in every process, or clients
         // would queue on a socket nobody accepts on instead of being refused.
-        let mut master_fds = vec![self.signals.as_raw_fd()];
+        let mut master_fds = vec![self.signals.as_raw_fd(), self.tickets.raw_fd()];
         master_fds.extend(self.retired_sockets.iter().map(|fd| fd.as_raw_fd()));
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
@@ -569,6 +587,7 @@ impl Master {
                 master_fds: &master_fds,
                 config: &self.launch.config,
                 region: &self.region,
+                tls: self.tls.as_ref(),
             };
             match spawn_worker(spec) {
                 Ok(pid) => {
@@ -600,6 +619,13 @@ impl Master {
             .chain(self.retiring.iter().map(|r| (r.slot, r.pid.as_raw())))
             .collect();
         self.sampler.sample(&self.region, &workers);
+        if self.tls.is_some() {
+            match self.tickets.rotate_if_due(self.launch.config.tls.ticket_key_rotation) {
+                Ok(true) => log::info!("TLS session-ticket key rotated"),
+                Ok(false) => {}
+                Err(e) => log::error!("cannot rotate the TLS session-ticket key: {e}"),
+            }
+        }
     }
 
     fn all_worker_pids(&self) -> Vec<Pid> {
@@ -639,6 +665,15 @@ impl Master {
 
 /// `group address` for every upstream server, in configuration order: the
 /// names of the region's upstream table.
+/// Reads the certificates of `config` and builds the workers' TLS
+/// configurations (None when nothing terminates TLS).
+fn load_tls(config: &Config, tickets: &TicketKeyRing) -> Result<Option<TlsContext>, String> {
+    if !config.uses_tls() {
+        return Ok(None);
+    }
+    TlsContext::load(config, Some(tickets)).map(Some).map_err(|e| format!("TLS: {e}"))
+}
+
 fn upstream_names(config: &Config) -> Vec<String> {
     config
         .upstreams
@@ -746,12 +781,14 @@ fn announce_listeners(config: &Config, listeners: &ListenerSet, before: &[std::n
         }
         match role {
             tine_config::ListenerRole::Http => log::info!("listening on {a}"),
+            tine_config::ListenerRole::Https => log::info!("listening for TLS on {a}"),
             tine_config::ListenerRole::Admin => {
                 log::info!("admin endpoint on http://{a}/metrics and /stats.json")
             }
             tine_config::ListenerRole::Stream(i) => {
                 let upstream = &config.upstreams[config.streams[i].upstream].name;
-                log::info!("stream on {a} relayed to upstream {upstream}")
+                let tls = if config.streams[i].tls { "TLS " } else { "" };
+                log::info!("{tls}stream on {a} relayed to upstream {upstream}")
             }
         }
     }

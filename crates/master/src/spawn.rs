@@ -23,6 +23,7 @@ pub struct Spawn<'a> {
     pub master_fds: &'a [RawFd],
     pub config: &'a Config,
     pub region: &'a Region,
+    pub tls: Option<&'a tine_tls::TlsContext>,
 }
 
 /// Forks a worker for `spec.slot` and returns its pid.
@@ -55,6 +56,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
                 roles: spec.config.listener_roles().into_iter().map(|(_, role)| role).collect(),
                 config: spec.config,
                 region: spec.region,
+                tls: spec.tls,
             };
             let code = match std::panic::catch_unwind(AssertUnwindSafe(|| tine_worker::run(init))) {
                 Ok(Ok(_)) | Ok(Err(WorkerError::Orphaned(_))) => 0,

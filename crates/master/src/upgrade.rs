@@ -11,6 +11,7 @@
 //! | `TINE_LISTENERS` | the sockets: `REQUESTED|BOUND|FD,FD,...` per address, `;`-separated (one FD per slot) |
 //! | `TINE_ADOPT_STATS` | path of the region to adopt instead of creating one |
 //! | `TINE_STATS_FD` | the old master's descriptor of that region, which carries its lock (so it is never free between the two masters) |
+//! | `TINE_TICKET_FD` | the TLS session-ticket key ring (a memfd), so tickets issued before the upgrade still resume |
 //! | `TINE_READY_FD` | write end of a pipe: one byte when the new workers are up |
 //! | `TINE_OLD_MASTER` | pid of the old master |
 
@@ -33,6 +34,7 @@ use tine_stats::{Region, RegionView};
 pub const ADOPT_STATS_ENV: &str = "TINE_ADOPT_STATS";
 pub const STATS_FD_ENV: &str = "TINE_STATS_FD";
 pub const READY_FD_ENV: &str = "TINE_READY_FD";
+pub const TICKET_FD_ENV: &str = "TINE_TICKET_FD";
 pub const OLD_MASTER_ENV: &str = "TINE_OLD_MASTER";
 
 /// How long the new binary has to get its workers up.
@@ -67,12 +69,13 @@ pub fn start(
     args: &[OsString],
     listeners: &ListenerSet,
     region: &Region,
+    ticket_fd: RawFd,
     pid_file: &PidFile,
 ) -> Result<Pending, MasterError> {
     let pid_path = pid_file.path().to_owned();
     std::fs::rename(&pid_path, oldbin(&pid_path))
         .map_err(|source| MasterError::PidFile { path: pid_path.clone(), source })?;
-    match spawn(exe, args, listeners, region) {
+    match spawn(exe, args, listeners, region, ticket_fd) {
         Ok((pid, ready)) => Ok(Pending { pid, ready, deadline: Instant::now() + UPGRADE_TIMEOUT, pid_path }),
         Err(e) => {
             restore_pid_file(&pid_path);
@@ -86,17 +89,20 @@ fn spawn(
     args: &[OsString],
     listeners: &ListenerSet,
     region: &Region,
+    ticket_fd: RawFd,
 ) -> io::Result<(Pid, std::fs::File)> {
     let (ready_read, ready_write) = pipe()?;
     let mut inherit = listeners.all();
     inherit.push(ready_write.as_raw_fd());
     let region_fd = region.lock_fd().as_raw_fd();
     inherit.push(region_fd);
+    inherit.push(ticket_fd);
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env(LISTENERS_ENV, listeners.to_env())
         .env(ADOPT_STATS_ENV, region.path())
         .env(STATS_FD_ENV, region_fd.to_string())
+        .env(TICKET_FD_ENV, ticket_fd.to_string())
         .env(READY_FD_ENV, ready_write.as_raw_fd().to_string())
         .env(OLD_MASTER_ENV, std::process::id().to_string());
     // SAFETY: the closure runs in the child between fork and exec and only makes
@@ -167,6 +173,8 @@ pub struct Inherited {
     pub stats_path: Option<PathBuf>,
     /// The old master's descriptor of the region (it holds the region's lock).
     pub stats_fd: Option<OwnedFd>,
+    /// The TLS session-ticket key ring.
+    pub ticket_fd: Option<OwnedFd>,
     pub ready: Option<OwnedFd>,
     pub old_master: Option<i32>,
 }
@@ -189,7 +197,8 @@ pub fn take_inherited() -> Inherited {
         )
     };
     let stats_fd = handed_over(STATS_FD_ENV);
+    let ticket_fd = handed_over(TICKET_FD_ENV);
     let ready = handed_over(READY_FD_ENV);
     let old_master = take(OLD_MASTER_ENV).and_then(|v| v.to_str().and_then(|s| s.parse().ok()));
-    Inherited { listeners, stats_path, stats_fd, ready, old_master }
+    Inherited { listeners, stats_path, stats_fd, ticket_fd, ready, old_master }
 }

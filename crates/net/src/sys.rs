@@ -252,6 +252,27 @@ pub fn send(fd: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {
     check_size(unsafe { libc::send(fd, buf.as_ptr() as *const libc::c_void, buf.len(), flags) })
 }
 
+/// Sends several buffers in one call (sendmsg), as a TLS transport writes
+/// the records it has queued.
+pub fn send_vectored(fd: RawFd, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is valid; iov points at `bufs`, whose IoSlice
+    // is ABI-compatible with iovec and which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    // SAFETY: msg is a valid msghdr describing readable buffers.
+    check_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })
+}
+
+/// Reads from `file` at `offset` without moving its position (the file
+/// cache shares descriptors between connections).
+pub fn pread(file: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: buf is valid for writing buf.len() bytes.
+    check_size(unsafe {
+        libc::pread(file, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), offset as libc::off_t)
+    })
+}
+
 /// Copies up to `count` bytes of `file` from `*offset` to the socket in the kernel,
 /// advancing `*offset` by what was sent.
 pub fn sendfile(socket: RawFd, file: RawFd, offset: &mut u64, count: usize) -> io::Result<usize> {

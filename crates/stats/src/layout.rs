@@ -267,6 +267,15 @@ section! {
     }
     after_arrays {
         closed_idle_at_limit: Counter = "idle keep-alive connections closed to admit new clients at the per-worker connection limit",
+        tls_handshakes: Counter = "TLS handshakes completed",
+        tls_resumed: Counter = "the part of tls_handshakes that resumed a session from a ticket",
+        tls_v1_3: Counter = "the part of tls_handshakes that negotiated TLS 1.3",
+        tls_v1_2: Counter = "the part of tls_handshakes that negotiated TLS 1.2",
+        tls_failed_protocol: Counter = "TLS handshakes failed on a protocol error: not TLS, malformed or truncated, an alert from the client, nothing in common",
+        tls_failed_timeout: Counter = "TLS handshakes not complete within the header timeout",
+        tls_failed_no_certificate: Counter = "TLS handshakes refused because no certificate covers the name asked for",
+        tls_failed_plain_http: Counter = "plain HTTP requests on a TLS port, answered with a plain-text 400",
+        tls_record_errors: Counter = "established TLS connections closed on a bad record or an alert from the client",
     }
 }
 
@@ -390,7 +399,7 @@ const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
-const _: () = assert!(SLOT_SIZE == 448);
+const _: () = assert!(SLOT_SIZE == 576);
 const _: () = assert!(MASTER_SIZE.is_multiple_of(64));
 const _: () = assert!(HOST_SIZE.is_multiple_of(64));
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);

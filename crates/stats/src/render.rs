@@ -183,9 +183,34 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     out.push('\n');
     let hist = s.latency();
     let _ = writeln!(out, "\nlatency since start: {}", quantiles(&hist));
+    out.push_str(&tls_lines(s));
     out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
     out
+}
+
+/// TLS handshakes and their failures, when anything was ever TLS.
+fn tls_lines(s: &Snapshot) -> String {
+    let t = s.totals();
+    let v = |name: &str| t.get(name).unwrap_or(0);
+    let failed =
+        ["tls_failed_protocol", "tls_failed_timeout", "tls_failed_no_certificate", "tls_failed_plain_http"];
+    if v("tls_handshakes") == 0 && failed.iter().all(|f| v(f) == 0) {
+        return String::new();
+    }
+    format!(
+        "tls: handshakes {} (resumed {}, TLS 1.3 {}, TLS 1.2 {}); failed: protocol {}, timeout {}, \
+         no certificate {}, plain HTTP {}; record errors {}\n",
+        v("tls_handshakes"),
+        v("tls_resumed"),
+        v("tls_v1_3"),
+        v("tls_v1_2"),
+        v("tls_failed_protocol"),
+        v("tls_failed_timeout"),
+        v("tls_failed_no_certificate"),
+        v("tls_failed_plain_http"),
+        v("tls_record_errors"),
+    )
 }
 
 fn upstream_lines(s: &Snapshot) -> String {

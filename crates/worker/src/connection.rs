@@ -32,10 +32,10 @@ use crate::responses::{error_page, Framing, Reply};
 use crate::static_files::{self, FileBody};
 use crate::timer_wheel::Deadline;
 use crate::token::ConnId;
-use crate::transport::{PlainTcp, Transport};
+use crate::transport::{Client, Transport};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tine_http::request::{Body, Method, Request};
@@ -111,7 +111,7 @@ pub enum CloseReason {
 pub struct Conn {
     id: ConnId,
     /// The client's socket, behind the transport seam.
-    transport: PlainTcp,
+    transport: Client,
     peer: Option<IpAddr>,
     phase: Phase,
     /// Unread input; `None` while idle so an idle connection holds no buffer.
@@ -146,10 +146,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, fd: OwnedFd, peer: Option<IpAddr>, admin: bool, ctx: &mut Ctx) -> Self {
+    pub fn new(id: ConnId, transport: Client, peer: Option<IpAddr>, admin: bool, ctx: &mut Ctx) -> Self {
         let mut conn = Conn {
             id,
-            transport: PlainTcp::new(fd),
+            transport,
             peer,
             phase: Phase::ReadHead,
             rbuf: None,
@@ -268,6 +268,32 @@ impl Conn {
     /// Runs the state machine until the socket blocks, the turn's budget is
     /// spent, or the connection is done.
     pub fn drive(&mut self, ctx: &mut Ctx) -> Outcome {
+        // What the transport queued itself (a TLS handshake's flight) goes
+        // out first; what cannot go yet waits for the socket to drain.
+        if let Err(e) = self.transport.flush() {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return client_io(e).unwrap_or(Outcome::Close(CloseReason::Error));
+            }
+        }
+        let outcome = self.run_phases(ctx);
+        if let Some(done) = self.transport.tls().and_then(|t| t.take_handshake()) {
+            ctx.stats.count_handshake(done);
+        }
+        outcome
+    }
+
+    /// Counts how a TLS connection ended, when that is worth counting: a
+    /// handshake that failed (by class), or a bad record after it.
+    pub fn count_tls_end(&mut self, reason: CloseReason, ctx: &Ctx) {
+        let Some(tls) = self.transport.tls() else { return };
+        if let Some(failure) = tls.failure(reason == CloseReason::Timeout) {
+            ctx.stats.count_tls_failure(failure);
+        } else if tls.record_error() {
+            ctx.stats.slot.tls_record_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn run_phases(&mut self, ctx: &mut Ctx) -> Outcome {
         let mut budget = SEND_BUDGET;
         loop {
             // Each phase's step runs with the phase taken out of the
@@ -308,10 +334,12 @@ impl Conn {
                     self.wbuf = ctx.pool.write_buf();
                 }
                 self.client_closes = !req.keep_alive;
-                let routed = if self.admin { Routed::Admin } else { route(&req, ctx) };
+                let routed =
+                    if self.admin { Routed::Admin } else { route(&req, self.transport.is_tls(), ctx) };
                 if let Routed::Proxy { route, group } = routed {
                     ctx.stats.slot.requests.fetch_add(1, Relaxed);
-                    let exchange = proxy::new_exchange(&req, route, group, self.peer, ctx);
+                    let https = self.transport.is_tls();
+                    let exchange = proxy::new_exchange(&req, route, group, self.peer, https, ctx);
                     if ctx.access_log.is_some() {
                         self.access = Some(PendingEntry::capture(&req, 0));
                     }
@@ -359,15 +387,12 @@ impl Conn {
             // The parser refuses a full buffer as too large; never spin on one.
             return Some(Outcome::Close(CloseReason::Error));
         }
-        let room = spare.len();
         match self.transport.recv(spare) {
             Ok(0) => Some(Outcome::Close(CloseReason::PeerClosed)),
             Ok(n) => {
                 buf.commit(n);
-                // A short read emptied the socket: skip the read that would only
-                // say EAGAIN. Data arriving later raises a new edge-triggered
-                // event (and a FIN raises EPOLLRDHUP), so nothing is missed.
-                if n < room {
+                // Skip the read that would only say EAGAIN (see read_spent).
+                if self.transport.read_spent() {
                     self.readable = false;
                 }
                 ctx.stats.slot.bytes_received.fetch_add(n as u64, Relaxed);
@@ -452,7 +477,9 @@ impl Conn {
                     Ok(n) => {
                         *budget -= n;
                         ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
-                        ctx.stats.slot.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
+                        if !self.transport.is_tls() {
+                            ctx.stats.slot.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
+                        }
                     }
                     Err(e) => return self.blocked_sending(sending, ctx, e),
                 }
@@ -613,6 +640,8 @@ enum Routed {
         site: usize,
     },
     NoRoute,
+    /// A `redirect_to_https` route reached over plain HTTP: 308 to https.
+    ToHttps,
     /// The target does not normalise (not a path, a bad escape, `..` above
     /// the root): 400, and never proxied, whatever its text starts with.
     BadTarget(HttpError),
@@ -620,13 +649,16 @@ enum Routed {
 
 /// Routes a request on its normalised path (left in `ctx.http.path` for the
 /// handler), so `/api//x`, `/api/./x` and `/%61pi/x` all go where `/api/x` goes.
-fn route(req: &Request<'_>, ctx: &mut Ctx) -> Routed {
+fn route(req: &Request<'_>, tls: bool, ctx: &mut Ctx) -> Routed {
     if let Err(e) = tine_http::target::normalise(req.origin_target, &mut ctx.http.path) {
         return Routed::BadTarget(e);
     }
     let Some(route) = tine_config::proxy::route_for(&ctx.http.routes, req.host, &ctx.http.path.route) else {
         return Routed::NoRoute;
     };
+    if ctx.http.routes[route].redirect_to_https && !tls {
+        return Routed::ToHttps;
+    }
     match ctx.http.routes[route].handler {
         tine_config::Handler::Proxy { upstream, .. } => Routed::Proxy { route, group: upstream },
         tine_config::Handler::Static(_) => match ctx.http.route_sites[route] {
@@ -634,6 +666,27 @@ fn route(req: &Request<'_>, ctx: &mut Ctx) -> Routed {
             None => Routed::NoRoute,
         },
     }
+}
+
+/// Where a plain-HTTP request to a `redirect_to_https` route is sent: the
+/// same host (its port replaced by the HTTPS listener's, left out when 443)
+/// and target. None without a Host to name.
+fn https_location(req: &Request<'_>, https_port: Option<u16>) -> Option<Vec<u8>> {
+    let host = req.host.filter(|h| !h.is_empty())?;
+    // Without its port; an IPv6 literal keeps its brackets.
+    let name = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host[i..].contains(&b']') => &host[..i],
+        _ => host,
+    };
+    let mut location = Vec::with_capacity(16 + host.len() + req.origin_target.len());
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(name);
+    if let Some(port) = https_port.filter(|&p| p != 443) {
+        location.push(b':');
+        tine_http::response::push_u64(&mut location, port.into());
+    }
+    location.extend_from_slice(req.origin_target);
+    Some(location)
 }
 
 /// Answers a request that is not proxied: writes the head into `out`.
@@ -647,6 +700,12 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
     };
     let reply = match (req.method, routed) {
         (_, Routed::BadTarget(e)) => bad_target(ctx, e, out),
+        (_, Routed::ToHttps) => match https_location(req, ctx.http.https_port) {
+            Some(location) => {
+                error_page(Status::PERMANENT_REDIRECT, &framing, Some(("Location", &location)), out)
+            }
+            None => bad_target(ctx, HttpError::BadRequest("no Host to redirect to https"), out),
+        },
         (Method::Other, _) => {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
         }

@@ -39,6 +39,8 @@ pub struct Ctx<'a> {
     pub access_log: Option<AccessLog>,
     /// A graceful stop is under way: finish what is in flight, take nothing new.
     pub draining: bool,
+    /// Server configurations for TLS listeners; `None` when nothing is TLS.
+    pub tls: Option<tine_tls::TlsContext>,
 }
 
 /// The time of the current turn of the loop (read once per turn).
@@ -66,6 +68,9 @@ pub struct Http {
     pub sites: Vec<Site>,
     /// Scratch space for the normalised path of the request being answered.
     pub path: TargetPath,
+    /// The port of the first HTTPS listener, where `redirect_to_https`
+    /// routes send plain-HTTP clients.
+    pub https_port: Option<u16>,
 }
 
 /// The reverse proxy and the TCP relay: upstream groups with their pools,
@@ -98,6 +103,30 @@ impl Counters<'_> {
             3 => &s.responses_3xx,
             4 => &s.responses_4xx,
             _ => &s.responses_5xx,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// A TLS handshake completed.
+    pub fn count_handshake(&self, done: crate::transport::Handshake) {
+        let s = self.slot;
+        s.tls_handshakes.fetch_add(1, Relaxed);
+        if done.resumed {
+            s.tls_resumed.fetch_add(1, Relaxed);
+        }
+        let version = if done.tls13 { &s.tls_v1_3 } else { &s.tls_v1_2 };
+        version.fetch_add(1, Relaxed);
+    }
+
+    /// A TLS handshake failed, by class.
+    pub fn count_tls_failure(&self, failure: crate::transport::TlsFailure) {
+        use crate::transport::TlsFailure;
+        let s = self.slot;
+        let counter = match failure {
+            TlsFailure::Protocol => &s.tls_failed_protocol,
+            TlsFailure::Timeout => &s.tls_failed_timeout,
+            TlsFailure::NoCertificate => &s.tls_failed_no_certificate,
+            TlsFailure::PlainHttp => &s.tls_failed_plain_http,
         };
         counter.fetch_add(1, Relaxed);
     }

@@ -7,6 +7,7 @@ use crate::connection::{CloseReason, Conn, Outcome};
 use crate::context::Ctx;
 use crate::slab::Slab;
 use crate::token::{ConnId, Token};
+use crate::transport::{Client, PlainTcp, Tls};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
@@ -299,14 +300,21 @@ impl<'a> EventLoop<'a> {
     fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, role: ListenerRole) {
         let admin = role == ListenerRole::Admin;
         let raw = fd.as_raw_fd();
+        let transport = match self.client_transport(fd, role) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("cannot start TLS on a new connection: {e}");
+                return;
+            }
+        };
         let ctx = &mut self.ctx;
-        let id = self.conns.insert_with(|id| Conn::new(id, fd, peer, admin, ctx));
+        let id = self.conns.insert_with(|id| Conn::new(id, transport, peer, admin, ctx));
         self.ctx.stats.slot.accepted.fetch_add(1, Relaxed);
         self.ctx.stats.slot.active.fetch_add(1, Relaxed);
         let Some(conn) = self.conns.get_mut(id) else { return };
         let outcome = match role {
             ListenerRole::Stream(stream) => conn.begin_stream(stream, &mut self.ctx),
-            ListenerRole::Http | ListenerRole::Admin => {
+            ListenerRole::Http | ListenerRole::Https | ListenerRole::Admin => {
                 conn.mark_readable();
                 conn.drive(&mut self.ctx)
             }
@@ -321,6 +329,21 @@ impl<'a> EventLoop<'a> {
             return;
         }
         self.settle(id, outcome);
+    }
+
+    /// Plain TCP, or TLS for HTTPS listeners and TLS streams.
+    fn client_transport(&self, fd: OwnedFd, role: ListenerRole) -> io::Result<Client> {
+        let tls_config = match (role, &self.ctx.tls) {
+            (ListenerRole::Https, Some(tls)) => Some(&tls.https),
+            (ListenerRole::Stream(i), Some(tls)) if self.ctx.proxy.streams.get(i).is_some_and(|s| s.tls) => {
+                Some(&tls.stream)
+            }
+            _ => None,
+        };
+        match tls_config {
+            Some(config) => Ok(Client::Tls(Box::new(Tls::new(fd, config.clone())?))),
+            None => Ok(Client::Plain(PlainTcp::new(fd))),
+        }
     }
 
     fn settle(&mut self, id: ConnId, outcome: Outcome) {
@@ -369,6 +392,7 @@ impl<'a> EventLoop<'a> {
             return;
         };
         conn.release(&mut self.ctx);
+        conn.count_tls_end(reason, &self.ctx);
         let stats = self.ctx.stats.slot;
         stats.active.fetch_sub(1, Relaxed);
         match reason {

@@ -49,6 +49,8 @@ pub struct WorkerInit<'a> {
     pub roles: Vec<tine_config::ListenerRole>,
     pub config: &'a Config,
     pub region: &'a Region,
+    /// Certificates and server configurations, when anything is TLS.
+    pub tls: Option<&'a tine_tls::TlsContext>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +120,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
             route_sites,
             sites: sites.into_iter().map(|(_, site)| site).collect(),
             path: Default::default(),
+            https_port: https_port(&init),
         },
         proxy: context::Proxy {
             upstreams: upstream::Upstreams::new(&config.upstreams),
@@ -134,6 +137,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         },
         access_log,
         draining: false,
+        tls: init.tls.cloned(),
     };
 
     init.region.slot(init.slot).heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
@@ -146,6 +150,13 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         config.limits.connections_per_worker,
     )?;
     Ok(event_loop.run()?)
+}
+
+/// The port the first HTTPS listener is bound to (the configured one may be 0).
+fn https_port(init: &WorkerInit<'_>) -> Option<u16> {
+    let (fd, _) =
+        init.listeners.iter().zip(&init.roles).find(|(_, r)| **r == tine_config::ListenerRole::Https)?;
+    tine_net::sys::local_addr(*fd).ok().map(|a| a.port())
 }
 
 /// Asks the kernel to send SIGQUIT (a graceful stop) when the master dies, even by

@@ -10,6 +10,8 @@ use tine_net::sys;
 
 /// Bytes moved per splice call at most (the default pipe size).
 const CHUNK: usize = 64 * 1024;
+/// Bytes a relay through user space holds at once.
+const HELD_CHUNK: usize = 32 * 1024;
 
 pub struct Pipe {
     read: OwnedFd,
@@ -52,6 +54,11 @@ pub struct Relay {
     source_ended: bool,
     /// Bytes written to the destination so far.
     pub moved: u64,
+    /// A relay through user space (TLS on one side): bytes read from the
+    /// source, `held_pos..held_end` not yet written. Allocated on first use.
+    held: Option<Box<[u8]>>,
+    held_pos: usize,
+    held_end: usize,
 }
 
 /// Which side of a relay failed: the source it reads or the destination it
@@ -76,7 +83,16 @@ pub enum Pump {
 
 impl Relay {
     pub fn new(pipe: Pipe, remaining: Option<u64>) -> Self {
-        Relay { pipe, in_pipe: 0, remaining, source_ended: false, moved: 0 }
+        Relay {
+            pipe,
+            in_pipe: 0,
+            remaining,
+            source_ended: false,
+            moved: 0,
+            held: None,
+            held_pos: 0,
+            held_end: 0,
+        }
     }
 
     /// True when the source reached end of stream before the length promised.
@@ -90,7 +106,64 @@ impl Relay {
 
     /// Bytes read from the source but not yet delivered.
     pub fn pending(&self) -> usize {
-        self.in_pipe
+        self.in_pipe + (self.held_end - self.held_pos)
+    }
+
+    /// Moves bytes through user space, for a side whose transport must see
+    /// them (TLS decrypts what it reads and encrypts what it writes): `read`
+    /// fills a buffer from the source, `write` takes from it. Once a `write`
+    /// has blocked, the same bytes are offered to it again, as a TLS
+    /// transport expects. Stops as [`Relay::pump`] does.
+    pub fn pump_through(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+        mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+        budget: &mut usize,
+    ) -> Result<Pump, RelayError> {
+        let held = self.held.get_or_insert_with(|| vec![0u8; HELD_CHUNK].into_boxed_slice());
+        loop {
+            let mut progress = false;
+            if self.held_pos < self.held_end {
+                match write(&held[self.held_pos..self.held_end]) {
+                    Ok(n) => {
+                        self.held_pos += n;
+                        self.moved += n as u64;
+                        *budget = budget.saturating_sub(n);
+                        progress = n > 0;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => return Err(RelayError::Dest(e)),
+                }
+            }
+            let want_more = !self.source_ended && self.remaining != Some(0);
+            if self.held_pos == self.held_end && want_more {
+                let len = self.remaining.map_or(held.len(), |r| r.min(held.len() as u64) as usize);
+                match read(&mut held[..len]) {
+                    Ok(0) => self.source_ended = true,
+                    Ok(n) => {
+                        (self.held_pos, self.held_end) = (0, n);
+                        if let Some(r) = self.remaining.as_mut() {
+                            *r -= n as u64;
+                        }
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => return Err(RelayError::Source(e)),
+                }
+            }
+            let pending = self.in_pipe + (self.held_end - self.held_pos);
+            if pending == 0 && (self.source_ended || self.remaining == Some(0)) {
+                return Ok(Pump::Done);
+            }
+            if !progress {
+                return Ok(Pump::Blocked);
+            }
+            if *budget == 0 {
+                return Ok(Pump::Budget);
+            }
+        }
     }
 
     /// Moves bytes until both sides block, everything is through, or `budget`

@@ -67,6 +67,7 @@ fn page_for(status: Status) -> &'static str {
         };
     }
     match status.0 {
+        308 => page!("308", "Permanent Redirect"),
         400 => page!("400", "Bad Request"),
         403 => page!("403", "Forbidden"),
         404 => page!("404", "Not Found"),
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn every_page_names_its_status() {
-        for code in [400u16, 403, 404, 405, 413, 414, 416, 431, 500, 502, 503, 504, 505] {
+        for code in [308u16, 400, 403, 404, 405, 413, 414, 416, 431, 500, 502, 503, 504, 505] {
             let status = Status(code);
             let page = page_for(status);
             assert!(page.contains(&format!("{code} {}", status.reason())), "{code}: {page}");

@@ -1,19 +1,36 @@
 //! The transport seam: everything the connection code does to a client's
 //! socket goes through [`Transport`]. [`PlainTcp`] is what tine does on a
 //! TCP connection (recv, send with MSG_MORE, sendfile, TCP_CORK, splice
-//! through a pipe). A TLS transport is a second implementation: it reads
-//! records into its own buffer and decrypts on `recv`, encrypts on `send`,
-//! reads the file range and encrypts it on `send_file`, and relays through
-//! user space where plain TCP splices; the connection code stays the same.
+//! through a pipe). [`Tls`] terminates TLS with rustls: it decrypts what it
+//! receives, encrypts what it sends, reads file ranges into memory to
+//! encrypt them (no sendfile without kernel TLS) and relays through user
+//! space where plain TCP splices. The connection code is the same for both;
+//! [`Client`] is the one it holds.
+
+mod plain;
+mod tls;
+
+pub use plain::PlainTcp;
+pub use tls::{Handshake, Tls, TlsFailure};
 
 use crate::relay::{Pump, Relay, RelayError};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use tine_net::sys::{self, Peek};
+use std::os::fd::RawFd;
+use tine_net::sys::Peek;
 
+/// What a connection does to its client's socket.
+///
+/// Sending follows OpenSSL's rule: after `send` or `send_file` fails with
+/// `WouldBlock`, the next call offers the same bytes again (a transport that
+/// encrypts may already hold them, and counts them sent only once they are
+/// on the wire).
 pub trait Transport {
     /// Reads what the client sent (plaintext). `Ok(0)` is its end of stream.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// True when the last `recv` took all the client had sent: edge-triggered
+    /// readiness is spent, and the next read waits for an event.
+    fn read_spent(&self) -> bool;
 
     /// Writes to the client; `more` says further bytes follow at once (a
     /// head before its body), so they may share a segment.
@@ -21,6 +38,10 @@ pub trait Transport {
 
     /// Sends up to `len` bytes of `file` from `offset`, advancing it.
     fn send_file(&mut self, file: RawFd, offset: &mut u64, len: usize) -> io::Result<usize>;
+
+    /// Writes out what the transport itself queued (handshake messages,
+    /// alerts); `WouldBlock` while some remains.
+    fn flush(&mut self) -> io::Result<()>;
 
     /// Holds partial segments back (`true`) until released (`false`), for a
     /// large body; false when the transport cannot.
@@ -51,40 +72,65 @@ pub trait Transport {
     ) -> Result<Pump, RelayError>;
 }
 
-/// A client on a plain TCP connection.
-pub struct PlainTcp {
-    fd: OwnedFd,
+/// A client connection's transport, as the connection holds it.
+pub enum Client {
+    Plain(PlainTcp),
+    Tls(Box<Tls>),
 }
 
-impl PlainTcp {
-    pub fn new(fd: OwnedFd) -> Self {
-        PlainTcp { fd }
+impl Client {
+    pub fn tls(&mut self) -> Option<&mut Tls> {
+        match self {
+            Client::Plain(_) => None,
+            Client::Tls(t) => Some(t),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Client::Tls(_))
     }
 }
 
-impl Transport for PlainTcp {
+macro_rules! both {
+    ($self:ident, $t:ident => $e:expr) => {
+        match $self {
+            Client::Plain($t) => $e,
+            Client::Tls($t) => $e,
+        }
+    };
+}
+
+impl Transport for Client {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        sys::recv(self.fd.as_raw_fd(), buf)
+        both!(self, t => t.recv(buf))
+    }
+
+    fn read_spent(&self) -> bool {
+        both!(self, t => t.read_spent())
     }
 
     fn send(&mut self, buf: &[u8], more: bool) -> io::Result<usize> {
-        sys::send(self.fd.as_raw_fd(), buf, more)
+        both!(self, t => t.send(buf, more))
     }
 
     fn send_file(&mut self, file: RawFd, offset: &mut u64, len: usize) -> io::Result<usize> {
-        sys::sendfile(self.fd.as_raw_fd(), file, offset, len)
+        both!(self, t => t.send_file(file, offset, len))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        both!(self, t => t.flush())
     }
 
     fn cork(&mut self, on: bool) -> bool {
-        sys::set_cork(self.fd.as_raw_fd(), on).is_ok()
+        both!(self, t => t.cork(on))
     }
 
     fn shutdown_write(&mut self) {
-        sys::shutdown_write(self.fd.as_raw_fd());
+        both!(self, t => t.shutdown_write())
     }
 
     fn peek(&self) -> Peek {
-        sys::peek(self.fd.as_raw_fd())
+        both!(self, t => t.peek())
     }
 
     fn relay_from(
@@ -93,7 +139,7 @@ impl Transport for PlainTcp {
         upstream: RawFd,
         budget: &mut usize,
     ) -> Result<Pump, RelayError> {
-        relay.pump(upstream, self.fd.as_raw_fd(), budget)
+        both!(self, t => t.relay_from(relay, upstream, budget))
     }
 
     fn relay_to(
@@ -102,6 +148,6 @@ impl Transport for PlainTcp {
         upstream: RawFd,
         budget: &mut usize,
     ) -> Result<Pump, RelayError> {
-        relay.pump(self.fd.as_raw_fd(), upstream, budget)
+        both!(self, t => t.relay_to(relay, upstream, budget))
     }
 }

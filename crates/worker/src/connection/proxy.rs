@@ -1106,6 +1106,7 @@ pub(super) fn new_exchange(
     route: usize,
     group: usize,
     peer: Option<std::net::IpAddr>,
+    https: bool,
     ctx: &mut Ctx,
 ) -> Box<Exchange> {
     let mut head = ctx.pool.write_buf();
@@ -1120,7 +1121,7 @@ pub(super) fn new_exchange(
         HostHeader::Fixed(h) => h.as_bytes(),
         HostHeader::Upstream => config.name.as_bytes(),
     };
-    let fwd = Forwarding { host, peer, underscores: config.underscores_in_headers };
+    let fwd = Forwarding { host, peer, underscores: config.underscores_in_headers, https };
     forward::upstream_request_head(&mut head, req, &fwd);
     let mut exchange = Exchange::new(group);
     exchange.request_body = match req.body {

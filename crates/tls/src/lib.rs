@@ -1,0 +1,115 @@
+//! tine's TLS, apart from moving bytes (the worker's TLS transport does that):
+//!
+//! - [`certificate`]: reading a `[[certificate]]` (PEM chain and key), checking
+//!   that they match, and what it covers and until when;
+//! - [`resolver`]: choosing a certificate for a ClientHello (exact name, then a
+//!   one-label wildcard, then the default; ECDSA or RSA by what the client
+//!   can verify);
+//! - [`ticket_keys`]: the session-ticket key ring the master shares with its
+//!   workers, so that a ticket from one worker resumes on any other;
+//! - [`TlsContext`]: the rustls server configurations a worker uses, built
+//!   once by the master (on start and reload) and inherited across fork.
+//!
+//! The crypto provider is aws-lc-rs: docs/architecture.md says why.
+
+pub mod certificate;
+pub mod resolver;
+pub mod ticket_keys;
+
+pub use certificate::{Inspection, LoadedCertificate};
+pub use rustls;
+pub use ticket_keys::{SharedTicketer, TicketKeyRing};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, ProducesTickets, ServerConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tine_config::{Config, TlsVersion};
+
+/// The only application protocol tine speaks over TLS.
+pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("session-ticket key ring: {0}")]
+    TicketRing(std::io::Error),
+}
+
+impl TlsError {
+    fn file(path: &std::path::Path, message: impl Into<String>) -> Self {
+        TlsError::File { path: path.to_owned(), message: message.into() }
+    }
+}
+
+/// What a worker needs to terminate TLS: one server configuration for HTTPS
+/// listeners (ALPN `http/1.1`) and one for TLS streams (no ALPN: their
+/// protocol is not tine's to name), sharing certificates and ticket keys.
+#[derive(Clone)]
+pub struct TlsContext {
+    pub https: Arc<ServerConfig>,
+    pub stream: Arc<ServerConfig>,
+    /// What was loaded, for statistics (expiry) and `tine check`.
+    pub certificates: Arc<Vec<LoadedCertificate>>,
+}
+
+impl std::fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsContext").field("certificates", &self.certificates.len()).finish()
+    }
+}
+
+/// The crypto provider every TLS configuration of tine uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl TlsContext {
+    /// Reads every `[[certificate]]` of `config` and builds the server
+    /// configurations. `tickets` is the master's key ring (None turns
+    /// resumption off). Any file that cannot be used fails the whole load,
+    /// naming the file, so that a reload changes nothing.
+    pub fn load(config: &Config, tickets: Option<&TicketKeyRing>) -> Result<Self, TlsError> {
+        let provider = provider();
+        let certificates = config
+            .certificates
+            .iter()
+            .map(|c| LoadedCertificate::load(c, &provider))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resolver = Arc::new(resolver::CertResolver::new(&certificates, config.tls.unknown_name));
+        let ticketer: Option<Arc<dyn ProducesTickets>> = match tickets {
+            Some(ring) if config.tls.session_tickets => {
+                Some(Arc::new(ring.ticketer(config.tls.ticket_key_rotation)))
+            }
+            _ => None,
+        };
+        let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, TlsError> {
+            let versions: &[&rustls::SupportedProtocolVersion] = match config.tls.min_version {
+                TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+                TlsVersion::Tls13 => &[&rustls::version::TLS13],
+            };
+            let mut server = ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| TlsError::Config(e.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            server.alpn_protocols = alpn;
+            // Resumption goes through tickets only: a per-process session
+            // cache would resume a client only on the worker it met first.
+            server.session_storage = Arc::new(NoServerSessionStorage {});
+            match &ticketer {
+                Some(t) => server.ticketer = t.clone(),
+                None => server.send_tls13_tickets = 0,
+            }
+            Ok(Arc::new(server))
+        };
+        Ok(TlsContext {
+            https: build(vec![ALPN_HTTP_1_1.to_vec()])?,
+            stream: build(Vec::new())?,
+            certificates: Arc::new(certificates),
+        })
+    }
+}
