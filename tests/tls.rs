@@ -403,3 +403,101 @@ fn plain_http_is_redirected_to_https_where_a_route_says_so() {
     assert!(text.contains(&location), "{text}");
     assert_eq!(body(&Client::plain().get(addr, Some("a.test"), "/page.html")), b"secure page\n");
 }
+
+#[test]
+fn new_certificates_take_over_on_reload_without_a_failed_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = make_cert(dir.path(), "site", &["a.test"], Alg::Ecdsa);
+    let server = tls_server(2, &certificate_toml(&old, true), "");
+    let addr = tls_addr(&server);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let client = Client::plain();
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.connect(addr, Some("a.test")) {
+                        Ok(mut s) => {
+                            let answer = request(&mut s, "a.test", "/missing");
+                            if answer.starts_with(b"HTTP/1.1 404") {
+                                ok += 1;
+                            } else {
+                                failed.push(format!("answer {:?}", String::from_utf8_lossy(&answer)));
+                            }
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                let seen = client.recorder.seen.lock().unwrap().clone();
+                (ok, failed, seen)
+            })
+        })
+        .collect();
+    server.wait_until("handshakes under way", |s| s["total"]["tls_handshakes"].as_u64().unwrap() > 50);
+    // The same file names, new contents: a new key and certificate.
+    let new = make_cert(dir.path(), "site", &["a.test"], Alg::Ecdsa);
+    server.signal(libc::SIGHUP);
+    server.wait_until("the reload", |s| s["master"]["reloads"] == 1);
+    let probe = Client::plain();
+    common::wait_for("the new certificate", || {
+        probe.connect(addr, Some("a.test")).is_ok() && probe.recorder.last() == new.der
+    });
+    let after = server.total("tls_handshakes");
+    server.wait_until("more handshakes after the reload", |s| {
+        s["total"]["tls_handshakes"].as_u64().unwrap() > after + 50
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed, seen) = c.join().unwrap();
+        assert!(failed.is_empty(), "failed handshakes or requests: {failed:?}");
+        assert!(seen.contains(&new.der), "a client never saw the new certificate");
+        total += ok;
+    }
+    assert!(total > 100);
+    let s = server.stats();
+    for class in ["protocol", "timeout", "no_certificate", "plain_http"] {
+        assert_eq!(s["total"][format!("tls_failed_{class}")], 0, "{class}");
+    }
+}
+
+#[test]
+fn a_reload_with_a_broken_certificate_is_refused_and_the_old_one_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = make_cert(dir.path(), "site", &["a.test"], Alg::Ecdsa);
+    let server = tls_server(1, &certificate_toml(&good, true), "");
+    let addr = tls_addr(&server);
+    let client = Client::plain();
+    let other = make_cert(dir.path(), "other", &["a.test"], Alg::Ecdsa);
+    let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
+        (b"not a certificate".to_vec(), std::fs::read(&good.key).unwrap(), "site.pem"),
+        // A valid certificate with another certificate's key.
+        (std::fs::read(&other.cert).unwrap(), std::fs::read(&good.key).unwrap(), "site.pem"),
+        (
+            std::fs::read(&good.cert).unwrap(),
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec(),
+            "site.key",
+        ),
+    ];
+    let pristine = (std::fs::read(&good.cert).unwrap(), std::fs::read(&good.key).unwrap());
+    for (i, (cert, key, named)) in cases.into_iter().enumerate() {
+        std::fs::write(&good.cert, cert).unwrap();
+        std::fs::write(&good.key, key).unwrap();
+        server.signal(libc::SIGHUP);
+        server.wait_until("the refusal", |s| s["master"]["reloads_failed"] == i as u64 + 1);
+        let line = server.log().into_iter().rfind(|l| l.contains("reload failed")).unwrap();
+        assert!(line.contains(named), "the error names {named}: {line}");
+        assert!(client.get(addr, Some("a.test"), "/missing").starts_with(b"HTTP/1.1 404"));
+        assert!(client.recorder.last() == good.der, "the old certificate still serves");
+    }
+    std::fs::write(&good.cert, &pristine.0).unwrap();
+    std::fs::write(&good.key, &pristine.1).unwrap();
+    // The key file missing altogether.
+    std::fs::remove_file(&good.key).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_until("the refusal", |s| s["master"]["reloads_failed"] == 4);
+    assert!(client.connect(addr, Some("a.test")).is_ok());
+    assert_eq!(server.stats()["master"]["reloads"], 0);
+}
