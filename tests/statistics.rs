@@ -298,3 +298,60 @@ fn stale_and_incompatible_regions_are_explained() {
         tine().args(["stats", "--worker", "5", "--stats-path"]).arg(&server.stats_path).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no worker slot 5"));
 }
+
+#[test]
+fn tls_counters_and_certificate_expiry_reach_every_reader() {
+    use common::tls::{certificate_toml, make_cert, tls_addr, Alg, Client};
+    if !python_ready("tls_counters_and_certificate_expiry_reach_every_reader") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "site", &["a.test", "www.a.test"], Alg::Ecdsa);
+    let config = format!("tls_listen = [\"127.0.0.1:0\"]\n{}", certificate_toml(&cert, true));
+    let server = Server::builder().config(&config).workers(2).start();
+    let addr = tls_addr(&server);
+    let client = Client::plain();
+    for _ in 0..3 {
+        assert!(client.get(addr, Some("a.test"), "/missing").starts_with(b"HTTP/1.1 404"));
+    }
+    exchange_raw(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    let ours = server.wait_until("the handshakes and the plain request counted", |s| {
+        s["total"]["tls_handshakes"] == 3
+            && s["total"]["tls_failed_plain_http"] == 1
+            && s["total"]["active"] == 0
+    });
+    assert_eq!(ours["total"]["tls_v1_3"], 3);
+    let certificates = ours["certificates"].as_array().unwrap();
+    assert_eq!(certificates.len(), 1);
+    assert_eq!(certificates[0]["name"], "a.test");
+    assert_eq!(certificates[0]["file"], cert.cert.to_str().unwrap());
+    assert!(certificates[0]["expires_in_seconds"].as_i64().unwrap() > 0);
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stats_reader.py");
+    let theirs: Value =
+        serde_json::from_str(&python(script, &[server.stats_path.to_str().unwrap()], b"")).unwrap();
+    for name in ["tls_handshakes", "tls_v1_3", "tls_failed_plain_http", "tls_failed_protocol"] {
+        assert_eq!(theirs["total"][name], ours["total"][name], "{name}");
+    }
+    assert_eq!(theirs["certificates"][0]["name"], "a.test");
+    assert_eq!(theirs["certificates"][0]["not_after_unix"], certificates[0]["not_after_unix"]);
+
+    let out =
+        tine().args(["stats", "--prometheus", "--stats-path"]).arg(&server.stats_path).output().unwrap();
+    let samples = parse_prometheus(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(sample(&samples, "tine_tls_handshakes_total"), 3.0);
+    let plain: f64 = samples
+        .iter()
+        .filter(|s| s.0 == "tine_tls_handshake_failures_total" && s.1["class"] == "plain_http")
+        .map(|s| s.2)
+        .sum();
+    assert_eq!(plain, 1.0);
+    let expiry =
+        samples.iter().find(|s| s.0 == "tine_tls_certificate_expiry_seconds").expect("expiry series");
+    assert_eq!(expiry.1["certificate"], "a.test");
+    assert!(expiry.2 > 0.0);
+    let text = tine().args(["stats", "--stats-path"]).arg(&server.stats_path).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("tls: handshakes 3"), "{text}");
+    assert!(text.contains("certificate a.test"), "{text}");
+}

@@ -141,8 +141,41 @@ def read(path):
             entry[name] = total_u
         upstreams.append(entry)
 
+    (certificates_offset,) = struct.unpack_from("=Q", m, 152)
+    certificate_capacity, certificate_entry_size = struct.unpack_from("=2I", m, 164)
+    certificates = []
+    if certificates_offset:
+        if certificates_offset % 64 or certificate_entry_size < 16 or certificate_entry_size % 8 \
+                or certificates_offset + certificate_capacity * certificate_entry_size > len(m):
+            raise Invalid("certificate table")
+        certificates = certificate_table(m, certificates_offset, certificate_capacity, certificate_entry_size)
+
     return {"master": master, "host": host, "listeners": listeners, "total": total, "workers": workers,
-            "upstreams": upstreams}
+            "upstreams": upstreams, "certificates": certificates}
+
+
+def certificate_table(m, offset, capacity, size):
+    """The certificates (notAfter, then `NAME FILE`), under the same sequence
+    lock as the upstream names."""
+    give_up = time.time() + 1
+    while time.time() < give_up:
+        (before,) = struct.unpack_from("=Q", m, 144)
+        if before % 2:
+            time.sleep(0.001)
+            continue
+        (count,) = struct.unpack_from("=I", m, 160)
+        table = []
+        for c in range(min(count, capacity)):
+            e = offset + c * size
+            (not_after,) = struct.unpack_from("=q", m, e)
+            text = m[e + 8:e + size].split(b"\0")[0].decode("utf-8", "replace")
+            name, _, file = text.partition(" ")
+            table.append({"name": name, "file": file, "not_after_unix": not_after,
+                          "expires_in_seconds": not_after - int(time.time())})
+        (after,) = struct.unpack_from("=Q", m, 144)
+        if after == before:
+            return table
+    return []
 
 
 def upstream_names(m, offset, capacity, size):

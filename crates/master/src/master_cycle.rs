@@ -172,6 +172,7 @@ impl Master {
                 region
             }
         };
+        publish_certificates(&region, tls.as_ref());
         let pid_file = PidFile::write(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(port)))?;
         tine_worker::name_process("tine: master");
         announce_listeners(config, &listeners, &[]);
@@ -304,6 +305,7 @@ impl Master {
             log::warn!("more upstream servers than the stats region has room for: restart to count them all");
         }
         self.launch.config = config;
+        publish_certificates(&self.region, tls.as_ref());
         self.tls = tls;
         self.retired_sockets.extend(retired);
         let old = self.retire_current_workers();
@@ -672,6 +674,31 @@ fn load_tls(config: &Config, tickets: &TicketKeyRing) -> Result<Option<TlsContex
         return Ok(None);
     }
     TlsContext::load(config, Some(tickets)).map(Some).map_err(|e| format!("TLS: {e}"))
+}
+
+/// Names the served certificates and their expiry in the stats region.
+fn publish_certificates(region: &Region, tls: Option<&TlsContext>) {
+    let entries: Vec<(String, i64)> = tls
+        .map(|t| {
+            t.certificates
+                .iter()
+                .map(|c| {
+                    let name =
+                        c.inspection.names.first().cloned().unwrap_or_else(|| c.inspection.subject.clone());
+                    (
+                        format!("{} {}", name.replace(' ', "_"), c.cert_path.display()),
+                        c.inspection.not_after_unix,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !region.set_certificates(&entries) {
+        log::warn!(
+            "the stats region has no room for {} certificates: their expiry is not shown",
+            entries.len()
+        );
+    }
 }
 
 fn upstream_names(config: &Config) -> Vec<String> {

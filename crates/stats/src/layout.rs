@@ -67,8 +67,14 @@ pub struct Header {
     pub upstream_entry_size: u32,
     /// Sequence lock of the upstream names and count: odd while the master
     /// rewrites them; a reader whose copy began and ended on the same even
-    /// value has a consistent one.
+    /// value has a consistent one. It guards the certificate table too.
     pub upstream_names_seq: AtomicU64,
+    /// Where the certificate table starts (0 in regions that predate it),
+    /// entries in use (under `upstream_names_seq`), room, bytes per entry.
+    pub certificates_offset: u64,
+    pub certificate_count: AtomicU32,
+    pub certificate_capacity: u32,
+    pub certificate_entry_size: u32,
 }
 
 /// Lifecycle of the whole region, as stored in [`Header::state`].
@@ -321,6 +327,12 @@ pub struct InterfaceEntry {
     pub tx_drops: AtomicU64,
 }
 
+/// Entries of the certificate table: one per `[[certificate]]`.
+pub const CERTIFICATE_CAPACITY: usize = 32;
+/// Bytes per certificate entry: notAfter (seconds since the epoch, i64),
+/// then `NAME FILE` (its first DNS name and its file), NUL-padded.
+pub const CERTIFICATE_ENTRY_SIZE: usize = 128;
+
 /// Bytes of text naming one upstream server (`group address`), NUL-padded.
 pub const UPSTREAM_NAME_SIZE: usize = 64;
 
@@ -375,6 +387,7 @@ pub struct Offsets {
     pub listeners: usize,
     pub slots: usize,
     pub upstreams: usize,
+    pub certificates: usize,
     pub total: usize,
 }
 
@@ -385,8 +398,12 @@ impl Offsets {
         let listeners = host + HOST_SIZE;
         let slots = round_up(listeners + listener_count * LISTENER_ENTRY_SIZE, 64);
         let upstreams = slots + slot_count * SLOT_SIZE;
-        let total = upstreams + upstream_capacity * (UPSTREAM_NAME_SIZE + slot_count * UPSTREAM_ENTRY_SIZE);
-        Offsets { master, host, listeners, slots, upstreams, total }
+        let certificates = round_up(
+            upstreams + upstream_capacity * (UPSTREAM_NAME_SIZE + slot_count * UPSTREAM_ENTRY_SIZE),
+            64,
+        );
+        let total = certificates + CERTIFICATE_CAPACITY * CERTIFICATE_ENTRY_SIZE;
+        Offsets { master, host, listeners, slots, upstreams, certificates, total }
     }
 }
 

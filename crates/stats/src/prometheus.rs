@@ -33,6 +33,16 @@ fn slot_metric(name: &str) -> Option<(&'static str, f64, Option<Label>)> {
         "rss_bytes" => ("resident_memory_bytes", 1.0, None),
         "heartbeat_unix_ms" => ("worker_heartbeat_timestamp_seconds", 1e3, None),
         "generation" => ("worker_generation", 1.0, None),
+        "closed_idle_at_limit" => ("connections_closed_idle_at_limit", 1.0, None),
+        "tls_handshakes" => ("tls_handshakes", 1.0, None),
+        "tls_resumed" => ("tls_handshakes_resumed", 1.0, None),
+        "tls_v1_3" => ("tls_handshakes_by_version", 1.0, Some(("version", "1.3"))),
+        "tls_v1_2" => ("tls_handshakes_by_version", 1.0, Some(("version", "1.2"))),
+        "tls_failed_protocol" => ("tls_handshake_failures", 1.0, Some(("class", "protocol"))),
+        "tls_failed_timeout" => ("tls_handshake_failures", 1.0, Some(("class", "timeout"))),
+        "tls_failed_no_certificate" => ("tls_handshake_failures", 1.0, Some(("class", "no_certificate"))),
+        "tls_failed_plain_http" => ("tls_handshake_failures", 1.0, Some(("class", "plain_http"))),
+        "tls_record_errors" => ("tls_record_errors", 1.0, None),
         _ => return None,
     })
 }
@@ -75,7 +85,14 @@ pub fn render(s: &Snapshot, worker: Option<usize>) -> String {
         let kind = if f.kind == Kind::Counter { "counter" } else { "gauge" };
         if !seen.contains(&name) {
             seen.push(name);
-            let help = if name == "responses" { "responses sent, by status class" } else { f.help };
+            let help = match name {
+                "responses" => "responses sent, by status class",
+                "tls_handshakes_by_version" => "TLS handshakes completed, by protocol version",
+                "tls_handshake_failures" => {
+                    "TLS handshakes failed, by class: protocol, timeout, no_certificate, plain_http"
+                }
+                _ => f.help,
+            };
             family(&mut out, name, kind, help);
         }
         for v in &slots {
@@ -92,9 +109,32 @@ pub fn render(s: &Snapshot, worker: Option<usize>) -> String {
         }
     }
     histogram(&mut out, &slots);
+    certificates(&mut out, s);
     upstreams(&mut out, s);
     host(&mut out, s);
     out
+}
+
+fn certificates(out: &mut String, s: &Snapshot) {
+    if s.certificates.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "tls_certificate_expiry_seconds",
+        "gauge",
+        "seconds until the certificate expires (negative: expired)",
+    );
+    for c in &s.certificates {
+        let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "tine_tls_certificate_expiry_seconds{{certificate=\"{}\",file=\"{}\"}} {}",
+            escape(&c.name),
+            escape(&c.file),
+            c.expires_in(s.taken_unix_ms)
+        );
+    }
 }
 
 fn upstreams(out: &mut String, s: &Snapshot) {

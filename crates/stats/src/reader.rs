@@ -108,6 +108,17 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
     if h.upstreams_offset.checked_add(upstream_bytes).is_none_or(|end| end > bytes.len() as u64) {
         return Err(ReadError::Corrupt("upstream section offsets"));
     }
+    if h.certificates_offset != 0 {
+        let table = (h.certificate_capacity as u64).saturating_mul(h.certificate_entry_size as u64);
+        if h.certificates_offset % 64 != 0
+            || h.certificate_entry_size < 16
+            || !h.certificate_entry_size.is_multiple_of(8)
+            || h.certificate_count.load(std::sync::atomic::Ordering::Relaxed) > h.certificate_capacity
+            || h.certificates_offset.checked_add(table).is_none_or(|end| end > bytes.len() as u64)
+        {
+            return Err(ReadError::Corrupt("certificate table"));
+        }
+    }
     if (h.listener_entry_size as usize) < LISTENER_ENTRY_SIZE {
         return Err(ReadError::Corrupt("listener entry size"));
     }

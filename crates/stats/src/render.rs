@@ -35,6 +35,12 @@ pub fn json(s: &Snapshot, worker: Option<usize>) -> Value {
         "master": master,
         "host": host,
         "upstreams": s.upstreams,
+        "certificates": s.certificates.iter().map(|c| json!({
+            "name": c.name,
+            "file": c.file,
+            "not_after_unix": c.not_after_unix,
+            "expires_in_seconds": c.expires_in(s.taken_unix_ms),
+        })).collect::<Vec<_>>(),
         "listeners": s.listeners,
         "total": total,
         "workers": workers,
@@ -195,10 +201,15 @@ fn tls_lines(s: &Snapshot) -> String {
     let v = |name: &str| t.get(name).unwrap_or(0);
     let failed =
         ["tls_failed_protocol", "tls_failed_timeout", "tls_failed_no_certificate", "tls_failed_plain_http"];
-    if v("tls_handshakes") == 0 && failed.iter().all(|f| v(f) == 0) {
-        return String::new();
+    let mut out = String::new();
+    for c in &s.certificates {
+        let days = c.expires_in(s.taken_unix_ms) as f64 / 86_400.0;
+        let _ = writeln!(out, "certificate {} ({}) expires in {days:.1} days", c.name, c.file);
     }
-    format!(
+    if v("tls_handshakes") == 0 && failed.iter().all(|f| v(f) == 0) {
+        return out;
+    }
+    out + &format!(
         "tls: handshakes {} (resumed {}, TLS 1.3 {}, TLS 1.2 {}); failed: protocol {}, timeout {}, \
          no certificate {}, plain HTTP {}; record errors {}\n",
         v("tls_handshakes"),

@@ -68,8 +68,27 @@ pub struct Snapshot {
     pub host: HostFields,
     pub interfaces: Vec<Interface>,
     pub upstreams: Vec<UpstreamTotals>,
+    /// The TLS certificates served, with their expiry.
+    pub certificates: Vec<CertificateExpiry>,
     pub slots: Vec<SlotValues>,
     pub taken_unix_ms: u64,
+}
+
+/// One served certificate and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateExpiry {
+    /// Its first DNS name.
+    pub name: String,
+    pub file: String,
+    /// notAfter, in seconds since the epoch.
+    pub not_after_unix: i64,
+}
+
+impl CertificateExpiry {
+    /// Seconds until it expires at `now_unix_ms` (negative once expired).
+    pub fn expires_in(&self, now_unix_ms: u64) -> i64 {
+        self.not_after_unix - (now_unix_ms / 1000) as i64
+    }
 }
 
 impl Snapshot {
@@ -124,6 +143,14 @@ impl Snapshot {
             host,
             interfaces,
             upstreams,
+            certificates: reader
+                .certificates()
+                .into_iter()
+                .map(|(text, not_after_unix)| {
+                    let (name, file) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+                    CertificateExpiry { name: name.to_string(), file: file.to_string(), not_after_unix }
+                })
+                .collect(),
             slots,
             taken_unix_ms: crate::unix_millis(),
         }

@@ -107,6 +107,61 @@ pub trait RegionView {
         }
     }
 
+    /// The certificate table: `(NAME FILE, notAfter)` per certificate, copied
+    /// under the sequence lock as the upstream names are.
+    fn certificates(&self) -> Vec<(String, i64)> {
+        let h = self.header();
+        let per_entry = h.certificate_entry_size as usize / 8;
+        if per_entry < 2 {
+            return Vec::new();
+        }
+        let mut words: Vec<u64> = Vec::new();
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let before = h.upstream_names_seq.load(Relaxed);
+            fence(Acquire);
+            if before.is_multiple_of(2) {
+                let count = (h.certificate_count.load(Relaxed)).min(h.certificate_capacity) as usize;
+                words.clear();
+                words.extend(self.certificate_words(count).iter().map(|w| w.load(Relaxed)));
+                fence(Acquire);
+                if h.upstream_names_seq.load(Relaxed) == before {
+                    break;
+                }
+            }
+            if std::time::Instant::now() > give_up {
+                return Vec::new();
+            }
+            std::thread::yield_now();
+        }
+        words
+            .chunks_exact(per_entry)
+            .map(|entry| {
+                let text: Vec<u8> = entry[1..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+                let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+                (String::from_utf8_lossy(&text[..end]).into_owned(), entry[0] as i64)
+            })
+            .collect()
+    }
+
+    /// The first `count` certificate entries as atomic words.
+    fn certificate_words(&self, count: usize) -> &[AtomicU64] {
+        let h = self.header();
+        if h.certificates_offset == 0 {
+            return &[];
+        }
+        let words = count.min(h.certificate_capacity as usize) * h.certificate_entry_size as usize / 8;
+        // SAFETY: validate() checked that the table lies inside the mapping,
+        // 64-byte aligned, with entries a multiple of 8 bytes; shared memory
+        // is only ever accessed through atomics here.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.bytes().as_ptr().add(h.certificates_offset as usize) as *const AtomicU64,
+                words,
+            )
+        }
+    }
+
     /// One slot's upstream entries (upstream_capacity of them).
     fn upstream_stats(&self, slot: usize) -> &[UpstreamStats] {
         let h = self.header();

@@ -5,6 +5,7 @@ use crate::layout::{
     Header, Offsets, RegionState, ENDIAN_CHECK, HEADER_SIZE, HOST_SIZE, INTERFACE_CAPACITY, LAYOUT_VERSION,
     LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE, UPSTREAM_ENTRY_SIZE, UPSTREAM_NAME_SIZE,
 };
+use crate::layout::{CERTIFICATE_CAPACITY, CERTIFICATE_ENTRY_SIZE};
 use crate::ownership;
 use crate::reader::{validate, ReadError};
 use crate::unix_millis;
@@ -165,6 +166,9 @@ impl Region {
         header.upstream_capacity = upstream_capacity as u32;
         header.upstream_name_size = UPSTREAM_NAME_SIZE as u32;
         header.upstream_entry_size = UPSTREAM_ENTRY_SIZE as u32;
+        header.certificates_offset = offsets.certificates as u64;
+        header.certificate_capacity = CERTIFICATE_CAPACITY as u32;
+        header.certificate_entry_size = CERTIFICATE_ENTRY_SIZE as u32;
         header.listeners_offset = offsets.listeners as u64;
         header.slots_offset = offsets.slots as u64;
         header.total_size = offsets.total as u64;
@@ -214,6 +218,36 @@ impl Region {
             }
         }
         h.upstream_count.store(names.len() as u32, Ordering::Relaxed);
+        h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
+        true
+    }
+
+    /// Records the certificates served (each `NAME FILE` with its notAfter in
+    /// seconds since the epoch), under the same sequence lock as the upstream
+    /// names; false, recording none, when they do not fit (or the region
+    /// predates the table).
+    pub fn set_certificates(&self, certificates: &[(String, i64)]) -> bool {
+        let h = self.header();
+        if certificates.len() > h.certificate_capacity as usize {
+            return false;
+        }
+        let seq = h.upstream_names_seq.load(Ordering::Relaxed);
+        h.upstream_names_seq.store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let per_entry = h.certificate_entry_size as usize / 8;
+        let words = self.certificate_words(certificates.len());
+        for ((name, not_after), entry) in certificates.iter().zip(words.chunks_exact(per_entry)) {
+            entry[0].store(*not_after as u64, Ordering::Relaxed);
+            let text = &name.as_bytes()[..name.len().min((per_entry - 1) * 8 - 1)];
+            for (k, word) in entry[1..].iter().enumerate() {
+                let mut bytes = [0u8; 8];
+                let from = (k * 8).min(text.len());
+                let part = &text[from..(from + 8).min(text.len())];
+                bytes[..part.len()].copy_from_slice(part);
+                word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+            }
+        }
+        h.certificate_count.store(certificates.len() as u32, Ordering::Relaxed);
         h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
         true
     }

@@ -86,6 +86,10 @@ fn header_offsets_match_the_document() {
         (offset_of!(Header, upstream_name_size), "upstream_name_size".into()),
         (offset_of!(Header, upstream_entry_size), "upstream_entry_size".into()),
         (offset_of!(Header, upstream_names_seq), "upstream_names_seq".into()),
+        (offset_of!(Header, certificates_offset), "certificates_offset".into()),
+        (offset_of!(Header, certificate_count), "certificate_count".into()),
+        (offset_of!(Header, certificate_capacity), "certificate_capacity".into()),
+        (offset_of!(Header, certificate_entry_size), "certificate_entry_size".into()),
     ];
     assert_eq!(std::mem::size_of::<Header>(), 192);
     assert_eq!(documented("header"), expected);
