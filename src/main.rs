@@ -104,8 +104,28 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     tine_master::serve(launch).context("cannot start")
 }
 
+/// Validates the file, and reads every certificate the way a start or a
+/// reload would: a pair that does not match is an error; an expiry within 30
+/// days, an uncovered routed host or a key others can read is a warning.
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    Config::load(path)?;
+    let config = Config::load(path)?;
+    if config.uses_tls() {
+        let tls = tine_tls::TlsContext::load(&config, None)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+        for warning in tls.warnings(&config, now) {
+            eprintln!("warning: {warning}");
+        }
+        for c in tls.certificates.iter() {
+            println!(
+                "certificate {} ({}, {}) covers {}; expires in {} days",
+                c.cert_path.display(),
+                c.inspection.algorithm.name(),
+                c.key_path.display(),
+                c.inspection.names.join(", "),
+                c.expires_in(now) / 86_400
+            );
+        }
+    }
     println!("{}: configuration is valid", path.display());
     Ok(())
 }

@@ -501,3 +501,70 @@ fn a_reload_with_a_broken_certificate_is_refused_and_the_old_one_serves() {
     assert!(client.connect(addr, Some("a.test")).is_ok());
     assert_eq!(server.stats()["master"]["reloads"], 0);
 }
+
+#[test]
+fn tine_check_reads_certificates_as_a_start_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = make_cert(dir.path(), "good", &["a.test"], Alg::Ecdsa);
+    let other = make_cert(dir.path(), "other", &["b.test"], Alg::Ecdsa);
+    // A certificate that expires in 10 days, with a key every user can read.
+    let soon = (dir.path().join("soon.pem"), dir.path().join("soon.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "10",
+        ])
+        .args(["-subj", "/CN=soon.test", "-addext", "subjectAltName=DNS:soon.test", "-keyout"])
+        .arg(&soon.1)
+        .arg("-out")
+        .arg(&soon.0)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&soon.1, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let check = |toml: &str| {
+        let path = dir.path().join("tine.toml");
+        std::fs::write(
+            &path,
+            format!("tls_listen = [\"127.0.0.1:0\"]\nroot = \"{}\"\n{toml}", dir.path().display()),
+        )
+        .unwrap();
+        let out = common::tine().arg("check").arg("--config").arg(&path).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let soon_toml =
+        format!("[[certificate]]\ncert = \"{}\"\nkey = \"{}\"\n", soon.0.display(), soon.1.display());
+    let routes =
+        "[[route]]\nhost = \"a.test\"\nroot = \".\"\n[[route]]\nhost = \"nobody.test\"\nroot = \".\"\n";
+    let (ok, out, err) = check(&(certificate_toml(&good, true) + &soon_toml + routes));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("configuration is valid") && out.contains("covers a.test"), "{out}");
+    assert!(
+        err.contains("soon.pem: expires in 9 day(s)") || err.contains("soon.pem: expires in 10 day(s)"),
+        "{err}"
+    );
+    assert!(err.contains("soon.key: the private key is readable by every user"), "{err}");
+    assert!(err.contains("nobody.test"), "{err}");
+    assert!(!err.contains("routed host a.test"), "{err}");
+    // A certificate with another certificate's key is an error naming it.
+    let mismatched =
+        format!("[[certificate]]\ncert = \"{}\"\nkey = \"{}\"\n", good.cert.display(), other.key.display());
+    let (ok, _, err) = check(&mismatched);
+    assert!(!ok);
+    assert!(err.contains("good.pem") && err.contains("does not match"), "{err}");
+    let (ok, _, err) = check("");
+    assert!(!ok);
+    assert!(err.contains("tls_listen needs at least one [[certificate]]"), "{err}");
+}

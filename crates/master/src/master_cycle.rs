@@ -673,7 +673,11 @@ fn load_tls(config: &Config, tickets: &TicketKeyRing) -> Result<Option<TlsContex
     if !config.uses_tls() {
         return Ok(None);
     }
-    TlsContext::load(config, Some(tickets)).map(Some).map_err(|e| format!("TLS: {e}"))
+    let tls = TlsContext::load(config, Some(tickets)).map_err(|e| format!("TLS: {e}"))?;
+    for warning in tls.warnings(config, (tine_stats::unix_millis() / 1000) as i64) {
+        log::warn!("TLS: {warning}");
+    }
+    Ok(Some(tls))
 }
 
 /// Names the served certificates and their expiry in the stats region.

@@ -67,7 +67,35 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Certificates expiring within this are warned about.
+pub const EXPIRY_WARNING_SECS: i64 = 30 * 86_400;
+
 impl TlsContext {
+    /// What an operator should hear about the loaded certificates: one that
+    /// expires within 30 days (or has), a key file others can read, and a
+    /// host routed to over TLS that no certificate covers (its clients get
+    /// the default certificate, or are refused).
+    pub fn warnings(&self, config: &Config, now_unix: i64) -> Vec<String> {
+        let mut warnings: Vec<String> =
+            self.certificates.iter().flat_map(|c| c.warnings(now_unix, EXPIRY_WARNING_SECS)).collect();
+        if !config.tls_listen.is_empty() {
+            let mut hosts: Vec<&str> = config.routes.iter().filter_map(|r| r.host.as_deref()).collect();
+            hosts.dedup();
+            for host in hosts {
+                if !self.certificates.iter().any(|c| c.covers(host)) {
+                    warnings.push(format!(
+                        "no [[certificate]] covers the routed host {host}: TLS clients asking for it get {}",
+                        match config.tls.unknown_name {
+                            tine_config::UnknownName::Default => "the default certificate",
+                            tine_config::UnknownName::Refuse => "a refused handshake",
+                        }
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
     /// Reads every `[[certificate]]` of `config` and builds the server
     /// configurations. `tickets` is the master's key ring (None turns
     /// resumption off). Any file that cannot be used fails the whole load,
