@@ -50,6 +50,21 @@ PROXY_SCENARIOS = [
     ("proxy-1KiB", "1k.bin", 1024, "connections"),
     ("proxy-64KiB", "64k.bin", 64 * 1024, "connections"),
 ]
+# HTTPS scenarios, both servers on the same ECDSA P-256 certificate with TLS
+# 1.2 and 1.3 and session tickets. Keep-alive ones run wrk over https; the
+# handshake ones run `openssl s_time` (one GET of 1 KiB per connection, so
+# that TLS 1.3 tickets are read): `-new` never offers a session (every
+# handshake is full), `-reuse` always offers the first one it got (every
+# handshake after the first resumes). Their figure is CPU per handshake.
+TLS_SCENARIOS = [
+    ("https-1KiB", "1k.bin", 1024, "connections"),
+    ("https-64KiB", "64k.bin", 64 * 1024, "connections"),
+    ("full-tls1.3", "1k.bin", 1024, ("-new", "-tls1_3")),
+    ("full-tls1.2", "1k.bin", 1024, ("-new", "-tls1_2")),
+    ("resumed-tls1.3", "1k.bin", 1024, ("-reuse", "-tls1_3")),
+    ("resumed-tls1.2", "1k.bin", 1024, ("-reuse", "-tls1_2")),
+]
+ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS
 
 
 def ensure_tools():
@@ -120,12 +135,28 @@ def rss_bytes(pids):
     return total
 
 
+def make_certificate(work):
+    """A self-signed ECDSA P-256 certificate both servers use."""
+    cert, key = f"{work}/cert.pem", f"{work}/key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "30", "-subj", "/CN=bench.test", "-addext", "subjectAltName=DNS:bench.test",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
 class Server:
-    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None):
+    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None, tls=None):
+        """With `tls` (cert, key), `port` is an HTTPS port (plain HTTP moves to another)."""
         self.kind, self.port = kind, port
+        http_port = free_port() if tls else port
         if kind == "tine":
-            cmd = [TINE, "serve", "--root", f"{work}/www", "--listen", f"127.0.0.1:{port}",
+            cmd = [TINE, "serve", "--root", f"{work}/www", "--listen", f"127.0.0.1:{http_port}",
                    "--workers", str(workers), "--stats-path", f"{work}/tine.stats", "--pid-file", f"{work}/tine.pid"]
+            if tls:
+                conf = f"{work}/tine-tls.toml"
+                with open(conf, "w") as f:
+                    f.write(f'tls_listen = ["127.0.0.1:{port}"]\n[[certificate]]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n')
+                cmd += ["--config", conf]
             if backend:
                 conf = f"{work}/tine-proxy.toml"
                 with open(conf, "w") as f:
@@ -143,6 +174,11 @@ class Server:
                         f"proxy_set_header X-Forwarded-Proto $scheme; "
                         f"proxy_set_header X-Forwarded-Host $host; }}" if backend else "")
             upstream = f"upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}" if backend else ""
+            # nginx 1.22 leaves TLS 1.3 out by default: both versions, and
+            # tickets (its default), for a fair anchor.
+            ssl = (f"listen 127.0.0.1:{port} ssl reuseport backlog=4096 deferred; "
+                   f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; "
+                   f"ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;" if tls else "")
             conf = f"{work}/{name}.conf"
             with open(conf, "w") as f:
                 f.write(f"""
@@ -160,7 +196,7 @@ http {{
     open_file_cache max=16384 inactive=60s; open_file_cache_valid 5s; open_file_cache_errors on;
     default_type application/octet-stream;
     {upstream}
-    server {{ listen 127.0.0.1:{port} reuseport backlog=4096 deferred; root {work}/www; {location} }}
+    server {{ listen 127.0.0.1:{http_port} reuseport backlog=4096 deferred; {ssl} root {work}/www; {location} }}
 }}
 """)
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -184,9 +220,10 @@ http {{
             self.proc.wait()
 
 
-def wrk(port, path, connections, seconds, threads, cpus, batch=False, close=False):
+def wrk(port, path, connections, seconds, threads, cpus, batch=False, close=False, https=False):
+    scheme = "https" if https else "http"
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-           "--timeout", "10s", f"http://127.0.0.1:{port}/{path}"]
+           "--timeout", "10s", f"{scheme}://127.0.0.1:{port}/{path}"]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
     if cpus:
@@ -231,15 +268,50 @@ def parse_wrk(out):
     return r
 
 
+def s_time(port, path, options, seconds, cpus, clients=2):
+    """Handshakes by `clients` openssl s_time processes at once; returns the
+    connections (each one handshake) they completed."""
+    cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-www", f"/{path}", "-time", str(seconds)]
+    cmd += list(options)
+    if cpus:
+        cmd = ["taskset", "-c", cpus] + cmd
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(clients)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 60)
+        m = re.search(r"(\d+) connections in [\d.]+s;", out)
+        total += int(m.group(1)) if m else 0
+    return total
+
+
+def measure_handshakes(server, scenario, args, workers):
+    name, path, _, options = scenario
+    cpus = "1" if workers == 1 and os.cpu_count() > 1 else None
+    s_time(server.port, path, options, 1, cpus)  # warm up
+    pids = server.pids()
+    cpu0 = cpu_ns(pids)
+    start = time.time()
+    handshakes = s_time(server.port, path, options, args.duration, cpus)
+    cpu1 = cpu_ns(pids)
+    elapsed = time.time() - start
+    return {"requests": handshakes, "errors": 0, "rps": handshakes / elapsed, "mbit": 0.0, "mean_us": 0.0,
+            "p99_us": 0.0, "cpu_us_per_req": (cpu1 - cpu0) / 1000 / handshakes if handshakes else 0.0,
+            "rss_bytes": rss_bytes(pids), "per_conn_bytes": 0, "connections": 2}
+
+
 def measure(server, scenario, args, workers):
     name, path, size, conn_opt = scenario
+    if isinstance(conn_opt, tuple):
+        return measure_handshakes(server, scenario, args, workers)
     connections = getattr(args, conn_opt)
+    https = name.startswith("https-")
     pinned = workers == 1
     cpus = "1" if pinned and os.cpu_count() > 1 else None
     threads = 1 if pinned else 2
     close = name.endswith("-close")
     # Warm up: open files, caches, connection pools of both sides.
-    wrk(server.port, path, min(connections, 64), 1, threads, cpus, args.batch_load, close)
+    wrk(server.port, path, min(connections, 64), 1, threads, cpus, args.batch_load, close, https)
     pids = server.pids()
     idle_rss = rss_bytes(pids)
     mid = {}
@@ -250,7 +322,7 @@ def measure(server, scenario, args, workers):
     sampler = threading.Thread(target=sample_memory)
     cpu0 = cpu_ns(pids)
     sampler.start()
-    r = wrk(server.port, path, connections, args.duration, threads, cpus, args.batch_load, close)
+    r = wrk(server.port, path, connections, args.duration, threads, cpus, args.batch_load, close, https)
     cpu1 = cpu_ns(pids)
     sampler.join()
     r["cpu_us_per_req"] = (cpu1 - cpu0) / 1000 / r["requests"] if r["requests"] else 0.0
@@ -266,7 +338,7 @@ def main():
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
     ap.add_argument("--many", type=int, default=10000, help="connections of the high-concurrency scenario")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
-    ap.add_argument("--scenarios", nargs="+", default=[s[0] for s in SCENARIOS + PROXY_SCENARIOS])
+    ap.add_argument("--scenarios", nargs="+", default=[s[0] for s in ALL_SCENARIOS])
     ap.add_argument("--servers", nargs="+", default=["tine", "nginx"])
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of every scenario (tine and nginx alternate in each); the table shows medians")
@@ -282,12 +354,13 @@ def main():
     with tempfile.TemporaryDirectory(prefix="tine-bench-") as work:
         os.chmod(work, 0o755)
         os.mkdir(f"{work}/www")
+        cert = make_certificate(work)
         for _, path, size, _ in SCENARIOS:
             with open(f"{work}/www/{path}", "wb") as f:
                 f.write(os.urandom(size))
         for round_ in range(args.repeat):
             for workers in args.workers:
-                for scenario in [s for s in SCENARIOS + PROXY_SCENARIOS if s[0] in args.scenarios]:
+                for scenario in [s for s in ALL_SCENARIOS if s[0] in args.scenarios]:
                     proxy = scenario[0].startswith("proxy-")
                     if proxy and workers != 1:
                         continue  # the proxy comparison runs with one pinned worker
@@ -296,7 +369,9 @@ def main():
                         for pid in backend.pids():
                             subprocess.run(["chrt", "--batch", "--pid", "0", str(pid)], check=True)
                     for kind in args.servers:  # alternate servers within each scenario
-                        server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None)
+                        tls = cert if scenario in TLS_SCENARIOS else None
+                        server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None,
+                                        tls=tls)
                         try:
                             r = measure(server, scenario, args, workers)
                         finally:
@@ -345,7 +420,7 @@ def report(results, args, runs=()):
     cols = ["req/s", "Mbit/s", "mean", "p99", "CPU us/req", "RSS MiB", "B/conn", "errors"]
     print(f"\n{'scenario':<16}{'workers':>8} {'server':<8}" + "".join(f"{c:>11}" for c in cols))
     for workers in args.workers:
-        for name in [s[0] for s in SCENARIOS + PROXY_SCENARIOS if s[0] in args.scenarios]:
+        for name in [s[0] for s in ALL_SCENARIOS if s[0] in args.scenarios]:
             rows = {r["server"]: r for r in results if r["scenario"] == name and r["workers"] == workers}
             for kind in args.servers:
                 r = rows.get(kind)

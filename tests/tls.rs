@@ -568,3 +568,25 @@ fn tine_check_reads_certificates_as_a_start_would() {
     assert!(!ok);
     assert!(err.contains("tls_listen needs at least one [[certificate]]"), "{err}");
 }
+
+#[test]
+fn tickets_issued_before_a_binary_upgrade_resume_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], Alg::Ecdsa);
+    let mut server = tls_server(1, &certificate_toml(&a, true), "");
+    let addr = tls_addr(&server);
+    let client = Client::new(ClientOptions { resume: true, ..Default::default() });
+    let mut first = client.connect(addr, Some("a.test")).unwrap();
+    request(&mut first, "a.test", "/missing");
+    let old_master = server.master_pid();
+    server.signal(libc::SIGUSR2);
+    assert!(server.wait_exit().success(), "the old master leaves once the new one serves");
+    assert_ne!(server.pid_in_pid_file(), Some(old_master));
+    let mut s = client.connect(addr, Some("a.test")).unwrap();
+    assert_eq!(
+        s.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the new master's workers resume it"
+    );
+    assert!(request(&mut s, "a.test", "/missing").starts_with(b"HTTP/1.1 404"));
+}
