@@ -198,13 +198,10 @@ impl Tls {
     /// nothing (it is spent) or reached its end.
     fn fill(&mut self) -> io::Result<bool> {
         if !self.pending_in.is_empty() {
+            // Rare (rustls's plaintext buffer was full): the buffer is not
+            // kept, so an idle connection holds none.
             let records = std::mem::take(&mut self.pending_in);
             self.absorb(&records)?;
-            // Keep the allocation when it is all still there.
-            if self.pending_in.is_empty() {
-                self.pending_in = records;
-                self.pending_in.clear();
-            }
             return Ok(true);
         }
         if self.eof {
