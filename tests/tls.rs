@@ -590,3 +590,22 @@ fn tickets_issued_before_a_binary_upgrade_resume_after_it() {
     );
     assert!(request(&mut s, "a.test", "/missing").starts_with(b"HTTP/1.1 404"));
 }
+
+#[test]
+fn empty_files_and_head_requests_complete_on_a_kept_alive_tls_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], Alg::Ecdsa);
+    let server = tls_server(1, &certificate_toml(&a, true), "");
+    let addr = tls_addr(&server);
+    server.write_file("empty.txt", b"");
+    server.write_file("big.bin", &common::pseudo_random(300_000, 5));
+    let mut s = Client::plain().connect(addr, Some("a.test")).unwrap();
+    for (method, path) in
+        [("GET", "/empty.txt"), ("HEAD", "/big.bin"), ("GET", "/empty.txt"), ("HEAD", "/empty.txt")]
+    {
+        s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes()).unwrap();
+        let response = common::read_response(&mut std::io::BufReader::new(&mut s), method == "HEAD");
+        assert_eq!(response.status, 200, "{method} {path}");
+        assert!(response.body.is_empty());
+    }
+}

@@ -485,6 +485,12 @@ impl Conn {
                 }
             }
         }
+        // Whatever the transport still holds of the response (a head sent
+        // with "more follows" before an empty body) goes out before it counts
+        // as sent.
+        if let Err(e) = self.transport.flush() {
+            return self.blocked_sending(sending, ctx, e);
+        }
         self.finish_response(ctx, sending)
     }
 
