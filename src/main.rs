@@ -28,6 +28,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check the kernel's settings against what a configuration needs.
+    Tune(TuneArgs),
     /// Print statistics read straight from the shared-memory region.
     Stats(stats_cmd::StatsArgs),
     /// Send a control signal to a running master, like `nginx -s`.
@@ -41,6 +43,29 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct TuneArgs {
+    /// Configuration whose needs are checked (default: the defaults).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Exit with status 1 when a setting the configuration depends on falls short.
+    #[arg(long)]
+    check: bool,
+    /// Print a sysctl.d drop-in of the recommended values.
+    #[arg(long, conflicts_with_all = ["check", "apply"])]
+    sysctl: bool,
+    /// Write the drop-in (keeping values that are already better) and apply
+    /// it, reporting each change; running it again changes nothing.
+    #[arg(long)]
+    apply: bool,
+    /// Where --apply writes the drop-in.
+    #[arg(long, default_value = "/etc/sysctl.d/90-tine.conf")]
+    sysctl_file: PathBuf,
+    /// The tree of kernel settings to read and write.
+    #[arg(long, default_value = "/proc/sys", hide = true)]
+    proc_sys: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -83,6 +108,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve { settings } => serve(settings),
         Command::Check { config } => check(&config),
+        Command::Tune(args) => tune(args),
         Command::Stats(args) => stats_cmd::run(args),
         Command::Signal { action, pid_file, config } => signal_cmd::run(action, pid_file, config),
     };
@@ -102,6 +128,43 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     tine_logging::install(tine_master::master_cycle::error_log_target(&config))?;
     let launch = tine_master::master_cycle::Launch { config, source, exe, args };
     tine_master::serve(launch).context("cannot start")
+}
+
+/// The kernel tuning doctor (crates/tune).
+fn tune(args: TuneArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let kernel = tine_tune::Kernel::at(&args.proc_sys);
+    let findings = tine_tune::examine(&config, &kernel, tine_tune::nofile_limit());
+    if args.sysctl {
+        print!("{}", tine_tune::dropin(&findings));
+        return Ok(());
+    }
+    print!("{}", tine_tune::table(&findings));
+    if args.apply {
+        let changes = tine_tune::apply(&findings, &kernel, &args.sysctl_file)
+            .with_context(|| format!("applying kernel settings (drop-in {})", args.sysctl_file.display()))?;
+        if changes.is_empty() {
+            println!("\nnothing to change; {} is up to date", args.sysctl_file.display());
+        }
+        for c in &changes {
+            println!("\nset {} = {} (was {})", c.key, c.to, c.from);
+        }
+        // What was applied is read back for --check below.
+        let after = tine_tune::examine(&config, &kernel, tine_tune::nofile_limit());
+        return check_shortfalls(&after, args.check);
+    }
+    check_shortfalls(&findings, args.check)
+}
+
+fn check_shortfalls(findings: &[tine_tune::Finding], check: bool) -> anyhow::Result<()> {
+    let short: Vec<&str> = tine_tune::shortfalls(findings).map(|f| f.key.as_str()).collect();
+    if check && !short.is_empty() {
+        anyhow::bail!("short for this configuration: {}", short.join(", "));
+    }
+    Ok(())
 }
 
 /// Validates the file, and reads every certificate the way a start or a

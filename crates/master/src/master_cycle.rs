@@ -779,7 +779,7 @@ fn bind_listeners(
             log::warn!("{addr}: the kernel refused [tcp] {option} ({e}); its default stays");
         }
     }
-    warn_if_backlog_capped(config.backlog);
+    warn_of_kernel_shortfalls(config);
     // Upstream connections are made by the workers, one at a time: say once,
     // here, which of their options this kernel refuses.
     for u in &config.upstreams {
@@ -790,16 +790,18 @@ fn bind_listeners(
     Ok(retired)
 }
 
-/// The kernel caps every listen backlog at net.core.somaxconn.
-fn warn_if_backlog_capped(backlog: u32) {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else { return };
-    if let Ok(max) = text.trim().parse::<u32>() {
-        if backlog > max {
-            log::warn!(
-                "backlog {backlog} is capped at net.core.somaxconn = {max}; raise it (deploy/sysctl-tine.conf) \
-                 for the accept queues to be as long as configured"
-            );
-        }
+/// One warning per kernel setting this configuration depends on and does
+/// not get (the table of `tine tune`).
+fn warn_of_kernel_shortfalls(config: &Config) {
+    let findings = tine_tune::examine(config, &tine_tune::Kernel::default(), tine_tune::nofile_limit());
+    for f in tine_tune::shortfalls(&findings) {
+        log::warn!(
+            "kernel: {} is {}, {} recommended: {} (tine tune --apply, or deploy/sysctl-tine.conf)",
+            f.key,
+            f.current.as_deref().unwrap_or("unknown"),
+            f.recommended,
+            f.why
+        );
     }
 }
 
