@@ -355,3 +355,42 @@ fn tls_counters_and_certificate_expiry_reach_every_reader() {
     assert!(text.contains("tls: handshakes 3"), "{text}");
     assert!(text.contains("certificate a.test"), "{text}");
 }
+
+#[test]
+fn closing_connections_are_sampled_for_rtt_and_retransmissions() {
+    if !python_ready("closing_connections_are_sampled_for_rtt_and_retransmissions") {
+        return;
+    }
+    let server = Server::start(1);
+    server.write_file("a.txt", b"hello");
+    for _ in 0..40 {
+        assert_eq!(server.get("/a.txt").status, 200);
+    }
+    // One closing connection in 16 is sampled: the 16th and the 32nd.
+    let ours = server
+        .wait_until("40 connections closed", |s| s["total"]["accepted"] == 40 && s["total"]["active"] == 0);
+    assert_eq!(ours["total"]["tcp_info_samples"], 2);
+    let rtt: u64 =
+        ours["total"]["sampled_rtt_us"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).sum();
+    assert_eq!(rtt, 2, "each sample lands in one RTT bucket");
+    assert!(ours["total"]["sampled_segs_out"].as_u64().unwrap() >= 2);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stats_reader.py");
+    let theirs: Value =
+        serde_json::from_str(&python(script, &[server.stats_path.to_str().unwrap()], b"")).unwrap();
+    for name in [
+        "tcp_info_samples",
+        "sampled_rtt_us_sum",
+        "sampled_segs_out",
+        "sampled_retrans_segs",
+        "sampled_rtt_us",
+    ] {
+        assert_eq!(theirs["total"][name], ours["total"][name], "{name}");
+    }
+    let out =
+        tine().args(["stats", "--prometheus", "--stats-path"]).arg(&server.stats_path).output().unwrap();
+    let samples = parse_prometheus(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(sample(&samples, "tine_tcp_rtt_seconds_count"), 2.0);
+    assert_eq!(sample(&samples, "tine_tcp_info_samples_total"), 2.0);
+    let text = tine().args(["stats", "--stats-path"]).arg(&server.stats_path).output().unwrap();
+    assert!(String::from_utf8(text.stdout).unwrap().contains("client RTT (2 connections sampled)"));
+}

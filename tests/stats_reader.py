@@ -35,7 +35,10 @@ LATENCY_OFFSET, LATENCY_BUCKETS = 184, 32
 # Fields after the histogram, with their offsets in the slot.
 SLOT_AFTER_HISTOGRAM = {"closed_idle_at_limit": 440, "tls_handshakes": 448, "tls_resumed": 456, "tls_v1_3": 464,
                         "tls_v1_2": 472, "tls_failed_protocol": 480, "tls_failed_timeout": 488,
-                        "tls_failed_no_certificate": 496, "tls_failed_plain_http": 504, "tls_record_errors": 512}
+                        "tls_failed_no_certificate": 496, "tls_failed_plain_http": 504, "tls_record_errors": 512,
+                        "tcp_info_samples": 520, "sampled_rtt_us_sum": 528, "sampled_retrans_segs": 536,
+                        "sampled_segs_out": 544}
+SAMPLED_RTT_OFFSET = 552
 
 
 class Invalid(Exception):
@@ -107,6 +110,9 @@ def read(path):
             # Appended fields a region's slots may be too old to have.
             w[name] = u64(base + off) if off + 8 <= slot_size else 0
         w["latency_us"] = [u64(base + LATENCY_OFFSET + 8 * b) for b in range(LATENCY_BUCKETS)]
+        w["sampled_rtt_us"] = [u64(base + SAMPLED_RTT_OFFSET + 8 * b)
+                               if SAMPLED_RTT_OFFSET + 8 * (b + 1) <= slot_size else 0
+                               for b in range(LATENCY_BUCKETS)]
         slots.append(w)
 
     total = {}
@@ -118,6 +124,7 @@ def read(path):
             s = 0  # a gauge that reads below zero shows as zero
         total[name] = s
     total["latency_us"] = [sum(w["latency_us"][b] for w in slots) % (1 << 64) for b in range(LATENCY_BUCKETS)]
+    total["sampled_rtt_us"] = [sum(w["sampled_rtt_us"][b] for w in slots) % (1 << 64) for b in range(LATENCY_BUCKETS)]
 
     workers = []
     for w in slots:

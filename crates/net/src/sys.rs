@@ -451,6 +451,37 @@ pub enum Peek {
     Broken,
 }
 
+/// What TCP_INFO says of a connection's path, the part tine records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpInfo {
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u32,
+    pub total_retrans: u32,
+    pub segs_out: u32,
+}
+
+/// TCP_INFO of a connected socket; None when the kernel refuses.
+pub fn tcp_info(fd: RawFd) -> Option<TcpInfo> {
+    // SAFETY: a zeroed tcp_info is valid plain data.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info is valid for writing `len` bytes; len is updated by the kernel.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(TcpInfo {
+        rtt_us: info.tcpi_rtt,
+        total_retrans: info.tcpi_total_retrans,
+        segs_out: info.tcpi_segs_out,
+    })
+}
+
 /// Looks at the first waiting byte, leaving it in place.
 pub fn peek(fd: RawFd) -> Peek {
     let mut byte = 0u8;

@@ -175,6 +175,7 @@ macro_rules! section {
         }
         $( arrays { $( $aname:ident : [$alen:expr] = $ahelp:literal, )* } )?
         $( after_arrays { $( $tname:ident : $tkind:ident = $thelp:literal, )* } )?
+        $( tail_arrays { $( $zname:ident : [$zlen:expr] = $zhelp:literal, )* } )?
     ) => {
         $(#[$meta])*
         #[repr(C, align(64))]
@@ -182,6 +183,7 @@ macro_rules! section {
             $( #[doc = $help] pub $name: AtomicU64, )*
             $($( #[doc = $ahelp] pub $aname: [AtomicU64; $alen], )*)?
             $($( #[doc = $thelp] pub $tname: AtomicU64, )*)?
+            $($( #[doc = $zhelp] pub $zname: [AtomicU64; $zlen], )*)?
         }
 
         /// Plain copy of every field of the section, loaded with relaxed atomics.
@@ -190,6 +192,7 @@ macro_rules! section {
             $( #[doc = $help] pub $name: u64, )*
             $($( #[doc = $thelp] pub $tname: u64, )*)?
             $($( #[doc = $ahelp] pub $aname: [u64; $alen], )*)?
+            $($( #[doc = $zhelp] pub $zname: [u64; $zlen], )*)?
         }
 
         impl $section {
@@ -198,6 +201,7 @@ macro_rules! section {
                     $( $name: self.$name.load(std::sync::atomic::Ordering::Relaxed), )*
                     $($( $tname: self.$tname.load(std::sync::atomic::Ordering::Relaxed), )*)?
                     $($( $aname: std::array::from_fn(|i| self.$aname[i].load(std::sync::atomic::Ordering::Relaxed)), )*)?
+                    $($( $zname: std::array::from_fn(|i| self.$zname[i].load(std::sync::atomic::Ordering::Relaxed)), )*)?
                 }
             }
         }
@@ -210,6 +214,7 @@ macro_rules! section {
                     $( $name: it.next().unwrap_or(0), )*
                     $($( $tname: it.next().unwrap_or(0), )*)?
                     $($( $aname: [0; $alen], )*)?
+                    $($( $zname: [0; $zlen], )*)?
                 }
             }
 
@@ -282,8 +287,19 @@ section! {
         tls_failed_no_certificate: Counter = "TLS handshakes refused because no certificate covers the name asked for",
         tls_failed_plain_http: Counter = "plain HTTP requests on a TLS port, answered with a plain-text 400",
         tls_record_errors: Counter = "established TLS connections closed on a bad record or an alert from the client",
+        tcp_info_samples: Counter = "client connections whose TCP_INFO was sampled as they closed (one in TCP_INFO_SAMPLE_EVERY)",
+        sampled_rtt_us_sum: Counter = "sum of the sampled connections' smoothed RTT (tcpi_rtt) in microseconds",
+        sampled_retrans_segs: Counter = "segments the sampled connections retransmitted (tcpi_total_retrans)",
+        sampled_segs_out: Counter = "segments the sampled connections sent (tcpi_segs_out)",
+    }
+    tail_arrays {
+        sampled_rtt_us: [LATENCY_BUCKETS] = "the sampled connections' smoothed RTT histogram, buckets as latency_us",
     }
 }
+
+/// One closing client connection in this many has its TCP_INFO sampled: a
+/// bounded cost (one getsockopt) for a view of the network path.
+pub const TCP_INFO_SAMPLE_EVERY: u64 = 16;
 
 /// Buckets of the latency histogram: the last one holds everything from
 /// 2^30 us (about 18 minutes) up.
@@ -416,7 +432,7 @@ const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
-const _: () = assert!(SLOT_SIZE == 576);
+const _: () = assert!(SLOT_SIZE == 832);
 const _: () = assert!(MASTER_SIZE.is_multiple_of(64));
 const _: () = assert!(HOST_SIZE.is_multiple_of(64));
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);

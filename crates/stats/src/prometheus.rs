@@ -43,6 +43,9 @@ fn slot_metric(name: &str) -> Option<(&'static str, f64, Option<Label>)> {
         "tls_failed_no_certificate" => ("tls_handshake_failures", 1.0, Some(("class", "no_certificate"))),
         "tls_failed_plain_http" => ("tls_handshake_failures", 1.0, Some(("class", "plain_http"))),
         "tls_record_errors" => ("tls_record_errors", 1.0, None),
+        "tcp_info_samples" => ("tcp_info_samples", 1.0, None),
+        "sampled_retrans_segs" => ("tcp_sampled_retransmitted_segments", 1.0, None),
+        "sampled_segs_out" => ("tcp_sampled_sent_segments", 1.0, None),
         _ => return None,
     })
 }
@@ -150,31 +153,42 @@ fn upstreams(out: &mut String, s: &Snapshot) {
 }
 
 fn histogram(out: &mut String, slots: &[&SlotValues]) {
-    family(
+    microsecond_histogram(
         out,
+        slots,
         "request_duration_seconds",
-        "histogram",
         "time from the first byte of a request to the last byte of its response",
+        |f| (&f.latency_us, f.latency_us_sum),
     );
+    microsecond_histogram(
+        out,
+        slots,
+        "tcp_rtt_seconds",
+        "smoothed RTT (TCP_INFO) of sampled client connections as they closed",
+        |f| (&f.sampled_rtt_us, f.sampled_rtt_us_sum),
+    );
+}
+
+/// A per-worker histogram kept in power-of-two microsecond buckets, in seconds.
+fn microsecond_histogram(
+    out: &mut String,
+    slots: &[&SlotValues],
+    name: &str,
+    help: &str,
+    pick: impl Fn(&crate::layout::SlotFields) -> (&[u64; LATENCY_BUCKETS], u64),
+) {
+    family(out, name, "histogram", help);
     for v in slots {
+        let (buckets, sum_us) = pick(&v.fields);
         let mut cumulative = 0u64;
-        for (i, &n) in v.fields.latency_us.iter().enumerate() {
+        for (i, &n) in buckets.iter().enumerate() {
             cumulative = cumulative.wrapping_add(n);
             let le =
                 if i == LATENCY_BUCKETS - 1 { "+Inf".to_string() } else { number((1u64 << i) as f64 / 1e6) };
-            let _ = writeln!(
-                out,
-                "tine_request_duration_seconds_bucket{{worker=\"{}\",le=\"{le}\"}} {cumulative}",
-                v.slot
-            );
+            let _ = writeln!(out, "tine_{name}_bucket{{worker=\"{}\",le=\"{le}\"}} {cumulative}", v.slot);
         }
-        let _ = writeln!(
-            out,
-            "tine_request_duration_seconds_sum{{worker=\"{}\"}} {}",
-            v.slot,
-            number(v.fields.latency_us_sum as f64 / 1e6)
-        );
-        let _ = writeln!(out, "tine_request_duration_seconds_count{{worker=\"{}\"}} {cumulative}", v.slot);
+        let _ = writeln!(out, "tine_{name}_sum{{worker=\"{}\"}} {}", v.slot, number(sum_us as f64 / 1e6));
+        let _ = writeln!(out, "tine_{name}_count{{worker=\"{}\"}} {cumulative}", v.slot);
     }
 }
 

@@ -24,6 +24,7 @@ pub fn json(s: &Snapshot, worker: Option<usize>) -> Value {
     let mut total: Map<String, Value> =
         s.totals().values.into_iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
     total.insert("latency_us".into(), json!(s.latency().to_vec()));
+    total.insert("sampled_rtt_us".into(), json!(s.sampled_rtt().to_vec()));
     let mut host = Map::new();
     for (i, f) in HOST_FIELDS.iter().enumerate() {
         host.insert(f.name.into(), json!(s.host.get(i)));
@@ -60,6 +61,7 @@ fn worker_json(slot: &SlotValues) -> Value {
         w.insert(f.name.into(), value);
     }
     w.insert("latency_us".into(), json!(slot.fields.latency_us.to_vec()));
+    w.insert("sampled_rtt_us".into(), json!(slot.fields.sampled_rtt_us.to_vec()));
     Value::Object(w)
 }
 
@@ -189,10 +191,32 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     out.push('\n');
     let hist = s.latency();
     let _ = writeln!(out, "\nlatency since start: {}", quantiles(&hist));
+    out.push_str(&path_line(s));
     out.push_str(&tls_lines(s));
     out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
     out
+}
+
+/// The network path as TCP_INFO of sampled connections shows it.
+fn path_line(s: &Snapshot) -> String {
+    let t = s.totals();
+    let v = |name: &str| t.get(name).unwrap_or(0);
+    let samples = v("tcp_info_samples");
+    if samples == 0 {
+        return String::new();
+    }
+    let rtt = s.sampled_rtt();
+    let retrans = v("sampled_retrans_segs");
+    let sent = v("sampled_segs_out").max(1);
+    format!(
+        "client RTT ({samples} connections sampled): p50 {}  p90 {}  p99 {}; retransmitted {retrans} of {} segments ({:.2}%)\n",
+        human_latency(percentile(&rtt, 0.5)),
+        human_latency(percentile(&rtt, 0.9)),
+        human_latency(percentile(&rtt, 0.99)),
+        v("sampled_segs_out"),
+        retrans as f64 * 100.0 / sent as f64
+    )
 }
 
 /// TLS handshakes and their failures, when anything was ever TLS.

@@ -164,10 +164,19 @@ impl Snapshot {
 
     /// The latency histogram summed over every slot.
     pub fn latency(&self) -> [u64; LATENCY_BUCKETS] {
+        self.summed(|f| &f.latency_us)
+    }
+
+    /// The sampled connections' RTT histogram summed over every slot.
+    pub fn sampled_rtt(&self) -> [u64; LATENCY_BUCKETS] {
+        self.summed(|f| &f.sampled_rtt_us)
+    }
+
+    fn summed(&self, histogram: impl Fn(&SlotFields) -> &[u64; LATENCY_BUCKETS]) -> [u64; LATENCY_BUCKETS] {
         let mut out = [0u64; LATENCY_BUCKETS];
         for s in &self.slots {
-            for (o, v) in out.iter_mut().zip(s.fields.latency_us) {
-                *o = o.wrapping_add(v);
+            for (o, v) in out.iter_mut().zip(histogram(&s.fields)) {
+                *o = o.wrapping_add(*v);
             }
         }
         out

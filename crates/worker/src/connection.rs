@@ -282,6 +282,11 @@ impl Conn {
         outcome
     }
 
+    /// The client's socket, for TCP_INFO.
+    pub fn client_socket(&self) -> std::os::fd::RawFd {
+        self.transport.socket()
+    }
+
     /// Counts how a TLS connection ended, when that is worth counting: a
     /// handshake that failed (by class), or a bad record after it.
     pub fn count_tls_end(&mut self, reason: CloseReason, ctx: &Ctx) {

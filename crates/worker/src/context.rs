@@ -131,6 +131,16 @@ impl Counters<'_> {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// What TCP_INFO said of a closing connection's path.
+    pub fn record_tcp_info(&self, info: tine_net::sys::TcpInfo) {
+        let s = self.slot;
+        s.tcp_info_samples.fetch_add(1, Relaxed);
+        s.sampled_rtt_us_sum.fetch_add(u64::from(info.rtt_us), Relaxed);
+        s.sampled_rtt_us[tine_stats::layout::latency_bucket(u64::from(info.rtt_us))].fetch_add(1, Relaxed);
+        s.sampled_retrans_segs.fetch_add(u64::from(info.total_retrans), Relaxed);
+        s.sampled_segs_out.fetch_add(u64::from(info.segs_out), Relaxed);
+    }
+
     /// A request took `took`, from its first byte to its response's last.
     pub fn record_latency(&self, took: std::time::Duration) {
         let us = took.as_micros().min(u64::MAX as u128) as u64;

@@ -59,6 +59,8 @@ pub struct EventLoop<'a> {
     drain_deadline: Option<Instant>,
     /// When idle upstream connections are next checked for their timeout.
     next_pool_sweep: Instant,
+    /// Connections closed, for sampling one in TCP_INFO_SAMPLE_EVERY.
+    closed: u64,
 }
 
 impl<'a> EventLoop<'a> {
@@ -88,6 +90,7 @@ impl<'a> EventLoop<'a> {
             reclaimable: Vec::new(),
             drain_deadline: None,
             next_pool_sweep: ctx_now,
+            closed: 0,
         };
         el.resume_accepting()?;
         Ok(el)
@@ -393,6 +396,10 @@ impl<'a> EventLoop<'a> {
         };
         conn.release(&mut self.ctx);
         conn.count_tls_end(reason, &self.ctx);
+        self.closed += 1;
+        if self.closed.is_multiple_of(tine_stats::layout::TCP_INFO_SAMPLE_EVERY) {
+            self.sample_path(&conn);
+        }
         let stats = self.ctx.stats.slot;
         stats.active.fetch_sub(1, Relaxed);
         match reason {
@@ -409,6 +416,15 @@ impl<'a> EventLoop<'a> {
         }
         // Dropping the descriptor closes it, which also removes it from epoll.
         drop(conn);
+    }
+
+    /// What the kernel knows of a closing connection's network path: its
+    /// smoothed RTT and retransmissions, into the slot's counters. A
+    /// connection that never got an ACK (rtt 0) says nothing.
+    fn sample_path(&self, conn: &Conn) {
+        if let Some(info) = sys::tcp_info(conn.client_socket()).filter(|i| i.rtt_us > 0) {
+            self.ctx.stats.record_tcp_info(info);
+        }
     }
 
     fn pause_accepting(&mut self) {

@@ -89,6 +89,14 @@ impl Client {
     pub fn is_tls(&self) -> bool {
         matches!(self, Client::Tls(_))
     }
+
+    /// The client's socket, for what the kernel says of it (TCP_INFO).
+    pub fn socket(&self) -> RawFd {
+        match self {
+            Client::Plain(t) => t.socket(),
+            Client::Tls(t) => t.socket(),
+        }
+    }
 }
 
 macro_rules! both {

@@ -16,6 +16,10 @@ impl PlainTcp {
     pub fn new(fd: OwnedFd) -> Self {
         PlainTcp { fd, spent: false }
     }
+
+    pub fn socket(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 impl Transport for PlainTcp {

@@ -112,6 +112,10 @@ impl Tls {
         })
     }
 
+    pub fn socket(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// The handshake that completed since this was last asked, once.
     pub fn take_handshake(&mut self) -> Option<Handshake> {
         let State::Established { reported: reported @ false } = &mut self.state else { return None };
