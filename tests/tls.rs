@@ -609,3 +609,41 @@ fn empty_files_and_head_requests_complete_on_a_kept_alive_tls_connection() {
         assert!(response.body.is_empty());
     }
 }
+
+// [tcp] reaches the TLS listener too, and [tcp.listener."ADDRESS"] overrides
+// it there; the options are read back from the listening sockets, whose
+// connections inherit them. A handshake still completes through them.
+#[test]
+fn tcp_options_reach_the_tls_listener_and_its_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "a", &["a.test"], Alg::Ecdsa);
+    let server = Server::builder()
+        .config(&format!(
+            "tls_listen = [\"127.0.0.4:0\"]\n\
+             [tcp]\nkeepalive_idle = \"30s\"\nuser_timeout = \"20s\"\nnotsent_lowat = 16384\n\
+             [tcp.listener.\"127.0.0.4:0\"]\nuser_timeout = \"7s\"\nfastopen = 32\n\
+             {}",
+            certificate_toml(&cert, true)
+        ))
+        .start();
+    let (tls, http) = (tls_addr(&server).port(), server.addr.port());
+    let (tcp, sol) = (libc::IPPROTO_TCP, libc::SOL_SOCKET);
+    let all = |port, level, name, want: i32| {
+        let got = common::listener_opts(server.master_pid(), port, level, name);
+        assert!(!got.is_empty() && got.iter().all(|&v| v == want), "port {port} option {name}: {got:?}");
+    };
+    for port in [tls, http] {
+        all(port, sol, libc::SO_KEEPALIVE, 1);
+        all(port, tcp, libc::TCP_KEEPIDLE, 30);
+        all(port, tcp, libc::TCP_NOTSENT_LOWAT, 16_384);
+        all(port, tcp, libc::TCP_NODELAY, 1);
+    }
+    all(tls, tcp, libc::TCP_USER_TIMEOUT, 7_000);
+    all(tls, tcp, libc::TCP_FASTOPEN, 32);
+    all(http, tcp, libc::TCP_USER_TIMEOUT, 20_000);
+    let defer = common::listener_opts(server.master_pid(), tls, tcp, libc::TCP_DEFER_ACCEPT);
+    assert!(defer.iter().all(|&v| v > 0), "the TLS listener defers accept: {defer:?}");
+    server.write_file("index.html", b"through the options\n");
+    let answer = Client::plain().get(tls_addr(&server), Some("a.test"), "/index.html");
+    assert_eq!(body(&answer), b"through the options\n");
+}

@@ -587,8 +587,9 @@ impl Conn {
 /// What an error on the client's socket means, on every path (static files,
 /// the proxy, tunnels and streams alike): EAGAIN waits for the next event
 /// (`Some(Wait)`), EINTR retries (`None`), a reset, broken pipe or abort by
-/// the client closes as a reset (counted in `closed_by_reset`), anything
-/// else closes as an error. docs/stats-abi.md states these counting rules.
+/// the client closes as a reset (counted in `closed_by_reset`), the kernel
+/// giving up on the client (ETIMEDOUT: TCP_USER_TIMEOUT, keepalive) closes
+/// as a timeout (counted in `timeouts`), anything else closes as an error. docs/stats-abi.md states these counting rules.
 pub(crate) fn client_io(e: io::Error) -> Option<Outcome> {
     match e.kind() {
         io::ErrorKind::WouldBlock => Some(Outcome::Wait),
@@ -596,6 +597,9 @@ pub(crate) fn client_io(e: io::Error) -> Option<Outcome> {
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
             Some(Outcome::Close(CloseReason::Reset))
         }
+        // The kernel gave up on the peer: TCP_USER_TIMEOUT with data
+        // unacknowledged, or keepalive probes unanswered.
+        io::ErrorKind::TimedOut => Some(Outcome::Close(CloseReason::Timeout)),
         _ => Some(Outcome::Close(CloseReason::Error)),
     }
 }
