@@ -146,11 +146,12 @@ fn tune(args: TuneArgs) -> anyhow::Result<()> {
     if args.apply {
         let changes = tine_tune::apply(&findings, &kernel, &args.sysctl_file)
             .with_context(|| format!("applying kernel settings (drop-in {})", args.sysctl_file.display()))?;
+        println!();
         if changes.is_empty() {
-            println!("\nnothing to change; {} is up to date", args.sysctl_file.display());
+            println!("nothing to change; {} is up to date", args.sysctl_file.display());
         }
         for c in &changes {
-            println!("\nset {} = {} (was {})", c.key, c.to, c.from);
+            println!("set {} = {} (was {})", c.key, c.to, c.from);
         }
         // What was applied is read back for --check below.
         let after = tine_tune::examine(&config, &kernel, tine_tune::nofile_limit());

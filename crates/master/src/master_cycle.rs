@@ -795,8 +795,11 @@ fn bind_listeners(
 fn warn_of_kernel_shortfalls(config: &Config) {
     let findings = tine_tune::examine(config, &tine_tune::Kernel::default(), tine_tune::nofile_limit());
     for f in tine_tune::shortfalls(&findings) {
+        // A process limit or a missing kernel module is not a sysctl that
+        // --apply could set; the reason itself says what to do.
+        let remedy = if f.apply.is_some() { " (tine tune --apply, or deploy/sysctl-tine.conf)" } else { "" };
         log::warn!(
-            "kernel: {} is {}, {} recommended: {} (tine tune --apply, or deploy/sysctl-tine.conf)",
+            "kernel: {} is {}, {} recommended: {}{remedy}",
             f.key,
             f.current.as_deref().unwrap_or("unknown"),
             f.recommended,
