@@ -1,0 +1,36 @@
+//! Range and conditional headers. Whatever the header and the file size:
+//! a range tine serves lies inside the file (first <= last < size), a
+//! suffix range ends at the last byte, and the conditional checks decide
+//! without panicking; an ETag always matches itself.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tine_http::validators::{
+    http_date, if_range_holds, none_match_hits, not_modified_since, range, ETag, RangeAnswer,
+};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 16 {
+        return;
+    }
+    let size = u64::from_le_bytes(data[..8].try_into().unwrap()) >> (data[0] % 64);
+    let mtime = u64::from_le_bytes(data[8..16].try_into().unwrap()) % 8_000_000_000;
+    let header = &data[16..];
+    match range(header, size) {
+        RangeAnswer::Part { first, last } => {
+            assert!(first <= last && last < size, "{first}-{last} of {size}");
+            if header.trim_ascii().starts_with(b"bytes=-") {
+                assert_eq!(last, size - 1);
+            }
+        }
+        RangeAnswer::Unsatisfiable | RangeAnswer::Full => {}
+    }
+    let etag = ETag::new(mtime, size);
+    let last_modified = http_date(mtime);
+    let _ = none_match_hits(header, &etag);
+    let _ = not_modified_since(header, mtime);
+    let _ = if_range_holds(header, &etag, &last_modified);
+    assert!(none_match_hits(etag.as_bytes(), &etag));
+    assert!(if_range_holds(etag.as_bytes(), &etag, &last_modified));
+    assert!(not_modified_since(last_modified.as_bytes(), mtime));
+});

@@ -1,0 +1,44 @@
+//! Request heads. Whatever the bytes:
+//! - a head accepted in one piece is accepted, with the same meaning, however
+//!   it is cut into pieces (every shorter prefix asks for more bytes) and
+//!   whatever follows it in the buffer (a pipelined request);
+//! - its canonical spelling (one space, `name: value`, CRLF) parses to the
+//!   same meaning: method, target, version, Host, body framing, keep-alive.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tine_fuzz::{canonical_head, limits, Meaning};
+use tine_http::parse_request;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, input)) = data.split_first() else { return };
+    let chosen = limits(mode & 1 == 1);
+    let Ok(Some(request)) = parse_request(input, &chosen) else { return };
+    let meaning = Meaning::of(&request);
+    let head_len = request.head_len;
+    for end in 0..head_len {
+        match parse_request(&input[..end], &chosen) {
+            Ok(None) => {}
+            other => panic!("a prefix of {end} bytes of an accepted head gave {other:?}"),
+        }
+    }
+    let mut pipelined = input[..head_len].to_vec();
+    pipelined.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    let again = parse_request(&pipelined, &chosen).expect("accepted before").expect("complete before");
+    assert_eq!(Meaning::of(&again), meaning, "what follows a head changed it");
+    assert_eq!(again.head_len, head_len);
+
+    let canonical = canonical_head(&request);
+    match parse_request(&canonical, &limits(false)) {
+        Ok(Some(r)) => {
+            assert_eq!(
+                Meaning::of(&r),
+                meaning,
+                "canonical spelling {:?}",
+                String::from_utf8_lossy(&canonical)
+            );
+            assert_eq!(r.head_len, canonical.len());
+        }
+        other => panic!("canonical spelling {:?} gave {other:?}", String::from_utf8_lossy(&canonical)),
+    }
+});
