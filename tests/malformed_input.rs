@@ -13,7 +13,7 @@ fn assert_status_then_close(server: &Server, raw: &[u8], expected: u16) {
 
 #[test]
 fn malformed_heads_get_a_status_and_a_close() {
-    let server = Server::start(1);
+    let server = Server::builder().config("access_log = \"access.log\"\n").start();
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
     let huge_head = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(17_000));
     let many_headers = format!("GET / HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-A: 1\r\n".repeat(150));
@@ -27,6 +27,7 @@ fn malformed_heads_get_a_status_and_a_close() {
         (b"GET / HTTP/1.1\r\nHo st: t\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n", 400),
         (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
         (long_target.as_bytes(), 414),
         (huge_head.as_bytes(), 431),
         (many_headers.as_bytes(), 431),
@@ -39,6 +40,29 @@ fn malformed_heads_get_a_status_and_a_close() {
     let stats = server.stats();
     assert_eq!(stats["total"]["parse_errors"], cases.len() as u64);
     assert_eq!(stats["master"]["respawns"], 0);
+    // Each counted by its reason, and the reasons add up.
+    let by_reason = [
+        ("rejected_malformed", 8),
+        ("rejected_version", 1),
+        ("rejected_not_implemented", 1),
+        ("rejected_uri_too_long", 1),
+        ("rejected_head_too_large", 2),
+        ("rejected_target", 2),
+    ];
+    for (reason, n) in by_reason {
+        assert_eq!(stats["total"][reason], n, "{reason}");
+    }
+    // Each has an access-log line with the status it got.
+    let log = server.dir.path().join("access.log");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_for("every refusal logged", || lines().lines().count() == cases.len());
+    let logged: Vec<u16> =
+        lines().lines().map(|l| l.split("\" ").nth(1).unwrap()[..3].parse().unwrap()).collect();
+    let mut expected: Vec<u16> = cases.iter().map(|c| c.1).collect();
+    let mut got = logged.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "{}", lines());
 }
 
 #[test]
@@ -78,16 +102,61 @@ fn a_body_on_get_is_discarded_not_parsed_as_the_next_request() {
     assert_eq!(server.total("requests"), 2);
 }
 
+// A chunked body sent to a static route is read and thrown away, as nginx
+// does, so the request after it is served. What the body holds (here a
+// request line in its data, an extension, a trailer) is never a request.
 #[test]
-fn a_chunked_body_is_refused_by_closing_after_the_answer() {
+fn a_chunked_body_is_discarded_and_the_next_request_served() {
     let server = Server::start(1);
+    server.write_file("a.txt", b"A");
+    server.write_file("b.txt", b"B");
     let raw = exchange_raw(
         server.addr,
-        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nGET /\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /a.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          20;ext=\"x\"\r\nGET /b.txt HTTP/1.1\r\nHost: t\r\n\r\n\r\n0\r\nTrailer-Field: 1\r\n\r\n\
+          POST /a.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     let text = String::from_utf8_lossy(&raw);
-    assert_eq!(status_of(&raw), 405);
-    assert!(text.contains("Connection: close"));
+    let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "405", "200"], "{text}");
+    assert!(!text.contains("\r\n\r\nB"), "the body's request was answered: {text}");
+    assert_eq!(server.total("requests"), 3);
+}
+
+// A chunked body that is malformed, or larger than discard_body_bytes, gets
+// its answer and then the connection closes: nothing after it is read as a
+// request.
+#[test]
+fn a_chunked_body_that_cannot_be_discarded_closes_after_the_answer() {
+    let server = Server::builder().config("[limits]\ndiscard_body_bytes = 64\n").start();
+    server.write_file("a.txt", b"A");
+    let next = "GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+    let big = format!("40\r\n{}\r\n0\r\n\r\n", "x".repeat(64));
+    for body in ["5\r\nGET /\r\nX\r\n", "zz\r\n", big.as_str()] {
+        let request =
+            format!("GET /a.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}{next}");
+        let raw = exchange_raw(server.addr, request.as_bytes());
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(status_of(&raw), 200, "{body:?}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{body:?}: {text}");
+    }
+    assert_eq!(server.get("/a.txt").body, b"A");
+}
+
+// A client that asked for 100 (Continue) and got a final answer instead may
+// or may not send its body: the connection closes after the answer.
+#[test]
+fn a_body_behind_expect_continue_closes_after_the_answer() {
+    let server = Server::start(1);
+    server.write_file("a.txt", b"A");
+    let raw = exchange_raw(
+        server.addr,
+        b"PUT /a.txt HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 26\r\n\r\nGET /a.txt HTTP/1.1\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(status_of(&raw), 405, "{text}");
+    assert!(text.contains("Connection: close"), "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
 }
 

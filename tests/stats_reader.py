@@ -39,6 +39,9 @@ SLOT_AFTER_HISTOGRAM = {"closed_idle_at_limit": 440, "tls_handshakes": 448, "tls
                         "tcp_info_samples": 520, "sampled_rtt_us_sum": 528, "sampled_retrans_segs": 536,
                         "sampled_segs_out": 544}
 SAMPLED_RTT_OFFSET = 552
+# Fields after the RTT histogram.
+SLOT_AFTER_RTT = {"rejected_malformed": 808, "rejected_target": 816, "rejected_uri_too_long": 824,
+                  "rejected_head_too_large": 832, "rejected_version": 840, "rejected_not_implemented": 848}
 
 
 class Invalid(Exception):
@@ -106,7 +109,7 @@ def read(path):
         w = {"slot": i}
         for j, name in enumerate(SLOT):
             w[name] = u64(base + 8 * j)
-        for name, off in SLOT_AFTER_HISTOGRAM.items():
+        for name, off in {**SLOT_AFTER_HISTOGRAM, **SLOT_AFTER_RTT}.items():
             # Appended fields a region's slots may be too old to have.
             w[name] = u64(base + off) if off + 8 <= slot_size else 0
         w["latency_us"] = [u64(base + LATENCY_OFFSET + 8 * b) for b in range(LATENCY_BUCKETS)]
@@ -116,7 +119,7 @@ def read(path):
         slots.append(w)
 
     total = {}
-    for name in SLOT + list(SLOT_AFTER_HISTOGRAM):
+    for name in SLOT + list(SLOT_AFTER_HISTOGRAM) + list(SLOT_AFTER_RTT):
         if name in SLOT_INFO:
             continue
         s = sum(w[name] for w in slots) % (1 << 64)

@@ -51,6 +51,9 @@ pub enum Output {
     Chunked,
     /// The data alone (for a recipient that reads until the connection closes).
     Raw,
+    /// Nothing: the body is checked and thrown away (a body sent to a
+    /// static route, read so that the next request on the connection can be).
+    Discard,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +102,7 @@ impl ChunkedDecoder {
             return;
         }
         match self.output {
+            Output::Discard => {}
             Output::Raw => out.extend_from_slice(data),
             Output::Chunked => {
                 push_hex(out, data.len() as u64);
@@ -253,6 +257,15 @@ fn push_hex(out: &mut Vec<u8>, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_discarded_body_is_checked_and_ends_where_the_others_do() {
+        let body = b"5;x=y\r\nhello\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\nGET /next";
+        let (n, out, done) = decode_all(body, Output::Discard).unwrap();
+        assert!(done && out.is_empty());
+        assert_eq!(n, decode_all(body, Output::Raw).unwrap().0);
+        assert!(decode_all(b"5\r\nhelloX\r\n", Output::Discard).is_err());
+    }
 
     fn decode_all(input: &[u8], output: Output) -> Result<(usize, Vec<u8>, bool), ChunkedError> {
         let mut d = ChunkedDecoder::new(output);

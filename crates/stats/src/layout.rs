@@ -176,6 +176,7 @@ macro_rules! section {
         $( arrays { $( $aname:ident : [$alen:expr] = $ahelp:literal, )* } )?
         $( after_arrays { $( $tname:ident : $tkind:ident = $thelp:literal, )* } )?
         $( tail_arrays { $( $zname:ident : [$zlen:expr] = $zhelp:literal, )* } )?
+        $( after_tail { $( $wname:ident : $wkind:ident = $whelp:literal, )* } )?
     ) => {
         $(#[$meta])*
         #[repr(C, align(64))]
@@ -184,6 +185,7 @@ macro_rules! section {
             $($( #[doc = $ahelp] pub $aname: [AtomicU64; $alen], )*)?
             $($( #[doc = $thelp] pub $tname: AtomicU64, )*)?
             $($( #[doc = $zhelp] pub $zname: [AtomicU64; $zlen], )*)?
+            $($( #[doc = $whelp] pub $wname: AtomicU64, )*)?
         }
 
         /// Plain copy of every field of the section, loaded with relaxed atomics.
@@ -191,6 +193,7 @@ macro_rules! section {
         pub struct $values {
             $( #[doc = $help] pub $name: u64, )*
             $($( #[doc = $thelp] pub $tname: u64, )*)?
+            $($( #[doc = $whelp] pub $wname: u64, )*)?
             $($( #[doc = $ahelp] pub $aname: [u64; $alen], )*)?
             $($( #[doc = $zhelp] pub $zname: [u64; $zlen], )*)?
         }
@@ -200,6 +203,7 @@ macro_rules! section {
                 $values {
                     $( $name: self.$name.load(std::sync::atomic::Ordering::Relaxed), )*
                     $($( $tname: self.$tname.load(std::sync::atomic::Ordering::Relaxed), )*)?
+                    $($( $wname: self.$wname.load(std::sync::atomic::Ordering::Relaxed), )*)?
                     $($( $aname: std::array::from_fn(|i| self.$aname[i].load(std::sync::atomic::Ordering::Relaxed)), )*)?
                     $($( $zname: std::array::from_fn(|i| self.$zname[i].load(std::sync::atomic::Ordering::Relaxed)), )*)?
                 }
@@ -213,6 +217,7 @@ macro_rules! section {
                 $values {
                     $( $name: it.next().unwrap_or(0), )*
                     $($( $tname: it.next().unwrap_or(0), )*)?
+                    $($( $wname: it.next().unwrap_or(0), )*)?
                     $($( $aname: [0; $alen], )*)?
                     $($( $zname: [0; $zlen], )*)?
                 }
@@ -220,7 +225,7 @@ macro_rules! section {
 
             /// The value of the scalar field at this index of the field table.
             pub fn get(&self, index: usize) -> u64 {
-                let all = [$( self.$name, )* $($( self.$tname, )*)?];
+                let all = [$( self.$name, )* $($( self.$tname, )*)? $($( self.$wname, )*)?];
                 all[index]
             }
         }
@@ -240,6 +245,12 @@ macro_rules! section {
                 kind: Kind::$tkind,
                 offset: std::mem::offset_of!($section, $tname),
                 help: $thelp,
+            }, )*)?
+            $($( Field {
+                name: stringify!($wname),
+                kind: Kind::$wkind,
+                offset: std::mem::offset_of!($section, $wname),
+                help: $whelp,
             }, )*)?
         ];
     };
@@ -294,6 +305,14 @@ section! {
     }
     tail_arrays {
         sampled_rtt_us: [LATENCY_BUCKETS] = "the sampled connections' smoothed RTT histogram, buckets as latency_us",
+    }
+    after_tail {
+        rejected_malformed: Counter = "the part of parse_errors answered 400 for the head: it does not parse, or its framing or Host is ambiguous or invalid",
+        rejected_target: Counter = "the part of parse_errors answered 400 for the target: not a path, a bad escape, a dot-dot segment, an encoded slash or NUL",
+        rejected_uri_too_long: Counter = "the part of parse_errors answered 414: a target longer than limits.uri_bytes",
+        rejected_head_too_large: Counter = "the part of parse_errors answered 431: a head larger than limits.request_head_bytes, or too many fields",
+        rejected_version: Counter = "the part of parse_errors answered 505: an HTTP version other than 1.0 and 1.1",
+        rejected_not_implemented: Counter = "the part of parse_errors answered 501: a transfer coding other than chunked",
     }
 }
 
@@ -432,7 +451,7 @@ const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
-const _: () = assert!(SLOT_SIZE == 832);
+const _: () = assert!(SLOT_SIZE == 896);
 const _: () = assert!(MASTER_SIZE.is_multiple_of(64));
 const _: () = assert!(HOST_SIZE.is_multiple_of(64));
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);

@@ -46,6 +46,12 @@ fn slot_metric(name: &str) -> Option<(&'static str, f64, Option<Label>)> {
         "tcp_info_samples" => ("tcp_info_samples", 1.0, None),
         "sampled_retrans_segs" => ("tcp_sampled_retransmitted_segments", 1.0, None),
         "sampled_segs_out" => ("tcp_sampled_sent_segments", 1.0, None),
+        "rejected_malformed" => ("rejected_requests", 1.0, Some(("reason", "malformed"))),
+        "rejected_target" => ("rejected_requests", 1.0, Some(("reason", "target"))),
+        "rejected_uri_too_long" => ("rejected_requests", 1.0, Some(("reason", "uri_too_long"))),
+        "rejected_head_too_large" => ("rejected_requests", 1.0, Some(("reason", "head_too_large"))),
+        "rejected_version" => ("rejected_requests", 1.0, Some(("reason", "version"))),
+        "rejected_not_implemented" => ("rejected_requests", 1.0, Some(("reason", "not_implemented"))),
         _ => return None,
     })
 }

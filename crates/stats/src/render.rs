@@ -192,6 +192,7 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     let hist = s.latency();
     let _ = writeln!(out, "\nlatency since start: {}", quantiles(&hist));
     out.push_str(&path_line(s));
+    out.push_str(&refused_line(s));
     out.push_str(&tls_lines(s));
     out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
@@ -216,6 +217,24 @@ fn path_line(s: &Snapshot) -> String {
         human_latency(percentile(&rtt, 0.99)),
         v("sampled_segs_out"),
         retrans as f64 * 100.0 / sent as f64
+    )
+}
+
+/// Refused requests by reason, when any was refused.
+fn refused_line(s: &Snapshot) -> String {
+    let t = s.totals();
+    let v = |name: &str| t.get(name).unwrap_or(0);
+    if v("parse_errors") == 0 {
+        return String::new();
+    }
+    format!(
+        "refused requests: {} malformed, {} bad target, {} URI too long (414), {} head too large (431), {} version (505), {} coding (501)\n",
+        v("rejected_malformed"),
+        v("rejected_target"),
+        v("rejected_uri_too_long"),
+        v("rejected_head_too_large"),
+        v("rejected_version"),
+        v("rejected_not_implemented")
     )
 }
 

@@ -27,7 +27,7 @@ mod proxy;
 pub use proxy::Exchange;
 
 use crate::access::PendingEntry;
-use crate::context::Ctx;
+use crate::context::{Ctx, Rejection};
 use crate::responses::{error_page, Framing, Reply};
 use crate::static_files::{self, FileBody};
 use crate::timer_wheel::Deadline;
@@ -38,6 +38,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+use tine_http::chunked::{ChunkedDecoder, Output};
 use tine_http::request::{Body, Method, Request};
 use tine_http::response::{Persistence, Status};
 use tine_http::{parse_request, HttpError};
@@ -123,8 +124,8 @@ pub struct Conn {
     body_len: u64,
     /// The access-log line of the response in flight, when logging.
     access: Option<Box<PendingEntry>>,
-    /// Body bytes of the last request still to read and throw away.
-    discard: u64,
+    /// The body of the last request, still to read and throw away.
+    discard: Discard,
     keep_alive: bool,
     /// The client itself asked to close after this response (`Connection:
     /// close`, or HTTP/1.0 without keep-alive), so it sends nothing more.
@@ -157,7 +158,7 @@ impl Conn {
             wpos: 0,
             body_len: 0,
             access: None,
-            discard: 0,
+            discard: Discard::Nothing,
             keep_alive: true,
             client_closes: false,
             readable: false,
@@ -175,7 +176,7 @@ impl Conn {
     /// True when the connection is between requests with nothing buffered.
     pub fn is_idle(&self) -> bool {
         matches!(self.phase, Phase::ReadHead)
-            && self.discard == 0
+            && !self.discard.pending()
             && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
     }
 
@@ -322,13 +323,25 @@ impl Conn {
     }
 
     fn read_head(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        if let Some(buf) = self.rbuf.as_mut() {
-            let n = (self.discard.min(buf.filled().len() as u64)) as usize;
-            buf.consume(n);
-            self.discard -= n as u64;
+        if let Some(buf) = self.rbuf.as_mut().filter(|_| self.discard.pending()) {
+            match self.discard.consume(buf.filled()) {
+                Ok(n) => buf.consume(n),
+                Err(e) => {
+                    // The response went out whole; what follows cannot be
+                    // framed, so the connection ends without reading it as
+                    // a request (lingering, so that it ends without a reset).
+                    log::debug!("connection {:?}: the discarded body {e}; closing", self.id);
+                    buf.consume(usize::MAX);
+                    self.discard = Discard::Nothing;
+                    self.transport.shutdown_write();
+                    self.phase = Phase::Linger { drained: 0 };
+                    self.arm(ctx, LINGER);
+                    return None;
+                }
+            }
         }
         let parsed = match self.rbuf.as_ref() {
-            Some(buf) if self.discard == 0 && !buf.is_empty() => {
+            Some(buf) if !self.discard.pending() && !buf.is_empty() => {
                 parse_request(buf.filled(), &ctx.http.limits)
             }
             _ => Ok(None),
@@ -406,7 +419,7 @@ impl Conn {
                     // closest time to their arrival, and no clock read.
                     self.request_started = Some(ctx.clock.now);
                 }
-                if was_empty && self.served > 0 && self.discard == 0 {
+                if was_empty && self.served > 0 && !self.discard.pending() {
                     // A new request began on a kept-alive connection: from now
                     // on the head must arrive within the header timeout.
                     self.arm(ctx, ctx.timers.timeouts.header);
@@ -438,7 +451,7 @@ impl Conn {
     /// Answers a head that cannot be parsed, then closes: after a malformed head
     /// there is no telling where the next request would start.
     fn reject(&mut self, ctx: &mut Ctx, e: HttpError) {
-        ctx.stats.slot.parse_errors.fetch_add(1, Relaxed);
+        ctx.stats.count_rejection(Rejection::Head(e));
         if self.wbuf.capacity() == 0 {
             self.wbuf = ctx.pool.write_buf();
         }
@@ -453,7 +466,7 @@ impl Conn {
             }
             buf.consume(usize::MAX);
         }
-        self.begin_send(ctx, Started { reply, keep_alive: false, discard: 0 });
+        self.begin_send(ctx, Started { reply, keep_alive: false, discard: Discard::Nothing });
     }
 
     fn send(&mut self, mut sending: Sending, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
@@ -532,7 +545,7 @@ impl Conn {
             self.request_started = Some(done);
         }
         let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
-        let unread = pending || self.readable || self.discard > 0;
+        let unread = pending || self.readable || self.discard.pending();
         if self.keep_alive && !ctx.draining {
             self.phase = Phase::ReadHead;
             self.idle_since = done;
@@ -608,20 +621,87 @@ pub(crate) fn client_io(e: io::Error) -> Option<Outcome> {
 pub struct Started {
     pub reply: Reply,
     pub keep_alive: bool,
-    pub discard: u64,
+    pub discard: Discard,
+}
+
+/// The body of a request tine answers itself (a static file, an error, the
+/// admin endpoint), read after the answer and thrown away, as nginx does, so
+/// that the next request on the connection can be read.
+#[derive(Debug)]
+pub enum Discard {
+    Nothing,
+    /// This many bytes of a Content-Length body.
+    Length(u64),
+    /// A chunked body, checked as it goes; `budget` is how many more bytes
+    /// of it (data and framing) may be read.
+    Chunked {
+        decoder: ChunkedDecoder,
+        budget: u64,
+    },
+}
+
+/// Why a body could not be thrown away: the connection closes after the answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    #[error("is larger than discard_body_bytes")]
+    TooLarge,
+    #[error("is not well framed ({0})")]
+    Malformed(#[from] tine_http::chunked::ChunkedError),
+}
+
+impl Discard {
+    pub fn pending(&self) -> bool {
+        !matches!(self, Discard::Nothing)
+    }
+
+    /// How many bytes at the front of `input` belong to the body (and are
+    /// dropped); becomes `Nothing` once the body has ended.
+    fn consume(&mut self, input: &[u8]) -> Result<usize, DiscardError> {
+        let n = match self {
+            Discard::Nothing => 0,
+            Discard::Length(left) => {
+                let n = (*left).min(input.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *self = Discard::Nothing;
+                }
+                n as usize
+            }
+            Discard::Chunked { decoder, budget } => {
+                let n = decoder.decode(input, &mut Vec::new())?;
+                *budget = budget.checked_sub(n as u64).ok_or(DiscardError::TooLarge)?;
+                if decoder.is_done() {
+                    *self = Discard::Nothing;
+                }
+                n
+            }
+        };
+        Ok(n)
+    }
 }
 
 /// How a request's body and connection are handled whatever answers it: a body
 /// small enough is read and thrown away, anything else closes after the answer.
-pub fn plan_framing(req: &Request<'_>, ctx: &Ctx) -> (bool, u64) {
+pub fn plan_framing(req: &Request<'_>, ctx: &Ctx) -> (bool, Discard) {
     let mut keep_alive = req.keep_alive && !ctx.draining;
+    let budget = ctx.http.discard_body_bytes;
     let discard = match req.body {
-        Body::None => 0,
-        Body::Length(n) if n <= ctx.http.discard_body_bytes => n,
-        // Too large to throw away, or chunked: answer, then close.
-        Body::Length(_) | Body::Chunked => {
+        Body::None | Body::Length(0) => Discard::Nothing,
+        // The client waits for a 100 (Continue) that never comes, and may
+        // then send its body or not: which it did cannot be told, so the
+        // connection closes after the answer.
+        _ if req.expect_continue => {
             keep_alive = false;
-            0
+            Discard::Nothing
+        }
+        Body::Length(n) if n <= budget => Discard::Length(n),
+        // A chunked body's size is known only at its end: it is read within
+        // the same budget, and the connection closes if it runs over.
+        Body::Chunked => Discard::Chunked { decoder: ChunkedDecoder::new(Output::Discard), budget },
+        // Too large to throw away: answer, then close.
+        Body::Length(_) => {
+            keep_alive = false;
+            Discard::Nothing
         }
     };
     (keep_alive, discard)
@@ -709,23 +789,27 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
     let framing = framing(req, ctx.clock.date.bytes(), keep_alive);
-    let bad_target = |ctx: &Ctx, e: HttpError, out: &mut Vec<u8>| {
-        ctx.stats.slot.parse_errors.fetch_add(1, Relaxed);
-        error_page(e.status(), &framing, None, out)
+    let refuse = |ctx: &Ctx, why: Rejection, out: &mut Vec<u8>| {
+        ctx.stats.count_rejection(why);
+        let status = match why {
+            Rejection::Head(e) => e.status(),
+            Rejection::Target | Rejection::Body => Status::BAD_REQUEST,
+        };
+        error_page(status, &framing, None, out)
     };
     let reply = match (req.method, routed) {
-        (_, Routed::BadTarget(e)) => bad_target(ctx, e, out),
+        (_, Routed::BadTarget(_)) => refuse(ctx, Rejection::Target, out),
         (_, Routed::ToHttps) => match https_location(req, ctx.http.https_port) {
             Some(location) => {
                 error_page(Status::PERMANENT_REDIRECT, &framing, Some(("Location", &location)), out)
             }
-            None => bad_target(ctx, HttpError::BadRequest("no Host to redirect to https"), out),
+            None => refuse(ctx, Rejection::Head(HttpError::BadRequest("no Host to redirect to https")), out),
         },
         (Method::Other, _) => {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
         }
         (_, Routed::Static { site }) => match ctx.http.path.decode_file_path() {
-            Err(e) => bad_target(ctx, e, out),
+            Err(_) => refuse(ctx, Rejection::Target, out),
             Ok(()) => {
                 let site = &mut ctx.http.sites[site];
                 static_files::respond(

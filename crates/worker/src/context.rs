@@ -93,7 +93,34 @@ pub struct Counters<'a> {
     pub region: &'a Region,
 }
 
+/// Why a request was refused before anything answered it.
+#[derive(Clone, Copy, Debug)]
+pub enum Rejection {
+    /// The head: its error says which limit or rule it broke.
+    Head(tine_http::HttpError),
+    /// The target does not normalise to a safe path.
+    Target,
+    /// The body's framing is broken (a chunked body bound for an upstream).
+    Body,
+}
+
 impl Counters<'_> {
+    /// A refused request: counted in parse_errors and by its reason.
+    pub fn count_rejection(&self, why: Rejection) {
+        use tine_http::HttpError;
+        let s = self.slot;
+        s.parse_errors.fetch_add(1, Relaxed);
+        let reason = match why {
+            Rejection::Target => &s.rejected_target,
+            Rejection::Body | Rejection::Head(HttpError::BadRequest(_)) => &s.rejected_malformed,
+            Rejection::Head(HttpError::UriTooLong) => &s.rejected_uri_too_long,
+            Rejection::Head(HttpError::HeadTooLarge) => &s.rejected_head_too_large,
+            Rejection::Head(HttpError::VersionNotSupported) => &s.rejected_version,
+            Rejection::Head(HttpError::NotImplemented(_)) => &s.rejected_not_implemented,
+        };
+        reason.fetch_add(1, Relaxed);
+    }
+
     /// A response starts: counted by its status class.
     pub fn count_response(&self, status: tine_http::Status) {
         let s = self.slot;

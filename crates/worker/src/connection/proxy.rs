@@ -529,7 +529,7 @@ impl Conn {
                     Ok(k) => k,
                     Err(e) => {
                         log::info!("client request body refused: {e}");
-                        ctx.stats.slot.parse_errors.fetch_add(1, Relaxed);
+                        ctx.stats.count_rejection(crate::context::Rejection::Body);
                         return Next::Fail { status: Status::BAD_REQUEST, upstream: Some(fd) };
                     }
                 },
