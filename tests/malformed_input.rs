@@ -220,3 +220,32 @@ fn a_malformed_request_after_a_good_pipelined_one_is_refused_cleanly() {
     assert_eq!(server.get("/a.txt").body, b"A");
     assert_eq!(server.worker_pids()[0], pid, "the worker survived");
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+// A burst of slowloris connections (each holding a read buffer with a
+// partial head) raises a worker's memory; once they are gone the worker
+// gives it back instead of keeping its peak for good.
+#[test]
+fn memory_a_slowloris_burst_took_is_given_back() {
+    let server = Server::start(1);
+    let worker = server.worker_pids()[0];
+    let before = rss_kib(worker);
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        let mut s = server.connect();
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\nX-Pad: {}", "p".repeat(2000)).as_bytes()).unwrap();
+        held.push(s);
+    }
+    server.wait_until("the burst held", |s| s["total"]["active"] == 600);
+    let peak = rss_kib(worker);
+    assert!(peak > before + 4096, "600 partial heads should hold buffers: {before} KiB -> {peak} KiB");
+    drop(held);
+    server.wait_until("the burst gone", |s| s["total"]["active"] == 0);
+    common::wait_for("memory given back", || rss_kib(worker) < before + (peak - before) / 4);
+    assert_eq!(server.get("/").status, 403);
+}

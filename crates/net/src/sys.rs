@@ -482,6 +482,19 @@ pub fn tcp_info(fd: RawFd) -> Option<TcpInfo> {
     })
 }
 
+/// Returns the allocator's free memory to the kernel (glibc's malloc_trim,
+/// which also releases free pages inside the heap), so memory a burst freed
+/// stops counting as resident.
+#[cfg(target_env = "gnu")]
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Other C libraries return memory their own way.
+#[cfg(not(target_env = "gnu"))]
+pub fn trim_heap() {}
+
 /// Looks at the first waiting byte, leaving it in place.
 pub fn peek(fd: RawFd) -> Peek {
     let mut byte = 0u8;

@@ -59,6 +59,12 @@ impl<T> FreeList<T> {
         FreeList { items: Vec::new(), keep }
     }
 
+    /// Drops kept items beyond `keep`, freeing their memory.
+    pub fn shrink_to(&mut self, keep: usize) {
+        self.items.truncate(keep);
+        self.items.shrink_to_fit();
+    }
+
     pub fn take(&mut self) -> Option<T> {
         self.items.pop()
     }
@@ -79,10 +85,18 @@ pub struct BufferPool {
 }
 
 const WRITE_CAPACITY: usize = 1024;
+/// Buffers of each kind kept once a burst is over.
+const KEEP_WHEN_QUIET: usize = 32;
 
 impl BufferPool {
     pub fn new(read_size: usize, keep: usize) -> Self {
         BufferPool { read_size, reads: FreeList::new(keep), writes: FreeList::new(keep) }
+    }
+
+    /// Keeps only what steady traffic reuses (the bound is for bursts).
+    pub fn shrink(&mut self) {
+        self.reads.shrink_to(KEEP_WHEN_QUIET);
+        self.writes.shrink_to(KEEP_WHEN_QUIET);
     }
 
     pub fn read_buf(&mut self) -> ReadBuf {

@@ -57,8 +57,10 @@ pub struct EventLoop<'a> {
     /// Scratch list of idle keep-alive connections, oldest first once sorted.
     reclaimable: Vec<(Instant, ConnId)>,
     drain_deadline: Option<Instant>,
-    /// When idle upstream connections are next checked for their timeout.
-    next_pool_sweep: Instant,
+    /// When the once-a-second housekeeping next runs.
+    next_housekeeping: Instant,
+    /// Most connections open at once since memory was last given back.
+    peak_conns: usize,
     /// Connections closed, for sampling one in TCP_INFO_SAMPLE_EVERY.
     closed: u64,
 }
@@ -89,7 +91,8 @@ impl<'a> EventLoop<'a> {
             expired: Vec::new(),
             reclaimable: Vec::new(),
             drain_deadline: None,
-            next_pool_sweep: ctx_now,
+            next_housekeeping: ctx_now,
+            peak_conns: 0,
             closed: 0,
         };
         el.resume_accepting()?;
@@ -130,7 +133,7 @@ impl<'a> EventLoop<'a> {
             }
             self.drive_ready();
             self.expire_deadlines();
-            self.sweep_upstream_pools();
+            self.housekeeping();
             self.maybe_resume_accepting()?;
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || self.ctx.clock.now >= deadline {
@@ -312,6 +315,7 @@ impl<'a> EventLoop<'a> {
         };
         let ctx = &mut self.ctx;
         let id = self.conns.insert_with(|id| Conn::new(id, transport, peer, admin, ctx));
+        self.peak_conns = self.peak_conns.max(self.conns.len());
         self.ctx.stats.slot.accepted.fetch_add(1, Relaxed);
         self.ctx.stats.slot.active.fetch_add(1, Relaxed);
         let Some(conn) = self.conns.get_mut(id) else { return };
@@ -381,13 +385,30 @@ impl<'a> EventLoop<'a> {
     }
 
     /// Once a second: idle upstream connections past their keepalive_timeout
-    /// are closed, rather than waiting for a request to find them stale.
-    fn sweep_upstream_pools(&mut self) {
-        if self.ctx.clock.now < self.next_pool_sweep {
+    /// are closed, rather than waiting for a request to find them stale, and
+    /// memory a burst left behind is given back.
+    fn housekeeping(&mut self) {
+        if self.ctx.clock.now < self.next_housekeeping {
             return;
         }
-        self.next_pool_sweep = self.ctx.clock.now + Duration::from_secs(1);
+        self.next_housekeeping = self.ctx.clock.now + Duration::from_secs(1);
         self.ctx.proxy.upstreams.close_expired(self.ctx.clock.now, self.ctx.stats.upstreams);
+        self.give_back_memory();
+    }
+
+    /// After a burst (a slowloris run, a flash crowd) the worker's freed
+    /// buffers would stay resident: the buffer pool keeps up to its bound and
+    /// the allocator keeps the rest. Once connections have fallen to a
+    /// quarter of their peak, the pool is cut to what steady traffic reuses
+    /// and the allocator returns its free pages to the kernel.
+    fn give_back_memory(&mut self) {
+        const BURST: usize = 256;
+        let live = self.conns.len();
+        if self.peak_conns >= BURST && live <= self.peak_conns / 4 {
+            self.ctx.pool.shrink();
+            tine_net::sys::trim_heap();
+            self.peak_conns = live;
+        }
     }
 
     fn close(&mut self, id: ConnId, reason: CloseReason) {
