@@ -85,8 +85,8 @@ pub struct BufferPool {
 }
 
 const WRITE_CAPACITY: usize = 1024;
-/// Buffers of each kind kept once a burst is over.
-const KEEP_WHEN_QUIET: usize = 32;
+/// Buffers (and pipes) of each kind kept once a burst is over.
+pub const KEEP_WHEN_QUIET: usize = 32;
 
 impl BufferPool {
     pub fn new(read_size: usize, keep: usize) -> Self {

@@ -399,13 +399,14 @@ impl<'a> EventLoop<'a> {
     /// After a burst (a slowloris run, a flash crowd) the worker's freed
     /// buffers would stay resident: the buffer pool keeps up to its bound and
     /// the allocator keeps the rest. Once connections have fallen to a
-    /// quarter of their peak, the pool is cut to what steady traffic reuses
+    /// quarter of their peak, the pools are cut to what steady traffic reuses
     /// and the allocator returns its free pages to the kernel.
     fn give_back_memory(&mut self) {
         const BURST: usize = 256;
         let live = self.conns.len();
         if self.peak_conns >= BURST && live <= self.peak_conns / 4 {
             self.ctx.pool.shrink();
+            self.ctx.proxy.pipes.shrink();
             tine_net::sys::trim_heap();
             self.peak_conns = live;
         }

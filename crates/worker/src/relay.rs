@@ -37,6 +37,12 @@ impl PipePool {
         }
     }
 
+    /// Closes kept pipes beyond what steady traffic reuses (each holds a
+    /// descriptor pair and kernel buffer pages).
+    pub fn shrink(&mut self) {
+        self.free.shrink_to(crate::buffer_pool::KEEP_WHEN_QUIET);
+    }
+
     /// Only an empty pipe can be reused; one with bytes left in it is closed.
     pub fn give_back(&mut self, relay: Relay) {
         if relay.in_pipe == 0 {
