@@ -8,6 +8,7 @@
 pub mod chunked;
 pub mod date;
 pub mod forward;
+pub mod proxy_protocol;
 pub mod request;
 pub mod response;
 pub mod response_head;
