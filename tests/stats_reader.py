@@ -41,7 +41,9 @@ SLOT_AFTER_HISTOGRAM = {"closed_idle_at_limit": 440, "tls_handshakes": 448, "tls
 SAMPLED_RTT_OFFSET = 552
 # Fields after the RTT histogram.
 SLOT_AFTER_RTT = {"rejected_malformed": 808, "rejected_target": 816, "rejected_uri_too_long": 824,
-                  "rejected_head_too_large": 832, "rejected_version": 840, "rejected_not_implemented": 848}
+                  "rejected_head_too_large": 832, "rejected_version": 840, "rejected_not_implemented": 848,
+                  "proxy_headers": 856, "proxy_refused_untrusted": 864, "proxy_refused_missing": 872,
+                  "proxy_refused_malformed": 880, "proxy_refused_timeout": 888}
 
 
 class Invalid(Exception):

@@ -185,12 +185,18 @@ impl Client {
 
     /// Connects and completes the handshake; `sni` None sends no SNI.
     pub fn connect(&self, addr: SocketAddr, sni: Option<&str>) -> Result<TlsStream, std::io::Error> {
+        self.connect_over(TcpStream::connect(addr)?, sni)
+    }
+
+    /// As `connect`, over a connection that may already carry bytes of its
+    /// own (a PROXY protocol header).
+    pub fn connect_over(&self, mut tcp: TcpStream, sni: Option<&str>) -> Result<TlsStream, std::io::Error> {
+        let addr = tcp.peer_addr()?;
         let name = match sni {
             Some(n) => ServerName::try_from(n.to_string()).unwrap(),
             None => ServerName::IpAddress(addr.ip().into()),
         };
         let mut conn = ClientConnection::new(self.config.clone(), name).map_err(std::io::Error::other)?;
-        let mut tcp = TcpStream::connect(addr)?;
         tcp.set_read_timeout(Some(super::PATIENCE))?;
         while conn.is_handshaking() {
             conn.complete_io(&mut tcp)?;

@@ -15,6 +15,7 @@ struct RawFile {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     tls_listen: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
+    proxy_protocol: Option<RawProxyProtocol>,
     #[serde(default)]
     certificate: Vec<RawCertificate>,
     admin_listen: Option<Spanned<String>>,
@@ -44,6 +45,16 @@ struct RawTls {
     unknown_name: Option<Spanned<String>>,
     session_tickets: Option<bool>,
     ticket_key_rotation: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxyProtocol {
+    #[serde(default)]
+    trusted: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    skip: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +245,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         config.admin_listen = Some(addr);
     }
     parse_tls(&raw, &at, &relative_to_file, &mut config)?;
+    parse_proxy_protocol(&raw, &at, &mut config)?;
     if let Some(root) = &raw.root {
         config.root = at.check(root, |r| check_root(&relative_to_file(r)))?;
     } else {
@@ -328,6 +340,40 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// `[proxy_protocol]`.
+fn parse_proxy_protocol(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
+    let Some(p) = &raw.proxy_protocol else { return Ok(()) };
+    for net in &p.trusted {
+        let parsed = at.check(net, |s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    format!("trusted: {s:?} is not an address or a network (10.0.0.0/8, 2001:db8::/32)")
+                })
+        })?;
+        config.proxy_protocol.trusted.push(parsed);
+    }
+    if let Some(v) = &p.timeout {
+        config.proxy_protocol.timeout = at.check(v, |s| {
+            let d = parse_duration(s)?;
+            if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) {
+                Ok(d)
+            } else {
+                Err("proxy_protocol timeout must be from 100ms to 60s".to_string())
+            }
+        })?;
+    }
+    for addr in &p.skip {
+        let parsed = at.check(addr, |s| parse_listen(s))?;
+        if !config.listen.contains(&parsed) && !config.tls_listen.contains(&parsed) {
+            return Err(at.error(addr.span(), "skip: not a listen or tls_listen address"));
+        }
+        config.proxy_protocol.skip.push(parsed);
+    }
+    Ok(())
 }
 
 /// `[tls]` and `[[certificate]]`.

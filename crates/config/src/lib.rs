@@ -7,8 +7,10 @@
 mod duration;
 mod file;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod tcp;
 pub mod tls;
+pub use proxy_protocol::ProxyProtocol;
 pub use tcp::TcpOptions;
 pub use tls::{Certificate, Tls, TlsVersion, UnknownName};
 
@@ -43,6 +45,8 @@ pub struct Config {
     pub certificates: Vec<Certificate>,
     /// The `[tls]` table.
     pub tls: Tls,
+    /// The `[proxy_protocol]` table.
+    pub proxy_protocol: ProxyProtocol,
     /// Admin listener answering /metrics and /stats.json; `None` for none.
     pub admin_listen: Option<SocketAddr>,
     /// Directory served as the document root (absolute once loaded).
@@ -134,6 +138,7 @@ impl Default for Config {
             tls_listen: Vec::new(),
             certificates: Vec::new(),
             tls: Tls::default(),
+            proxy_protocol: ProxyProtocol::default(),
             admin_listen: None,
             root: PathBuf::from("."),
             workers: Workers::Auto,
@@ -241,6 +246,17 @@ impl Config {
             Some((_, over)) => options.overlaid(over),
             None => options,
         }
+    }
+
+    /// Whether connections on this listener begin with a PROXY protocol
+    /// header (required from trusted sources, refused from others): the
+    /// `listen` and `tls_listen` addresses, once `[proxy_protocol]` trusts
+    /// any network, unless the listener opts out.
+    pub fn expects_proxy_header(&self, addr: SocketAddr, role: ListenerRole) -> bool {
+        let pp = &self.proxy_protocol;
+        matches!(role, ListenerRole::Http | ListenerRole::Https)
+            && !pp.trusted.is_empty()
+            && !pp.skip.contains(&addr)
     }
 
     /// True when something terminates TLS: an HTTPS listener or a TLS stream.

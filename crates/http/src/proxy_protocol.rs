@@ -194,7 +194,9 @@ mod tests {
 
     #[test]
     fn what_is_not_a_header_or_not_a_good_one() {
-        for plain in [&b"GET / HTTP/1.1\r\n"[..], b"\x16\x03\x01\x02\x00", b"PROPFIND / HTTP/1.1", b"\r\n\r\nGET"] {
+        for plain in
+            [&b"GET / HTTP/1.1\r\n"[..], b"\x16\x03\x01\x02\x00", b"PROPFIND / HTTP/1.1", b"\r\n\r\nGET"]
+        {
             assert_eq!(parse(plain), Err(ProxyHeaderError::Missing), "{:?}", String::from_utf8_lossy(plain));
         }
         for bad in [
@@ -204,7 +206,11 @@ mod tests {
             b"PROXY TCP4 ::1 ::1 1 2\r\n",
             b"PROXY  TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
         ] {
-            assert!(matches!(parse(bad), Err(ProxyHeaderError::Malformed(_))), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(parse(bad), Err(ProxyHeaderError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let long = format!("PROXY TCP6 {} ", "1".repeat(120));
         assert_eq!(parse(long.as_bytes()), Err(ProxyHeaderError::TooLarge));

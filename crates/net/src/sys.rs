@@ -244,6 +244,16 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     check_size(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) })
 }
 
+/// Copies waiting bytes into `buf` without consuming them (MSG_PEEK), so
+/// that a PROXY protocol header can be measured before exactly its bytes
+/// are read, whatever transport reads the rest.
+pub fn peek_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writing buf.len() bytes; MSG_PEEK leaves the data in place.
+    check_size(unsafe {
+        libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    })
+}
+
 /// Sends `buf`; with `more`, tells TCP that more data follows (MSG_MORE) so the
 /// head and the body that sendfile sends next leave in the same segment.
 pub fn send(fd: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {

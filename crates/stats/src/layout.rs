@@ -313,6 +313,11 @@ section! {
         rejected_head_too_large: Counter = "the part of parse_errors answered 431: a head larger than limits.request_head_bytes, or too many fields",
         rejected_version: Counter = "the part of parse_errors answered 505: an HTTP version other than 1.0 and 1.1",
         rejected_not_implemented: Counter = "the part of parse_errors answered 501: a transfer coding other than chunked",
+        proxy_headers: Counter = "PROXY protocol headers accepted from trusted sources",
+        proxy_refused_untrusted: Counter = "connections refused for sending a PROXY protocol header from a source [proxy_protocol] does not trust",
+        proxy_refused_missing: Counter = "connections from a trusted source refused for not beginning with a PROXY protocol header",
+        proxy_refused_malformed: Counter = "connections refused for a malformed or oversized PROXY protocol header",
+        proxy_refused_timeout: Counter = "connections whose PROXY protocol header did not arrive within [proxy_protocol] timeout",
     }
 }
 

@@ -52,6 +52,11 @@ fn slot_metric(name: &str) -> Option<(&'static str, f64, Option<Label>)> {
         "rejected_head_too_large" => ("rejected_requests", 1.0, Some(("reason", "head_too_large"))),
         "rejected_version" => ("rejected_requests", 1.0, Some(("reason", "version"))),
         "rejected_not_implemented" => ("rejected_requests", 1.0, Some(("reason", "not_implemented"))),
+        "proxy_headers" => ("proxy_protocol_headers", 1.0, None),
+        "proxy_refused_untrusted" => ("proxy_protocol_refused", 1.0, Some(("reason", "untrusted"))),
+        "proxy_refused_missing" => ("proxy_protocol_refused", 1.0, Some(("reason", "missing"))),
+        "proxy_refused_malformed" => ("proxy_protocol_refused", 1.0, Some(("reason", "malformed"))),
+        "proxy_refused_timeout" => ("proxy_protocol_refused", 1.0, Some(("reason", "timeout"))),
         _ => return None,
     })
 }

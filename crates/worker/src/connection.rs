@@ -60,6 +60,10 @@ const LINGER_BYTES: u64 = 1 << 20;
 
 /// What the connection is doing; a phase's own data lives in its variant.
 pub enum Phase {
+    /// A listener behind a load balancer: the PROXY protocol header comes
+    /// first, read from the socket itself before any transport (TLS
+    /// included) sees a byte. `trusted`: the peer may (and must) send one.
+    ProxyHeader { trusted: bool },
     /// Waiting for (or reading) a request head.
     ReadHead,
     /// Writing a response: the output buffer, then a file range if any.
@@ -210,6 +214,10 @@ impl Conn {
     pub fn on_deadline(&mut self, ctx: &mut Ctx) -> Outcome {
         match std::mem::replace(&mut self.phase, Phase::ReadHead) {
             Phase::Proxy(exchange) => self.proxy_deadline(exchange, ctx),
+            Phase::ProxyHeader { .. } => {
+                ctx.stats.slot.proxy_refused_timeout.fetch_add(1, Relaxed);
+                Outcome::Close(CloseReason::Timeout)
+            }
             other => {
                 self.phase = other;
                 Outcome::Close(self.timeout_reason(ctx.draining))
@@ -306,6 +314,7 @@ impl Conn {
             // connection and sets the phase that follows (read_head runs in
             // ReadHead, the placeholder; the others put theirs back).
             let step = match std::mem::replace(&mut self.phase, Phase::ReadHead) {
+                Phase::ProxyHeader { trusted } => self.read_proxy_header(trusted, ctx),
                 Phase::ReadHead => self.read_head(ctx),
                 Phase::Send(sending) => self.send(sending, ctx, &mut budget),
                 Phase::Proxy(exchange) => self.drive_proxy(exchange, ctx, &mut budget),
@@ -320,6 +329,97 @@ impl Conn {
     fn arm(&mut self, ctx: &mut Ctx, timeout: Duration) {
         let tick = ctx.timers.wheel.deadline(ctx.clock.now, timeout);
         ctx.timers.wheel.arm(&mut self.timer, self.id, tick);
+    }
+
+    /// Starts the connection with a PROXY protocol header to read (a
+    /// listener behind a load balancer), within its own short timeout.
+    pub fn expect_proxy_header(&mut self, trusted: bool, ctx: &mut Ctx) {
+        self.phase = Phase::ProxyHeader { trusted };
+        self.arm(ctx, ctx.proxy_headers.settings.timeout);
+    }
+
+    /// A trusted peer's header is measured with MSG_PEEK and exactly its
+    /// bytes are then read, so that the transport (TLS too) starts at the
+    /// client's first byte; the address it carries becomes the client's.
+    /// An untrusted peer is only looked at: one that sends a header is
+    /// refused, any other goes on as a client of its own.
+    fn read_proxy_header(&mut self, trusted: bool, ctx: &mut Ctx) -> Option<Outcome> {
+        use tine_http::proxy_protocol::{
+            begins_like_header, parse, Parsed, ProxyHeaderError, MAX_HEADER_BYTES,
+        };
+        let fd = self.transport.socket();
+        let mut head = [0u8; MAX_HEADER_BYTES];
+        let n = match tine_net::sys::peek_into(fd, &mut head) {
+            Ok(0) => return Some(Outcome::Close(CloseReason::PeerClosed)),
+            Ok(n) => n,
+            Err(e) => {
+                self.phase = Phase::ProxyHeader { trusted };
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.readable = false;
+                }
+                return client_io(e);
+            }
+        };
+        let seen = &head[..n];
+        let slot = ctx.stats.slot;
+        if !trusted {
+            return match begins_like_header(seen) {
+                Some(true) => {
+                    log::info!(
+                        "connection from {:?}: a PROXY protocol header from an untrusted source",
+                        self.peer
+                    );
+                    slot.proxy_refused_untrusted.fetch_add(1, Relaxed);
+                    Some(Outcome::Close(CloseReason::Error))
+                }
+                Some(false) => self.begin_requests(ctx),
+                None => self.wait_for_more_header(trusted),
+            };
+        }
+        match parse(seen) {
+            Ok(Parsed::Header { len, client }) => {
+                if let Err(e) = tine_net::sys::recv(fd, &mut head[..len]).and_then(|got| {
+                    (got == len).then_some(()).ok_or_else(|| io::Error::other("the header shrank"))
+                }) {
+                    return client_io(e);
+                }
+                slot.proxy_headers.fetch_add(1, Relaxed);
+                ctx.stats.slot.bytes_received.fetch_add(len as u64, Relaxed);
+                if let Some(client) = client {
+                    self.peer = Some(client.ip());
+                }
+                // Bytes after the header were left in place: read them now.
+                self.readable = n > len || self.readable;
+                self.begin_requests(ctx)
+            }
+            Ok(Parsed::Incomplete) => self.wait_for_more_header(trusted),
+            Err(e) => {
+                log::info!("connection from {:?}: {e}", self.peer);
+                let counter = match e {
+                    ProxyHeaderError::Missing => &slot.proxy_refused_missing,
+                    ProxyHeaderError::TooLarge | ProxyHeaderError::Malformed(_) => {
+                        &slot.proxy_refused_malformed
+                    }
+                };
+                counter.fetch_add(1, Relaxed);
+                Some(Outcome::Close(CloseReason::Error))
+            }
+        }
+    }
+
+    /// Part of a header (or of what may be one) has come: wait for the
+    /// rest, which edge-triggered epoll reports when it arrives.
+    fn wait_for_more_header(&mut self, trusted: bool) -> Option<Outcome> {
+        self.phase = Phase::ProxyHeader { trusted };
+        self.readable = false;
+        Some(Outcome::Wait)
+    }
+
+    /// The header is dealt with: requests follow, under the header timeout.
+    fn begin_requests(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
+        self.phase = Phase::ReadHead;
+        self.arm(ctx, ctx.timers.timeouts.header);
+        None
     }
 
     fn read_head(&mut self, ctx: &mut Ctx) -> Option<Outcome> {

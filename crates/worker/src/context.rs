@@ -41,6 +41,15 @@ pub struct Ctx<'a> {
     pub draining: bool,
     /// Server configurations for TLS listeners; `None` when nothing is TLS.
     pub tls: Option<tine_tls::TlsContext>,
+    /// Which listeners take a PROXY protocol header, and from whom.
+    pub proxy_headers: ProxyHeaders,
+}
+
+/// `[proxy_protocol]` as the worker applies it.
+pub struct ProxyHeaders {
+    pub settings: tine_config::ProxyProtocol,
+    /// By listener index: its connections begin with a header.
+    pub on_listener: Vec<bool>,
 }
 
 /// The time of the current turn of the loop (read once per turn).

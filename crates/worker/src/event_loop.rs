@@ -254,7 +254,9 @@ impl<'a> EventLoop<'a> {
             match sys::accept(listener) {
                 Ok(Some((fd, peer))) => {
                     let role = self.roles.get(index).copied().unwrap_or(ListenerRole::Http);
-                    self.open(fd, peer.map(|p| p.ip()), role)
+                    let proxy_header =
+                        self.ctx.proxy_headers.on_listener.get(index).copied().unwrap_or(false);
+                    self.open(fd, peer.map(|p| p.ip()), role, proxy_header)
                 }
                 Ok(None) => return,
                 Err(e) => match e.raw_os_error().map(nix::errno::Errno::from_raw) {
@@ -303,7 +305,7 @@ impl<'a> EventLoop<'a> {
     /// that ends with that answer (`Connection: close`) never costs an epoll
     /// call. Registration is edge-triggered, and readiness that arrives after
     /// the first read is reported when the connection is registered.
-    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, role: ListenerRole) {
+    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, role: ListenerRole, proxy_header: bool) {
         let admin = role == ListenerRole::Admin;
         let raw = fd.as_raw_fd();
         let transport = match self.client_transport(fd, role) {
@@ -322,6 +324,10 @@ impl<'a> EventLoop<'a> {
         let outcome = match role {
             ListenerRole::Stream(stream) => conn.begin_stream(stream, &mut self.ctx),
             ListenerRole::Http | ListenerRole::Https | ListenerRole::Admin => {
+                if proxy_header {
+                    let trusted = peer.is_some_and(|ip| self.ctx.proxy_headers.settings.trusts(ip));
+                    conn.expect_proxy_header(trusted, &mut self.ctx);
+                }
                 conn.mark_readable();
                 conn.drive(&mut self.ctx)
             }

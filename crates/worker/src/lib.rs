@@ -138,6 +138,15 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         access_log,
         draining: false,
         tls: init.tls.cloned(),
+        proxy_headers: context::ProxyHeaders {
+            settings: config.proxy_protocol.clone(),
+            // The master hands listeners over in listener_roles' order.
+            on_listener: config
+                .listener_roles()
+                .into_iter()
+                .map(|(a, r)| config.expects_proxy_header(a, r))
+                .collect(),
+        },
     };
 
     init.region.slot(init.slot).heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);

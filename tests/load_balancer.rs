@@ -1,0 +1,189 @@
+//! Behind an L4 load balancer: the PROXY protocol (v1 and v2) names the
+//! client, from trusted sources only, end to end with raw sockets.
+
+mod common;
+
+use common::tls::{body, certificate_toml, make_cert, tls_addr, Alg, Client};
+use common::{connect, exchange_raw, Server};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+
+/// An upstream that answers every request with the head it received.
+fn echo_head_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let reply =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", head.len());
+            let _ = s.write_all(reply.as_bytes());
+            let _ = s.write_all(&head);
+        }
+    });
+    addr
+}
+
+/// A version 2 header: PROXY (or LOCAL) over TCP, IPv4 or IPv6.
+fn v2(local: bool, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    out.push(if local { 0x20 } else { 0x21 });
+    let mut addresses = Vec::new();
+    match (client, server) {
+        (SocketAddr::V4(c), SocketAddr::V4(s)) => {
+            out.push(0x11);
+            addresses.extend_from_slice(&c.ip().octets());
+            addresses.extend_from_slice(&s.ip().octets());
+        }
+        (SocketAddr::V6(c), SocketAddr::V6(s)) => {
+            out.push(0x21);
+            addresses.extend_from_slice(&c.ip().octets());
+            addresses.extend_from_slice(&s.ip().octets());
+        }
+        _ => panic!("one family"),
+    }
+    addresses.extend_from_slice(&client.port().to_be_bytes());
+    addresses.extend_from_slice(&server.port().to_be_bytes());
+    // A TLV a balancer might add (PP2_TYPE_AUTHORITY), which tine skips.
+    addresses.extend_from_slice(&[0x02, 0, 6]);
+    addresses.extend_from_slice(b"a.test");
+    out.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+    out.extend_from_slice(&addresses);
+    out
+}
+
+fn behind_balancer(trusted: &str, extra: &str) -> Server {
+    let upstream = echo_head_upstream();
+    let server = Server::builder()
+        .config(&format!(
+            "access_log = \"access.log\"\n\
+             [proxy_protocol]\ntrusted = [{trusted}]\ntimeout = \"500ms\"\n{extra}\n\
+             [[upstream]]\nname = \"echo\"\nservers = [\"{upstream}\"]\n\
+             [[route]]\npath = \"/echo/\"\nupstream = \"echo\"\n[[route]]\npath = \"/\"\nroot = \"{{root}}\"\n"
+        ))
+        .start();
+    server.write_file("a.txt", b"A");
+    server
+}
+
+fn forwarded_for(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw).to_ascii_lowercase();
+    let line = text.lines().find(|l| l.starts_with("x-forwarded-for:")).unwrap_or_else(|| panic!("{text}"));
+    line["x-forwarded-for:".len()..].trim().to_string()
+}
+
+fn access_log(server: &Server, lines: usize) -> String {
+    let log = server.dir.path().join("access.log");
+    common::wait_for("access-log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == lines)
+    });
+    std::fs::read_to_string(&log).unwrap()
+}
+
+const ECHO: &str = "GET /echo/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn a_trusted_balancers_header_names_the_client_everywhere() {
+    let server = behind_balancer("\"127.0.0.0/8\"", "");
+    let (client4, client6): (SocketAddr, SocketAddr) =
+        ("203.0.113.7:40000".parse().unwrap(), "[2001:db8::9]:40001".parse().unwrap());
+    let v1 = format!("PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\n{ECHO}");
+    assert_eq!(forwarded_for(&exchange_raw(server.addr, v1.as_bytes())), "203.0.113.7");
+    let mut bin = v2(false, client6, "[2001:db8::1]:80".parse().unwrap());
+    bin.extend_from_slice(ECHO.as_bytes());
+    assert_eq!(forwarded_for(&exchange_raw(server.addr, &bin)), "2001:db8::9");
+    // LOCAL (the balancer's own health check) names nobody: the peer stands.
+    let mut local = v2(true, client4, "192.0.2.1:80".parse().unwrap());
+    local.extend_from_slice(ECHO.as_bytes());
+    assert_eq!(forwarded_for(&exchange_raw(server.addr, &local)), "127.0.0.1");
+    // The header and the request may come in pieces.
+    let mut s = connect(server.addr);
+    s.write_all(b"PROXY TCP4 198.51.100.4 192.0.2.1 ").unwrap();
+    s.write_all(b"5555 80\r\nGET /a.txt HTTP/1.1\r\nHost: t\r\n").unwrap();
+    s.write_all(b"Connection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert!(out.ends_with(b"\r\n\r\nA"), "{}", String::from_utf8_lossy(&out));
+    let log = access_log(&server, 4);
+    for client in ["203.0.113.7 ", "2001:db8::9 ", "127.0.0.1 ", "198.51.100.4 "] {
+        assert!(log.lines().any(|l| l.starts_with(client)), "{client}: {log}");
+    }
+    assert_eq!(server.total("proxy_headers"), 4);
+}
+
+#[test]
+fn headers_from_untrusted_sources_and_trusted_connections_without_one_are_refused() {
+    // 127.0.0.1 is not trusted here: a header from it is refused, and a
+    // plain client is served as itself.
+    let server = behind_balancer("\"10.0.0.0/8\", \"2001:db8::/32\"", "");
+    let v1 = format!("PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\n{ECHO}");
+    assert!(exchange_raw(server.addr, v1.as_bytes()).is_empty());
+    assert_eq!(forwarded_for(&exchange_raw(server.addr, ECHO.as_bytes())), "127.0.0.1");
+    assert_eq!(server.total("proxy_refused_untrusted"), 1);
+
+    let server = behind_balancer("\"127.0.0.1\"", "");
+    assert!(exchange_raw(server.addr, ECHO.as_bytes()).is_empty(), "no header from a trusted source");
+    assert!(exchange_raw(server.addr, format!("PROXY TCP4 1.2.3.4\r\n{ECHO}").as_bytes()).is_empty());
+    let mut oversized = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x04\x00".to_vec();
+    oversized.extend_from_slice(&[0u8; 1024]);
+    assert!(exchange_raw(server.addr, &oversized).is_empty());
+    // Half a header, then nothing: the header's own timeout ends it.
+    let mut s = connect(server.addr);
+    s.write_all(b"PROXY TCP4 203.0.").unwrap();
+    // Closed with the half header unread: a reset or an end, never an answer.
+    let ended = s.read(&mut [0u8; 64]);
+    assert!(
+        matches!(&ended, Ok(0))
+            || ended.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+    );
+    server.wait_until("every refusal counted", |s| {
+        s["total"]["proxy_refused_missing"] == 1
+            && s["total"]["proxy_refused_malformed"] == 2
+            && s["total"]["proxy_refused_timeout"] == 1
+            && s["total"]["active"] == 0
+    });
+    assert_eq!(server.total("proxy_headers"), 0);
+}
+
+#[test]
+fn a_listener_can_opt_out() {
+    let server = Server::builder()
+        .config_only(
+            "listen = [\"127.0.0.1:0\"]\nroot = \"{root}\"\nworkers = 1\n\
+             [proxy_protocol]\ntrusted = [\"127.0.0.0/8\"]\nskip = [\"127.0.0.1:0\"]\n",
+        )
+        .start();
+    server.write_file("a.txt", b"A");
+    let raw = exchange_raw(server.addr, b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert!(raw.ends_with(b"\r\n\r\nA"), "{}", String::from_utf8_lossy(&raw));
+}
+
+#[test]
+fn a_tls_listener_reads_the_header_before_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "a", &["a.test"], Alg::Ecdsa);
+    let server = Server::builder()
+        .config(&format!(
+            "tls_listen = [\"127.0.0.1:0\"]\naccess_log = \"access.log\"\n\
+             [proxy_protocol]\ntrusted = [\"127.0.0.0/8\"]\n{}",
+            certificate_toml(&cert, true)
+        ))
+        .start();
+    server.write_file("a.txt", b"A over TLS");
+    let addr = tls_addr(&server);
+    let mut tcp = connect(addr);
+    tcp.write_all(&v2(false, "192.0.2.44:1234".parse().unwrap(), "192.0.2.1:443".parse().unwrap())).unwrap();
+    let mut tls = Client::plain().connect_over(tcp, Some("a.test")).expect("handshake after the header");
+    let answer = common::tls::request(&mut tls, "a.test", "/a.txt");
+    assert_eq!(body(&answer), b"A over TLS");
+    assert!(access_log(&server, 1).starts_with("192.0.2.44 "));
+    assert_eq!(server.total("proxy_headers"), 1);
+    assert_eq!(server.total("tls_handshakes"), 1);
+}
