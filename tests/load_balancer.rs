@@ -187,3 +187,106 @@ fn a_tls_listener_reads_the_header_before_the_handshake() {
     assert_eq!(server.total("proxy_headers"), 1);
     assert_eq!(server.total("tls_handshakes"), 1);
 }
+
+/// A raw upstream that records every connection's bytes and answers each
+/// request head it sees with a small response (keep-alive).
+fn recording_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().flatten().enumerate() {
+            record.lock().unwrap().push(Vec::new());
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let mut answered = 0;
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut all = record.lock().unwrap();
+                    all[i].extend_from_slice(&buf[..n]);
+                    let heads = all[i].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    drop(all);
+                    while answered < heads {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        answered += 1;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+// A group with proxy_protocol sends its servers a header naming the client
+// first on every connection, and a connection (whose header names one
+// client) is never reused for another.
+#[test]
+fn upstreams_and_streams_get_a_header_naming_the_client() {
+    let (http_up, http_seen) = recording_upstream();
+    let (stream_up, stream_seen) = recording_upstream();
+    let server = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"app\"\nservers = [\"{http_up}\"]\nproxy_protocol = \"v1\"\n\
+             [[upstream]]\nname = \"db\"\nservers = [\"{stream_up}\"]\nproxy_protocol = \"v2\"\n\
+             [[route]]\npath = \"/\"\nupstream = \"app\"\n\
+             [[stream]]\nlisten = \"127.0.0.3:0\"\nupstream = \"db\"\n"
+        ))
+        .start();
+    // Two requests on one client connection: one upstream connection, one header.
+    let mut a = connect(server.addr);
+    let local_port = a.local_addr().unwrap().port();
+    for _ in 0..2 {
+        a.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut buf = [0u8; 256];
+        let n = a.read(&mut buf).unwrap();
+        assert!(buf[..n].ends_with(b"ok"), "{}", String::from_utf8_lossy(&buf[..n]));
+    }
+    // A second client gets a connection (and a header) of its own.
+    let mut b = connect(server.addr);
+    let b_port = b.local_addr().unwrap().port();
+    b.write_all(b"GET /y HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    b.read_to_end(&mut out).unwrap();
+    let seen = http_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one upstream connection per client");
+    let expect = |port: u16| format!("PROXY TCP4 127.0.0.1 127.0.0.1 {port} {}\r\nGET ", server.addr.port());
+    assert!(
+        String::from_utf8_lossy(&seen[0]).starts_with(&expect(local_port)),
+        "{:?}",
+        String::from_utf8_lossy(&seen[0])
+    );
+    assert_eq!(String::from_utf8_lossy(&seen[0]).matches("PROXY ").count(), 1);
+    assert!(String::from_utf8_lossy(&seen[1]).starts_with(&expect(b_port)));
+
+    // A stream: the v2 header, then the client's bytes as they were.
+    let stream = common::stream_addr(&server, "db");
+    let mut c = connect(stream);
+    c.write_all(b"hello\r\n\r\n").unwrap();
+    // (The recorder answers per blank line it sees, the v2 signature's too.)
+    let mut buf = [0u8; 40];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let seen = stream_seen.lock().unwrap()[0].clone();
+    let mut expected = Vec::new();
+    tine_v2(&mut expected, c.local_addr().unwrap(), stream);
+    expected.extend_from_slice(b"hello\r\n\r\n");
+    assert_eq!(seen, expected);
+}
+
+/// The version 2 header as the specification lays it out, for comparing
+/// byte for byte.
+fn tine_v2(out: &mut Vec<u8>, client: SocketAddr, server: SocketAddr) {
+    let (SocketAddr::V4(c), SocketAddr::V4(s)) = (client, server) else { panic!("IPv4 only") };
+    out.extend_from_slice(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c");
+    out.extend_from_slice(&c.ip().octets());
+    out.extend_from_slice(&s.ip().octets());
+    out.extend_from_slice(&c.port().to_be_bytes());
+    out.extend_from_slice(&s.port().to_be_bytes());
+}

@@ -79,6 +79,7 @@ struct RawUpstream {
     max_fails: Option<Spanned<i64>>,
     fail_timeout: Option<Spanned<String>>,
     underscores_in_headers: Option<bool>,
+    proxy_protocol: Option<Spanned<String>>,
     tcp: Option<Spanned<RawTcp>>,
 }
 
@@ -552,6 +553,15 @@ fn parse_proxy(
             max_fails: u.max_fails.as_ref().map_or(Ok(3), |v| at.in_range(v, "max_fails", 0, 1000))? as u32,
             fail_timeout: duration_or(at, &u.fail_timeout, Duration::from_secs(10))?,
             underscores_in_headers: u.underscores_in_headers.unwrap_or(false),
+            send_proxy: match &u.proxy_protocol {
+                None => None,
+                Some(v) => at.check(v, |s| match s.as_str() {
+                    "v1" => Ok(Some(crate::ProxyVersion::V1)),
+                    "v2" => Ok(Some(crate::ProxyVersion::V2)),
+                    "off" => Ok(None),
+                    other => Err(format!("proxy_protocol must be \"v1\", \"v2\" or \"off\", not {other:?}")),
+                })?,
+            },
             tcp: match &u.tcp {
                 None => crate::TcpOptions::production_defaults(),
                 Some(raw) => crate::TcpOptions::production_defaults().overlaid(&upstream_tcp(at, raw)?),

@@ -15,7 +15,9 @@ pub use tcp::TcpOptions;
 pub use tls::{Certificate, Tls, TlsVersion, UnknownName};
 
 pub use duration::parse_duration;
-pub use proxy::{Balance, Handler, HostHeader, Route, Stream, Upstream, UpstreamAddr, UpstreamServer};
+pub use proxy::{
+    Balance, Handler, HostHeader, ProxyVersion, Route, Stream, Upstream, UpstreamAddr, UpstreamServer,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -74,6 +74,16 @@ pub struct Upstream {
     pub underscores_in_headers: bool,
     /// Socket options of the connections to the group's servers.
     pub tcp: crate::TcpOptions,
+    /// A PROXY protocol header this group's servers get first on every
+    /// connection, naming the client.
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// The PROXY protocol version sent to upstream servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// The Host header a proxied request carries.

@@ -121,6 +121,53 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
     Ok(Parsed::Header { len: header.header.len(), client })
 }
 
+/// Appends a version 1 header naming `client` as the source and `server`
+/// as the destination (both as IPv6 when their families differ).
+pub fn write_v1(out: &mut Vec<u8>, client: SocketAddr, server: SocketAddr) {
+    use std::io::Write;
+    let (client, server) = same_family(client, server);
+    let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+    let _ =
+        write!(out, "PROXY {family} {} {} {} {}\r\n", client.ip(), server.ip(), client.port(), server.port());
+}
+
+/// Appends a version 2 header (PROXY, TCP) naming `client` and `server`.
+pub fn write_v2(out: &mut Vec<u8>, client: SocketAddr, server: SocketAddr) {
+    let (client, server) = same_family(client, server);
+    out.extend_from_slice(V2_SIGNATURE);
+    out.push(0x21);
+    match (client, server) {
+        (SocketAddr::V4(c), SocketAddr::V4(s)) => {
+            out.extend_from_slice(&[0x11, 0, 12]);
+            out.extend_from_slice(&c.ip().octets());
+            out.extend_from_slice(&s.ip().octets());
+        }
+        (c, s) => {
+            out.extend_from_slice(&[0x21, 0, 36]);
+            out.extend_from_slice(&v6(c.ip()).octets());
+            out.extend_from_slice(&v6(s.ip()).octets());
+        }
+    }
+    out.extend_from_slice(&client.port().to_be_bytes());
+    out.extend_from_slice(&server.port().to_be_bytes());
+}
+
+fn v6(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    }
+}
+
+/// Both addresses in one family: IPv6 (IPv4-mapped) when they differ.
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (SocketAddr::new(v6(a.ip()).into(), a.port()), SocketAddr::new(v6(b.ip()).into(), b.port()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +225,28 @@ mod tests {
         assert_eq!(header(&v2(0, 0x00, &[], &[])), (16, None));
         assert_eq!(header(&v2(0, 0x11, &ipv4, &[])).1, None);
         assert_eq!(header(&v2(1, 0x31, &[0u8; 216], &[])).1, None);
+    }
+
+    #[test]
+    fn what_tine_writes_parses_back_to_the_same_client() {
+        let cases = [
+            ("203.0.113.7:40000", "192.0.2.1:80"),
+            ("[2001:db8::9]:1", "[2001:db8::1]:443"),
+            ("203.0.113.7:40000", "[2001:db8::1]:443"),
+        ];
+        for (client, server) in cases {
+            let (client, server): (SocketAddr, SocketAddr) =
+                (client.parse().unwrap(), server.parse().unwrap());
+            for write in [write_v1, write_v2] {
+                let mut out = Vec::new();
+                write(&mut out, client, server);
+                let (len, parsed) = header(&out);
+                assert_eq!(len, out.len());
+                let expected =
+                    if client.is_ipv4() == server.is_ipv4() { client } else { same_family(client, server).0 };
+                assert_eq!(parsed, Some(expected), "{:?}", String::from_utf8_lossy(&out));
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::timer_wheel::Deadline;
 use crate::token::ConnId;
 use crate::transport::{Client, Transport};
 use std::io;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -117,7 +117,9 @@ pub struct Conn {
     id: ConnId,
     /// The client's socket, behind the transport seam.
     transport: Client,
-    peer: Option<IpAddr>,
+    /// The client: the socket's peer, or the address a trusted load
+    /// balancer's PROXY protocol header named.
+    peer: Option<SocketAddr>,
     phase: Phase,
     /// Unread input; `None` while idle so an idle connection holds no buffer.
     rbuf: Option<ReadBuf>,
@@ -151,7 +153,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, transport: Client, peer: Option<IpAddr>, admin: bool, ctx: &mut Ctx) -> Self {
+    pub fn new(id: ConnId, transport: Client, peer: Option<SocketAddr>, admin: bool, ctx: &mut Ctx) -> Self {
         let mut conn = Conn {
             id,
             transport,
@@ -189,6 +191,13 @@ impl Conn {
     /// These are the connections a worker at its limit closes first.
     pub fn idle_keep_alive_since(&self) -> Option<Instant> {
         (self.served > 0 && self.is_idle()).then_some(self.idle_since)
+    }
+
+    /// The client's address, and the local address it reached (for a PROXY
+    /// protocol header sent upstream).
+    fn client_and_local(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let local = tine_net::sys::local_addr(self.transport.socket()).ok()?;
+        Some((self.peer?, local))
     }
 
     pub fn mark_readable(&mut self) {
@@ -386,7 +395,7 @@ impl Conn {
                 slot.proxy_headers.fetch_add(1, Relaxed);
                 ctx.stats.slot.bytes_received.fetch_add(len as u64, Relaxed);
                 if let Some(client) = client {
-                    self.peer = Some(client.ip());
+                    self.peer = Some(client);
                 }
                 // Bytes after the header were left in place: read them now.
                 self.readable = n > len || self.readable;
@@ -457,7 +466,8 @@ impl Conn {
                 if let Routed::Proxy { route, group } = routed {
                     ctx.stats.slot.requests.fetch_add(1, Relaxed);
                     let https = self.transport.is_tls();
-                    let exchange = proxy::new_exchange(&req, route, group, self.peer, https, ctx);
+                    let exchange =
+                        proxy::new_exchange(&req, route, group, self.peer.map(|p| p.ip()), https, ctx);
                     if ctx.access_log.is_some() {
                         self.access = Some(PendingEntry::capture(&req, 0));
                     }
@@ -672,7 +682,7 @@ impl Conn {
             _ => 0,
         };
         let sent = self.body_len.saturating_sub(unsent_buffer + unsent_file);
-        entry.write(log, ctx.clock.unix_secs, self.peer, sent);
+        entry.write(log, ctx.clock.unix_secs, self.peer.map(|p| p.ip()), sent);
     }
 
     fn linger(&mut self, mut drained: u64) -> Option<Outcome> {

@@ -256,7 +256,7 @@ impl<'a> EventLoop<'a> {
                     let role = self.roles.get(index).copied().unwrap_or(ListenerRole::Http);
                     let proxy_header =
                         self.ctx.proxy_headers.on_listener.get(index).copied().unwrap_or(false);
-                    self.open(fd, peer.map(|p| p.ip()), role, proxy_header)
+                    self.open(fd, peer, role, proxy_header)
                 }
                 Ok(None) => return,
                 Err(e) => match e.raw_os_error().map(nix::errno::Errno::from_raw) {
@@ -305,7 +305,13 @@ impl<'a> EventLoop<'a> {
     /// that ends with that answer (`Connection: close`) never costs an epoll
     /// call. Registration is edge-triggered, and readiness that arrives after
     /// the first read is reported when the connection is registered.
-    fn open(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>, role: ListenerRole, proxy_header: bool) {
+    fn open(
+        &mut self,
+        fd: OwnedFd,
+        peer: Option<std::net::SocketAddr>,
+        role: ListenerRole,
+        proxy_header: bool,
+    ) {
         let admin = role == ListenerRole::Admin;
         let raw = fd.as_raw_fd();
         let transport = match self.client_transport(fd, role) {
@@ -325,7 +331,7 @@ impl<'a> EventLoop<'a> {
             ListenerRole::Stream(stream) => conn.begin_stream(stream, &mut self.ctx),
             ListenerRole::Http | ListenerRole::Https | ListenerRole::Admin => {
                 if proxy_header {
-                    let trusted = peer.is_some_and(|ip| self.ctx.proxy_headers.settings.trusts(ip));
+                    let trusted = peer.is_some_and(|p| self.ctx.proxy_headers.settings.trusts(p.ip()));
                     conn.expect_proxy_header(trusted, &mut self.ctx);
                 }
                 conn.mark_readable();

@@ -164,6 +164,8 @@ impl Upstreams {
     /// For client connection `owner`: a pooled connection that is young
     /// enough and has nothing waiting on it (the one `owner` used last
     /// first, then the most recently idle), or a new non-blocking connect.
+    /// A group that sends a PROXY protocol header reuses only `owner`'s own
+    /// connections: the header that began one names its client.
     pub fn connect(
         &mut self,
         group: usize,
@@ -175,8 +177,17 @@ impl Upstreams {
         let g = &mut self.groups[group];
         let keepalive_timeout = g.config.keepalive_timeout;
         let stat = stats.get(g.stats_base + server);
+        let private = g.config.send_proxy.is_some();
         let s = &mut g.servers[server];
-        while let Some(i) = s.idle.iter().rposition(|c| c.owner == owner).or(s.idle.len().checked_sub(1)) {
+        let reusable = |idle: &[Idle]| {
+            let own = idle.iter().rposition(|c| c.owner == owner);
+            if private {
+                own
+            } else {
+                own.or(idle.len().checked_sub(1))
+            }
+        };
+        while let Some(i) = reusable(&s.idle) {
             let c = s.idle.swap_remove(i);
             // Anything waiting (bytes nobody asked for, the server's close)
             // would be read as the next response: look first.

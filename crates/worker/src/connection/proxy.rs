@@ -447,12 +447,36 @@ impl Conn {
                 Err(_) => return Next::ServerFailed { upstream: Some(fd), after_sending: false },
             }
         }
+        if !ex.reused {
+            if let Some(version) = ctx.proxy.upstreams.groups[ex.group].config.send_proxy {
+                if self.send_proxy_header(version, fd.as_raw_fd()).is_err() {
+                    return Next::ServerFailed { upstream: Some(fd), after_sending: false };
+                }
+            }
+        }
         if ex.stream.is_some() {
             return self.start_tunnel(ex, fd, ctx);
         }
         let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
         self.arm(ctx, timeout);
         Next::Go(Stage::SendHead(fd))
+    }
+
+    /// The PROXY protocol header a group's servers get first on a new
+    /// connection. It is a few dozen bytes into a socket that has sent
+    /// nothing yet, so one send takes it whole; anything less is a failure.
+    fn send_proxy_header(&self, version: tine_config::ProxyVersion, fd: RawFd) -> io::Result<()> {
+        use tine_http::proxy_protocol::{write_v1, write_v2};
+        let (client, local) = self.client_and_local().ok_or_else(|| io::Error::other("no client address"))?;
+        let mut header = Vec::with_capacity(64);
+        match version {
+            tine_config::ProxyVersion::V1 => write_v1(&mut header, client, local),
+            tine_config::ProxyVersion::V2 => write_v2(&mut header, client, local),
+        }
+        match sys::send(fd, &header, true)? {
+            n if n == header.len() => Ok(()),
+            _ => Err(io::Error::other("PROXY protocol header cut short")),
+        }
     }
 
     fn send_head(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
