@@ -34,7 +34,8 @@ enum Command {
     Stats(stats_cmd::StatsArgs),
     /// Send a control signal to a running master, like `nginx -s`.
     Signal {
-        /// reload (HUP), stop (TERM), quit (QUIT, graceful), reopen (USR1), upgrade (USR2).
+        /// reload (HUP), stop (TERM), quit (QUIT, graceful), reopen (USR1), upgrade (USR2),
+        /// drain (TTOU: health checks answer 503), undrain (TTIN).
         action: signal_cmd::Action,
         /// The master's pid file (default: from --config, else port 8080's).
         #[arg(long)]

@@ -18,6 +18,11 @@ pub enum Action {
     Reopen,
     /// USR2: start the binary on disk and hand over to it.
     Upgrade,
+    /// TTOU: go on serving, but answer health checks with 503 so that load
+    /// balancers take this server out.
+    Drain,
+    /// TTIN: end a drain; health checks answer 200 again.
+    Undrain,
 }
 
 impl Action {
@@ -28,6 +33,8 @@ impl Action {
             Action::Quit => (Signal::SIGQUIT, "QUIT"),
             Action::Reopen => (Signal::SIGUSR1, "USR1"),
             Action::Upgrade => (Signal::SIGUSR2, "USR2"),
+            Action::Drain => (Signal::SIGTTOU, "TTOU"),
+            Action::Undrain => (Signal::SIGTTIN, "TTIN"),
         }
     }
 }

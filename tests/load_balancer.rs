@@ -290,3 +290,97 @@ fn tine_v2(out: &mut Vec<u8>, client: SocketAddr, server: SocketAddr) {
     out.extend_from_slice(&c.port().to_be_bytes());
     out.extend_from_slice(&s.port().to_be_bytes());
 }
+
+fn health(addr: SocketAddr, path: &str) -> (u16, String) {
+    let raw =
+        exchange_raw(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes());
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+fn signal(server: &Server, action: &str) {
+    let out = common::tine().args(["signal", action, "--pid-file"]).arg(&server.pid_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// `tine signal drain` puts a running server in the lame-duck state: health
+// checks (admin /health, and health_path on public listeners) answer 503
+// while everything else is served; `undrain` ends it.
+#[test]
+fn drain_and_undrain_turn_health_checks_without_stopping() {
+    let server =
+        Server::builder().config("admin_listen = \"127.0.0.2:0\"\nhealth_path = \"/healthz\"\n").start();
+    server.write_file("a.txt", b"A");
+    let admin = common::admin_addr(&server);
+    assert_eq!(health(admin, "/health"), (200, "serving\n".into()));
+    assert_eq!(health(server.addr, "/healthz?probe=1"), (200, "serving\n".into()));
+    signal(&server, "drain");
+    common::wait_for("health 503", || health(admin, "/health").0 == 503);
+    assert_eq!(health(server.addr, "/healthz"), (503, "draining\n".into()));
+    assert_eq!(server.get("/a.txt").body, b"A", "a drained server still serves");
+    signal(&server, "undrain");
+    common::wait_for("health 200", || health(admin, "/health").0 == 200);
+    assert_eq!(health(server.addr, "/healthz").0, 200);
+}
+
+// QUIT with a drain_delay: health turns 503 at once, requests go on
+// succeeding through the delay, and no request fails before the listener
+// closes (after which connections are refused, as a balancer expects).
+#[test]
+fn quit_with_a_drain_delay_serves_until_the_listener_closes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    let server = Server::builder()
+        .workers(2)
+        .config("admin_listen = \"127.0.0.2:0\"\n[timeouts]\ndrain_delay = \"2s\"\n")
+        .start();
+    server.write_file("a.txt", b"A");
+    let admin = common::admin_addr(&server);
+    let addr = server.addr;
+    let (ok, failed, ok_while_draining, draining) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (ok, failed, ok_while_draining, draining) =
+                (ok.clone(), failed.clone(), ok_while_draining.clone(), draining.clone());
+            std::thread::spawn(move || loop {
+                let Ok(mut s) = std::net::TcpStream::connect(addr) else { return };
+                let _ = s.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                let mut out = Vec::new();
+                let read = s.read_to_end(&mut out);
+                // A connection queued at the instant the last listening
+                // socket closes is reset before any byte: the same as a
+                // refusal to the client (nothing was processed), and only
+                // possible once the stop has begun.
+                let reset = read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+                if reset && out.is_empty() && draining.load(SeqCst) {
+                    return;
+                }
+                if out.starts_with(b"HTTP/1.1 200") && out.ends_with(b"\r\n\r\nA") {
+                    ok.fetch_add(1, SeqCst);
+                    if draining.load(SeqCst) {
+                        ok_while_draining.fetch_add(1, SeqCst);
+                    }
+                } else {
+                    failed.fetch_add(1, SeqCst);
+                }
+            })
+        })
+        .collect();
+    common::wait_for("load under way", || ok.load(SeqCst) > 50);
+    let master = server.master_pid();
+    // SAFETY: kill sends a signal to the master this test started.
+    unsafe { libc::kill(master, libc::SIGQUIT) };
+    common::wait_for("health 503", || health(admin, "/health").0 != 200);
+    draining.store(true, SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(failed.load(SeqCst), 0, "every request before the listener closed was answered");
+    assert!(ok_while_draining.load(SeqCst) > 0, "requests were served after health turned 503");
+}

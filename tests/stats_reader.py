@@ -88,7 +88,7 @@ def read(path):
     u64 = lambda off: struct.unpack_from("=Q", m, off)[0]
     master = {name: u64(master_offset + 8 * i) for i, name in enumerate(MASTER)}
     master.update(pid=master_pid, start_unix_ms=start_ms, heartbeat_unix_ms=heartbeat_ms,
-                  state={1: "running", 2: "stopping", 3: "stopped"}.get(state, "unknown"))
+                  state={1: "running", 2: "stopping", 3: "stopped", 4: "draining"}.get(state, "unknown"))
     master["live"] = live(master_pid, state, heartbeat_ms)
 
     host = {name: u64(host_offset + 8 * i) for i, name in enumerate(HOST)}

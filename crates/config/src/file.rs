@@ -16,6 +16,7 @@ struct RawFile {
     tls_listen: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
     proxy_protocol: Option<RawProxyProtocol>,
+    health_path: Option<Spanned<String>>,
     #[serde(default)]
     certificate: Vec<RawCertificate>,
     admin_listen: Option<Spanned<String>>,
@@ -151,6 +152,7 @@ struct RawTimeouts {
     send: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     keepalive_grace: Option<Spanned<String>>,
+    drain_delay: Option<Spanned<String>>,
     watchdog: Option<Spanned<String>>,
 }
 
@@ -247,6 +249,15 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
     parse_tls(&raw, &at, &relative_to_file, &mut config)?;
     parse_proxy_protocol(&raw, &at, &mut config)?;
+    if let Some(p) = &raw.health_path {
+        config.health_path = Some(at.check(p, |s| {
+            if s.starts_with('/') && !s.contains(['?', '#', ' ']) {
+                Ok(s.clone())
+            } else {
+                Err(format!("health_path must be a path such as \"/healthz\", not {s:?}"))
+            }
+        })?);
+    }
     if let Some(root) = &raw.root {
         config.root = at.check(root, |r| check_root(&relative_to_file(r)))?;
     } else {
@@ -287,6 +298,11 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             if let Some(raw) = raw {
                 *value = at.check(raw, |s| parse_duration(s))?;
             }
+        }
+        if let Some(v) = &t.drain_delay {
+            config.timeouts.drain_delay = at.check(v, |s| {
+                crate::tcp::duration_or_off(s).and_then(|d| crate::tcp::seconds("drain_delay", d, 0, 3600))
+            })?;
         }
     }
     if let Some(l) = &raw.limits {

@@ -49,6 +49,9 @@ pub struct Config {
     pub tls: Tls,
     /// The `[proxy_protocol]` table.
     pub proxy_protocol: ProxyProtocol,
+    /// A path that public listeners answer as the health check (the admin
+    /// listener answers `/health` in any case).
+    pub health_path: Option<String>,
     /// Admin listener answering /metrics and /stats.json; `None` for none.
     pub admin_listen: Option<SocketAddr>,
     /// Directory served as the document root (absolute once loaded).
@@ -105,6 +108,10 @@ pub struct Timeouts {
     /// A worker whose event loop has not turned for this long is killed and
     /// replaced.
     pub watchdog: Duration,
+    /// After QUIT, how long to go on accepting and serving while health
+    /// checks answer 503, so that load balancers take the server out before
+    /// its listeners close. Zero: the graceful stop begins at once.
+    pub drain_delay: Duration,
 }
 
 /// Each worker's cache of open files and small responses.
@@ -141,6 +148,7 @@ impl Default for Config {
             certificates: Vec::new(),
             tls: Tls::default(),
             proxy_protocol: ProxyProtocol::default(),
+            health_path: None,
             admin_listen: None,
             root: PathBuf::from("."),
             workers: Workers::Auto,
@@ -155,6 +163,7 @@ impl Default for Config {
                 send: Duration::from_secs(60),
                 drain: Duration::from_secs(30),
                 keepalive_grace: Duration::from_secs(1),
+                drain_delay: Duration::ZERO,
                 watchdog: Duration::from_secs(10),
             },
             limits: Limits {

@@ -9,6 +9,8 @@
 //!          HUP       reload: new workers first, then the old ones drain
 //!          USR1      reopen logs (and tell the workers)
 //!          USR2      upgrade: start the binary on disk with our sockets
+//!          TTOU/TTIN drain / undrain: health checks answer 503 / 200
+//!          QUIT with timeouts.drain_delay: keep serving, health 503, then stop
 //!          CHLD      reap; respawn the slot (backoff if it keeps crashing)
 //!          each turn heartbeat, watchdog, old workers past their drain deadline
 //!  stop:   tell workers, wait (SIGKILL at the deadline), mark the region
@@ -86,6 +88,11 @@ struct Retiring {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
+    /// QUIT with a drain_delay: still serving, health checks answer 503, the
+    /// graceful stop begins at `stop_at`.
+    DelayingStop {
+        stop_at: Instant,
+    },
     /// A new master took over; our workers drain, then we leave quietly.
     HandedOver,
     Stopping {
@@ -112,6 +119,8 @@ struct Master {
     upgrade: Option<upgrade::Pending>,
     /// Set when this master came from an upgrade: where to say "ready".
     tell_old_master: Option<OwnedFd>,
+    /// Told to drain (TTOU): health checks answer 503 until TTIN.
+    drained: bool,
     phase: Phase,
     handed_over: bool,
     sampler: Sampler,
@@ -199,6 +208,7 @@ impl Master {
             upgrade: None,
             tell_old_master: inherited.ready,
             phase: Phase::Running,
+            drained: false,
             handed_over: false,
             sampler: Sampler::default(),
             // Sample on the first turn, so readers see host figures at once.
@@ -231,6 +241,12 @@ impl Master {
                     self.watchdog();
                     self.respawn_due();
                 }
+                Phase::DelayingStop { stop_at } if Instant::now() >= stop_at => self.stop(true),
+                Phase::DelayingStop { .. } => {
+                    self.region.heartbeat();
+                    self.watchdog();
+                    self.respawn_due();
+                }
                 Phase::HandedOver | Phase::Stopping { .. } if self.live_workers() == 0 => return,
                 Phase::Stopping { deadline, killed: false } if Instant::now() >= deadline => {
                     self.kill_stragglers()
@@ -243,12 +259,55 @@ impl Master {
     fn on_signal(&mut self, signal: Signal) {
         match (signal, self.phase) {
             (Signal::SIGTERM | Signal::SIGINT, _) => self.stop(false),
+            (Signal::SIGQUIT, Phase::Running) if !self.launch.config.timeouts.drain_delay.is_zero() => {
+                self.delay_stop()
+            }
             (Signal::SIGQUIT, _) => self.stop(true),
             (Signal::SIGHUP, Phase::Running) => self.reload(),
             (Signal::SIGUSR1, _) => self.reopen_logs(),
-            (Signal::SIGUSR2, Phase::Running) => self.start_upgrade(),
-            (Signal::SIGHUP | Signal::SIGUSR2, _) => log::warn!("{signal} ignored while stopping"),
+            (Signal::SIGUSR2, Phase::Running) => {
+                // Health checks answer 503 while an upgrade is under way.
+                self.start_upgrade();
+                self.region.set_state(self.serving_state());
+            }
+            (Signal::SIGTTOU, Phase::Running) => self.set_drained(true),
+            (Signal::SIGTTIN, Phase::Running) => self.set_drained(false),
+            (Signal::SIGHUP | Signal::SIGUSR2 | Signal::SIGTTOU | Signal::SIGTTIN, _) => {
+                log::warn!("{signal} ignored while stopping")
+            }
             _ => {} // SIGCHLD: reaped right after
+        }
+    }
+
+    /// QUIT with a drain_delay: health checks turn 503 at once while the
+    /// listeners stay open and everything is served, so that load balancers
+    /// take the server out before it refuses a connection; then the graceful
+    /// stop. A second QUIT stops at once (gracefully).
+    fn delay_stop(&mut self) {
+        let delay = self.launch.config.timeouts.drain_delay;
+        log::info!("graceful stop in {delay:?}: health checks answer 503 until then");
+        self.region.set_state(RegionState::Draining);
+        self.phase = Phase::DelayingStop { stop_at: Instant::now() + delay };
+    }
+
+    /// TTOU / TTIN: the lame-duck state of a rolling restart, without
+    /// stopping: health checks answer 503 (and 200 again), nothing else changes.
+    fn set_drained(&mut self, drained: bool) {
+        self.drained = drained;
+        self.region.set_state(self.serving_state());
+        log::info!(
+            "{}",
+            if drained { "drained: health checks answer 503" } else { "undrained: health checks answer 200" }
+        );
+    }
+
+    /// What the region says while running: draining when told to, or while
+    /// an upgrade is under way.
+    fn serving_state(&self) -> RegionState {
+        if self.drained || self.upgrade.is_some() {
+            RegionState::Draining
+        } else {
+            RegionState::Running
         }
     }
 
@@ -404,6 +463,7 @@ impl Master {
                 let _ = kill(pending.pid, Signal::SIGKILL);
                 pending.abandon();
                 self.upgrade = None;
+                self.region.set_state(self.serving_state());
             }
         }
     }
@@ -448,6 +508,11 @@ impl Master {
             pending.abandon();
         }
         self.phase = Phase::Stopping { deadline: Instant::now() + grace, killed: false };
+        // Nothing will accept on the listening sockets again: once the
+        // workers let go of theirs too, connections are refused, not queued.
+        if !self.handed_over {
+            self.listeners.close_all();
+        }
         for slot in &mut self.slots {
             slot.respawn_at = None;
         }
@@ -542,7 +607,7 @@ impl Master {
         stats.state.store(SlotState::Dead as u64, Relaxed);
         let slot = &mut self.slots[index];
         slot.pid = None;
-        if self.phase != Phase::Running {
+        if !matches!(self.phase, Phase::Running | Phase::DelayingStop { .. }) {
             log::info!("worker {index} (pid {pid}) {how}");
             return;
         }
@@ -644,6 +709,9 @@ impl Master {
     fn wait_ms(&self) -> i32 {
         let now = Instant::now();
         let mut wait = Duration::from_secs(1);
+        if let Phase::DelayingStop { stop_at } = self.phase {
+            wait = wait.min(stop_at.saturating_duration_since(now));
+        }
         if let Some(next) = self.slots.iter().filter_map(|s| s.respawn_at).min() {
             wait = wait.min(next.saturating_duration_since(now));
         }

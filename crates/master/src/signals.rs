@@ -7,7 +7,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::io;
 
 /// Signals the master acts on.
-pub const MASTER_SIGNALS: [Signal; 8] = [
+pub const MASTER_SIGNALS: [Signal; 10] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -16,6 +16,8 @@ pub const MASTER_SIGNALS: [Signal; 8] = [
     Signal::SIGUSR2,
     Signal::SIGCHLD,
     Signal::SIGWINCH,
+    Signal::SIGTTOU,
+    Signal::SIGTTIN,
 ];
 
 pub fn master_signalfd() -> io::Result<SignalFd> {

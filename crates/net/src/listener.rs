@@ -132,6 +132,11 @@ impl ListenerSet {
     }
 
     /// The bound addresses, in configuration order.
+    /// Closes every listening socket (a stop: nothing will accept again).
+    pub fn close_all(&mut self) {
+        self.groups.clear();
+    }
+
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.groups.iter().map(|g| g.bound).collect()
     }

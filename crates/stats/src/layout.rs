@@ -84,6 +84,10 @@ pub enum RegionState {
     Running = 1,
     Stopping = 2,
     Stopped = 3,
+    /// Serving, but asking load balancers to take it out: a drain
+    /// (`tine signal drain`), the drain_delay of a graceful stop, or an
+    /// upgrade under way. Health checks answer 503.
+    Draining = 4,
 }
 
 impl RegionState {
@@ -92,6 +96,7 @@ impl RegionState {
             1 => Some(Self::Running),
             2 => Some(Self::Stopping),
             3 => Some(Self::Stopped),
+            4 => Some(Self::Draining),
             _ => None,
         }
     }
@@ -100,6 +105,7 @@ impl RegionState {
             Self::Running => "running",
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
+            Self::Draining => "draining",
         }
     }
 }

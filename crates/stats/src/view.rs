@@ -186,6 +186,12 @@ pub trait RegionView {
         )
     }
 
+    /// Whether the server asks to keep its traffic: running, not draining
+    /// or stopping (what a health check answers).
+    fn serving(&self) -> bool {
+        RegionState::from_raw(self.header().state.load(Relaxed)) == Some(RegionState::Running)
+    }
+
     /// Whether the master is gone: it said it stopped, its process no longer
     /// exists, or its heartbeat has been silent too long.
     fn liveness(&self) -> Liveness {

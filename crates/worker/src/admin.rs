@@ -1,5 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus) and `GET /stats.json`, read
-//! straight from the stats region by whichever worker accepted the connection.
+//! straight from the stats region by whichever worker accepted the connection,
+//! and `GET /health` (also on public listeners at `health_path`), which a load
+//! balancer probes: 200 while serving, 503 once the server drains or stops.
 //! Bind it to loopback or a management network: it has no authentication.
 
 use crate::connection::{framing, plan_framing, Started};
@@ -23,11 +25,29 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
             let text = tine_stats::prometheus::render(&ctx.stats.region.snapshot(), None);
             document(out, &framing, b"text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
         }
+        (_, b"/health") => return health(req, ctx, out),
         (_, b"/stats.json") => {
             let json = tine_stats::render::json(&ctx.stats.region.snapshot(), None);
             document(out, &framing, b"application/json", json.to_string().into_bytes())
         }
         _ => error_page(Status::NOT_FOUND, &framing, None, out),
+    };
+    Started { reply, keep_alive, discard }
+}
+
+/// The health check: 200 `serving` while the master says it is running,
+/// 503 `draining` from the moment it drains (`tine signal drain`, the
+/// drain_delay of a graceful stop, an upgrade) or stops.
+pub fn health(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
+    ctx.stats.slot.requests.fetch_add(1, Relaxed);
+    let (keep_alive, discard) = plan_framing(req, ctx);
+    let framing = framing(req, ctx.clock.date.bytes(), keep_alive);
+    let reply = if req.method == Method::Other {
+        error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
+    } else if ctx.stats.region.serving() {
+        document_with(out, &framing, Status::OK, b"text/plain", b"serving\n".to_vec())
+    } else {
+        document_with(out, &framing, Status::SERVICE_UNAVAILABLE, b"text/plain", b"draining\n".to_vec())
     };
     Started { reply, keep_alive, discard }
 }
@@ -38,14 +58,24 @@ fn document(
     content_type: &[u8],
     body: Vec<u8>,
 ) -> Reply {
-    let mut h = HeadWriter::start(out, Status::OK, framing.date);
+    document_with(out, framing, Status::OK, content_type, body)
+}
+
+fn document_with(
+    out: &mut Vec<u8>,
+    framing: &crate::responses::Framing,
+    status: Status,
+    content_type: &[u8],
+    body: Vec<u8>,
+) -> Reply {
+    let mut h = HeadWriter::start(out, status, framing.date);
     h.header("Content-Type", content_type)
         .header("Cache-Control", b"no-store")
         .header_u64("Content-Length", body.len() as u64);
     h.finish(framing.persistence);
     if framing.head_request {
-        return Reply::head_only(Status::OK);
+        return Reply::head_only(status);
     }
     out.extend_from_slice(&body);
-    Reply { status: Status::OK, body: None, body_len: body.len() as u64 }
+    Reply { status, body: None, body_len: body.len() as u64 }
 }

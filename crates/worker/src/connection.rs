@@ -461,8 +461,13 @@ impl Conn {
                     self.wbuf = ctx.pool.write_buf();
                 }
                 self.client_closes = !req.keep_alive;
-                let routed =
-                    if self.admin { Routed::Admin } else { route(&req, self.transport.is_tls(), ctx) };
+                let routed = if self.admin {
+                    Routed::Admin
+                } else if is_health_check(&req, ctx) {
+                    Routed::Health
+                } else {
+                    route(&req, self.transport.is_tls(), ctx)
+                };
                 if let Routed::Proxy { route, group } = routed {
                     ctx.stats.slot.requests.fetch_add(1, Relaxed);
                     let https = self.transport.is_tls();
@@ -484,6 +489,7 @@ impl Conn {
                 }
                 let started = match routed {
                     Routed::Admin => crate::admin::respond(&req, ctx, &mut self.wbuf),
+                    Routed::Health => crate::admin::health(&req, ctx, &mut self.wbuf),
                     other => start_response(&req, other, ctx, &mut self.wbuf),
                 };
                 if ctx.access_log.is_some() {
@@ -833,8 +839,10 @@ pub fn framing<'a>(req: &Request<'_>, date: &'a [u8], keep_alive: bool) -> Frami
 /// and carried as a value to the handler that answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Routed {
-    /// Accepted on the admin listener: /metrics and /stats.json.
+    /// Accepted on the admin listener: /metrics, /stats.json and /health.
     Admin,
+    /// The configured health_path on a public listener.
+    Health,
     /// `route` of the route table sends it to upstream group `group`.
     Proxy {
         route: usize,
@@ -850,6 +858,14 @@ enum Routed {
     /// The target does not normalise (not a path, a bad escape, `..` above
     /// the root): 400, and never proxied, whatever its text starts with.
     BadTarget(HttpError),
+}
+
+/// Whether a public listener's request is the configured health check
+/// (its path exactly, any query).
+fn is_health_check(req: &Request<'_>, ctx: &Ctx) -> bool {
+    let Some(path) = ctx.http.health_path.as_deref() else { return false };
+    let target = req.origin_target.split(|&b| b == b'?').next().unwrap_or_default();
+    target == path.as_bytes()
 }
 
 /// Routes a request on its normalised path (left in `ctx.http.path` for the
@@ -933,7 +949,7 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
                 )
             }
         },
-        (_, Routed::NoRoute | Routed::Admin | Routed::Proxy { .. }) => {
+        (_, Routed::NoRoute | Routed::Admin | Routed::Health | Routed::Proxy { .. }) => {
             error_page(Status::NOT_FOUND, &framing, None, out)
         }
     };

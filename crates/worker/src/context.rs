@@ -80,6 +80,8 @@ pub struct Http {
     /// The port of the first HTTPS listener, where `redirect_to_https`
     /// routes send plain-HTTP clients.
     pub https_port: Option<u16>,
+    /// The health check's path on public listeners, if configured.
+    pub health_path: Option<String>,
 }
 
 /// The reverse proxy and the TCP relay: upstream groups with their pools,

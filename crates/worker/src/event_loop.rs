@@ -208,10 +208,13 @@ impl<'a> EventLoop<'a> {
         Ok(None)
     }
 
-    /// Graceful stop: stop accepting (the master keeps the sockets, so waiting
-    /// connections stay queued for the next worker), give idle keep-alive
-    /// connections a short grace to send one more request, and let every
-    /// connection finish its response and close (`Connection: close`).
+    /// Graceful stop: take the connections already queued (served with
+    /// `Connection: close`), then let go of the listening sockets, give idle
+    /// keep-alive connections a short grace to send one more request, and
+    /// let every connection finish its response and close. On a reload the
+    /// sockets live on in the master and the new workers; on a stop, once
+    /// the master has let go too, a new connection is refused at once
+    /// rather than queued for nobody and reset at exit.
     fn start_draining(&mut self) {
         if self.drain_deadline.is_some() {
             return;
@@ -220,7 +223,13 @@ impl<'a> EventLoop<'a> {
         self.ctx.draining = true;
         self.set_slot_state(SlotState::Draining);
         self.drain_deadline = Some(self.ctx.clock.now + self.ctx.timers.timeouts.drain);
+        for index in 0..self.listeners.len() {
+            self.accept_batch(index);
+        }
         self.pause_accepting();
+        for fd in self.listeners.drain(..) {
+            let _ = nix::unistd::close(fd);
+        }
         for id in self.conns.ids() {
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.start_grace(&mut self.ctx);

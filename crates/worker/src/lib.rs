@@ -121,6 +121,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
             sites: sites.into_iter().map(|(_, site)| site).collect(),
             path: Default::default(),
             https_port: https_port(&init),
+            health_path: config.health_path.clone(),
         },
         proxy: context::Proxy {
             upstreams: upstream::Upstreams::new(&config.upstreams),
