@@ -11,10 +11,11 @@ worker), slowhttptest opens its connections (a few hundred per second, so
 that after 10 s most of them are open), then wrk (pinned to CPU 1, 32
 keep-alive connections) measures requests per second on a 1 KiB file for
 10 s while the attack holds its connections. The same wrk run without an
-attack is the baseline. Afterwards the table shows what wrk got, what
-slowhttptest saw (connections it had open at the end of the wrk run, and
-whether its probe was still served), and what tine counted: timeouts, peak
-open connections, requests refused.
+attack is the baseline. slowhttptest runs on wrk's CPU, so that tine's CPU
+is its own: the table shows what wrk got, tine's worker CPU per request
+(what the attack costs tine), the connections tine had open after the wrk
+run, slowhttptest's peak of open connections, and what tine counted:
+timeouts and refused requests.
 
 Needs slowhttptest and wrk (Debian packages; installed if missing, as root).
 """
