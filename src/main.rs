@@ -174,6 +174,13 @@ fn check_shortfalls(findings: &[tine_tune::Finding], check: bool) -> anyhow::Res
 /// days, an uncovered routed host or a key others can read is a warning.
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    match tine_master::privileges::resolve(&config)? {
+        Some(run_as) => println!("workers run as {} (uid {}, gid {})", run_as.user, run_as.uid, run_as.gid),
+        None if nix::unistd::geteuid().is_root() => {
+            eprintln!("warning: workers would serve as root: set user (and group) to the account they should run as")
+        }
+        None => {}
+    }
     if config.uses_tls() {
         let tls = tine_tls::TlsContext::load(&config, None)?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;

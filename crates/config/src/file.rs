@@ -17,6 +17,8 @@ struct RawFile {
     tls: Option<RawTls>,
     proxy_protocol: Option<RawProxyProtocol>,
     health_path: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
     #[serde(default)]
     certificate: Vec<RawCertificate>,
     admin_listen: Option<Spanned<String>>,
@@ -249,6 +251,18 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
     parse_tls(&raw, &at, &relative_to_file, &mut config)?;
     parse_proxy_protocol(&raw, &at, &mut config)?;
+    for (raw_name, field) in [(&raw.user, &mut config.user), (&raw.group, &mut config.group)] {
+        if let Some(name) = raw_name {
+            *field = Some(at.check(name, |s| {
+                let valid = !s.is_empty() && s.len() <= 32 && !s.contains(['/', ':', ' ', '\0']);
+                if valid {
+                    Ok(s.clone())
+                } else {
+                    Err(format!("{s:?} is not a user or group name"))
+                }
+            })?);
+        }
+    }
     if let Some(p) = &raw.health_path {
         config.health_path = Some(at.check(p, |s| {
             if s.starts_with('/') && !s.contains(['?', '#', ' ']) {

@@ -52,6 +52,11 @@ pub struct Config {
     /// A path that public listeners answer as the health check (the admin
     /// listener answers `/health` in any case).
     pub health_path: Option<String>,
+    /// The user workers run as (the master keeps root to bind, reload and
+    /// upgrade); None: workers run as the master does.
+    pub user: Option<String>,
+    /// The workers' group; None: the user's primary group.
+    pub group: Option<String>,
     /// Admin listener answering /metrics and /stats.json; `None` for none.
     pub admin_listen: Option<SocketAddr>,
     /// Directory served as the document root (absolute once loaded).
@@ -149,6 +154,8 @@ impl Default for Config {
             tls: Tls::default(),
             proxy_protocol: ProxyProtocol::default(),
             health_path: None,
+            user: None,
+            group: None,
             admin_listen: None,
             root: PathBuf::from("."),
             workers: Workers::Auto,

@@ -10,6 +10,7 @@ pub mod master_cycle;
 pub mod notify;
 pub mod paths;
 pub mod pid_file;
+pub mod privileges;
 pub mod sampler;
 pub mod signals;
 pub mod spawn;

@@ -121,6 +121,8 @@ struct Master {
     tell_old_master: Option<OwnedFd>,
     /// Told to drain (TTOU): health checks answer 503 until TTIN.
     drained: bool,
+    /// Who workers run as (`user`, `group`); None: as the master.
+    run_as: Option<crate::privileges::RunAs>,
     phase: Phase,
     handed_over: bool,
     sampler: Sampler,
@@ -141,6 +143,7 @@ impl Master {
             PidFile::check_free(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(first_port)))?;
         }
         check_access_log(config)?;
+        let run_as = crate::privileges::resolve(config)?;
         let tickets = match inherited.ticket_fd.take() {
             Some(fd) => TicketKeyRing::adopt(fd),
             None => TicketKeyRing::create(),
@@ -209,11 +212,13 @@ impl Master {
             tell_old_master: inherited.ready,
             phase: Phase::Running,
             drained: false,
+            run_as,
             handed_over: false,
             sampler: Sampler::default(),
             // Sample on the first turn, so readers see host figures at once.
             last_sample: Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(Instant::now),
         };
+        master.hand_files_to_workers();
         master.resize_slots(count);
         master.respawn_due();
         if master.tell_old_master.is_none() {
@@ -333,6 +338,7 @@ impl Master {
 
     fn apply_reload(&mut self) -> Result<(), String> {
         let mut config = self.launch.source.resolve().map_err(|e| e.to_string())?;
+        let run_as = crate::privileges::resolve(&config).map_err(|e| e.to_string())?;
         let count = worker_count(&config, &self.cpus);
         if count > self.region.slot_count() {
             return Err(format!(
@@ -364,6 +370,8 @@ impl Master {
             log::warn!("more upstream servers than the stats region has room for: restart to count them all");
         }
         self.launch.config = config;
+        self.run_as = run_as;
+        self.hand_files_to_workers();
         publish_certificates(&self.region, tls.as_ref());
         self.tls = tls;
         self.retired_sockets.extend(retired);
@@ -417,10 +425,22 @@ impl Master {
         if let Err(e) = tine_logging::reopen_error_log() {
             log::error!("cannot reopen the error log: {e}");
         }
+        self.hand_files_to_workers();
         for pid in self.all_worker_pids() {
             let _ = kill(pid, Signal::SIGUSR1);
         }
         log::info!("logs reopened");
+    }
+
+    /// With a `user`: the logs workers reopen by name become theirs, and
+    /// the stats region readable by their group.
+    fn hand_files_to_workers(&self) {
+        let Some(run_as) = &self.run_as else { return };
+        let config = &self.launch.config;
+        for log in [&config.access_log, &config.error_log].into_iter().flatten() {
+            crate::privileges::hand_over(log, run_as);
+        }
+        crate::privileges::share_region(self.region.path(), run_as);
     }
 
     /// USR2: start the binary on disk and hand it our sockets and region.
@@ -655,6 +675,7 @@ impl Master {
                 config: &self.launch.config,
                 region: &self.region,
                 tls: self.tls.as_ref(),
+                run_as: self.run_as.as_ref(),
             };
             match spawn_worker(spec) {
                 Ok(pid) => {

@@ -24,6 +24,8 @@ pub struct Spawn<'a> {
     pub config: &'a Config,
     pub region: &'a Region,
     pub tls: Option<&'a tine_tls::TlsContext>,
+    /// Who the worker drops to once set up.
+    pub run_as: Option<&'a crate::privileges::RunAs>,
 }
 
 /// Forks a worker for `spec.slot` and returns its pid.
@@ -57,6 +59,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
                 config: spec.config,
                 region: spec.region,
                 tls: spec.tls,
+                run_as: spec.run_as.map(|r| (r.uid.as_raw(), r.gid.as_raw())),
             };
             let code = match std::panic::catch_unwind(AssertUnwindSafe(|| tine_worker::run(init))) {
                 Ok(Ok(_)) | Ok(Err(WorkerError::Orphaned(_))) => 0,

@@ -228,7 +228,7 @@ impl<'a> EventLoop<'a> {
         }
         self.pause_accepting();
         for fd in self.listeners.drain(..) {
-            let _ = nix::unistd::close(fd);
+            tine_net::sys::close_inherited(fd);
         }
         for id in self.conns.ids() {
             if let Some(conn) = self.conns.get_mut(id) {

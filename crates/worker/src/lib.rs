@@ -51,12 +51,16 @@ pub struct WorkerInit<'a> {
     pub region: &'a Region,
     /// Certificates and server configurations, when anything is TLS.
     pub tls: Option<&'a tine_tls::TlsContext>,
+    /// The user and group to drop to once set up (uid, gid).
+    pub run_as: Option<(u32, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("the master (pid {0}) is already gone")]
     Orphaned(u32),
+    #[error("cannot drop privileges: {0}")]
+    Privileges(String),
     #[error("cannot set up the worker: {0}")]
     Setup(#[from] std::io::Error),
     #[error("cannot open the document root {path}: {source}")]
@@ -159,6 +163,9 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         signals,
         config.limits.connections_per_worker,
     )?;
+    if let Some((uid, gid)) = init.run_as {
+        drop_privileges(uid, gid)?;
+    }
     Ok(event_loop.run()?)
 }
 
@@ -206,4 +213,22 @@ fn worker_signals() -> std::io::Result<SignalFd> {
     unblock.add(Signal::SIGCHLD);
     unblock.thread_unblock().map_err(std::io::Error::from)?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)
+}
+
+/// Becomes `uid`:`gid` for good: supplementary groups cleared, group then
+/// user set (real, effective and saved), and no_new_privs, so nothing the
+/// worker runs later can gain privileges back. Everything that needs root
+/// (sockets, logs, the stats region, certificates) is already open.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), WorkerError> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let fail = |what: &str, e: nix::Error| WorkerError::Privileges(format!("{what}: {e}"));
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    setgroups(&[gid]).map_err(|e| fail("setgroups", e))?;
+    setresgid(gid, gid, gid).map_err(|e| fail("setresgid", e))?;
+    setresuid(uid, uid, uid).map_err(|e| fail("setresuid", e))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| fail("no_new_privs", e))?;
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(WorkerError::Privileges("root could be regained after the drop".into()));
+    }
+    Ok(())
 }
