@@ -123,6 +123,8 @@ struct Master {
     drained: bool,
     /// Who workers run as (`user`, `group`); None: as the master.
     run_as: Option<crate::privileges::RunAs>,
+    /// Requests counted at the last status line to systemd.
+    requests_seen: u64,
     phase: Phase,
     handed_over: bool,
     sampler: Sampler,
@@ -153,10 +155,24 @@ impl Master {
         let signals = master_signalfd().map_err(MasterError::Signals)?;
         let mut listeners = match &inherited.listeners {
             Some(env) => ListenerSet::inherit(env)?,
-            None => ListenerSet::default(),
+            None => match ListenerSet::from_systemd()? {
+                Some((set, labels)) => {
+                    log::info!("sockets from systemd: {}", labels.join(", "));
+                    set
+                }
+                None => ListenerSet::default(),
+            },
         };
+        let passed = listeners.addrs();
         // Inherited sockets no longer configured stay with the old master.
-        drop(bind_listeners(&mut listeners, config, count)?);
+        let unused = bind_listeners(&mut listeners, config, count)?;
+        if inherited.listeners.is_none() && !unused.is_empty() {
+            let named = listeners.addrs();
+            for addr in passed.iter().filter(|a| !named.contains(a)) {
+                log::warn!("systemd passed a socket on {addr}, which no listen address of the configuration names; closed");
+            }
+        }
+        drop(unused);
         let port = listeners.addrs()[0].port();
         let addrs: Vec<String> = listeners.addrs().iter().map(|a| a.to_string()).collect();
         let region = match &inherited.stats_path {
@@ -212,6 +228,7 @@ impl Master {
             tell_old_master: inherited.ready,
             phase: Phase::Running,
             drained: false,
+            requests_seen: 0,
             run_as,
             handed_over: false,
             sampler: Sampler::default(),
@@ -694,6 +711,26 @@ impl Master {
     }
 
     /// CPU, memory and host network counters into the region, once a second.
+    /// Once a second, under systemd: a status line (workers, connections,
+    /// requests per second since the last one) and the watchdog ping when
+    /// the unit asks for one. Without NOTIFY_SOCKET this does nothing.
+    fn tell_systemd(&mut self, workers: usize) {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return;
+        }
+        let totals = self.region.snapshot().totals();
+        let requests = totals.get("requests").unwrap_or(0);
+        let per_second = requests.saturating_sub(std::mem::replace(&mut self.requests_seen, requests));
+        let state = if self.region.serving() { "" } else { ", draining" };
+        notify::status(&format!(
+            "{workers} workers, {} connections, {per_second} requests/s{state}",
+            totals.get("active").unwrap_or(0)
+        ));
+        if notify::watchdog_enabled() {
+            notify::watchdog();
+        }
+    }
+
     fn sample_every_second(&mut self) {
         if self.handed_over || self.last_sample.elapsed() < Duration::from_secs(1) {
             return;
@@ -707,6 +744,7 @@ impl Master {
             .chain(self.retiring.iter().map(|r| (r.slot, r.pid.as_raw())))
             .collect();
         self.sampler.sample(&self.region, &workers);
+        self.tell_systemd(workers.len());
         if self.tls.is_some() {
             match self.tickets.rotate_if_due(self.launch.config.tls.ticket_key_rotation) {
                 Ok(true) => log::info!("TLS session-ticket key rotated"),

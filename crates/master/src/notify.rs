@@ -30,3 +30,19 @@ pub fn reloading() {
 pub fn stopping() {
     notify("STOPPING=1");
 }
+
+/// A line for `systemctl status`.
+pub fn status(text: &str) {
+    notify(&format!("STATUS={text}"));
+}
+
+/// Whether the unit sets WatchdogSec (systemd then expects a ping within it).
+pub fn watchdog_enabled() -> bool {
+    std::env::var("WATCHDOG_USEC").is_ok_and(|v| v.parse::<u64>().is_ok_and(|us| us > 0))
+        && std::env::var("WATCHDOG_PID").map_or(true, |p| p.parse::<u32>() == Ok(std::process::id()))
+}
+
+/// The watchdog ping: the master's loop is turning.
+pub fn watchdog() {
+    notify("WATCHDOG=1");
+}

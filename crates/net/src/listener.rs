@@ -7,6 +7,10 @@
 //! A reload rebuilds the set with [`ListenerSet::rebind`], which keeps the sockets
 //! of every address that did not change. A binary upgrade hands the set to the
 //! new master by descriptor ([`ListenerSet::to_env`], [`ListenerSet::inherit`]).
+//!
+//! Under systemd socket activation ([`ListenerSet::from_systemd`]) an address
+//! has the one socket systemd bound: every slot gets a duplicate of it and
+//! the workers share its queue, and a reload keeps it like any other.
 
 use crate::sys;
 use std::io;
@@ -16,6 +20,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// Environment variable through which a master passes its sockets to the new
 /// binary on upgrade: `REQUESTED|BOUND|FD,FD,...` per address, joined by `;`.
 pub const LISTENERS_ENV: &str = "TINE_LISTENERS";
+
+/// The first descriptor systemd passes (SD_LISTEN_FDS_START).
+const SYSTEMD_FIRST_FD: RawFd = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -34,11 +41,19 @@ pub struct ListenerGroup {
     /// The address bound (port 0 resolved to the port the kernel chose).
     bound: SocketAddr,
     sockets: Vec<OwnedFd>,
+    /// The socket came from systemd: more slots share it (duplicates)
+    /// rather than binding sockets of their own.
+    activated: bool,
 }
 
 impl ListenerGroup {
     fn bind(requested: SocketAddr, slots: usize, backlog: u32) -> Result<Self, NetError> {
-        let mut group = ListenerGroup { requested, bound: requested, sockets: Vec::with_capacity(slots) };
+        let mut group = ListenerGroup {
+            requested,
+            bound: requested,
+            sockets: Vec::with_capacity(slots),
+            activated: false,
+        };
         group.grow(slots, backlog)?;
         Ok(group)
     }
@@ -48,6 +63,12 @@ impl ListenerGroup {
     fn grow(&mut self, slots: usize, backlog: u32) -> Result<(), NetError> {
         while self.sockets.len() < slots {
             let addr = self.bound;
+            if let Some(first) = self.sockets.first().filter(|_| self.activated) {
+                let fd = sys::dup_cloexec(first.as_raw_fd())
+                    .map_err(|source| NetError::Socket { addr, source })?;
+                self.sockets.push(fd);
+                continue;
+            }
             let fd =
                 sys::reuseport_listener(addr, backlog).map_err(|source| NetError::Bind { addr, source })?;
             if addr.port() == 0 {
@@ -104,8 +125,23 @@ impl ListenerSet {
             let group = match old {
                 Some(i) => {
                     let g = &self.groups[i];
-                    let mut more =
-                        ListenerGroup { requested: g.requested, bound: g.bound, sockets: Vec::new() };
+                    let mut more = ListenerGroup {
+                        requested: g.requested,
+                        bound: g.bound,
+                        sockets: g
+                            .sockets
+                            .iter()
+                            .take(1)
+                            .map(|s| sys::dup_cloexec(s.as_raw_fd()))
+                            .collect::<Result<_, _>>()
+                            .map_err(|source| NetError::Socket { addr, source })?,
+                        activated: g.activated,
+                    };
+                    // `more` holds a duplicate of the first socket only so that
+                    // an activated group can grow from it; it goes back below.
+                    let template = usize::from(!more.sockets.is_empty());
+                    more.grow(slots.saturating_sub(g.sockets.len()) + template, backlog)?;
+                    more.sockets.drain(..template);
                     more.grow(slots.saturating_sub(g.sockets.len()), backlog)?;
                     more
                 }
@@ -180,7 +216,8 @@ impl ListenerSet {
             .iter()
             .map(|g| {
                 let fds: Vec<String> = g.sockets.iter().map(|s| s.as_raw_fd().to_string()).collect();
-                format!("{}|{}|{}", g.requested, g.bound, fds.join(","))
+                let origin = if g.activated { "|systemd" } else { "" };
+                format!("{}|{}|{}{origin}", g.requested, g.bound, fds.join(","))
             })
             .collect::<Vec<_>>()
             .join(";")
@@ -193,13 +230,15 @@ impl ListenerSet {
         let mut set = ListenerSet::default();
         for part in value.split(';').filter(|p| !p.is_empty()) {
             let fields: Vec<&str> = part.split('|').collect();
-            let [requested, bound, fds] = fields[..] else {
-                return Err(bad(format!("malformed entry {part:?}")));
+            let (requested, bound, fds, activated) = match fields[..] {
+                [r, b, f] => (r, b, f, false),
+                [r, b, f, "systemd"] => (r, b, f, true),
+                _ => return Err(bad(format!("malformed entry {part:?}"))),
             };
             let requested: SocketAddr =
                 requested.parse().map_err(|_| bad(format!("bad address {requested:?}")))?;
             let bound: SocketAddr = bound.parse().map_err(|_| bad(format!("bad address {bound:?}")))?;
-            let mut group = ListenerGroup { requested, bound, sockets: Vec::new() };
+            let mut group = ListenerGroup { requested, bound, sockets: Vec::new(), activated };
             for fd in fds.split(',') {
                 let fd: RawFd = fd.parse().map_err(|_| bad(format!("bad descriptor {fd:?}")))?;
                 if !sys::is_listener_on(fd, bound) {
@@ -214,6 +253,44 @@ impl ListenerSet {
             set.groups.push(group);
         }
         Ok(set)
+    }
+}
+
+impl ListenerSet {
+    /// The sockets systemd passed (socket activation: LISTEN_PID names this
+    /// process, LISTEN_FDS counts descriptors from 3, LISTEN_FDNAMES names
+    /// them), one group each, with their names; None when systemd passed
+    /// none. The variables are removed, so no child takes them for its own.
+    pub fn from_systemd() -> Result<Option<(Self, Vec<String>)>, NetError> {
+        let bad = |m: String| NetError::Inherit(format!("systemd socket activation: {m}"));
+        let for_us =
+            std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+        let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+        let names: Vec<String> =
+            std::env::var("LISTEN_FDNAMES").unwrap_or_default().split(':').map(str::to_string).collect();
+        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(var);
+        }
+        if !for_us || count <= 0 {
+            return Ok(None);
+        }
+        let mut set = ListenerSet::default();
+        let mut labels = Vec::new();
+        for fd in SYSTEMD_FIRST_FD..SYSTEMD_FIRST_FD + count {
+            let bound = sys::local_addr(fd).map_err(|e| bad(format!("descriptor {fd}: {e}")))?;
+            if !sys::is_listener_on(fd, bound) {
+                return Err(bad(format!("descriptor {fd} is not a listening TCP socket")));
+            }
+            sys::set_cloexec(fd);
+            sys::set_nonblocking(fd).map_err(|e| bad(format!("descriptor {fd}: {e}")))?;
+            // SAFETY: systemd passed this descriptor for this process to own,
+            // and it was just checked to be an open listening socket.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            set.groups.push(ListenerGroup { requested: bound, bound, sockets: vec![owned], activated: true });
+            let name = names.get((fd - SYSTEMD_FIRST_FD) as usize).cloned().unwrap_or_default();
+            labels.push(if name.is_empty() { bound.to_string() } else { format!("{name}={bound}") });
+        }
+        Ok(Some((set, labels)))
     }
 }
 

@@ -205,6 +205,24 @@ pub fn set_cloexec_to(fd: RawFd, on: bool) {
     }
 }
 
+/// Makes a descriptor non-blocking (O_NONBLOCK is shared by its duplicates).
+/// Sockets systemd passes are blocking: a worker would hang in accept when
+/// another took the connection epoll announced to both.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number; F_GETFL/F_SETFL touch only its status flags.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+}
+
+/// A second descriptor for the same socket, close-on-exec (F_DUPFD_CLOEXEC).
+pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl duplicates a descriptor number; the result, if valid, is new and ours.
+    let new = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: `new` was just returned by the kernel and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 pub fn set_cloexec(fd: RawFd) {
     set_cloexec_to(fd, true)
 }
