@@ -63,21 +63,17 @@ fn stop(mut child: Child) {
     child.wait().unwrap();
 }
 
-// The descriptor is passed the way systemd passes it: as fd 3, with
-// LISTEN_PID set to the pid that execs tine. The socket is bound without
-// SO_REUSEPORT, so tine could not have bound the address itself: an answer
-// proves it served the socket it was given.
-#[test]
-fn passed_sockets_are_served_and_survive_a_reload() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let dir = site(addr);
+/// Starts tine on `config` with `listener` passed the way systemd passes a
+/// socket: as fd 3, named `name`, with LISTEN_PID set to the pid that execs
+/// tine.
+fn activate(listener: TcpListener, name: &str, config: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec "$0" serve --config "$1""#)
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES="$2" exec "$0" serve --config "$1""#)
         .arg(env!("CARGO_BIN_EXE_tine"))
-        .arg(dir.path().join("tine.toml"));
+        .arg(config)
+        .arg(name);
     // SAFETY: between fork and exec only dup2 and fcntl run, which are
     // async-signal-safe. dup2 onto itself would keep close-on-exec, so a
     // socket that already is descriptor 3 has the flag cleared instead.
@@ -91,8 +87,19 @@ fn passed_sockets_are_served_and_survive_a_reload() {
             }
         });
     }
-    let (child, log) = start(cmd);
+    let started = start(cmd);
     drop(listener);
+    started
+}
+
+// The socket is bound without SO_REUSEPORT, so tine could not have bound the
+// address itself: an answer proves it served the socket it was given.
+#[test]
+fn passed_sockets_are_served_and_survive_a_reload() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = site(addr);
+    let (child, log) = activate(listener, "web", &dir.path().join("tine.toml"));
     assert!(wait_line(&log, "sockets from systemd").contains(&format!("web={addr}")));
     wait_line(&log, "serving");
     assert!(get(addr).ends_with(b"\r\n\r\nA"));
@@ -102,6 +109,22 @@ fn passed_sockets_are_served_and_survive_a_reload() {
     for _ in 0..20 {
         assert!(get(addr).ends_with(b"\r\n\r\nA"));
     }
+    stop(child);
+}
+
+// A socket named after a listener kind (FileDescriptorName=http) serves that
+// kind's listener even when its address differs from the configured one,
+// which tine then does not bind.
+#[test]
+fn a_passed_socket_named_http_serves_the_listen_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap();
+    let configured: SocketAddr = "127.0.0.5:0".parse().unwrap();
+    let dir = site(configured);
+    let (child, log) = activate(listener, "http", &dir.path().join("tine.toml"));
+    assert!(wait_line(&log, "serves 127.0.0.5:0").contains(&format!("http={passed}")));
+    wait_line(&log, "serving");
+    assert!(get(passed).ends_with(b"\r\n\r\nA"));
     stop(child);
 }
 

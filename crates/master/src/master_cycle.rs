@@ -34,7 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use tine_config::{Config, Source, Workers};
+use tine_config::{Config, ListenerRole, Source, Workers};
 use tine_logging::ErrorLogTarget;
 use tine_net::ListenerSet;
 use tine_stats::{Region, RegionState, RegionView, SlotState};
@@ -156,7 +156,20 @@ impl Master {
         let mut listeners = match &inherited.listeners {
             Some(env) => ListenerSet::inherit(env)?,
             None => match ListenerSet::from_systemd()? {
-                Some((set, labels)) => {
+                Some((mut set, passed)) => {
+                    adopt_by_name(&mut set, &passed, config);
+                    let labels: Vec<String> = passed
+                        .iter()
+                        .map(
+                            |(addr, name)| {
+                                if name.is_empty() {
+                                    addr.to_string()
+                                } else {
+                                    format!("{name}={addr}")
+                                }
+                            },
+                        )
+                        .collect();
                     log::info!("sockets from systemd: {}", labels.join(", "));
                     set
                 }
@@ -915,6 +928,41 @@ fn bind_listeners(
         }
     }
     Ok(retired)
+}
+
+/// Socket activation by name: a passed socket whose address no listener
+/// names, but whose FileDescriptorName is a listener kind (`http` for
+/// `listen`, `https` for `tls_listen`, `admin` for `admin_listen`, or a
+/// stream's upstream group), serves the first listener of that kind that
+/// no passed socket matches by address.
+fn adopt_by_name(set: &mut ListenerSet, passed: &[(std::net::SocketAddr, String)], config: &Config) {
+    let roles = config.listener_roles();
+    let by_address: Vec<std::net::SocketAddr> = passed.iter().map(|(a, _)| *a).collect();
+    let mut taken: Vec<std::net::SocketAddr> =
+        roles.iter().map(|(a, _)| *a).filter(|a| by_address.contains(a)).collect();
+    for (bound, name) in passed {
+        if name.is_empty() || roles.iter().any(|(a, _)| a == bound) {
+            continue;
+        }
+        let kind_of = |role: &ListenerRole| match role {
+            ListenerRole::Http => "http".to_string(),
+            ListenerRole::Https => "https".to_string(),
+            ListenerRole::Admin => "admin".to_string(),
+            ListenerRole::Stream(i) => config
+                .streams
+                .get(*i)
+                .and_then(|s| config.upstreams.get(s.upstream))
+                .map_or_else(String::new, |u| u.name.clone()),
+        };
+        let Some((requested, _)) = roles.iter().find(|(a, r)| kind_of(r) == *name && !taken.contains(a))
+        else {
+            continue;
+        };
+        if set.stand_for(*bound, *requested) {
+            log::info!("systemd socket {name}={bound} serves {requested}");
+            taken.push(*requested);
+        }
+    }
 }
 
 /// One warning per kernel setting this configuration depends on and does

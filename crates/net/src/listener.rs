@@ -21,6 +21,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// binary on upgrade: `REQUESTED|BOUND|FD,FD,...` per address, joined by `;`.
 pub const LISTENERS_ENV: &str = "TINE_LISTENERS";
 
+/// The addresses of the sockets systemd passed, with their names.
+pub type PassedSockets = Vec<(SocketAddr, String)>;
+
 /// The first descriptor systemd passes (SD_LISTEN_FDS_START).
 const SYSTEMD_FIRST_FD: RawFd = 3;
 
@@ -168,6 +171,19 @@ impl ListenerSet {
     }
 
     /// The bound addresses, in configuration order.
+    /// Lets the passed socket bound to `bound` stand for the configured
+    /// address `requested` (socket activation by name, when the addresses
+    /// differ). False when no socket is bound there.
+    pub fn stand_for(&mut self, bound: SocketAddr, requested: SocketAddr) -> bool {
+        match self.groups.iter_mut().find(|g| g.activated && g.bound == bound) {
+            Some(g) => {
+                g.requested = requested;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes every listening socket (a stop: nothing will accept again).
     pub fn close_all(&mut self) {
         self.groups.clear();
@@ -261,7 +277,7 @@ impl ListenerSet {
     /// process, LISTEN_FDS counts descriptors from 3, LISTEN_FDNAMES names
     /// them), one group each, with their names; None when systemd passed
     /// none. The variables are removed, so no child takes them for its own.
-    pub fn from_systemd() -> Result<Option<(Self, Vec<String>)>, NetError> {
+    pub fn from_systemd() -> Result<Option<(Self, PassedSockets)>, NetError> {
         let bad = |m: String| NetError::Inherit(format!("systemd socket activation: {m}"));
         let for_us =
             std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
@@ -288,7 +304,7 @@ impl ListenerSet {
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             set.groups.push(ListenerGroup { requested: bound, bound, sockets: vec![owned], activated: true });
             let name = names.get((fd - SYSTEMD_FIRST_FD) as usize).cloned().unwrap_or_default();
-            labels.push(if name.is_empty() { bound.to_string() } else { format!("{name}={bound}") });
+            labels.push((bound, name));
         }
         Ok(Some((set, labels)))
     }
