@@ -230,11 +230,14 @@ fn recording_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<
 #[test]
 fn upstreams_and_streams_get_a_header_naming_the_client() {
     let (http_up, http_seen) = recording_upstream();
+    let (v2_up, v2_seen) = recording_upstream();
     let (stream_up, stream_seen) = recording_upstream();
     let server = Server::builder()
         .config(&format!(
             "[[upstream]]\nname = \"app\"\nservers = [\"{http_up}\"]\nproxy_protocol = \"v1\"\n\
+             [[upstream]]\nname = \"app2\"\nservers = [\"{v2_up}\"]\nproxy_protocol = \"v2\"\n\
              [[upstream]]\nname = \"db\"\nservers = [\"{stream_up}\"]\nproxy_protocol = \"v2\"\n\
+             [[route]]\npath = \"/v2/\"\nupstream = \"app2\"\n\
              [[route]]\npath = \"/\"\nupstream = \"app\"\n\
              [[stream]]\nlisten = \"127.0.0.3:0\"\nupstream = \"db\"\n"
         ))
@@ -264,6 +267,17 @@ fn upstreams_and_streams_get_a_header_naming_the_client() {
     );
     assert_eq!(String::from_utf8_lossy(&seen[0]).matches("PROXY ").count(), 1);
     assert!(String::from_utf8_lossy(&seen[1]).starts_with(&expect(b_port)));
+
+    // Version 2 to an HTTP upstream: the header, then the request.
+    let mut d = connect(server.addr);
+    d.write_all(b"GET /v2/z HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    d.read_to_end(&mut out).unwrap();
+    let seen = v2_seen.lock().unwrap()[0].clone();
+    let mut header = Vec::new();
+    tine_v2(&mut header, d.local_addr().unwrap(), server.addr);
+    assert!(seen.starts_with(&header), "{seen:?}");
+    assert!(seen[header.len()..].starts_with(b"GET /v2/z HTTP/1.1\r\n"));
 
     // A stream: the v2 header, then the client's bytes as they were.
     let stream = common::stream_addr(&server, "db");
