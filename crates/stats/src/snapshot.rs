@@ -86,8 +86,10 @@ pub struct CertificateExpiry {
 
 impl CertificateExpiry {
     /// Seconds until it expires at `now_unix_ms` (negative once expired).
+    /// Saturates: the region is only as sound as its writer, and a damaged
+    /// notAfter must not overflow.
     pub fn expires_in(&self, now_unix_ms: u64) -> i64 {
-        self.not_after_unix - (now_unix_ms / 1000) as i64
+        self.not_after_unix.saturating_sub((now_unix_ms / 1000) as i64)
     }
 }
 
@@ -197,5 +199,18 @@ impl Snapshot {
             })
             .collect();
         Totals { values }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CertificateExpiry;
+
+    #[test]
+    fn a_damaged_not_after_saturates_instead_of_overflowing() {
+        let cert = |not_after_unix| CertificateExpiry { name: "a".into(), file: "f".into(), not_after_unix };
+        assert_eq!(cert(i64::MIN).expires_in(u64::MAX), i64::MIN);
+        assert_eq!(cert(i64::MAX).expires_in(0), i64::MAX);
+        assert_eq!(cert(1_000).expires_in(400_000), 600);
     }
 }

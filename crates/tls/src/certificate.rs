@@ -97,7 +97,7 @@ impl LoadedCertificate {
 
     /// Seconds until the certificate expires (negative once it has).
     pub fn expires_in(&self, now_unix: i64) -> i64 {
-        self.inspection.not_after_unix - now_unix
+        self.inspection.not_after_unix.saturating_sub(now_unix)
     }
 
     /// Warnings for `tine check`: expiry within `soon_secs`, hosts routed to
