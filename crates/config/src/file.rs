@@ -32,6 +32,7 @@ struct RawFile {
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
     cache: Option<RawCache>,
+    compression: Option<RawCompression>,
     tcp: Option<RawTcp>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
@@ -102,6 +103,11 @@ struct RawRoute {
     root: Option<Spanned<String>>,
     host_header: Option<Spanned<String>>,
     redirect_to_https: Option<Spanned<bool>>,
+    precompressed: Option<Spanned<bool>>,
+    compress: Option<Spanned<bool>>,
+    #[serde(default)]
+    mime_types: std::collections::BTreeMap<String, Spanned<String>>,
+    charset: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +117,47 @@ struct RawStream {
     upstream: Spanned<String>,
     idle_timeout: Option<Spanned<String>>,
     tls: Option<bool>,
+}
+
+/// A static route's serving options.
+fn static_site(at: &Locator, r: &RawRoute, root: PathBuf) -> Result<crate::StaticSite, ConfigError> {
+    let mut site = crate::StaticSite::new(root);
+    if let Some(v) = &r.precompressed {
+        site.precompressed = *v.get_ref();
+    }
+    if let Some(v) = &r.compress {
+        site.compress = *v.get_ref();
+    }
+    for (extension, media_type) in &r.mime_types {
+        let media_type = at.check(media_type, |t| check_media_type(t).map(|()| t.clone()))?;
+        site.mime_types.push((extension.trim_start_matches('.').to_ascii_lowercase(), media_type));
+    }
+    if let Some(c) = &r.charset {
+        site.charset = Some(at.check(c, |c| {
+            if !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:+".contains(&b)) {
+                Ok(c.clone())
+            } else {
+                Err(format!("charset {c:?} is not a charset name"))
+            }
+        })?);
+    }
+    Ok(site)
+}
+
+/// A media type fit for a Content-Type header: `type/subtype`, optional
+/// parameters, visible ASCII only.
+fn check_media_type(t: &str) -> Result<(), String> {
+    let essence = t.split(';').next().unwrap_or_default().trim();
+    let valid_token =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    match essence.split_once('/') {
+        Some((kind, subtype))
+            if valid_token(kind) && valid_token(subtype) && t.bytes().all(|b| (b' '..=b'~').contains(&b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("{t:?} is not a media type (type/subtype)")),
+    }
 }
 
 /// `[tcp]`, and (the same keys) each `[tcp.listener."ADDRESS"]` in it.
@@ -137,6 +184,16 @@ struct RawCache {
     open_files: Option<Spanned<i64>>,
     small_file_bytes: Option<Spanned<i64>>,
     valid: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    min_bytes: Option<Spanned<i64>>,
+    max_bytes: Option<Spanned<i64>>,
+    memory_bytes: Option<Spanned<i64>>,
+    brotli_level: Option<Spanned<i64>>,
+    gzip_level: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +401,24 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         if let Some(v) = &c.valid {
             config.cache.valid = at.check(v, |s| parse_duration(s))?;
+        }
+    }
+    if let Some(c) = &raw.compression {
+        let z = &mut config.compression;
+        if let Some(v) = &c.min_bytes {
+            z.min_bytes = at.in_range(v, "min_bytes", 0, 1 << 40)? as u64;
+        }
+        if let Some(v) = &c.max_bytes {
+            z.max_bytes = at.in_range(v, "max_bytes", 0, 64 << 20)? as u64;
+        }
+        if let Some(v) = &c.memory_bytes {
+            z.memory_bytes = at.in_range(v, "memory_bytes", 0, 1 << 40)? as u64;
+        }
+        if let Some(v) = &c.brotli_level {
+            z.brotli_level = at.in_range(v, "brotli_level", 0, 11)? as u32;
+        }
+        if let Some(v) = &c.gzip_level {
+            z.gzip_level = at.in_range(v, "gzip_level", 1, 9)? as u32;
         }
     }
     parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
@@ -624,12 +699,25 @@ fn parse_proxy(
                 };
                 Handler::Proxy { upstream: upstream_index(u)?, host }
             }
-            (None, Some(root)) => Handler::Static(at.check(root, |r| check_root(&relative_to_file(r)))?),
+            (None, Some(root)) => {
+                Handler::Static(static_site(at, r, at.check(root, |r| check_root(&relative_to_file(r)))?)?)
+            }
             _ => {
                 let span = r.path.as_ref().or(r.host.as_ref()).map_or(0..0, |s| s.span());
                 return Err(at.error(span, "a route needs exactly one of upstream or root"));
             }
         };
+        if !matches!(handler, Handler::Static(_)) {
+            let static_only = [
+                r.precompressed.as_ref().map(|v| ("precompressed", v.span())),
+                r.compress.as_ref().map(|v| ("compress", v.span())),
+                r.charset.as_ref().map(|v| ("charset", v.span())),
+                r.mime_types.values().next().map(|v| ("mime_types", v.span())),
+            ];
+            if let Some((key, span)) = static_only.into_iter().flatten().next() {
+                return Err(at.error(span, format!("{key} applies to routes with a root, not an upstream")));
+            }
+        }
         let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
         let redirect_to_https = r.redirect_to_https.as_ref().is_some_and(|v| *v.get_ref());
         routes.push(Route { host, path, handler, redirect_to_https });

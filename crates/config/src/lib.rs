@@ -8,9 +8,11 @@ mod duration;
 mod file;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod static_site;
 pub mod tcp;
 pub mod tls;
 pub use proxy_protocol::ProxyProtocol;
+pub use static_site::{Compression, StaticSite};
 pub use tcp::TcpOptions;
 pub use tls::{Certificate, Tls, TlsVersion, UnknownName};
 
@@ -75,6 +77,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub cache: Cache,
+    /// The `[compression]` table: on-the-fly compression's bounds.
+    pub compression: Compression,
     /// Upstream groups, by index; routes and streams refer to them.
     pub upstreams: Vec<Upstream>,
     /// Where requests go. Empty means everything is served from `root`.
@@ -180,6 +184,7 @@ impl Default for Config {
                 discard_body_bytes: 1024 * 1024,
             },
             cache: Cache { open_files: 1024, small_file_bytes: 16 * 1024, valid: Duration::from_secs(1) },
+            compression: Compression::default(),
             upstreams: Vec::new(),
             routes: Vec::new(),
             streams: Vec::new(),
@@ -289,7 +294,7 @@ impl Config {
             vec![Route {
                 host: None,
                 path: "/".into(),
-                handler: Handler::Static(self.root.clone()),
+                handler: Handler::Static(StaticSite::new(self.root.clone())),
                 redirect_to_https: false,
             }]
         } else {

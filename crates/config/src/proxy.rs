@@ -98,7 +98,7 @@ pub enum HostHeader {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Handler {
-    Static(PathBuf),
+    Static(crate::StaticSite),
     Proxy { upstream: usize, host: HostHeader },
 }
 

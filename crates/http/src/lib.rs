@@ -1,11 +1,13 @@
 //! HTTP/1.1 as tine speaks it: request heads parsed strictly (anything ambiguous is
 //! an error, never a guess), request targets turned into safe relative paths,
-//! response heads written and upstream response heads parsed, the cached Date header, byte ranges and validators, and
+//! response heads written and upstream response heads parsed, the cached Date header, byte ranges and validators, content
+//! negotiation, and
 //! heads rewritten for a reverse proxy.
 //!
 //! Nothing here does I/O; the worker feeds bytes in and writes bytes out.
 
 pub mod chunked;
+pub mod content_coding;
 pub mod date;
 pub mod forward;
 pub mod proxy_protocol;

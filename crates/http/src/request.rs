@@ -65,6 +65,8 @@ pub struct Request<'b> {
     pub if_none_match: Option<&'b [u8]>,
     pub if_modified_since: Option<&'b [u8]>,
     pub range: Option<&'b [u8]>,
+    /// Every Accept-Encoding field, merged; `None` when there was none.
+    pub accept_encoding: Option<crate::content_coding::AcceptEncoding>,
     pub if_range: Option<&'b [u8]>,
     pub referer: Option<&'b [u8]>,
     pub user_agent: Option<&'b [u8]>,
@@ -113,6 +115,7 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         if_none_match: None,
         if_modified_since: None,
         range: None,
+        accept_encoding: None,
         if_range: None,
         referer: None,
         user_agent: None,
@@ -159,6 +162,8 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
             out.if_modified_since = Some(value);
         } else if name.eq_ignore_ascii_case(b"range") {
             out.range = Some(value);
+        } else if name.eq_ignore_ascii_case(b"accept-encoding") {
+            out.accept_encoding.get_or_insert_default().add_field(value);
         } else if name.eq_ignore_ascii_case(b"if-range") {
             out.if_range = Some(value);
         } else if name.eq_ignore_ascii_case(b"referer") {

@@ -4,16 +4,23 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A strong entity tag built from modification time and size, as nginx does:
-/// `"<mtime hex>-<size hex>"`.
+/// `"<mtime hex>-<size hex>"`, and `"<mtime hex>-<size hex>-<coding>"` for
+/// a content-coded representation, so that each representation has its own.
 #[derive(Clone, Copy)]
 pub struct ETag {
-    buf: [u8; 36],
+    buf: [u8; 44],
     len: usize,
 }
 
 impl ETag {
     pub fn new(mtime_secs: u64, size: u64) -> Self {
-        let mut buf = [0u8; 36];
+        Self::coded(mtime_secs, size, None)
+    }
+
+    /// The tag of a representation in `coding` (`br`, `gzip`; at most 6 bytes).
+    pub fn coded(mtime_secs: u64, size: u64, coding: Option<&str>) -> Self {
+        let coding = coding.map_or(&b""[..], |c| &c.as_bytes()[..c.len().min(6)]);
+        let mut buf = [0u8; 44];
         let mut len = 0;
         let mut push = |b: u8| {
             buf[len] = b;
@@ -22,6 +29,10 @@ impl ETag {
         push(b'"');
         for b in hex(mtime_secs).iter().chain(b"-").chain(hex(size).iter()) {
             push(*b);
+        }
+        if !coding.is_empty() {
+            push(b'-');
+            coding.iter().for_each(|&b| push(b));
         }
         push(b'"');
         ETag { buf, len }

@@ -623,6 +623,15 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
 }
 
 /// Opens a directory as an O_PATH handle, to open files beneath it.
+/// An anonymous in-memory file (memfd), for bodies tine makes itself and
+/// then sends with sendfile like any file.
+pub fn memory_file(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: name is a valid C string; the result is checked before it is owned.
+    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 pub fn open_directory(path: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: path is a valid C string; the result is checked before it is owned.
     let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;

@@ -87,20 +87,21 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     let signals = worker_signals()?;
     let config = init.config;
     let routes = config.effective_routes();
-    let mut sites: Vec<(std::path::PathBuf, context::Site)> = Vec::new();
+    let mut sites: Vec<(tine_config::StaticSite, context::Site)> = Vec::new();
     let mut route_sites = Vec::with_capacity(routes.len());
     for route in &routes {
-        let tine_config::Handler::Static(dir) = &route.handler else {
+        let tine_config::Handler::Static(site) = &route.handler else {
             route_sites.push(None);
             continue;
         };
-        let index = match sites.iter().position(|(d, _)| d == dir) {
+        // Routes that serve one root the same way share its site and cache.
+        let index = match sites.iter().position(|(s, _)| s == site) {
             Some(i) => i,
             None => {
-                let root = static_files::StaticRoot::open(dir)
-                    .map_err(|source| WorkerError::Root { path: dir.display().to_string(), source })?;
-                let files = file_cache::FileCache::new(&config.cache);
-                sites.push((dir.clone(), context::Site { root, files }));
+                let root = static_files::StaticRoot::open(&site.root)
+                    .map_err(|source| WorkerError::Root { path: site.root.display().to_string(), source })?;
+                let files = file_cache::FileCache::new(&config.cache, site, &config.compression);
+                sites.push((site.clone(), context::Site { root, files }));
                 sites.len() - 1
             }
         };

@@ -72,6 +72,7 @@ fn page_for(status: Status) -> &'static str {
         403 => page!("403", "Forbidden"),
         404 => page!("404", "Not Found"),
         405 => page!("405", "Method Not Allowed"),
+        406 => page!("406", "Not Acceptable"),
         413 => page!("413", "Content Too Large"),
         414 => page!("414", "URI Too Long"),
         416 => page!("416", "Range Not Satisfiable"),
@@ -91,7 +92,7 @@ mod tests {
 
     #[test]
     fn every_page_names_its_status() {
-        for code in [308u16, 400, 403, 404, 405, 413, 414, 416, 431, 500, 502, 503, 504, 505] {
+        for code in [308u16, 400, 403, 404, 405, 406, 413, 414, 416, 431, 500, 502, 503, 504, 505] {
             let status = Status(code);
             let page = page_for(status);
             assert!(page.contains(&format!("{code} {}", status.reason())), "{code}: {page}");

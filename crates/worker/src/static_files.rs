@@ -9,7 +9,7 @@
 //! RESOLVE_BENEATH, so a symlink that leaves the root fails with EXDEV. Where
 //! openat2 is unavailable, the opened file's real path is checked instead.
 
-use crate::file_cache::FileCache;
+use crate::file_cache::{Content, FileCache};
 use crate::responses::{error_page, Framing, Reply};
 use nix::errno::Errno;
 use std::ffi::{CStr, CString};
@@ -102,6 +102,11 @@ fn with_c_path<T>(path: &[u8], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Re
 pub enum Miss {
     /// A directory asked for without its trailing slash.
     Redirect,
+    /// The file exists, but in no coding the client takes (`identity;q=0`
+    /// and no sibling it accepts). `varies`: it has coded representations.
+    NotAcceptable {
+        varies: bool,
+    },
     Status(Status),
 }
 
@@ -148,19 +153,24 @@ pub fn respond(
     now: Instant,
     out: &mut Vec<u8>,
 ) -> Reply {
-    let res = match cache.get(root, &path.relative, now) {
+    let selected = match cache.select(root, &path.relative, req.accept_encoding.as_ref(), now) {
         Ok(r) => r,
         Err(Miss::Redirect) => return redirect_to_directory(req.origin_target, path, framing, out),
+        Err(Miss::NotAcceptable { varies }) => {
+            let vary = varies.then_some(("Vary", &b"Accept-Encoding"[..]));
+            return error_page(Status::NOT_ACCEPTABLE, framing, vary, out);
+        }
         Err(Miss::Status(status)) => return error_page(status, framing, None, out),
     };
+    let res = selected.representation;
     let not_modified = match (req.if_none_match, req.if_modified_since) {
         (Some(inm), _) => validators::none_match_hits(inm, &res.etag),
-        (None, Some(ims)) => validators::not_modified_since(ims, res.mtime_secs),
+        (None, Some(ims)) => validators::not_modified_since(ims, selected.mtime_secs),
         (None, None) => false,
     };
     if not_modified {
         let mut h = HeadWriter::start(out, Status::NOT_MODIFIED, framing.date);
-        h.header("ETag", res.etag.as_bytes()).header("Last-Modified", res.last_modified.as_bytes());
+        h.raw(&res.validators);
         h.finish(framing.persistence);
         return Reply::head_only(Status::NOT_MODIFIED);
     }
@@ -169,7 +179,7 @@ pub fn respond(
         Some(r)
             if req
                 .if_range
-                .is_none_or(|ir| validators::if_range_holds(ir, &res.etag, &res.last_modified)) =>
+                .is_none_or(|ir| validators::if_range_holds(ir, &res.etag, selected.last_modified)) =>
         {
             validators::range(r, size)
         }
@@ -193,12 +203,16 @@ pub fn respond(
     if req.method != Method::Get || end == first {
         return Reply::head_only(status);
     }
-    if let Some(body) = &res.body {
-        out.extend_from_slice(&body[first as usize..end as usize]);
-        return Reply { status, body: None, body_len: end - first };
+    match &res.content {
+        Content::Memory(body) => {
+            out.extend_from_slice(&body[first as usize..end as usize]);
+            Reply { status, body: None, body_len: end - first }
+        }
+        Content::File(file) => {
+            let body = FileBody { file: Rc::clone(file), offset: first, end };
+            Reply { status, body: Some(body), body_len: end - first }
+        }
     }
-    let body = FileBody { file: Rc::clone(&res.file), offset: first, end };
-    Reply { status, body: Some(body), body_len: end - first }
 }
 
 fn status_for_open_error(e: &io::Error) -> Status {
