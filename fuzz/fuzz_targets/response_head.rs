@@ -6,13 +6,15 @@
 //!   and 304; a connection whose body runs to the close is not reusable;
 //! - the head tine writes for the client is exactly one head that parses
 //!   back to the same status and a framing the client can follow (the same
-//!   length, chunked for HTTP/1.1 clients, the close otherwise).
+//!   length, chunked for HTTP/1.1 clients, the close otherwise), and a
+//!   route's added header appears in it once, replacing the upstream's.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tine_fuzz::exactly_one_head;
 use tine_http::forward::{client_response_head, ClientSide};
 use tine_http::request::MAX_HEADERS;
+use tine_http::response::AddedHeaders;
 use tine_http::response_head::{parse_response, Asked, ResponseBody};
 
 const LIMIT: usize = 8192;
@@ -40,13 +42,14 @@ fuzz_target!(|data: &[u8]| {
     if resp.body == ResponseBody::UntilClose {
         assert!(!resp.reusable, "a body ended by the close leaves nothing to reuse");
     }
-    // tine adds up to three fields of its own; re-parsing below uses tine's
-    // own parser, whose limit is MAX_HEADERS fields.
-    if resp.is_interim() || resp.headers.len() + 3 > MAX_HEADERS {
+    // tine adds up to three fields of its own and the route's one; re-parsing
+    // below uses tine's own parser, whose limit is MAX_HEADERS fields.
+    if resp.is_interim() || resp.headers.len() + 4 > MAX_HEADERS {
         return;
     }
+    let added = AddedHeaders::new([("Cache-Control", "no-store")]);
     let mut out = Vec::new();
-    client_response_head(&mut out, &resp, client);
+    client_response_head(&mut out, &resp, client, &added);
     assert!(exactly_one_head(&out), "{:?}", String::from_utf8_lossy(&out));
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let ours = parse_response(&out, &mut h, asked, usize::MAX)
@@ -60,4 +63,9 @@ fuzz_target!(|data: &[u8]| {
         other => other,
     };
     assert_eq!(ours.body, expected, "{:?}", String::from_utf8_lossy(&out));
+    if resp.code != 101 {
+        let cache_control = ours.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cache-control"));
+        let values: Vec<&[u8]> = cache_control.map(|h| h.value).collect();
+        assert_eq!(values, [b"no-store"], "the route's header, once, replacing the upstream's");
+    }
 });

@@ -108,6 +108,14 @@ struct RawRoute {
     #[serde(default)]
     mime_types: std::collections::BTreeMap<String, Spanned<String>>,
     charset: Option<Spanned<String>>,
+    try_files: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    error_pages: std::collections::BTreeMap<String, Spanned<String>>,
+    redirect: Option<Spanned<String>>,
+    redirect_prefix: Option<Spanned<String>>,
+    redirect_status: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +125,156 @@ struct RawStream {
     upstream: Spanned<String>,
     idle_timeout: Option<Spanned<String>>,
     tls: Option<bool>,
+}
+
+/// What a route does: proxy, serve a root, or redirect.
+fn route_handler(
+    at: &Locator,
+    r: &RawRoute,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+    upstream_index: &dyn Fn(&Spanned<String>) -> Result<usize, ConfigError>,
+) -> Result<Handler, ConfigError> {
+    let given = [r.upstream.is_some(), r.root.is_some(), r.redirect.is_some(), r.redirect_prefix.is_some()];
+    if given.iter().filter(|&&g| g).count() != 1 {
+        let span = r.path.as_ref().or(r.host.as_ref()).map_or(0..0, |s| s.span());
+        return Err(
+            at.error(span, "a route needs exactly one of upstream, root, redirect or redirect_prefix")
+        );
+    }
+    if let Some(u) = &r.upstream {
+        let host = match r.host_header.as_ref().map(|h| h.get_ref().as_str()) {
+            None | Some("keep") => HostHeader::Keep,
+            Some("upstream") => HostHeader::Upstream,
+            Some(other) => HostHeader::Fixed(other.to_string()),
+        };
+        return Ok(Handler::Proxy { upstream: upstream_index(u)?, host });
+    }
+    if let Some(root) = &r.root {
+        return Ok(Handler::Static(static_site(
+            at,
+            r,
+            at.check(root, |r| check_root(&relative_to_file(r)))?,
+        )?));
+    }
+    let status = match &r.redirect_status {
+        Some(v) => at.check(v, |&s| {
+            if matches!(s, 301 | 302 | 303 | 307 | 308) {
+                Ok(s as u16)
+            } else {
+                Err(format!("redirect_status {s} is not 301, 302, 303, 307 or 308"))
+            }
+        })?,
+        None => 301,
+    };
+    let (to, keep_path) = match (&r.redirect, &r.redirect_prefix) {
+        (Some(to), _) => (to, false),
+        (_, Some(to)) => (to, true),
+        (None, None) => unreachable!("counted above"),
+    };
+    let to = at.check(to, |t| check_location(t).map(|()| t.clone()))?;
+    Ok(Handler::Redirect(crate::Redirect { to, keep_path, status }))
+}
+
+/// Keys that only some kinds of route take.
+fn check_route_keys(at: &Locator, r: &RawRoute, handler: &Handler) -> Result<(), ConfigError> {
+    if !matches!(handler, Handler::Static(_)) {
+        let static_only = [
+            r.precompressed.as_ref().map(|v| ("precompressed", v.span())),
+            r.compress.as_ref().map(|v| ("compress", v.span())),
+            r.charset.as_ref().map(|v| ("charset", v.span())),
+            r.mime_types.values().next().map(|v| ("mime_types", v.span())),
+            r.try_files.as_ref().map(|v| ("try_files", v.span())),
+        ];
+        if let Some((key, span)) = static_only.into_iter().flatten().next() {
+            return Err(at.error(span, format!("{key} applies to routes with a root")));
+        }
+    }
+    if !matches!(handler, Handler::Redirect(_)) {
+        if let Some(v) = &r.redirect_status {
+            return Err(
+                at.error(v.span(), "redirect_status applies to routes with redirect or redirect_prefix")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A redirect target: a path on this host or an absolute http(s) URL,
+/// visible ASCII only (it goes into a Location header as it is).
+fn check_location(to: &str) -> Result<(), String> {
+    let visible = !to.is_empty() && to.bytes().all(|b| (b'!'..=b'~').contains(&b));
+    let absolute = to.starts_with("https://") || to.starts_with("http://");
+    let local = to.starts_with('/') && !to.starts_with("//");
+    if visible && (absolute || local) {
+        Ok(())
+    } else {
+        Err(format!("redirect target {to:?} must be a path (/...) or an http(s) URL, without spaces"))
+    }
+}
+
+/// Headers tine writes itself, or that frame the message: a route cannot
+/// add or replace them (mime_types and charset set Content-Type).
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "content-range",
+    "content-encoding",
+    "content-type",
+    "etag",
+    "last-modified",
+    "accept-ranges",
+    "vary",
+    "date",
+    "server",
+    "location",
+];
+
+/// A header a route adds to its responses: a token name that is not one of
+/// tine's own, and a value of visible ASCII, spaces and tabs.
+fn check_added_header(name: &str, value: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!("{name} is written by tine and cannot be set by a route"));
+    }
+    if value.bytes().any(|b| !(b == b'\t' || (b' '..=b'~').contains(&b))) || value.trim() != value {
+        return Err(format!(
+            "the value of {name} must be visible ASCII, without line breaks or outer spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// The largest custom error page: they are held in memory by every worker.
+const ERROR_PAGE_LIMIT: u64 = 1024 * 1024;
+
+/// Reads the page a route answers `status` with: `/path` under `root`.
+fn load_error_page(status: &str, page: &str, root: &Path) -> Result<(u16, crate::ErrorPage), String> {
+    let code: u16 = status
+        .parse()
+        .ok()
+        .filter(|c| (400..=599).contains(c))
+        .ok_or_else(|| format!("error_pages key {status:?} is not a status code from 400 to 599"))?;
+    let relative = page.strip_prefix('/').ok_or_else(|| format!("error page {page:?} must start with /"))?;
+    if relative.split('/').any(|s| s == "..") || relative.is_empty() {
+        return Err(format!("error page {page:?} must name a file under the root"));
+    }
+    let path = root.join(relative);
+    let size = std::fs::metadata(&path).map_err(|e| format!("error page {}: {e}", path.display()))?.len();
+    if size > ERROR_PAGE_LIMIT {
+        return Err(format!("error page {} is larger than {ERROR_PAGE_LIMIT} bytes", path.display()));
+    }
+    let body = std::fs::read(&path).map_err(|e| format!("error page {}: {e}", path.display()))?;
+    Ok((code, crate::ErrorPage { path: page.to_string(), body }))
 }
 
 /// A static route's serving options.
@@ -131,6 +289,14 @@ fn static_site(at: &Locator, r: &RawRoute, root: PathBuf) -> Result<crate::Stati
     for (extension, media_type) in &r.mime_types {
         let media_type = at.check(media_type, |t| check_media_type(t).map(|()| t.clone()))?;
         site.mime_types.push((extension.trim_start_matches('.').to_ascii_lowercase(), media_type));
+    }
+    if let Some(list) = &r.try_files {
+        if list.get_ref().is_empty() {
+            return Err(at.error(list.span(), "try_files needs at least one entry"));
+        }
+        for entry in list.get_ref() {
+            site.try_files.push(at.check(entry, |e| crate::TryFile::parse(e))?);
+        }
     }
     if let Some(c) = &r.charset {
         site.charset = Some(at.check(c, |c| {
@@ -690,37 +856,27 @@ fn parse_proxy(
                 }
             })
         })?;
-        let handler = match (&r.upstream, &r.root) {
-            (Some(u), None) => {
-                let host = match r.host_header.as_ref().map(|h| h.get_ref().as_str()) {
-                    None | Some("keep") => HostHeader::Keep,
-                    Some("upstream") => HostHeader::Upstream,
-                    Some(other) => HostHeader::Fixed(other.to_string()),
-                };
-                Handler::Proxy { upstream: upstream_index(u)?, host }
-            }
-            (None, Some(root)) => {
-                Handler::Static(static_site(at, r, at.check(root, |r| check_root(&relative_to_file(r)))?)?)
-            }
-            _ => {
-                let span = r.path.as_ref().or(r.host.as_ref()).map_or(0..0, |s| s.span());
-                return Err(at.error(span, "a route needs exactly one of upstream or root"));
-            }
-        };
-        if !matches!(handler, Handler::Static(_)) {
-            let static_only = [
-                r.precompressed.as_ref().map(|v| ("precompressed", v.span())),
-                r.compress.as_ref().map(|v| ("compress", v.span())),
-                r.charset.as_ref().map(|v| ("charset", v.span())),
-                r.mime_types.values().next().map(|v| ("mime_types", v.span())),
-            ];
-            if let Some((key, span)) = static_only.into_iter().flatten().next() {
-                return Err(at.error(span, format!("{key} applies to routes with a root, not an upstream")));
-            }
-        }
+        let handler = route_handler(at, r, relative_to_file, &upstream_index)?;
+        check_route_keys(at, r, &handler)?;
         let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
         let redirect_to_https = r.redirect_to_https.as_ref().is_some_and(|v| *v.get_ref());
-        routes.push(Route { host, path, handler, redirect_to_https });
+        let headers = r
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                at.check(value, |v| check_added_header(name, v).map(|()| (name.clone(), v.clone())))
+            })
+            .collect::<Result<_, _>>()?;
+        let pages_root = match &handler {
+            Handler::Static(site) => site.root.clone(),
+            _ => config.root.clone(),
+        };
+        let error_pages = r
+            .error_pages
+            .iter()
+            .map(|(status, page)| at.check(page, |p| load_error_page(status, p, &pages_root)))
+            .collect::<Result<_, _>>()?;
+        routes.push(Route { host, path, handler, redirect_to_https, headers, error_pages });
     }
     config.routes = routes;
     for s in &raw.stream {

@@ -12,7 +12,7 @@ pub mod static_site;
 pub mod tcp;
 pub mod tls;
 pub use proxy_protocol::ProxyProtocol;
-pub use static_site::{Compression, StaticSite};
+pub use static_site::{Compression, ErrorPage, Redirect, StaticSite, TryFile};
 pub use tcp::TcpOptions;
 pub use tls::{Certificate, Tls, TlsVersion, UnknownName};
 
@@ -296,6 +296,8 @@ impl Config {
                 path: "/".into(),
                 handler: Handler::Static(StaticSite::new(self.root.clone())),
                 redirect_to_https: false,
+                headers: Vec::new(),
+                error_pages: Vec::new(),
             }]
         } else {
             self.routes.clone()

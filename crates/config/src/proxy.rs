@@ -100,6 +100,7 @@ pub enum HostHeader {
 pub enum Handler {
     Static(crate::StaticSite),
     Proxy { upstream: usize, host: HostHeader },
+    Redirect(crate::Redirect),
 }
 
 /// Requests whose Host matches (any Host when `None`) and whose path starts with
@@ -113,6 +114,11 @@ pub struct Route {
     /// Requests that arrive over plain HTTP get a 308 to the same URL over
     /// https instead of being served.
     pub redirect_to_https: bool,
+    /// Header lines added to every response of the route (replacing a
+    /// proxied response's header of the same name).
+    pub headers: Vec<(String, String)>,
+    /// Pages answering the errors tine itself gives on this route, by status.
+    pub error_pages: Vec<(u16, crate::ErrorPage)>,
 }
 
 /// A TCP listener whose connections are relayed raw to an upstream group.
@@ -159,6 +165,8 @@ mod tests {
             path: path.into(),
             handler: Handler::Proxy { upstream: n, host: HostHeader::Keep },
             redirect_to_https: false,
+            headers: Vec::new(),
+            error_pages: Vec::new(),
         }
     }
 
@@ -168,7 +176,7 @@ mod tests {
         let pick = |h: Option<&str>, p: &str| match route_for(&routes, h.map(str::as_bytes), p.as_bytes()) {
             Some(i) => match routes[i].handler {
                 Handler::Proxy { upstream, .. } => Some(upstream),
-                Handler::Static(_) => None,
+                Handler::Static(_) | Handler::Redirect(_) => None,
             },
             None => None,
         };

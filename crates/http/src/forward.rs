@@ -69,7 +69,15 @@ pub struct ClientSide {
 /// The upstream's response head as the client gets it: status line, the
 /// end-to-end headers, framing written by tine for the body it will send, and
 /// the client connection's own Connection header.
-pub fn client_response_head(out: &mut Vec<u8>, resp: &ResponseHead<'_, '_>, client: ClientSide) {
+/// A route's `added` headers replace the upstream's of the same names on
+/// final responses (interim ones go as they came).
+pub fn client_response_head(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead<'_, '_>,
+    client: ClientSide,
+    added: &crate::response::AddedHeaders,
+) {
+    let add = resp.code >= 200 && resp.code != 101;
     let listed = connection_listed(resp.headers);
     out.extend_from_slice(b"HTTP/1.1 ");
     crate::response::push_u64(out, u64::from(resp.code));
@@ -77,9 +85,13 @@ pub fn client_response_head(out: &mut Vec<u8>, resp: &ResponseHead<'_, '_>, clie
     out.extend_from_slice(resp.reason);
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        if !dropped(h.name.as_bytes(), &listed) {
+        let replaced = add && added.replaces(h.name.as_bytes());
+        if !dropped(h.name.as_bytes(), &listed) && !replaced {
             push_header(out, h.name.as_bytes(), h.value);
         }
+    }
+    if add {
+        out.extend_from_slice(added.lines());
     }
     match resp.body {
         ResponseBody::Length(n) => {
@@ -297,8 +309,30 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let resp = parse_response(raw, &mut headers, Asked::default(), 4096).unwrap().unwrap();
         let mut out = Vec::new();
-        client_response_head(&mut out, &resp, client);
+        client_response_head(&mut out, &resp, client, &crate::response::AddedHeaders::NONE);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_routes_headers_replace_the_upstreams_on_final_responses_only() {
+        let added =
+            crate::response::AddedHeaders::new([("Cache-Control", "no-store"), ("X-Frame-Options", "DENY")]);
+        let keep = ClientSide { http10: false, keep_alive: true };
+        let head = |raw: &[u8]| {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let resp = parse_response(raw, &mut headers, Asked::default(), 4096).unwrap().unwrap();
+            let mut out = Vec::new();
+            client_response_head(&mut out, &resp, keep, &added);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            head(b"HTTP/1.1 200 OK\r\ncache-control: public\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"),
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nCache-Control: no-store\r\nX-Frame-Options: DENY\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"),
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        );
     }
 
     #[test]

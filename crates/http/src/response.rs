@@ -9,7 +9,10 @@ impl Status {
     pub const OK: Status = Status(200);
     pub const PARTIAL_CONTENT: Status = Status(206);
     pub const MOVED_PERMANENTLY: Status = Status(301);
+    pub const FOUND: Status = Status(302);
+    pub const SEE_OTHER: Status = Status(303);
     pub const NOT_MODIFIED: Status = Status(304);
+    pub const TEMPORARY_REDIRECT: Status = Status(307);
     pub const PERMANENT_REDIRECT: Status = Status(308);
     pub const BAD_REQUEST: Status = Status(400);
     pub const FORBIDDEN: Status = Status(403);
@@ -32,6 +35,9 @@ impl Status {
             200 => "OK",
             206 => "Partial Content",
             301 => "Moved Permanently",
+            302 => "Found",
+            303 => "See Other",
+            307 => "Temporary Redirect",
             304 => "Not Modified",
             308 => "Permanent Redirect",
             400 => "Bad Request",
@@ -136,6 +142,41 @@ impl<'a> HeadWriter<'a> {
             Persistence::Close => self.out.extend_from_slice(b"Connection: close\r\n"),
         }
         self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Header lines a route adds to the responses it gives. On a proxied
+/// response they replace the upstream's headers of the same names; the
+/// configuration keeps them off the names tine writes itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddedHeaders {
+    names: Vec<Vec<u8>>,
+    lines: Vec<u8>,
+}
+
+impl AddedHeaders {
+    pub const NONE: AddedHeaders = AddedHeaders { names: Vec::new(), lines: Vec::new() };
+
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut added = AddedHeaders::default();
+        for (name, value) in pairs {
+            added.names.push(name.as_bytes().to_ascii_lowercase());
+            added.lines.extend_from_slice(name.as_bytes());
+            added.lines.extend_from_slice(b": ");
+            added.lines.extend_from_slice(value.as_bytes());
+            added.lines.extend_from_slice(b"\r\n");
+        }
+        added
+    }
+
+    /// The lines, each ending in CRLF.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// Whether a header of this name (any case) is one of them.
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 }
 

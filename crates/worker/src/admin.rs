@@ -15,7 +15,7 @@ use tine_stats::RegionView;
 pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
-    let framing = framing(req, ctx.clock.date.bytes(), keep_alive);
+    let framing = framing(req, ctx.clock.date.bytes(), keep_alive, &crate::responses::NO_ROUTE);
     let path = req.origin_target.split(|&b| b == b'?').next().unwrap_or_default();
     let reply = match (req.method, path) {
         (Method::Other, _) => {
@@ -41,7 +41,7 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
 pub fn health(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
-    let framing = framing(req, ctx.clock.date.bytes(), keep_alive);
+    let framing = framing(req, ctx.clock.date.bytes(), keep_alive, &crate::responses::NO_ROUTE);
     let reply = if req.method == Method::Other {
         error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
     } else if ctx.stats.region.serving() {

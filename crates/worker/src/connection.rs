@@ -28,7 +28,7 @@ pub use proxy::Exchange;
 
 use crate::access::PendingEntry;
 use crate::context::{Ctx, Rejection};
-use crate::responses::{error_page, Framing, Reply};
+use crate::responses::{error_page, Framing, Reply, RouteReplies};
 use crate::static_files::{self, FileBody};
 use crate::timer_wheel::Deadline;
 use crate::token::ConnId;
@@ -571,8 +571,12 @@ impl Conn {
         if self.wbuf.capacity() == 0 {
             self.wbuf = ctx.pool.write_buf();
         }
-        let framing =
-            Framing { date: ctx.clock.date.bytes(), persistence: Persistence::Close, head_request: false };
+        let framing = Framing {
+            date: ctx.clock.date.bytes(),
+            persistence: Persistence::Close,
+            head_request: false,
+            route: &crate::responses::NO_ROUTE,
+        };
         let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
         // After a malformed head, what else the client sends is unknown.
         self.client_closes = false;
@@ -823,8 +827,14 @@ pub fn plan_framing(req: &Request<'_>, ctx: &Ctx) -> (bool, Discard) {
     (keep_alive, discard)
 }
 
-pub fn framing<'a>(req: &Request<'_>, date: &'a [u8], keep_alive: bool) -> Framing<'a> {
+pub fn framing<'a>(
+    req: &Request<'_>,
+    date: &'a [u8],
+    keep_alive: bool,
+    route: &'a RouteReplies,
+) -> Framing<'a> {
     Framing {
+        route,
         date,
         persistence: if keep_alive {
             Persistence::KeepAlive { http10: req.minor_version == 0 }
@@ -850,7 +860,12 @@ enum Routed {
     },
     /// A static route: site `site` of the worker's sites.
     Static {
+        route: usize,
         site: usize,
+    },
+    /// A route that answers with a redirect.
+    Redirect {
+        route: usize,
     },
     NoRoute,
     /// A `redirect_to_https` route reached over plain HTTP: 308 to https.
@@ -883,9 +898,10 @@ fn route(req: &Request<'_>, tls: bool, ctx: &mut Ctx) -> Routed {
     match ctx.http.routes[route].handler {
         tine_config::Handler::Proxy { upstream, .. } => Routed::Proxy { route, group: upstream },
         tine_config::Handler::Static(_) => match ctx.http.route_sites[route] {
-            Some(site) => Routed::Static { site },
+            Some(site) => Routed::Static { route, site },
             None => Routed::NoRoute,
         },
+        tine_config::Handler::Redirect(_) => Routed::Redirect { route },
     }
 }
 
@@ -910,11 +926,43 @@ fn https_location(req: &Request<'_>, https_port: Option<u16>) -> Option<Vec<u8>>
     Some(location)
 }
 
+/// A redirect route's answer: its URL, or with `redirect_prefix` its prefix
+/// in place of the route's, followed by the rest of the normalised path and
+/// the query. Any method is redirected (307 and 308 keep it).
+fn redirect(
+    req: &Request<'_>,
+    to: &tine_config::Redirect,
+    route_path: &str,
+    path: &tine_http::target::TargetPath,
+    framing: &Framing,
+    out: &mut Vec<u8>,
+) -> Reply {
+    let mut location = to.to.as_bytes().to_vec();
+    if to.keep_path {
+        let rest = path.route.get(route_path.len()..).unwrap_or_default();
+        // `/old/` -> `/new` and a rest of `a` must not run together, and a
+        // bare `https://host` gets its path.
+        let bare_origin = location.iter().filter(|&&b| b == b'/').count() == 2;
+        if !location.ends_with(b"/") && ((!rest.is_empty() && !rest.starts_with(b"/")) || bare_origin) {
+            location.push(b'/');
+        }
+        location.extend_from_slice(rest);
+        if let Some(q) = req.origin_target.iter().position(|&b| b == b'?') {
+            location.extend_from_slice(&req.origin_target[q..]);
+        }
+    }
+    error_page(Status(to.status), framing, Some(("Location", &location)), out)
+}
+
 /// Answers a request that is not proxied: writes the head into `out`.
 fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
-    let framing = framing(req, ctx.clock.date.bytes(), keep_alive);
+    let replies = match routed {
+        Routed::Static { route, .. } | Routed::Redirect { route } => &ctx.http.route_replies[route],
+        _ => &crate::responses::NO_ROUTE,
+    };
+    let framing = framing(req, ctx.clock.date.bytes(), keep_alive, replies);
     let refuse = |ctx: &Ctx, why: Rejection, out: &mut Vec<u8>| {
         ctx.stats.count_rejection(why);
         let status = match why {
@@ -931,10 +979,16 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
             }
             None => refuse(ctx, Rejection::Head(HttpError::BadRequest("no Host to redirect to https")), out),
         },
+        (_, Routed::Redirect { route }) => match &ctx.http.routes[route].handler {
+            tine_config::Handler::Redirect(to) => {
+                redirect(req, to, &ctx.http.routes[route].path, &ctx.http.path, &framing, out)
+            }
+            _ => error_page(Status::NOT_FOUND, &framing, None, out),
+        },
         (Method::Other, _) => {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
         }
-        (_, Routed::Static { site }) => match ctx.http.path.decode_file_path() {
+        (_, Routed::Static { site, .. }) => match ctx.http.path.decode_file_path() {
             Err(_) => refuse(ctx, Rejection::Target, out),
             Ok(()) => {
                 let site = &mut ctx.http.sites[site];

@@ -72,6 +72,8 @@ pub struct Http {
     pub limits: tine_http::Limits,
     pub discard_body_bytes: u64,
     pub routes: Vec<Route>,
+    /// For each route, what it adds to the replies it gives.
+    pub route_replies: Vec<crate::responses::RouteReplies>,
     /// For each route, the index of its site in `sites` (static routes only).
     pub route_sites: Vec<Option<usize>>,
     pub sites: Vec<Site>,

@@ -16,7 +16,7 @@
 //! on disk is served within that time, compressed copies included. Errors
 //! (404, 403) are never cached.
 
-use crate::static_files::{resolve, Miss, StaticRoot};
+use crate::static_files::{resolve, resolve_first, Miss, StaticRoot};
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::Write;
@@ -131,7 +131,10 @@ fn file_id(meta: &Metadata) -> FileId {
 
 impl Serving {
     fn find(&self, root: &StaticRoot, relative: &[u8]) -> Result<Found, Miss> {
-        let resolved = resolve(root, relative)?;
+        let resolved = match &self.site.try_files[..] {
+            [] => resolve(root, relative)?,
+            candidates => resolve_first(root, relative, candidates)?,
+        };
         let file = Opened { file: resolved.file, meta: resolved.meta };
         let (brotli, gzip) = if self.site.precompressed {
             let sibling = |coding| self.sibling(root, &resolved.served_name, &file.meta, coding);

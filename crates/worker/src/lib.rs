@@ -121,6 +121,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
                 uri_bytes: config.limits.uri_bytes,
             },
             discard_body_bytes: config.limits.discard_body_bytes,
+            route_replies: routes.iter().map(crate::responses::RouteReplies::new).collect(),
             routes,
             route_sites,
             sites: sites.into_iter().map(|(_, site)| site).collect(),

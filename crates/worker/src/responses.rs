@@ -1,14 +1,64 @@
-//! Replies that do not come from a file: error pages and their heads.
+//! Replies that do not come from a file: error pages and their heads, and
+//! what a route adds to every reply it gives (headers, its own error pages).
 
 use crate::static_files::FileBody;
-use tine_http::response::{HeadWriter, Persistence, Status};
+use tine_http::response::{AddedHeaders, HeadWriter, Persistence, Status};
 
 /// What every reply to one request shares: the Date, whether the connection
-/// stays open, and whether the request was HEAD (so no body may follow).
+/// stays open, whether the request was HEAD (so no body may follow), and the
+/// route's additions.
 pub struct Framing<'a> {
     pub date: &'a [u8],
     pub persistence: Persistence,
     pub head_request: bool,
+    pub route: &'a RouteReplies,
+}
+
+impl<'a> Framing<'a> {
+    /// Starts a head: status line, Server, Date, and the route's headers.
+    pub fn head<'o>(&self, out: &'o mut Vec<u8>, status: Status) -> HeadWriter<'o> {
+        let mut h = HeadWriter::start(out, status, self.date);
+        h.raw(self.route.headers.lines());
+        h
+    }
+}
+
+/// What a route adds to the replies tine gives on it.
+#[derive(Debug, Default)]
+pub struct RouteReplies {
+    pub headers: AddedHeaders,
+    /// Custom pages for the errors tine answers with, by status.
+    pub error_pages: Vec<(Status, ErrorPage)>,
+}
+
+/// Replies outside any route (a malformed head, the admin listener).
+pub static NO_ROUTE: RouteReplies = RouteReplies { headers: AddedHeaders::NONE, error_pages: Vec::new() };
+
+impl RouteReplies {
+    pub fn new(route: &tine_config::Route) -> Self {
+        let headers = AddedHeaders::new(route.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let error_pages = route
+            .error_pages
+            .iter()
+            .map(|(status, page)| {
+                let name = std::path::Path::new(&page.path);
+                let content_type = mime_guess::from_path(name).first_raw().unwrap_or("text/html");
+                (Status(*status), ErrorPage { content_type, body: page.body.clone().into_boxed_slice() })
+            })
+            .collect();
+        RouteReplies { headers, error_pages }
+    }
+
+    fn error_page(&self, status: Status) -> Option<&ErrorPage> {
+        self.error_pages.iter().find(|(s, _)| *s == status).map(|(_, page)| page)
+    }
+}
+
+/// A route's page for one status, held in memory.
+#[derive(Debug)]
+pub struct ErrorPage {
+    content_type: &'static str,
+    body: Box<[u8]>,
 }
 
 /// What the connection sends after the head already written to its buffer.
@@ -34,9 +84,12 @@ pub fn error_page(
     extra: Option<(&str, &[u8])>,
     out: &mut Vec<u8>,
 ) -> Reply {
-    let page = page_for(status);
-    let mut h = HeadWriter::start(out, status, framing.date);
-    h.header("Content-Type", b"text/html").header_u64("Content-Length", page.len() as u64);
+    let (content_type, page) = match framing.route.error_page(status) {
+        Some(custom) => (custom.content_type, &custom.body[..]),
+        None => ("text/html", page_for(status).as_bytes()),
+    };
+    let mut h = framing.head(out, status);
+    h.header("Content-Type", content_type.as_bytes()).header_u64("Content-Length", page.len() as u64);
     if let Some((name, value)) = extra {
         h.header(name, value);
     }
@@ -44,7 +97,7 @@ pub fn error_page(
     if framing.head_request {
         return Reply::head_only(status);
     }
-    out.extend_from_slice(page.as_bytes());
+    out.extend_from_slice(page);
     Reply { status, body: None, body_len: page.len() as u64 }
 }
 
@@ -67,6 +120,10 @@ fn page_for(status: Status) -> &'static str {
         };
     }
     match status.0 {
+        301 => page!("301", "Moved Permanently"),
+        302 => page!("302", "Found"),
+        303 => page!("303", "See Other"),
+        307 => page!("307", "Temporary Redirect"),
         308 => page!("308", "Permanent Redirect"),
         400 => page!("400", "Bad Request"),
         403 => page!("403", "Forbidden"),
@@ -92,7 +149,9 @@ mod tests {
 
     #[test]
     fn every_page_names_its_status() {
-        for code in [308u16, 400, 403, 404, 405, 406, 413, 414, 416, 431, 500, 502, 503, 504, 505] {
+        for code in
+            [301u16, 302, 303, 307, 308, 400, 403, 404, 405, 406, 413, 414, 416, 431, 500, 502, 503, 504, 505]
+        {
             let status = Status(code);
             let page = page_for(status);
             assert!(page.contains(&format!("{code} {}", status.reason())), "{code}: {page}");

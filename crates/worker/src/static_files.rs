@@ -20,8 +20,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
+use tine_config::TryFile;
 use tine_http::request::{Method, Request};
-use tine_http::response::{HeadWriter, Status};
+use tine_http::response::Status;
 use tine_http::target::TargetPath;
 use tine_http::validators::{self, RangeAnswer};
 use tine_net::sys;
@@ -142,6 +143,40 @@ pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
     }
 }
 
+/// `try_files`: the first of the candidates that is a regular file, or 404.
+/// Directories are skipped (no index, no redirect): the list says where
+/// to look instead.
+pub fn resolve_first(root: &StaticRoot, relative: &[u8], try_files: &[TryFile]) -> Result<Resolved, Miss> {
+    let mut candidate = Vec::with_capacity(relative.len() + 16);
+    for entry in try_files {
+        candidate.clear();
+        match entry {
+            TryFile::Request { suffix } => {
+                candidate.extend_from_slice(relative);
+                let suffix = suffix.as_bytes();
+                let joined = candidate.is_empty() || candidate.ends_with(b"/");
+                candidate.extend_from_slice(if joined {
+                    suffix.strip_prefix(b"/").unwrap_or(suffix)
+                } else {
+                    suffix
+                });
+            }
+            TryFile::Fixed(path) => candidate.extend_from_slice(path.as_bytes()),
+        }
+        match root.open_beneath(&candidate).and_then(|f| f.metadata().map(|m| (f, m))) {
+            Ok((file, meta)) if meta.is_file() => return Ok(Resolved { file, meta, served_name: candidate }),
+            Ok(_) => continue,
+            Err(e) => match status_for_open_error(&e) {
+                status @ (Status::SERVICE_UNAVAILABLE | Status::INTERNAL_SERVER_ERROR) => {
+                    return Err(Miss::Status(status))
+                }
+                _ => continue,
+            },
+        }
+    }
+    Err(Miss::Status(Status::NOT_FOUND))
+}
+
 /// Answers a GET or HEAD for `path`: writes the head (and a small body) into
 /// `out` and returns the file body still to send, if any.
 pub fn respond(
@@ -169,7 +204,7 @@ pub fn respond(
         (None, None) => false,
     };
     if not_modified {
-        let mut h = HeadWriter::start(out, Status::NOT_MODIFIED, framing.date);
+        let mut h = framing.head(out, Status::NOT_MODIFIED);
         h.raw(&res.validators);
         h.finish(framing.persistence);
         return Reply::head_only(Status::NOT_MODIFIED);
@@ -194,7 +229,7 @@ pub fn respond(
             return error_page(Status::RANGE_NOT_SATISFIABLE, framing, Some(("Content-Range", &value)), out);
         }
     };
-    let mut h = HeadWriter::start(out, status, framing.date);
+    let mut h = framing.head(out, status);
     h.raw(&res.headers).header_u64("Content-Length", end - first);
     if status == Status::PARTIAL_CONTENT {
         h.content_range(first, end - 1, size);
@@ -240,7 +275,7 @@ fn redirect_to_directory(target: &[u8], path: &TargetPath, framing: &Framing, ou
     location.extend_from_slice(&path.route);
     location.push(b'/');
     location.extend_from_slice(query);
-    let mut h = HeadWriter::start(out, Status::MOVED_PERMANENTLY, framing.date);
+    let mut h = framing.head(out, Status::MOVED_PERMANENTLY);
     h.header("Location", &location).header_u64("Content-Length", 0);
     h.finish(framing.persistence);
     Reply::head_only(Status::MOVED_PERMANENTLY)

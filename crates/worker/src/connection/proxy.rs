@@ -154,6 +154,9 @@ enum BodyRelay {
 /// across stages, and the stage.
 pub struct Exchange {
     stage: Stage,
+    /// The route that sent the request here (None for a stream): its
+    /// headers and error pages go on the client's response.
+    route: Option<usize>,
     group: usize,
     server: usize,
     /// Servers already tried for this request (a bit each).
@@ -193,6 +196,7 @@ impl Exchange {
     fn new(group: usize) -> Self {
         Exchange {
             stage: Stage::Pick,
+            route: None,
             group,
             server: 0,
             tried: 0,
@@ -661,7 +665,9 @@ impl Conn {
             }
             let client =
                 ClientSide { http10: ex.client_http10, keep_alive: self.keep_alive && !ctx.draining };
-            forward::client_response_head(&mut self.wbuf, &head, client);
+            let added =
+                ex.route.map_or(&crate::responses::NO_ROUTE.headers, |r| &ctx.http.route_replies[r].headers);
+            forward::client_response_head(&mut self.wbuf, &head, client, added);
             let facts = FinalHead::of(&head);
             buf.consume(head.head_len);
             return Parsed::Final(facts);
@@ -955,9 +961,10 @@ impl Conn {
             Persistence::Close
         };
         let head_request = ex.head_request;
-        retire(ctx, ex);
-        let framing = Framing { date: ctx.clock.date.bytes(), persistence, head_request };
+        let route = ex.route.map_or(&crate::responses::NO_ROUTE, |r| &ctx.http.route_replies[r]);
+        let framing = Framing { date: ctx.clock.date.bytes(), persistence, head_request, route };
         let reply = error_page(status, &framing, None, &mut self.wbuf);
+        retire(ctx, ex);
         self.count_proxied_response(ctx, status.0);
         self.body_len = reply.body_len;
         self.wpos = 0;
@@ -1137,7 +1144,7 @@ pub(super) fn new_exchange(
     let config = &ctx.proxy.upstreams.groups[group].config;
     let rule = match &ctx.http.routes[route].handler {
         tine_config::Handler::Proxy { host, .. } => host,
-        tine_config::Handler::Static(_) => &HostHeader::Keep,
+        tine_config::Handler::Static(_) | tine_config::Handler::Redirect(_) => &HostHeader::Keep,
     };
     let host: &[u8] = match rule {
         // A request without a Host (HTTP/1.0) still names one upstream.
@@ -1148,6 +1155,7 @@ pub(super) fn new_exchange(
     let fwd = Forwarding { host, peer, underscores: config.underscores_in_headers, https };
     forward::upstream_request_head(&mut head, req, &fwd);
     let mut exchange = Exchange::new(group);
+    exchange.route = Some(route);
     exchange.request_body = match req.body {
         Body::None => RequestBody::None,
         Body::Length(n) => RequestBody::Length(n),
