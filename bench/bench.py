@@ -64,7 +64,18 @@ TLS_SCENARIOS = [
     ("resumed-tls1.3", "1k.bin", 1024, ("-reuse", "-tls1_3")),
     ("resumed-tls1.2", "1k.bin", 1024, ("-reuse", "-tls1_2")),
 ]
-ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS
+# Compressed static files: a 100 KiB JavaScript file over keep-alive, the
+# client sending Accept-Encoding. Both servers have app.js.gz beside it
+# (gzip -9); nginx serves it with gzip_static (gzip on for the rest), tine
+# with its precompressed siblings. To "br, gzip" tine answers brotli, made
+# once on the first request and kept (nginx has no brotli in Debian);
+# to "gzip" alone both send the same sibling's bytes.
+COMPRESSED_SCENARIOS = [
+    ("compressed-100KiB", "app.js", 100 * 1024, "connections"),
+    ("gzip-100KiB", "app.js", 100 * 1024, "connections"),
+]
+ACCEPT_ENCODING = {"compressed-100KiB": "br, gzip", "gzip-100KiB": "gzip"}
+ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS + COMPRESSED_SCENARIOS
 
 
 def ensure_tools():
@@ -195,6 +206,8 @@ http {{
     keepalive_timeout 60s; keepalive_requests 100000000;
     open_file_cache max=16384 inactive=60s; open_file_cache_valid 5s; open_file_cache_errors on;
     default_type application/octet-stream;
+    types {{ application/javascript js; }}
+    gzip_static on; gzip on; gzip_vary on; gzip_comp_level 6; gzip_types application/javascript;
     {upstream}
     server {{ listen 127.0.0.1:{http_port} reuseport backlog=4096 deferred; {ssl} root {work}/www; {location} }}
 }}
@@ -220,12 +233,14 @@ http {{
             self.proc.wait()
 
 
-def wrk(port, path, connections, seconds, threads, cpus, batch=False, close=False, https=False):
+def wrk(port, path, connections, seconds, threads, cpus, batch=False, close=False, https=False, headers=()):
     scheme = "https" if https else "http"
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
            "--timeout", "10s", f"{scheme}://127.0.0.1:{port}/{path}"]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
+    for h in headers:
+        cmd[1:1] = ["-H", h]
     if cpus:
         cmd = ["taskset", "-c", cpus] + cmd
     if batch:
@@ -310,8 +325,11 @@ def measure(server, scenario, args, workers):
     cpus = "1" if pinned and os.cpu_count() > 1 else None
     threads = 1 if pinned else 2
     close = name.endswith("-close")
+    headers = [f"Accept-Encoding: {ACCEPT_ENCODING[name]}"] if name in ACCEPT_ENCODING else []
+    if name in ACCEPT_ENCODING:
+        r_encoding = check_encoding(server.port, path, ACCEPT_ENCODING[name])
     # Warm up: open files, caches, connection pools of both sides.
-    wrk(server.port, path, min(connections, 64), 1, threads, cpus, args.batch_load, close, https)
+    wrk(server.port, path, min(connections, 64), 1, threads, cpus, args.batch_load, close, https, headers)
     pids = server.pids()
     idle_rss = rss_bytes(pids)
     mid = {}
@@ -322,14 +340,55 @@ def measure(server, scenario, args, workers):
     sampler = threading.Thread(target=sample_memory)
     cpu0 = cpu_ns(pids)
     sampler.start()
-    r = wrk(server.port, path, connections, args.duration, threads, cpus, args.batch_load, close, https)
+    r = wrk(server.port, path, connections, args.duration, threads, cpus, args.batch_load, close, https, headers)
     cpu1 = cpu_ns(pids)
     sampler.join()
     r["cpu_us_per_req"] = (cpu1 - cpu0) / 1000 / r["requests"] if r["requests"] else 0.0
     r["rss_bytes"] = mid.get("rss", 0)
     r["per_conn_bytes"] = max(0, mid.get("rss", 0) - idle_rss) / connections
     r["connections"] = connections
+    if name in ACCEPT_ENCODING:
+        r["content_encoding"], r["body_bytes"] = r_encoding
     return r
+
+
+def check_encoding(port, path, accept):
+    """What the server sends to this Accept-Encoding: a compressed scenario
+    that got the file as it is would measure something else."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", f"/{path}", headers={"Accept-Encoding": accept})
+    resp = conn.getresponse()
+    body = resp.read()
+    encoding = resp.getheader("Content-Encoding")
+    conn.close()
+    if resp.status != 200 or not encoding:
+        sys.exit(f"/{path} with Accept-Encoding {accept!r}: status {resp.status}, Content-Encoding {encoding!r}")
+    return encoding, len(body)
+
+
+def write_script(path, size):
+    """JavaScript-like text that compresses as real bundles do (about 4:1),
+    with its gzip -9 sibling."""
+    import gzip
+    import random
+    rng = random.Random(1)
+    words = ["function", "return", "const", "let", "if", "else", "for", "while", "this", "new", "await",
+             "async", "export", "import", "from", "null", "undefined", "true", "false", "Object", "Array"]
+    text = []
+    n = 0
+    while n < size:
+        line = (f"{rng.choice(words)} v{rng.randrange(5000)} = {rng.choice(words)}"
+                f"(a{rng.randrange(100)}, {rng.randrange(1 << 16)}, \"{rng.choice(words)}\");\n")
+        text.append(line)
+        n += len(line)
+    data = "".join(text).encode()[:size]
+    with open(path, "wb") as f:
+        f.write(data)
+    with open(path + ".gz", "wb") as f:
+        f.write(gzip.compress(data, 9))
+    stat = os.stat(path)
+    os.utime(path + ".gz", ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def main():
@@ -358,6 +417,7 @@ def main():
         for _, path, size, _ in SCENARIOS:
             with open(f"{work}/www/{path}", "wb") as f:
                 f.write(os.urandom(size))
+        write_script(f"{work}/www/app.js", 100 * 1024)
         for round_ in range(args.repeat):
             for workers in args.workers:
                 for scenario in [s for s in ALL_SCENARIOS if s[0] in args.scenarios]:
