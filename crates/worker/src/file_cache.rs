@@ -114,6 +114,7 @@ struct Opened {
 struct Found {
     file: Opened,
     served_name: Vec<u8>,
+    fallback: bool,
     brotli: Option<Opened>,
     gzip: Option<Opened>,
 }
@@ -142,7 +143,7 @@ impl Serving {
         } else {
             (None, None)
         };
-        Ok(Found { file, served_name: resolved.served_name, brotli, gzip })
+        Ok(Found { file, served_name: resolved.served_name, fallback: resolved.fallback, brotli, gzip })
     }
 
     /// `name.br` or `name.gz`, if it is a regular file no older than `name`.
@@ -365,7 +366,20 @@ impl FileCache {
                 return Err(miss);
             }
         };
-        if let Some(i) = cached {
+        // A try_files fallback answers any path: its entry is keyed by the
+        // file it serves, so that a flood of made-up paths shares one entry
+        // (and its compressed copies) instead of churning the cache and
+        // compressing the same file again for each.
+        let key = if found.fallback { found.served_name.clone() } else { relative.to_vec() };
+        let existing = match cached {
+            Some(i) if key != relative => {
+                self.remove(i);
+                self.index.get(&key[..]).copied()
+            }
+            Some(i) => Some(i),
+            None => self.index.get(&key[..]).copied(),
+        };
+        if let Some(i) = existing {
             if self.entries[i].ids == found.ids() {
                 // Still the same files: keep the entry, drop the new descriptors.
                 self.entries[i].checked = now;
@@ -378,8 +392,8 @@ impl FileCache {
             let victim = self.index.values().next().copied().unwrap_or(0);
             self.remove(victim);
         }
-        let resource = self.serving.build(relative, found, now);
-        self.index.insert(relative.into(), self.entries.len());
+        let resource = self.serving.build(&key, found, now);
+        self.index.insert(key.into_boxed_slice(), self.entries.len());
         self.entries.push(resource);
         Ok(self.entries.len() - 1)
     }
@@ -510,5 +524,64 @@ impl Resource {
             }
         }
         std::mem::take(&mut self.compressed_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tine_config::TryFile;
+
+    fn cache_for(dir: &std::path::Path, try_files: Vec<TryFile>) -> (StaticRoot, FileCache) {
+        let mut site = StaticSite::new(dir.to_path_buf());
+        site.try_files = try_files;
+        let cache = tine_config::Config::default().cache;
+        (StaticRoot::open(dir).unwrap(), FileCache::new(&cache, &site, &Compression::default()))
+    }
+
+    fn brotli() -> AcceptEncoding {
+        let mut accept = AcceptEncoding::default();
+        accept.add_field(b"br");
+        accept
+    }
+
+    #[test]
+    fn made_up_paths_that_fall_back_share_one_entry_and_one_compressed_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let shell: String = (0..2000).map(|i| format!("<div id=\"n{i}\">item {i}</div>\n")).collect();
+        std::fs::write(dir.path().join("index.html"), &shell).unwrap();
+        let try_files = vec![TryFile::Request { suffix: String::new() }, TryFile::Fixed("index.html".into())];
+        let (root, mut cache) = cache_for(dir.path(), try_files);
+        let now = Instant::now();
+        let accept = brotli();
+        for i in 0..500 {
+            let path = format!("app/route{i}/deep");
+            let selected = cache.select(&root, path.as_bytes(), Some(&accept), now).ok().unwrap();
+            assert!(selected.representation.etag.as_bytes().ends_with(b"-br\""));
+        }
+        assert_eq!(cache.len(), 1);
+        let one_copy = cache.compressed_bytes();
+        assert!(one_copy > 0 && one_copy < shell.len() as u64 / 4, "{one_copy}");
+    }
+
+    #[test]
+    fn the_budget_bounds_compressed_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            let text: String = (0..3000).map(|j| format!("line {j} of file {i}\n")).collect();
+            std::fs::write(dir.path().join(format!("f{i}.txt")), text).unwrap();
+        }
+        let mut site = StaticSite::new(dir.path().to_path_buf());
+        site.try_files = Vec::new();
+        let compression = Compression { memory_bytes: 40_000, ..Compression::default() };
+        let root = StaticRoot::open(dir.path()).unwrap();
+        let mut cache = FileCache::new(&tine_config::Config::default().cache, &site, &compression);
+        let accept = brotli();
+        for i in 0..20 {
+            let path = format!("f{i}.txt");
+            let selected = cache.select(&root, path.as_bytes(), Some(&accept), Instant::now()).ok().unwrap();
+            assert!(selected.representation.etag.as_bytes().ends_with(b"-br\""), "f{i} compressed");
+            assert!(cache.compressed_bytes() <= 40_000, "{}", cache.compressed_bytes());
+        }
     }
 }

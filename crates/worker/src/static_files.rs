@@ -117,6 +117,9 @@ pub struct Resolved {
     pub meta: Metadata,
     /// The name whose extension decides Content-Type (the index for a directory).
     pub served_name: Vec<u8>,
+    /// Found through a fixed `try_files` entry (a fallback that answers any
+    /// path), not through the request's own path.
+    pub fallback: bool,
 }
 
 /// Finds the regular file a normalised path names: the file itself, or the
@@ -125,7 +128,7 @@ pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
     let file = root.open_beneath(relative).map_err(|e| Miss::Status(status_for_open_error(&e)))?;
     let meta = file.metadata().map_err(|_| Miss::Status(Status::INTERNAL_SERVER_ERROR))?;
     if meta.is_file() {
-        return Ok(Resolved { file, meta, served_name: relative.to_vec() });
+        return Ok(Resolved { file, meta, served_name: relative.to_vec(), fallback: false });
     }
     if !meta.is_dir() {
         // FIFOs, sockets, devices: never served.
@@ -137,7 +140,9 @@ pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
     let mut index = relative.to_vec();
     index.extend_from_slice(b"index.html");
     match root.open_beneath(&index).and_then(|f| f.metadata().map(|m| (f, m))) {
-        Ok((file, meta)) if meta.is_file() => Ok(Resolved { file, meta, served_name: index }),
+        Ok((file, meta)) if meta.is_file() => {
+            Ok(Resolved { file, meta, served_name: index, fallback: false })
+        }
         // A directory without an index is not listed.
         _ => Err(Miss::Status(Status::FORBIDDEN)),
     }
@@ -164,7 +169,10 @@ pub fn resolve_first(root: &StaticRoot, relative: &[u8], try_files: &[TryFile]) 
             TryFile::Fixed(path) => candidate.extend_from_slice(path.as_bytes()),
         }
         match root.open_beneath(&candidate).and_then(|f| f.metadata().map(|m| (f, m))) {
-            Ok((file, meta)) if meta.is_file() => return Ok(Resolved { file, meta, served_name: candidate }),
+            Ok((file, meta)) if meta.is_file() => {
+                let fallback = matches!(entry, TryFile::Fixed(_));
+                return Ok(Resolved { file, meta, served_name: candidate, fallback });
+            }
             Ok(_) => continue,
             Err(e) => match status_for_open_error(&e) {
                 status @ (Status::SERVICE_UNAVAILABLE | Status::INTERNAL_SERVER_ERROR) => {
