@@ -17,13 +17,16 @@ use std::process::{Command, Stdio};
 /// them) their absence fails the test; elsewhere the test says it is skipped.
 fn python_ready(test: &str) -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
+        .args(["-c", "import prometheus_client, jsonschema"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok || std::env::var_os("CI").is_none(), "python3 with prometheus_client is required under CI");
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "python3 with prometheus_client and jsonschema is required under CI"
+    );
     if !ok {
-        eprintln!("SKIPPED {test}: needs python3 with prometheus_client (bash .ci/run installs them)");
+        eprintln!("SKIPPED {test}: needs python3 with prometheus_client and jsonschema (bash .ci/run installs them)");
     }
     ok
 }
@@ -41,6 +44,71 @@ fn python(script: &str, args: &[&str], stdin: &[u8]) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Checks a statistics document against docs/stats.schema.json with the
+/// reference implementation of JSON Schema (python-jsonschema).
+fn assert_matches_schema(document: &Value, what: &str) {
+    let check = "import json, sys, jsonschema\n\
+                 schema = json.load(open(sys.argv[1]))\n\
+                 jsonschema.Draft202012Validator.check_schema(schema)\n\
+                 errors = list(jsonschema.Draft202012Validator(schema).iter_errors(json.load(sys.stdin)))\n\
+                 print('\\n'.join(f'{list(e.absolute_path)}: {e.message}' for e in errors[:20]))\n";
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/stats.schema.json");
+    let mut child = Command::new("python3")
+        .args(["-c", check, schema])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(document.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let errors = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(errors.trim().is_empty(), "{what} does not match docs/stats.schema.json:\n{errors}");
+}
+
+#[test]
+fn every_statistics_document_matches_its_schema() {
+    use common::tls::{certificate_toml, make_cert, tls_addr, Alg, Client};
+    if !python_ready("every_statistics_document_matches_its_schema") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "site", &["a.test"], Alg::Ecdsa);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\ntls_listen = [\"127.0.0.1:0\"]\n{}\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{closed}\"]\n\
+         [[route]]\npath = \"/api/\"\nupstream = \"app\"\n[[route]]\npath = \"/\"\nroot = \"{{root}}\"\n",
+        certificate_toml(&cert, true)
+    );
+    let server = Server::builder().config(&config).workers(2).start();
+    assert!(Client::plain().get(tls_addr(&server), Some("a.test"), "/").starts_with(b"HTTP/1.1 "));
+    assert_eq!(server.get("/api/x").status, 502);
+    server.wait_until("the requests counted", |s| s["total"]["requests"] == 2 && s["total"]["active"] == 0);
+    let admin = admin_addr(&server);
+    let mut s = connect(admin);
+    s.write_all(b"GET /stats.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let answer = read_response(&mut std::io::BufReader::new(s), false);
+    let from_admin: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(from_admin["upstreams"].as_array().map(Vec::len), Some(1));
+    assert_eq!(from_admin["certificates"].as_array().map(Vec::len), Some(1));
+    assert_matches_schema(&from_admin, "GET /stats.json");
+    assert_matches_schema(&server.stats(), "tine stats --json");
+    let one = tine()
+        .args(["stats", "--json", "--worker", "1", "--stats-path"])
+        .arg(&server.stats_path)
+        .output()
+        .unwrap();
+    assert_matches_schema(&serde_json::from_slice(&one.stdout).unwrap(), "tine stats --json --worker 1");
+    // And a document the schema must refuse: it checks something.
+    let mut broken = from_admin.clone();
+    broken["workers"][0]["requests"] = Value::from(-1);
+    broken["total"]["no_such_counter"] = Value::from(1);
+    let check = std::panic::catch_unwind(|| assert_matches_schema(&broken, "a broken document"));
+    assert!(check.is_err(), "the schema refuses a negative counter and an unknown field");
 }
 
 /// Parses Prometheus text with the official client's parser and returns

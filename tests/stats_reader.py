@@ -28,7 +28,7 @@ SLOT = ["pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_
 SLOT_INFO = {"pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_ms"}
 GAUGES = {"active", "rss_bytes"}
 UPSTREAM = ["requests", "failures", "timeouts", "pool_hits", "pool_misses", "open", "down", "bytes_spliced",
-            "bytes_copied", "active"]
+            "bytes_copied", "active", "responses", "response_us_sum"]
 UPSTREAM_GAUGES = {"open", "down", "active"}
 STATES = ["empty", "starting", "running", "draining", "dead", "backoff", "retired"]
 LATENCY_OFFSET, LATENCY_BUCKETS = 184, 32

@@ -395,6 +395,8 @@ section! {
         bytes_spliced: Counter = "response and tunnel bytes moved by splice, never through user space",
         bytes_copied: Counter = "bytes copied through user space (heads, chunked bodies, request bodies)",
         active: Gauge = "this worker's exchanges with the server under way (requests, tunnels): what least_conn compares",
+        responses: Counter = "final response heads received from the server",
+        response_us_sum: Counter = "microseconds from picking the server to its final response head, summed over `responses` (connect, send and the server's think time)",
     }
 }
 

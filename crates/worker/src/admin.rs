@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus) and `GET /stats.json`, read
 //! straight from the stats region by whichever worker accepted the connection,
-//! and `GET /health` (also on public listeners at `health_path`), which a load
+//! the dashboard at `GET /` and `/dashboard` (one page built into the binary
+//! that polls /stats.json), and `GET /health` (also on public listeners at `health_path`), which a load
 //! balancer probes: 200 while serving, 503 once the server drains or stops.
 //! Bind it to loopback or a management network: it has no authentication.
 
@@ -26,6 +27,7 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
             document(out, &framing, b"text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
         }
         (_, b"/health") => return health(req, ctx, out),
+        (_, b"/" | b"/dashboard") => dashboard(out, &framing),
         (_, b"/stats.json") => {
             let json = tine_stats::render::json(&ctx.stats.region.snapshot(), None);
             document(out, &framing, b"application/json", json.to_string().into_bytes())
@@ -50,6 +52,28 @@ pub fn health(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
         document_with(out, &framing, Status::SERVICE_UNAVAILABLE, b"text/plain", b"draining\n".to_vec())
     };
     Started { reply, keep_alive, discard }
+}
+
+/// The dashboard: HTML, CSS and script in one page, embedded at build time.
+/// Its policy lets it talk to this listener only.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+fn dashboard(out: &mut Vec<u8>, framing: &crate::responses::Framing) -> Reply {
+    let mut h = HeadWriter::start(out, Status::OK, framing.date);
+    h.header("Content-Type", b"text/html; charset=utf-8")
+        .header("Cache-Control", b"no-store")
+        .header(
+            "Content-Security-Policy",
+            b"default-src 'none'; connect-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        )
+        .header("X-Content-Type-Options", b"nosniff")
+        .header_u64("Content-Length", DASHBOARD.len() as u64);
+    h.finish(framing.persistence);
+    if framing.head_request {
+        return Reply::head_only(Status::OK);
+    }
+    out.extend_from_slice(DASHBOARD.as_bytes());
+    Reply { status: Status::OK, body: None, body_len: DASHBOARD.len() as u64 }
 }
 
 fn document(

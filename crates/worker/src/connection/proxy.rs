@@ -154,6 +154,9 @@ enum BodyRelay {
 /// across stages, and the stage.
 pub struct Exchange {
     stage: Stage,
+    /// When the current server was picked: its response time runs from here
+    /// to the final response head.
+    picked_at: std::time::Instant,
     /// The route that sent the request here (None for a stream): its
     /// headers and error pages go on the client's response.
     route: Option<usize>,
@@ -196,6 +199,7 @@ impl Exchange {
     fn new(group: usize) -> Self {
         Exchange {
             stage: Stage::Pick,
+            picked_at: std::time::Instant::now(),
             route: None,
             group,
             server: 0,
@@ -402,6 +406,7 @@ impl Conn {
             return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
         };
         ex.server = server;
+        ex.picked_at = ctx.clock.now;
         begin_active(ctx, ex);
         if server < 64 {
             ex.tried |= 1 << server;
@@ -699,6 +704,11 @@ impl Conn {
     ) -> Next {
         let upgrade = head.code == 101;
         self.count_proxied_response(ctx, head.code);
+        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
+            let took = ctx.clock.now.saturating_duration_since(ex.picked_at);
+            st.responses.fetch_add(1, Relaxed);
+            st.response_us_sum.fetch_add(took.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
+        }
         ex.upstream_keep_alive = head.reusable;
         let early: &[u8] = buf.filled();
         let before = self.wbuf.len();
