@@ -2,7 +2,8 @@
 //! playwright-core (tests/browser/dashboard.mjs), against tine with an admin
 //! listener, a static and a proxied route under load. The page must show the
 //! load (request rate, every worker's row, latency, the upstream), show a
-//! killed worker's replacement, fit a phone's width, say when the server
+//! killed worker's replacement, fit a phone's width, follow a reload and a
+//! binary upgrade without a negative or spiking rate, say when the server
 //! stops answering, and log no console error. Screenshots go to the test's
 //! own temporary directory, which cargo keeps: target/tmp/dashboard/.
 
@@ -94,7 +95,7 @@ fn the_dashboard_shows_load_a_respawn_and_a_stopped_server() {
     if !browser_ready() {
         return;
     }
-    let server = Server::builder()
+    let mut server = Server::builder()
         .config(&format!(
             "admin_listen = \"127.0.0.1:0\"\n\
              [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
@@ -144,6 +145,7 @@ fn the_dashboard_shows_load_a_respawn_and_a_stopped_server() {
     let mut from_browser = BufReader::new(browser.stdout.take().unwrap()).lines();
     let mut said = Vec::new();
     let mut killed = None;
+    let mut master = None;
     let mut stopped = false;
     while let Some(Ok(line)) = from_browser.next() {
         said.push(line.clone());
@@ -160,8 +162,17 @@ fn the_dashboard_shows_load_a_respawn_and_a_stopped_server() {
         } else if line == "respawn-seen" {
             let workers = server.worker_pids();
             assert!(!workers.contains(&killed.unwrap()), "{workers:?}");
+            server.signal(libc::SIGHUP);
+            server.wait_until("the reload", |s| s["master"]["reloads"] == 1);
+            server.signal(libc::SIGUSR2);
+            assert!(server.wait_exit().success(), "the old master leaves once the new one serves");
+            master = server.pid_in_pid_file();
+            writeln!(to_browser, "upgraded {}", master.unwrap()).unwrap();
+        } else if line == "upgrade-seen" {
             stop.store(true, Ordering::Relaxed);
-            server.signal(libc::SIGTERM);
+            let pid = master.unwrap();
+            send_signal(pid, libc::SIGTERM);
+            wait_for("the new master to stop", || !process_running(pid));
             stopped = true;
             writeln!(to_browser, "stopped").unwrap();
         }

@@ -5,10 +5,13 @@
 //
 // Protocol on stdout/stdin, one line each: prints `load-seen PID PID...`
 // once the page shows the load, then reads `killed PID`; prints
-// `respawn-seen` once the page shows the new worker, then reads `stopped`;
-// prints `ok` once the page says the server stopped answering. Any console
-// error, page error or request outside the admin listener before the stop
-// fails the run (exit 1).
+// `respawn-seen` once the page shows the new worker, then reads
+// `upgraded PID` (after a reload and a binary upgrade); prints
+// `upgrade-seen` once the page follows the new master, then reads
+// `stopped`; prints `ok` once the page says the server stopped answering.
+// Any console error, page error, request outside the admin listener before
+// the stop, or a request rate that went negative or spiked fails the run
+// (exit 1).
 import { chromium } from "playwright-core";
 import readline from "node:readline";
 
@@ -65,6 +68,20 @@ try {
   await page.screenshot({ path: `${shots}/dashboard-phone.png`, fullPage: true });
   await page.setViewportSize({ width: 1280, height: 1000 });
   console.log("respawn-seen");
+
+  // Across a reload and an upgrade the page follows the new master, and the
+  // rate it drew never went negative or jumped: a jump from counters that
+  // restarted would be many times the steady load.
+  const master = (await nextLine()).split(" ")[1];
+  await page.waitForFunction((pid) => document.querySelector("#meta").textContent.includes(`master ${pid} `), master, wait);
+  await page.waitForFunction(() => state.rps.length >= 3 && Number(document.querySelector("#rps").dataset.value) > 5, null, wait);
+  const series = await page.evaluate(() => state.rps.map((p) => p.v));
+  const sorted = [...series].sort((a, b) => a - b);
+  const median = sorted[Math.floor(sorted.length / 2)];
+  if (series.some((v) => !Number.isFinite(v) || v < 0)) problems.push("a rate that is negative or not a number: " + series);
+  if (series.some((v) => v > 10 * median)) problems.push(`a spike above 10x the median ${median}: ${series}`);
+  await page.screenshot({ path: `${shots}/dashboard-upgraded.png`, fullPage: true });
+  console.log("upgrade-seen");
 
   // The server stops: the page says it is not answering.
   await nextLine();
