@@ -16,9 +16,12 @@ use tine_config::{Config, TcpOptions, Workers};
 /// Descriptors a worker needs per connection it may hold: the client's, and
 /// one to an upstream server.
 const FDS_PER_CONNECTION: u64 = 2;
-/// Descriptors a worker holds besides connections: listeners, epoll, pipes,
-/// files, logs.
+/// Descriptors a worker holds besides connections and its file caches:
+/// listeners, epoll, pipes, logs.
 const FDS_SPARE: u64 = 256;
+/// Descriptors one file-cache entry may hold: the file, and a brotli and a
+/// gzip representation (a precompressed sibling, or a memfd copy).
+const FDS_PER_CACHED_FILE: u64 = 3;
 
 /// The kernel's tunables, read from (and written to) a `/proc/sys` tree.
 pub struct Kernel {
@@ -123,11 +126,28 @@ impl Needs {
                 .unwrap_or(0),
             fastopen: options.iter().any(|o| o.fastopen.is_some_and(|q| q > 0)),
             congestion,
-            fds_per_worker: config.limits.connections_per_worker as u64 * FDS_PER_CONNECTION + FDS_SPARE,
+            fds_per_worker: config.limits.connections_per_worker as u64 * FDS_PER_CONNECTION
+                + file_cache_fds(config)
+                + FDS_SPARE,
             workers,
             proxies: !config.upstreams.is_empty(),
         }
     }
+}
+
+/// What the workers' file caches may hold open: each static site (a root
+/// served with its own options) has a cache of `cache.open_files` entries.
+fn file_cache_fds(config: &Config) -> u64 {
+    let mut sites: Vec<&tine_config::StaticSite> = Vec::new();
+    let routes = config.effective_routes();
+    for route in &routes {
+        if let tine_config::Handler::Static(site) = &route.handler {
+            if !sites.contains(&site) {
+                sites.push(site);
+            }
+        }
+    }
+    sites.len() as u64 * config.cache.open_files as u64 * FDS_PER_CACHED_FILE
 }
 
 fn number(v: &str) -> Option<u64> {
@@ -259,7 +279,7 @@ pub fn examine(config: &Config, kernel: &Kernel, nofile: (u64, u64)) -> Vec<Find
         2_097_152,
         fds_all,
         format!(
-            "descriptors system-wide: workers x (connections_per_worker x 2 + {FDS_SPARE}) (here: {} x {} = {fds_all})",
+            "descriptors system-wide: workers x (connections_per_worker x 2 + static sites x cache.open_files x {FDS_PER_CACHED_FILE} + {FDS_SPARE}) (here: {} x {} = {fds_all})",
             needs.workers, needs.fds_per_worker
         ),
     ));
@@ -276,7 +296,7 @@ pub fn examine(config: &Config, kernel: &Kernel, nofile: (u64, u64)) -> Vec<Find
         recommended: needs.fds_per_worker.to_string(),
         status: if nofile.1 < needs.fds_per_worker { Status::Short } else { Status::Ok },
         why: format!(
-            "tine raises its soft limit to the hard one; each worker needs {} (connections_per_worker x 2 + {FDS_SPARE}): \
+            "tine raises its soft limit to the hard one; each worker needs {} (connections_per_worker x 2 + static sites x cache.open_files x {FDS_PER_CACHED_FILE} + {FDS_SPARE}): \
              LimitNOFILE= in the unit, or ulimit -Hn",
             needs.fds_per_worker
         ),
