@@ -303,3 +303,25 @@ fn route_keys_are_checked() {
         assert!(err.contains("t.toml:"), "errors point at the file: {err}");
     }
 }
+
+#[test]
+fn of_codings_the_client_takes_equally_the_smaller_is_sent() {
+    let server = Server::start(1);
+    let js = script(60_000, 12);
+    // A sibling made carelessly (brotli at its fastest) can be larger than
+    // the gzip one beside it.
+    let mut fast_brotli = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut fast_brotli, 4096, 0, 22);
+        w.write_all(&js).unwrap();
+    }
+    let gz = gzip(&js);
+    assert!(fast_brotli.len() > gz.len(), "{} vs {}", fast_brotli.len(), gz.len());
+    server.write_file("lib.js", &js);
+    server.write_file("lib.js.br", &fast_brotli);
+    server.write_file("lib.js.gz", &gz);
+    let equal = accepting(&server, "/lib.js", "br, gzip");
+    assert_eq!((equal.header("content-encoding"), equal.body == gz), (Some("gzip"), true));
+    let preferred = accepting(&server, "/lib.js", "br, gzip;q=0.9");
+    assert_eq!((preferred.header("content-encoding"), preferred.body == fast_brotli), (Some("br"), true));
+}

@@ -95,21 +95,52 @@ impl AcceptEncoding {
     }
 
     /// The best of `available` for this client: highest q-value, ties going
-    /// to the smaller encoding (brotli, then gzip, then identity). `None`
-    /// when none is acceptable: a 406, unless the caller prefers to send
-    /// identity anyway.
+    /// to brotli, then gzip, then identity. `None` when none is acceptable:
+    /// a 406, unless the caller prefers to send identity anyway.
     pub fn choose(accept: Option<&AcceptEncoding>, available: &[Coding]) -> Option<Coding> {
+        Self::best(accept, available).first()
+    }
+
+    /// Every coding of `available` the client takes as much as the best one
+    /// (equal highest q-value), brotli first: a server with the bytes at hand
+    /// sends the smallest of them.
+    pub fn best(accept: Option<&AcceptEncoding>, available: &[Coding]) -> Best {
         let present = accept.is_some();
         let accept = accept.copied().unwrap_or_default();
-        [Coding::Brotli, Coding::Gzip, Coding::Identity]
-            .into_iter()
-            .filter(|c| available.contains(c))
-            .map(|c| (c, accept.weight(c, present)))
-            .filter(|&(_, q)| q > 0)
-            // max_by_key keeps the last of equals; reverse so the first wins.
-            .rev()
-            .max_by_key(|&(_, q)| q)
-            .map(|(c, _)| c)
+        let weighted = [Coding::Brotli, Coding::Gzip, Coding::Identity]
+            .map(|c| (c, if available.contains(&c) { accept.weight(c, present) } else { 0 }));
+        let top = weighted.iter().map(|&(_, q)| q).max().unwrap_or(0);
+        let mut best = Best { codings: [Coding::Identity; 3], len: 0 };
+        if top > 0 {
+            for (c, q) in weighted {
+                if q == top {
+                    best.codings[best.len] = c;
+                    best.len += 1;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// The codings a client takes most, in tine's order of preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Best {
+    codings: [Coding; 3],
+    len: usize,
+}
+
+impl Best {
+    pub fn as_slice(&self) -> &[Coding] {
+        &self.codings[..self.len]
+    }
+
+    pub fn first(&self) -> Option<Coding> {
+        self.as_slice().first().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -220,6 +251,20 @@ mod tests {
         }
         assert_eq!(pick(&["br;level=5"], ALL), Some(Brotli));
         assert_eq!(pick(&[",,, ,br,"], ALL), Some(Brotli));
+    }
+
+    #[test]
+    fn equals_are_all_offered_to_pick_the_smallest() {
+        let best = |field: &str, available: &[Coding]| {
+            let mut a = AcceptEncoding::default();
+            a.add_field(field.as_bytes());
+            AcceptEncoding::best(Some(&a), available).as_slice().to_vec()
+        };
+        assert_eq!(best("gzip, deflate, br", ALL), [Brotli, Gzip]);
+        assert_eq!(best("gzip;q=0.9, br", ALL), [Brotli]);
+        assert_eq!(best("*", ALL), [Brotli, Gzip, Identity]);
+        assert_eq!(best("identity", ALL), [Identity]);
+        assert_eq!(best("identity;q=0", &[Identity]), []);
     }
 
     #[test]

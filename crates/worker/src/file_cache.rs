@@ -331,21 +331,23 @@ impl FileCache {
         now: Instant,
     ) -> Result<Selected<'_>, Miss> {
         let i = self.entry(root, relative, now)?;
+        // The codings the client takes most, made if need be; of those, the
+        // fewest bytes. One that turns out not worth having is no longer
+        // offered, and the choice is made again.
         let coding = loop {
             let available = self.entries[i].available();
-            let coding = AcceptEncoding::choose(accept, &available)
-                .ok_or(Miss::NotAcceptable { varies: available.len() > 1 })?;
-            if self.prepare(i, coding) {
-                break coding;
+            let best = AcceptEncoding::best(accept, &available);
+            if best.is_empty() {
+                return Err(Miss::NotAcceptable { varies: available.len() > 1 });
+            }
+            if best.as_slice().iter().all(|&c| self.prepare(i, c)) {
+                let entry = &self.entries[i];
+                let size = |c: &Coding| entry.representation(*c).size;
+                break best.as_slice().iter().copied().min_by_key(size).unwrap_or(Coding::Identity);
             }
         };
         let entry = &self.entries[i];
-        let representation = match coding {
-            Coding::Brotli => entry.brotli.ready(),
-            Coding::Gzip => entry.gzip.ready(),
-            Coding::Identity => None,
-        }
-        .unwrap_or(&entry.plain);
+        let representation = entry.representation(coding);
         Ok(Selected { representation, mtime_secs: entry.mtime_secs, last_modified: &entry.last_modified })
     }
 
@@ -499,6 +501,17 @@ impl FileCache {
 }
 
 impl Resource {
+    /// The representation in `coding`, the file itself when that one is
+    /// not ready.
+    fn representation(&self, coding: Coding) -> &Representation {
+        match coding {
+            Coding::Brotli => self.brotli.ready(),
+            Coding::Gzip => self.gzip.ready(),
+            Coding::Identity => None,
+        }
+        .unwrap_or(&self.plain)
+    }
+
     /// The codings this file can be sent in.
     fn available(&self) -> Vec<Coding> {
         let mut out = Vec::with_capacity(3);
