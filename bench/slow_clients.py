@@ -4,6 +4,7 @@ and slow-read attacks, each with wrk running beside it to show what the other
 clients still get.
 
     python3 bench/slow_clients.py [--connections 4000] [--seconds 30] [--json FILE]
+    python3 bench/slow_clients.py --attacks "slow read" --send-timeout 10s --min-send-rate 4096
 
 For each attack: tine starts fresh (one worker pinned to CPU 0, production
 defaults: header timeout 10 s, idle 60 s, send 60 s, 16,384 connections per
@@ -61,9 +62,21 @@ def need(tool, package):
         subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, capture_output=True)
 
 
+# Settings beyond the production defaults (--send-timeout, --min-send-rate).
+TIMEOUTS = {}
+LIMITS = {}
+
+
 def start_tine(work, port):
     cmd = ["taskset", "-c", "0", TINE, "serve", "--listen", f"127.0.0.1:{port}", "--root", f"{work}/www",
            "--workers", "1", "--stats-path", f"{work}/stats", "--pid-file", f"{work}/pid"]
+    if TIMEOUTS or LIMITS:
+        with open(f"{work}/tine.toml", "w") as f:
+            f.write(f'root = "{work}/www"\n[timeouts]\n')
+            f.writelines(f'{k} = "{v}"\n' for k, v in TIMEOUTS.items())
+            f.write("[limits]\n")
+            f.writelines(f"{k} = {v}\n" for k, v in LIMITS.items())
+        cmd += ["--config", f"{work}/tine.toml"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         if os.path.exists(f"{work}/pid") and stats(work):
@@ -157,7 +170,14 @@ def main():
     ap.add_argument("--connections", type=int, default=4000)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), help="which attacks (default: all)")
+    ap.add_argument("--send-timeout", metavar="DURATION", help="[timeouts] send (default 60s)")
+    ap.add_argument("--min-send-rate", type=int, metavar="BYTES_PER_S", help="[limits] min_send_rate (default off)")
     args = ap.parse_args()
+    if args.send_timeout:
+        TIMEOUTS["send"] = args.send_timeout
+    if args.min_send_rate is not None:
+        LIMITS["min_send_rate"] = args.min_send_rate
     need("slowhttptest", "slowhttptest")
     need("wrk", "wrk")
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "tine"], cwd=ROOT, check=True)
@@ -178,7 +198,7 @@ def main():
         finally:
             stop_tine(proc, work)
         results.append({"attack": "none", "wrk": baseline})
-        for name, attack_args in ATTACKS.items():
+        for name, attack_args in [(n, a) for n, a in ATTACKS.items() if n in args.attacks]:
             port += 1
             print(f"{name} ...", file=sys.stderr)
             results.append(attack(name, attack_args, work, port, args.connections, args.seconds))
@@ -192,6 +212,8 @@ def main():
               f"{w['socket_errors'] + w['non_2xx']:>12}{r.get('open_during_wrk', '-'):>8}"
               f"{a.get('peak_connected', '-'):>15}{r.get('timeouts', '-'):>10}{r.get('parse_errors', '-'):>9}")
     if args.json:
+        for r in results:
+            r["settings"] = {**TIMEOUTS, **LIMITS}
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
 

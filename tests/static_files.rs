@@ -248,3 +248,38 @@ fn a_slow_reader_of_a_large_file_does_not_hold_up_others() {
     }
     drop(slow);
 }
+
+#[test]
+fn a_client_reading_slower_than_min_send_rate_is_cut_off() {
+    let server = Server::builder()
+        .config("[timeouts]\nsend = \"1s\"\n[limits]\nmin_send_rate = 1048576\n[tcp]\nsend_buffer = 65536\n")
+        .start();
+    let file = pseudo_random(8 << 20, 21);
+    server.write_file("big.bin", &file);
+    let request = b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+    // A reader at full speed gets the whole file under the same rule.
+    let mut fast = server.connect();
+    fast.write_all(request).unwrap();
+    let r = read_response(&mut BufReader::new(fast), false);
+    assert!(r.status == 200 && r.body == file);
+
+    // 4 KiB every 20 ms is 200 KB/s, a fifth of the minimum: at that pace
+    // the file would take 40 s; the server gives up once the send timeout's
+    // grace and what was read so far are spent.
+    let mut slow = server.connect();
+    slow.write_all(request).unwrap();
+    let mut got = 0usize;
+    let mut chunk = [0u8; 4096];
+    let ended = loop {
+        match slow.read(&mut chunk) {
+            Ok(0) => break "closed",
+            Ok(n) => got += n,
+            Err(_) => break "reset",
+        }
+        assert!(got < file.len() + 1024, "the slow reader got the whole file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(got < file.len(), "{ended} after {got} bytes");
+    server.wait_until("the slow reader counted as a timeout", |s| s["total"]["timeouts"] == 1);
+}

@@ -388,6 +388,7 @@ struct RawLimits {
     request_head_bytes: Option<Spanned<i64>>,
     uri_bytes: Option<Spanned<i64>>,
     discard_body_bytes: Option<Spanned<i64>>,
+    min_send_rate: Option<Spanned<i64>>,
 }
 
 /// Turns spans into file:line:column errors for one file.
@@ -556,6 +557,9 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         if let Some(v) = &l.discard_body_bytes {
             limits.discard_body_bytes = at.in_range(v, "discard_body_bytes", 0, 1 << 40)? as u64;
+        }
+        if let Some(v) = &l.min_send_rate {
+            limits.min_send_rate = at.in_range(v, "min_send_rate", 0, 1 << 40)? as u64;
         }
     }
     if let Some(c) = &raw.cache {

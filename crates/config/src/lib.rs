@@ -147,6 +147,10 @@ pub struct Limits {
     /// Largest request body read and thrown away on a request that takes none;
     /// larger bodies get the response and then the connection is closed.
     pub discard_body_bytes: u64,
+    /// Bytes per second a client must read tine's own responses at, on
+    /// average from the response's start, after the send timeout as a grace;
+    /// 0 turns the check off.
+    pub min_send_rate: u64,
 }
 
 impl Default for Config {
@@ -182,6 +186,7 @@ impl Default for Config {
                 request_head_bytes: 16 * 1024,
                 uri_bytes: 8 * 1024,
                 discard_body_bytes: 1024 * 1024,
+                min_send_rate: 0,
             },
             cache: Cache { open_files: 1024, small_file_bytes: 16 * 1024, valid: Duration::from_secs(1) },
             compression: Compression::default(),

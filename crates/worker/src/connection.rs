@@ -81,12 +81,28 @@ pub struct Sending {
     file: Option<FileBody>,
     /// TCP_CORK is set for this response.
     corked: bool,
+    /// When the response started going out, and the bytes that went out
+    /// since: what `min_send_rate` holds a reader to.
+    started: Instant,
+    sent: u64,
 }
 
 impl Sending {
     /// A response wholly in the output buffer.
-    fn buffered() -> Self {
-        Sending { file: None, corked: false }
+    fn buffered(now: Instant) -> Self {
+        Sending { file: None, corked: false, started: now, sent: 0 }
+    }
+
+    /// How long the client may still take before it has read too slowly:
+    /// the send timeout as a grace, plus the time its bytes so far were
+    /// worth at `min_rate` bytes per second, counted from the start.
+    /// `None` without a minimum rate.
+    fn rate_allowance(&self, min_rate: u64, grace: Duration, now: Instant) -> Option<Duration> {
+        if min_rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_secs_f64(self.sent as f64 / min_rate as f64);
+        Some((grace + earned).saturating_sub(now.saturating_duration_since(self.started)))
     }
 }
 
@@ -560,7 +576,7 @@ impl Conn {
         let corked =
             file.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM) && self.transport.cork(true);
         self.wpos = 0;
-        self.phase = Phase::Send(Sending { file, corked });
+        self.phase = Phase::Send(Sending { file, corked, started: ctx.clock.now, sent: 0 });
         self.arm(ctx, ctx.timers.timeouts.send);
     }
 
@@ -594,6 +610,7 @@ impl Conn {
             match self.transport.send(&self.wbuf[self.wpos..], sending.file.is_some()) {
                 Ok(n) => {
                     self.wpos += n;
+                    sending.sent += n as u64;
                     ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
                 Err(e) => return self.blocked_sending(sending, ctx, e),
@@ -614,6 +631,7 @@ impl Conn {
                     }
                     Ok(n) => {
                         *budget -= n;
+                        sending.sent += n as u64;
                         ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
                         if !self.transport.is_tls() {
                             ctx.stats.slot.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
@@ -636,8 +654,20 @@ impl Conn {
     fn blocked_sending(&mut self, sending: Sending, ctx: &mut Ctx, e: io::Error) -> Option<Outcome> {
         if e.kind() == io::ErrorKind::WouldBlock {
             // Progress was made or the response just started: the client has
-            // another full send timeout to read.
-            self.arm(ctx, ctx.timers.timeouts.send);
+            // another full send timeout to read, unless it reads so slowly
+            // that it falls behind `min_send_rate` (a slow-read attack
+            // keeps a connection and its file forever by taking a few bytes
+            // at a time).
+            let send = ctx.timers.timeouts.send;
+            let timeout = match sending.rate_allowance(ctx.http.min_send_rate, send, ctx.clock.now) {
+                Some(left) if left.is_zero() => {
+                    self.phase = Phase::Send(sending);
+                    return Some(Outcome::Close(CloseReason::Timeout));
+                }
+                Some(left) => left.min(send),
+                None => send,
+            };
+            self.arm(ctx, timeout);
         }
         self.phase = Phase::Send(sending);
         client_io(e)

@@ -71,6 +71,9 @@ pub struct Timers {
 pub struct Http {
     pub limits: tine_http::Limits,
     pub discard_body_bytes: u64,
+    /// Bytes per second a client must read a response at, on average, once
+    /// the send timeout's grace is spent; 0: no minimum.
+    pub min_send_rate: u64,
     pub routes: Vec<Route>,
     /// For each route, what it adds to the replies it gives.
     pub route_replies: Vec<crate::responses::RouteReplies>,

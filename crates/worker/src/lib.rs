@@ -121,6 +121,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
                 uri_bytes: config.limits.uri_bytes,
             },
             discard_body_bytes: config.limits.discard_body_bytes,
+            min_send_rate: config.limits.min_send_rate,
             route_replies: routes.iter().map(crate::responses::RouteReplies::new).collect(),
             routes,
             route_sites,

@@ -904,7 +904,7 @@ impl Conn {
             close_upstream(ctx, &ex, fd);
         }
         retire(ctx, ex);
-        self.finish_response(ctx, Sending::buffered())
+        self.finish_response(ctx, Sending::buffered(ctx.clock.now))
     }
 
     /// The server failed us. Before anything reached the client, try another
@@ -978,7 +978,7 @@ impl Conn {
         self.count_proxied_response(ctx, status.0);
         self.body_len = reply.body_len;
         self.wpos = 0;
-        self.phase = Phase::Send(Sending::buffered());
+        self.phase = Phase::Send(Sending::buffered(ctx.clock.now));
         let timeout = ctx.timers.timeouts.send;
         self.arm(ctx, timeout);
         None
