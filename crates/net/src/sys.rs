@@ -614,6 +614,15 @@ pub fn clock_ticks_per_second() -> u64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
 }
 
+/// Whether `fd` is readable right now (for a listener: a client waits in
+/// its accept queue), without waiting.
+pub fn readable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: pfd is one valid pollfd; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Waits until one of the descriptors is readable or `timeout_ms` passes.
 pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
     let mut pfds: Vec<libc::pollfd> =
@@ -622,7 +631,6 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
 }
 
-/// Opens a directory as an O_PATH handle, to open files beneath it.
 /// An anonymous in-memory file (memfd), for bodies tine makes itself and
 /// then sends with sendfile like any file.
 pub fn memory_file(name: &CStr) -> io::Result<OwnedFd> {
@@ -632,6 +640,7 @@ pub fn memory_file(name: &CStr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens a directory as an O_PATH handle, to open files beneath it.
 pub fn open_directory(path: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: path is a valid C string; the result is checked before it is owned.
     let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;

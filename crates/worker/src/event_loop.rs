@@ -254,11 +254,18 @@ impl<'a> EventLoop<'a> {
             return;
         };
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= self.max_connections && !self.reclaim_idle_connections() {
-                // Every connection is busy: the rest wait in the kernel's queue
-                // until one closes or goes idle.
-                self.pause_accepting();
-                return;
+            if self.conns.len() >= self.max_connections {
+                // Idle connections give way only to a client that is waiting:
+                // with none queued, they stay (the next arrival wakes us).
+                if !sys::readable_now(listener) {
+                    return;
+                }
+                if !self.reclaim_idle_connections() {
+                    // Every connection is busy: the rest wait in the kernel's
+                    // queue until one closes or goes idle.
+                    self.pause_accepting();
+                    return;
+                }
             }
             match sys::accept(listener) {
                 Ok(Some((fd, peer))) => {
