@@ -56,7 +56,8 @@ try {
   const killed = (await nextLine()).split(" ")[1];
   await page.waitForFunction((pid) => {
     const rows = [...document.querySelectorAll("#workers tbody tr")];
-    return rows.every((r) => r.dataset.pid !== pid) && rows.some((r) => r.querySelector(".respawn"));
+    return rows.every((r) => r.dataset.pid !== pid)
+      && rows.some((r) => (r.querySelector(".respawn")?.textContent || "").startsWith("respawned"));
   }, killed, wait);
   await page.screenshot({ path: `${shots}/dashboard-respawn.png`, fullPage: true });
   await page.screenshot({ path: `${shots}/dashboard.jpg`, type: "jpeg", quality: 55, fullPage: true });
