@@ -289,6 +289,18 @@ impl Server {
     }
 }
 
+/// `tine check` refuses `toml` (with `{root}` standing for a directory that
+/// exists) with `message`, located at file:line.
+pub fn assert_check_refuses(toml: &str, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, toml.replace("{root}", dir.path().to_str().unwrap())).unwrap();
+    let out = tine().arg("check").arg("--config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(message), "{toml}: {err}");
+    assert!(err.contains("t.toml:"), "errors point at the file: {err}");
+}
+
 pub fn send_signal(pid: i32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) };
