@@ -8,6 +8,7 @@
 //! caller's buffer; nothing here allocates in the common case.
 
 use crate::request::{Body, Request};
+use crate::response::push_header;
 use crate::response_head::{ResponseBody, ResponseHead};
 
 /// Headers that never cross the proxy as they came: hop-by-hop ones, the
@@ -48,13 +49,6 @@ fn connection_listed(headers: &[httparse::Header<'_>]) -> Vec<Vec<u8>> {
         }
     }
     listed
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How the client connection goes on after a proxied response.

@@ -99,10 +99,7 @@ impl<'a> HeadWriter<'a> {
     }
 
     pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b": ");
-        self.out.extend_from_slice(value);
-        self.out.extend_from_slice(b"\r\n");
+        push_header(self.out, name.as_bytes(), value);
         self
     }
 
@@ -161,10 +158,7 @@ impl AddedHeaders {
         let mut added = AddedHeaders::default();
         for (name, value) in pairs {
             added.names.push(name.as_bytes().to_ascii_lowercase());
-            added.lines.extend_from_slice(name.as_bytes());
-            added.lines.extend_from_slice(b": ");
-            added.lines.extend_from_slice(value.as_bytes());
-            added.lines.extend_from_slice(b"\r\n");
+            push_header(&mut added.lines, name.as_bytes(), value.as_bytes());
         }
         added
     }
@@ -178,6 +172,14 @@ impl AddedHeaders {
     pub fn replaces(&self, name: &[u8]) -> bool {
         self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
+}
+
+/// Appends one `Name: value` header line.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Decimal digits of `v`, without going through `fmt`.

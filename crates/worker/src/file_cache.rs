@@ -25,6 +25,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tine_config::{Cache as CacheConfig, Compression, StaticSite};
 use tine_http::content_coding::{AcceptEncoding, Coding};
+use tine_http::response::push_header;
 use tine_http::validators::{http_date, ETag};
 
 /// One representation of a file: what a response with it says and sends.
@@ -150,8 +151,7 @@ impl Serving {
     fn sibling(&self, root: &StaticRoot, name: &[u8], original: &Metadata, coding: Coding) -> Option<Opened> {
         let mut path = name.to_vec();
         path.extend_from_slice(coding.suffix()?.as_bytes());
-        let file = root.open_beneath(&path).ok()?;
-        let meta = file.metadata().ok()?;
+        let (file, meta) = root.open_with_metadata(&path).ok()?;
         let fresh = (meta.mtime(), meta.mtime_nsec()) >= (original.mtime(), original.mtime_nsec());
         (meta.is_file() && fresh).then_some(Opened { file, meta })
     }
@@ -221,26 +221,19 @@ fn head_lines(
     etag: &ETag,
 ) -> (Box<[u8]>, Box<[u8]>) {
     let mut validators = Vec::with_capacity(96);
-    push_header(&mut validators, "Last-Modified", last_modified.as_bytes());
-    push_header(&mut validators, "ETag", etag.as_bytes());
+    push_header(&mut validators, b"Last-Modified", last_modified.as_bytes());
+    push_header(&mut validators, b"ETag", etag.as_bytes());
     if varies {
-        push_header(&mut validators, "Vary", b"Accept-Encoding");
+        push_header(&mut validators, b"Vary", b"Accept-Encoding");
     }
     let mut headers = Vec::with_capacity(192);
-    push_header(&mut headers, "Content-Type", content_type.as_bytes());
+    push_header(&mut headers, b"Content-Type", content_type.as_bytes());
     if let Some(token) = coding.and_then(Coding::token) {
-        push_header(&mut headers, "Content-Encoding", token.as_bytes());
+        push_header(&mut headers, b"Content-Encoding", token.as_bytes());
     }
     headers.extend_from_slice(&validators);
-    push_header(&mut headers, "Accept-Ranges", b"bytes");
+    push_header(&mut headers, b"Accept-Ranges", b"bytes");
     (headers.into_boxed_slice(), validators.into_boxed_slice())
-}
-
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn mtime_secs(meta: &Metadata) -> u64 {
@@ -335,8 +328,10 @@ impl FileCache {
         // fewest bytes. One that turns out not worth having is no longer
         // offered, and the choice is made again.
         let coding = loop {
-            let available = self.entries[i].available();
-            let best = AcceptEncoding::best(accept, &available);
+            let mut codings = [Coding::Identity; 3];
+            let n = self.entries[i].available(&mut codings);
+            let available = &codings[..n];
+            let best = AcceptEncoding::best(accept, available);
             if best.is_empty() {
                 return Err(Miss::NotAcceptable { varies: available.len() > 1 });
             }
@@ -513,16 +508,18 @@ impl Resource {
     }
 
     /// The codings this file can be sent in.
-    fn available(&self) -> Vec<Coding> {
-        let mut out = Vec::with_capacity(3);
-        if !matches!(self.brotli, Coded::Absent) {
-            out.push(Coding::Brotli);
+    /// Written into `out` (no allocation: this runs for every request); the
+    /// count is returned.
+    fn available(&self, out: &mut [Coding; 3]) -> usize {
+        let mut n = 0;
+        for (coded, coding) in [(&self.brotli, Coding::Brotli), (&self.gzip, Coding::Gzip)] {
+            if !matches!(coded, Coded::Absent) {
+                out[n] = coding;
+                n += 1;
+            }
         }
-        if !matches!(self.gzip, Coded::Absent) {
-            out.push(Coding::Gzip);
-        }
-        out.push(Coding::Identity);
-        out
+        out[n] = Coding::Identity;
+        n + 1
     }
 
     /// Drops compressed copies made on the fly (they are made again when

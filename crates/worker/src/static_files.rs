@@ -70,6 +70,13 @@ impl StaticRoot {
         Ok(File::from(fd))
     }
 
+    /// Opens `relative` beneath the root with its metadata.
+    pub fn open_with_metadata(&self, relative: &[u8]) -> io::Result<(File, Metadata)> {
+        let file = self.open_beneath(relative)?;
+        let meta = file.metadata()?;
+        Ok((file, meta))
+    }
+
     fn openat_checked(&self, relative: &[u8]) -> io::Result<OwnedFd> {
         let owned = with_c_path(relative, |c| sys::open_at(self.dir.as_raw_fd(), c))?;
         let real = std::fs::read_link(format!("/proc/self/fd/{}", owned.as_raw_fd()))?;
@@ -139,7 +146,7 @@ pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
     }
     let mut index = relative.to_vec();
     index.extend_from_slice(b"index.html");
-    match root.open_beneath(&index).and_then(|f| f.metadata().map(|m| (f, m))) {
+    match root.open_with_metadata(&index) {
         Ok((file, meta)) if meta.is_file() => {
             Ok(Resolved { file, meta, served_name: index, fallback: false })
         }
@@ -168,7 +175,7 @@ pub fn resolve_first(root: &StaticRoot, relative: &[u8], try_files: &[TryFile]) 
             }
             TryFile::Fixed(path) => candidate.extend_from_slice(path.as_bytes()),
         }
-        match root.open_beneath(&candidate).and_then(|f| f.metadata().map(|m| (f, m))) {
+        match root.open_with_metadata(&candidate) {
             Ok((file, meta)) if meta.is_file() => {
                 let fallback = matches!(entry, TryFile::Fixed(_));
                 return Ok(Resolved { file, meta, served_name: candidate, fallback });
