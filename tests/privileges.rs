@@ -72,7 +72,11 @@ fn workers_run_as_the_configured_user_through_reload_and_upgrade() {
     let region = std::fs::metadata(&server.stats_path).unwrap();
     assert_eq!(region.gid(), NOBODY);
     assert_eq!(region.mode() & 0o777, 0o640);
-    let as_ops_tool = tine()
+    // The ops tool runs from a copy the other user can reach, wherever the
+    // checkout is (a 0700 directory would refuse it the binary itself).
+    let ops_binary = server.dir.path().join("tine-ops");
+    std::fs::copy(env!("CARGO_BIN_EXE_tine"), &ops_binary).unwrap();
+    let as_ops_tool = std::process::Command::new(&ops_binary)
         .args(["stats", "--json", "--stats-path"])
         .arg(&server.stats_path)
         .uid(NOBODY + 1000)
