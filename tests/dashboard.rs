@@ -76,7 +76,8 @@ fn load(addr: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Vec<st
                 let path = if i % 2 == 0 { "/index.html" } else { "/api/items" };
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(mut s) = TcpStream::connect(addr) else { continue };
-                    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                    let request =
+                        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
                     if s.write_all(request.as_bytes()).is_ok() {
                         let mut out = Vec::new();
                         if s.read_to_end(&mut out).is_ok() && out.starts_with(b"HTTP/1.1 200") {

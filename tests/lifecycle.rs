@@ -181,7 +181,7 @@ fn tine_signal_quit_stops_gracefully_and_explains_a_missing_pid_file() {
 /// The admin endpoint answers /metrics and a stream relays bytes to its echo.
 fn admin_and_stream_work(server: &Server, when: &str) {
     let admin = admin_addr(server);
-    let raw = exchange_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let raw = exchange_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.2\r\nConnection: close\r\n\r\n");
     assert_eq!(status_of(&raw), 200, "admin endpoint {when}");
     let stream = stream_addr(server, "echo");
     let s = connect(stream);

@@ -90,7 +90,7 @@ fn every_statistics_document_matches_its_schema() {
     server.wait_until("the requests counted", |s| s["total"]["requests"] == 2 && s["total"]["active"] == 0);
     let admin = admin_addr(&server);
     let mut s = connect(admin);
-    s.write_all(b"GET /stats.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let answer = read_response(&mut std::io::BufReader::new(s), false);
     let from_admin: Value = serde_json::from_slice(&answer.body).unwrap();
     assert_eq!(from_admin["upstreams"].as_array().map(Vec::len), Some(1));
@@ -233,7 +233,7 @@ fn prometheus_output_and_the_admin_endpoint_parse_and_count_right() {
     let get = |path: &str| {
         let raw = exchange_raw(
             admin,
-            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         read_response(&mut &raw[..], false)
     };

@@ -43,7 +43,7 @@ SAMPLED_RTT_OFFSET = 552
 SLOT_AFTER_RTT = {"rejected_malformed": 808, "rejected_target": 816, "rejected_uri_too_long": 824,
                   "rejected_head_too_large": 832, "rejected_version": 840, "rejected_not_implemented": 848,
                   "proxy_headers": 856, "proxy_refused_untrusted": 864, "proxy_refused_missing": 872,
-                  "proxy_refused_malformed": 880, "proxy_refused_timeout": 888}
+                  "proxy_refused_malformed": 880, "proxy_refused_timeout": 888, "tls_failed_no_common": 896}
 
 
 class Invalid(Exception):

@@ -17,6 +17,7 @@ struct RawFile {
     tls: Option<RawTls>,
     proxy_protocol: Option<RawProxyProtocol>,
     health_path: Option<Spanned<String>>,
+    admin_hosts: Option<Vec<Spanned<String>>>,
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
     #[serde(default)]
@@ -204,7 +205,7 @@ fn check_route_keys(at: &Locator, r: &RawRoute, handler: &Handler) -> Result<(),
 fn check_location(to: &str) -> Result<(), String> {
     let visible = !to.is_empty() && to.bytes().all(|b| (b'!'..=b'~').contains(&b));
     let absolute = to.starts_with("https://") || to.starts_with("http://");
-    let local = to.starts_with('/') && !to.starts_with("//");
+    let local = to.starts_with('/') && !to.starts_with("//") && !to.starts_with("/\\");
     if visible && (absolute || local) {
         Ok(())
     } else {
@@ -268,12 +269,11 @@ fn load_error_page(status: &str, page: &str, root: &Path) -> Result<(u16, crate:
     if relative.split('/').any(|s| s == "..") || relative.is_empty() {
         return Err(format!("error page {page:?} must name a file under the root"));
     }
-    let path = root.join(relative);
-    let size = std::fs::metadata(&path).map_err(|e| format!("error page {}: {e}", path.display()))?.len();
-    if size > ERROR_PAGE_LIMIT {
-        return Err(format!("error page {} is larger than {ERROR_PAGE_LIMIT} bytes", path.display()));
-    }
-    let body = std::fs::read(&path).map_err(|e| format!("error page {}: {e}", path.display()))?;
+    // Opened as the workers open what they serve: beneath the root, no
+    // symlink out of it, a regular file only, never blocking, bounded.
+    let failed = |e: &dyn std::fmt::Display| format!("error page {}: {e}", root.join(relative).display());
+    let root = tine_fs::Root::open(root).map_err(|e| failed(&e))?;
+    let body = root.read_regular(relative.as_bytes(), ERROR_PAGE_LIMIT).map_err(|e| failed(&e))?;
     Ok((code, crate::ErrorPage { path: page.to_string(), body }))
 }
 
@@ -493,6 +493,18 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 Ok(s.clone())
             } else {
                 Err(format!("health_path must be a path such as \"/healthz\", not {s:?}"))
+            }
+        })?);
+    }
+    for name in raw.admin_hosts.iter().flatten() {
+        config.admin_hosts.push(at.check(name, |s| {
+            let valid = !s.is_empty()
+                && s.len() <= 253
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if valid {
+                Ok(s.trim_end_matches('.').to_ascii_lowercase())
+            } else {
+                Err(format!("admin_hosts entry {s:?} is not a host name (IP literals are always answered)"))
             }
         })?);
     }
@@ -862,7 +874,8 @@ fn parse_proxy(
         })?;
         let handler = route_handler(at, r, relative_to_file, &upstream_index)?;
         check_route_keys(at, r, &handler)?;
-        let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+        // A fully qualified name's trailing dot names the same host.
+        let host = r.host.as_ref().map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase());
         let redirect_to_https = r.redirect_to_https.as_ref().is_some_and(|v| *v.get_ref());
         let headers = r
             .headers

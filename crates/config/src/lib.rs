@@ -54,6 +54,10 @@ pub struct Config {
     /// A path that public listeners answer as the health check (the admin
     /// listener answers `/health` in any case).
     pub health_path: Option<String>,
+    /// Names the admin listener answers besides IP literals and `localhost`
+    /// (lower case, without a trailing dot): a page whose name was rebound
+    /// to the admin address cannot read it.
+    pub admin_hosts: Vec<String>,
     /// The user workers run as (the master keeps root to bind, reload and
     /// upgrade); None: workers run as the master does.
     pub user: Option<String>,
@@ -162,6 +166,7 @@ impl Default for Config {
             tls: Tls::default(),
             proxy_protocol: ProxyProtocol::default(),
             health_path: None,
+            admin_hosts: Vec::new(),
             user: None,
             group: None,
             admin_listen: None,
@@ -234,6 +239,9 @@ impl Source {
         Config::resolve(self.file.as_deref(), &self.flags)
     }
 }
+
+/// The largest configuration file tine reads.
+pub const CONFIG_FILE_LIMIT: u64 = 16 * 1024 * 1024;
 
 impl Config {
     /// Every address to bind, in [`ListenerRole`] order: the HTTP listen
@@ -309,10 +317,13 @@ impl Config {
         }
     }
 
-    /// Reads and validates a TOML file.
+    /// Reads and validates a TOML file (a regular file of at most
+    /// [`CONFIG_FILE_LIMIT`] bytes).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::File { file: path.to_owned(), message: format!("cannot read: {e}") })?;
+        let file_error = |message: String| ConfigError::File { file: path.to_owned(), message };
+        let bytes = tine_fs::read_regular(path, CONFIG_FILE_LIMIT)
+            .map_err(|e| file_error(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| file_error("is not UTF-8 text".into()))?;
         Self::parse(&text, path)
     }
 

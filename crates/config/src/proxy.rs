@@ -134,15 +134,19 @@ pub struct Stream {
 }
 
 /// Picks the route for a request: the index of the route in `routes`.
-/// `host` is compared without its port and case; `path` is the request's
+/// `host` is compared without its port, case and the trailing dot of a fully
+/// qualified name (`example.test.` is `example.test`); `path` is the request's
 /// normalised path (tine_http::target), so every spelling of a path picks
 /// the same route. Runs for every request, so it compares in place rather
 /// than allocating.
 pub fn route_for(routes: &[Route], host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
-    let host = host.map(|h| match h.iter().rposition(|&b| b == b':') {
-        // Keep IPv6 literals whole: `[::1]:80` -> `[::1]`.
-        Some(i) if !h.ends_with(b"]") => &h[..i],
-        _ => h,
+    let host = host.map(|h| {
+        let name = match h.iter().rposition(|&b| b == b':') {
+            // Keep IPv6 literals whole: `[::1]:80` -> `[::1]`.
+            Some(i) if !h.ends_with(b"]") => &h[..i],
+            _ => h,
+        };
+        name.strip_suffix(b".").unwrap_or(name)
     });
     routes
         .iter()
@@ -184,6 +188,15 @@ mod tests {
         assert_eq!(pick(Some("b.test"), "/api/v1"), Some(1));
         assert_eq!(pick(Some("A.test:8080"), "/api/v1"), Some(2));
         assert_eq!(route_for(&routes[1..2], None, b"/other"), None);
+    }
+
+    #[test]
+    fn a_fully_qualified_host_is_the_same_host() {
+        let routes = [route(None, "/", 0), route(Some("a.test"), "/", 1)];
+        for host in ["a.test.", "A.TEST.:443", "a.test.:80"] {
+            assert_eq!(route_for(&routes, Some(host.as_bytes()), b"/x"), Some(1), "{host}");
+        }
+        assert_eq!(route_for(&routes, Some(b"a.test.."), b"/x"), Some(0));
     }
 
     #[test]

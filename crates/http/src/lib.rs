@@ -10,6 +10,7 @@ pub mod chunked;
 pub mod content_coding;
 pub mod date;
 pub mod forward;
+pub mod location;
 pub mod proxy_protocol;
 pub mod request;
 pub mod response;

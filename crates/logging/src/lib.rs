@@ -12,13 +12,12 @@ pub use access::{AccessEntry, AccessLog};
 pub use clock::{iso8601_utc, CivilTime};
 pub use error_log::{install, reopen_error_log, ErrorLogTarget};
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Opens a log file for appending (O_APPEND, and close-on-exec like every file
-/// std opens), creating it with mode 0644 if needed.
+/// Opens a log file for appending, creating it with mode 0644 if needed;
+/// never through a symlink (see [`tine_fs::open_log`]).
 pub fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().append(true).create(true).mode(0o644).open(path)
+    tine_fs::open_log(path, 0o644)
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tine_config::{Config, ListenerRole, Source, Workers};
 use tine_logging::ErrorLogTarget;
 use tine_net::ListenerSet;
-use tine_stats::{Region, RegionState, RegionView, SlotState};
+use tine_stats::{GaugeShare, Region, RegionState, RegionView, SlotState};
 use tine_tls::{TicketKeyRing, TlsContext};
 
 /// A worker that exits sooner than this after starting counts as crash-looping.
@@ -116,6 +116,8 @@ struct Master {
     cpus: Vec<usize>,
     slots: Vec<SlotRecord>,
     retiring: Vec<Retiring>,
+    /// Each live worker's part of its slot's gauges, given back when it is reaped.
+    gauge_shares: Vec<(Pid, GaugeShare)>,
     upgrade: Option<upgrade::Pending>,
     /// Set when this master came from an upgrade: where to say "ready".
     tell_old_master: Option<OwnedFd>,
@@ -237,6 +239,7 @@ impl Master {
             cpus,
             slots: Vec::new(),
             retiring: Vec::new(),
+            gauge_shares: Vec::new(),
             upgrade: None,
             tell_old_master: inherited.ready,
             phase: Phase::Running,
@@ -627,9 +630,11 @@ impl Master {
                 Ok(_) => continue,
             };
             if let Some(index) = self.slots.iter().position(|s| s.pid == Some(pid)) {
+                self.give_back_gauges(pid, index);
                 self.on_worker_exit(index, pid, &how);
             } else if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
                 let r = self.retiring.swap_remove(i);
+                self.give_back_gauges(pid, r.slot);
                 log::info!("old worker {} (pid {pid}) {how}", r.slot);
                 if r.slot >= self.slots.len() {
                     self.region.slot(r.slot).state.store(SlotState::Retired as u64, Relaxed);
@@ -641,19 +646,18 @@ impl Master {
         }
     }
 
+    /// A reaped worker's connections died with it: what it still held in
+    /// its slot's gauges leaves them (nothing of another worker's does).
+    fn give_back_gauges(&mut self, pid: Pid, slot: usize) {
+        if let Some(i) = self.gauge_shares.iter().position(|(p, _)| *p == pid) {
+            let (_, share) = self.gauge_shares.swap_remove(i);
+            share.give_back(&self.region, slot);
+        }
+    }
+
     fn on_worker_exit(&mut self, index: usize, pid: Pid, how: &str) {
         let stats = self.region.slot(index);
         stats.pid.store(0, Relaxed);
-        // The gauge is the dead worker's alone unless an old worker of the slot
-        // is still draining (and counting its own connections in it).
-        if !self.retiring.iter().any(|r| r.slot == index) {
-            stats.active.store(0, Relaxed);
-            for upstream in self.region.upstream_stats(index) {
-                upstream.open.store(0, Relaxed);
-                upstream.active.store(0, Relaxed);
-                upstream.down.store(0, Relaxed);
-            }
-        }
         stats.state.store(SlotState::Dead as u64, Relaxed);
         let slot = &mut self.slots[index];
         slot.pid = None;
@@ -690,7 +694,11 @@ impl Master {
         // sockets a reload retired: closed in the master once the old workers
         // are gone, they must then be closed in every process, or clients
         // would queue on a socket nobody accepts on instead of being refused.
-        let mut master_fds = vec![self.signals.as_raw_fd(), self.tickets.raw_fd()];
+        // The stats region's descriptor is read-write and its holder could
+        // truncate the file under the master's mapping (SIGBUS): workers
+        // keep only the mapping they inherit.
+        let mut master_fds =
+            vec![self.signals.as_raw_fd(), self.tickets.raw_fd(), self.region.lock_fd().as_raw_fd()];
         master_fds.extend(self.retired_sockets.iter().map(|fd| fd.as_raw_fd()));
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
@@ -708,7 +716,8 @@ impl Master {
                 run_as: self.run_as.as_ref(),
             };
             match spawn_worker(spec) {
-                Ok(pid) => {
+                Ok((pid, share)) => {
+                    self.gauge_shares.push((pid, share));
                     let slot = &mut self.slots[index];
                     slot.pid = Some(pid);
                     slot.started = now;

@@ -7,7 +7,7 @@
 //! that user; the stats region is readable by its group.
 
 use crate::MasterError;
-use nix::unistd::{chown, Gid, Group, Uid, User};
+use nix::unistd::{chown, fchown, Gid, Group, Uid, User};
 use std::path::Path;
 use tine_config::Config;
 
@@ -47,13 +47,20 @@ pub fn resolve(config: &Config) -> Result<Option<RunAs>, MasterError> {
 
 /// Makes sure a file the workers open by name (a log they reopen after
 /// logrotate) exists and is their user's: created by the master (0640) when
-/// missing, since the workers may not write its directory.
+/// missing, since the workers may not write its directory. The user may
+/// write that directory, so what is at the path is untrusted: it is opened
+/// without following a symlink, must be a regular file with one link (not a
+/// hard link to a file elsewhere), and the opened file's owner is changed,
+/// never the path's.
 pub fn hand_over(path: &Path, run_as: &RunAs) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let created = std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path);
-    if let Err(e) =
-        created.map(drop).and_then(|()| chown(path, Some(run_as.uid), Some(run_as.gid)).map_err(Into::into))
-    {
+    let handed = tine_fs::open_log(path, 0o640).and_then(|file| {
+        use std::os::unix::fs::MetadataExt;
+        if file.metadata()?.nlink() != 1 {
+            return Err(std::io::Error::other("it has more than one hard link"));
+        }
+        fchown(&file, Some(run_as.uid), Some(run_as.gid)).map_err(Into::into)
+    });
+    if let Err(e) = handed {
         log::warn!("cannot give {} to user {}: {e}", path.display(), run_as.user);
     }
 }

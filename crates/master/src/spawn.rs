@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use tine_config::Config;
 use tine_net::ListenerSet;
-use tine_stats::{Region, RegionView, SlotState};
+use tine_stats::{GaugeShare, Region, RegionView, SlotState};
 use tine_worker::{WorkerError, WorkerInit};
 
 /// Exit code of a worker that panicked: a bug, which the master survives.
@@ -28,8 +28,11 @@ pub struct Spawn<'a> {
     pub run_as: Option<&'a crate::privileges::RunAs>,
 }
 
-/// Forks a worker for `spec.slot` and returns its pid.
-pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
+/// Forks a worker for `spec.slot` and returns its pid, with the share of the
+/// slot's gauges it keeps (to be given back once it is reaped).
+pub fn spawn_worker(spec: Spawn<'_>) -> Result<(Pid, GaugeShare), MasterError> {
+    let share = GaugeShare::new(spec.region.upstream_stats(spec.slot).len())
+        .map_err(|e| MasterError::Other(format!("cannot make the worker's gauge share: {e}")))?;
     let stats = spec.region.slot(spec.slot);
     // From here on any older worker still draining in this slot only adds to
     // its counters and leaves the descriptive fields to this one.
@@ -43,7 +46,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
         ForkResult::Parent { child } => {
             stats.pid.store(child.as_raw() as u64, Relaxed);
             stats.started_unix_ms.store(tine_stats::unix_millis(), Relaxed);
-            Ok(child)
+            Ok((child, share))
         }
         ForkResult::Child => {
             let mut close_fds = spec.listeners.all_but_slot(spec.slot);
@@ -60,6 +63,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<Pid, MasterError> {
                 region: spec.region,
                 tls: spec.tls,
                 run_as: spec.run_as.map(|r| (r.uid.as_raw(), r.gid.as_raw())),
+                gauge_share: &share,
             };
             let code = match std::panic::catch_unwind(AssertUnwindSafe(|| tine_worker::run(init))) {
                 Ok(Ok(_)) | Ok(Err(WorkerError::Orphaned(_))) => 0,

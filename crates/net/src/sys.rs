@@ -1,9 +1,9 @@
 //! Every raw system call of tine, each behind a small safe function with a
 //! `// SAFETY:` note: sockets the standard library does not offer (or offers
 //! only with extra syscalls: SO_REUSEPORT listeners, accept4 with flags,
-//! MSG_MORE sends), sendfile and splice, files opened beneath a root
-//! (openat2), and the process calls of masters and workers (prctl, rlimits,
-//! poll). No other crate of tine calls libc.
+//! MSG_MORE sends), sendfile and splice, and the process calls of masters
+//! and workers (prctl, rlimits, poll). No other crate of tine calls libc;
+//! files are opened through nix's safe wrappers in tine-fs.
 
 use std::ffi::CStr;
 use std::io;
@@ -636,60 +636,6 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
 pub fn memory_file(name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: name is a valid C string; the result is checked before it is owned.
     let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Opens a directory as an O_PATH handle, to open files beneath it.
-pub fn open_directory(path: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: path is a valid C string; the result is checked before it is owned.
-    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Flags of every file a worker opens to serve: read-only, and O_NONBLOCK so
-/// that a FIFO under a root cannot block the worker.
-const SERVE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
-
-/// Opens `relative` under the directory `dir` with openat2 and
-/// RESOLVE_BENEATH: no `..`, absolute symlink or magic link leads outside.
-pub fn open_beneath(dir: RawFd, relative: &CStr) -> io::Result<OwnedFd> {
-    /// struct open_how from linux/openat2.h.
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
-    const SYS_OPENAT2: libc::c_long = 437;
-    let how = OpenHow {
-        flags: SERVE_FLAGS as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: relative and how outlive the call, and the size passed is how's size.
-    let fd = unsafe {
-        libc::syscall(
-            SYS_OPENAT2,
-            dir,
-            relative.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Opens `relative` under the directory `dir` with plain openat (for kernels
-/// or sandboxes without openat2; the caller checks where it landed).
-pub fn open_at(dir: RawFd, relative: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: relative outlives the call; the result is checked before use.
-    let fd = check(unsafe { libc::openat(dir, relative.as_ptr(), SERVE_FLAGS) })?;
     // SAFETY: a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -301,7 +301,7 @@ section! {
         tls_v1_2: Counter = "the part of tls_handshakes that negotiated TLS 1.2",
         tls_failed_protocol: Counter = "TLS handshakes failed on a protocol error: not TLS, malformed or truncated, an alert from the client, nothing in common",
         tls_failed_timeout: Counter = "TLS handshakes not complete within the header timeout",
-        tls_failed_no_certificate: Counter = "TLS handshakes refused because no certificate covers the name asked for",
+        tls_failed_no_certificate: Counter = "TLS handshakes refused because no certificate covers the name asked for (unknown_name = \"refuse\")",
         tls_failed_plain_http: Counter = "plain HTTP requests on a TLS port, answered with a plain-text 400",
         tls_record_errors: Counter = "established TLS connections closed on a bad record or an alert from the client",
         tcp_info_samples: Counter = "client connections whose TCP_INFO was sampled as they closed (one in TCP_INFO_SAMPLE_EVERY)",
@@ -324,6 +324,7 @@ section! {
         proxy_refused_missing: Counter = "connections from a trusted source refused for not beginning with a PROXY protocol header",
         proxy_refused_malformed: Counter = "connections refused for a malformed or oversized PROXY protocol header",
         proxy_refused_timeout: Counter = "connections whose PROXY protocol header did not arrive within [proxy_protocol] timeout",
+        tls_failed_no_common: Counter = "TLS handshakes refused because the client offered no cipher suite, signature scheme or key-exchange group the certificates can serve",
     }
 }
 
@@ -464,7 +465,7 @@ const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
-const _: () = assert!(SLOT_SIZE == 896);
+const _: () = assert!(SLOT_SIZE == 960);
 const _: () = assert!(MASTER_SIZE.is_multiple_of(64));
 const _: () = assert!(HOST_SIZE.is_multiple_of(64));
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);

@@ -9,6 +9,7 @@
 //!
 //! This crate depends on no other tine crate, so an ops tool can link it alone.
 
+pub mod gauges;
 pub mod layout;
 pub mod ownership;
 pub mod prometheus;
@@ -18,6 +19,7 @@ pub mod snapshot;
 pub mod view;
 pub mod writer;
 
+pub use gauges::{GaugeShare, Gauges, UpstreamGauge};
 pub use layout::{Header, MasterSection, RegionState, Slot, SlotState, LAYOUT_VERSION, MAGIC};
 pub use reader::{ReadError, Reader};
 pub use snapshot::{SlotValues, Snapshot, Totals};

@@ -42,6 +42,7 @@ fn slot_metric(name: &str) -> Option<(&'static str, f64, Option<Label>)> {
         "tls_failed_timeout" => ("tls_handshake_failures", 1.0, Some(("class", "timeout"))),
         "tls_failed_no_certificate" => ("tls_handshake_failures", 1.0, Some(("class", "no_certificate"))),
         "tls_failed_plain_http" => ("tls_handshake_failures", 1.0, Some(("class", "plain_http"))),
+        "tls_failed_no_common" => ("tls_handshake_failures", 1.0, Some(("class", "no_common"))),
         "tls_record_errors" => ("tls_record_errors", 1.0, None),
         "tcp_info_samples" => ("tcp_info_samples", 1.0, None),
         "sampled_retrans_segs" => ("tcp_sampled_retransmitted_segments", 1.0, None),
@@ -103,7 +104,7 @@ pub fn render(s: &Snapshot, worker: Option<usize>) -> String {
                 "responses" => "responses sent, by status class",
                 "tls_handshakes_by_version" => "TLS handshakes completed, by protocol version",
                 "tls_handshake_failures" => {
-                    "TLS handshakes failed, by class: protocol, timeout, no_certificate, plain_http"
+                    "TLS handshakes failed, by class: protocol, timeout, no_certificate, no_common, plain_http"
                 }
                 _ => f.help,
             };

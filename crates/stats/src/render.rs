@@ -242,8 +242,13 @@ fn refused_line(s: &Snapshot) -> String {
 fn tls_lines(s: &Snapshot) -> String {
     let t = s.totals();
     let v = |name: &str| t.get(name).unwrap_or(0);
-    let failed =
-        ["tls_failed_protocol", "tls_failed_timeout", "tls_failed_no_certificate", "tls_failed_plain_http"];
+    let failed = [
+        "tls_failed_protocol",
+        "tls_failed_timeout",
+        "tls_failed_no_certificate",
+        "tls_failed_no_common",
+        "tls_failed_plain_http",
+    ];
     let mut out = String::new();
     for c in &s.certificates {
         let days = c.expires_in(s.taken_unix_ms) as f64 / 86_400.0;
@@ -254,7 +259,7 @@ fn tls_lines(s: &Snapshot) -> String {
     }
     out + &format!(
         "tls: handshakes {} (resumed {}, TLS 1.3 {}, TLS 1.2 {}); failed: protocol {}, timeout {}, \
-         no certificate {}, plain HTTP {}; record errors {}\n",
+         no certificate {}, nothing in common {}, plain HTTP {}; record errors {}\n",
         v("tls_handshakes"),
         v("tls_resumed"),
         v("tls_v1_3"),
@@ -262,6 +267,7 @@ fn tls_lines(s: &Snapshot) -> String {
         v("tls_failed_protocol"),
         v("tls_failed_timeout"),
         v("tls_failed_no_certificate"),
+        v("tls_failed_no_common"),
         v("tls_failed_plain_http"),
         v("tls_record_errors"),
     )

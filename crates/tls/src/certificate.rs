@@ -122,8 +122,13 @@ impl LoadedCertificate {
     }
 }
 
+/// The largest certificate chain or key file tine reads.
+const PEM_FILE_LIMIT: u64 = 1024 * 1024;
+
+/// Reads a certificate or key file: a regular file, opened without blocking
+/// (a FIFO would stall the master's reload), at most PEM_FILE_LIMIT bytes.
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::file(path, format!("cannot read: {e}")))
+    tine_fs::read_regular(path, PEM_FILE_LIMIT).map_err(|e| TlsError::file(path, format!("cannot read: {e}")))
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -66,6 +66,8 @@ impl CertResolver {
     /// The candidates for `name` (None: no SNI), best first.
     fn candidates(&self, name: Option<&str>) -> &[usize] {
         let Some(name) = name else { return &self.default };
+        // A fully qualified name's trailing dot names the same host.
+        let name = name.strip_suffix('.').unwrap_or(name);
         let lower;
         let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = name.to_ascii_lowercase();
@@ -83,15 +85,22 @@ impl CertResolver {
     }
 
     /// The certificate for a client named `name` that verifies `schemes`.
+    /// When none of the name's certificates can sign with what the client
+    /// offers, the best of them is still returned: rustls then ends the
+    /// handshake with `handshake_failure` (no cipher suite or signature
+    /// scheme in common), which is what the client's problem is. Only a name
+    /// with no certificate at all (`unknown_name = "refuse"`) gets None.
     pub fn choose(
         &self,
         name: Option<&str>,
         schemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.candidates(name)
+        let candidates = self.candidates(name);
+        candidates
             .iter()
             .map(|&i| &self.keys[i])
             .find(|k| k.key.choose_scheme(schemes).is_some())
+            .or_else(|| candidates.first().map(|&i| &self.keys[i]))
             .cloned()
     }
 }

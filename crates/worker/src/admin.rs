@@ -4,6 +4,9 @@
 //! that polls /stats.json), and `GET /health` (also on public listeners at `health_path`), which a load
 //! balancer probes: 200 while serving, 503 once the server drains or stops.
 //! Bind it to loopback or a management network: it has no authentication.
+//! It answers only requests for an IP literal, `localhost` or a name in
+//! `admin_hosts` (421 otherwise; `/health` excepted), so a page that rebinds
+//! its DNS name to the admin address cannot read it from a browser.
 
 use crate::connection::{framing, plan_framing, Started};
 use crate::context::Ctx;
@@ -19,6 +22,9 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     let framing = framing(req, ctx.clock.date.bytes(), keep_alive, &crate::responses::NO_ROUTE);
     let path = req.origin_target.split(|&b| b == b'?').next().unwrap_or_default();
     let reply = match (req.method, path) {
+        (_, p) if p != b"/health" && !admits(req.host, &ctx.http.admin_hosts) => {
+            error_page(Status::MISDIRECTED_REQUEST, &framing, None, out)
+        }
         (Method::Other, _) => {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
         }
@@ -37,16 +43,39 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     Started { reply, keep_alive, discard }
 }
 
-/// The health check: 200 `serving` while the master says it is running,
-/// 503 `draining` from the moment it drains (`tine signal drain`, the
-/// drain_delay of a graceful stop, an upgrade) or stops.
+/// Whether the admin listener answers a request for `host`: an IP literal,
+/// `localhost`, a name the operator listed, or no Host at all (HTTP/1.0).
+/// Anything else is a name that resolves to the admin address without being
+/// meant for it: a page rebinding its DNS name to read the statistics.
+fn admits(host: Option<&[u8]>, listed: &[String]) -> bool {
+    let Some(host) = host else { return true };
+    let name = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host.ends_with(b"]") => &host[..i],
+        _ => host,
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.starts_with(b"[") && name.ends_with(b"]") {
+        return std::str::from_utf8(&name[1..name.len() - 1])
+            .is_ok_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    std::str::from_utf8(name).is_ok_and(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        || name.eq_ignore_ascii_case(b"localhost")
+        || listed.iter().any(|l| name.eq_ignore_ascii_case(l.as_bytes()))
+}
+
+/// The health check: 200 `serving` while the master says it is running and
+/// this worker is not draining; 503 `draining` from the moment the server
+/// drains (`tine signal drain`, the drain_delay of a graceful stop, an
+/// upgrade) or stops, and from the moment this worker drains for any reason
+/// (its master died, a reload replaced it), though the region may still say
+/// serving.
 pub fn health(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
     let framing = framing(req, ctx.clock.date.bytes(), keep_alive, &crate::responses::NO_ROUTE);
     let reply = if req.method == Method::Other {
         error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
-    } else if ctx.stats.region.serving() {
+    } else if ctx.stats.region.serving() && !ctx.draining {
         document_with(out, &framing, Status::OK, b"text/plain", b"serving\n".to_vec())
     } else {
         document_with(out, &framing, Status::SERVICE_UNAVAILABLE, b"text/plain", b"draining\n".to_vec())

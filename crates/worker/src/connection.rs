@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use tine_http::chunked::{ChunkedDecoder, Output};
 use tine_http::request::{Body, Method, Request};
 use tine_http::response::{Persistence, Status};
-use tine_http::{parse_request, HttpError};
+use tine_http::{location, parse_request, HttpError};
 
 use crate::buffer_pool::ReadBuf;
 
@@ -231,7 +231,7 @@ impl Conn {
             }
             return;
         }
-        ctx.proxy.upstreams.check_idle(self.id, ctx.stats.upstreams);
+        ctx.proxy.upstreams.check_idle(self.id, &ctx.stats);
     }
 
     /// The connection's deadline passed: usually it closes, but an upstream
@@ -286,6 +286,7 @@ impl Conn {
         };
         self.release_exchange(ctx, exchange);
         self.release_buffers(ctx);
+        ctx.proxy.upstreams.client_gone(self.id, &ctx.stats);
     }
 
     /// Between requests: buffers go back to the pool so an idle connection
@@ -952,7 +953,7 @@ fn https_location(req: &Request<'_>, https_port: Option<u16>) -> Option<Vec<u8>>
         location.push(b':');
         tine_http::response::push_u64(&mut location, port.into());
     }
-    location.extend_from_slice(req.origin_target);
+    location::push_request_bytes(&mut location, req.origin_target);
     Some(location)
 }
 
@@ -970,16 +971,13 @@ fn redirect(
     let mut location = to.to.as_bytes().to_vec();
     if to.keep_path {
         let rest = path.route.get(route_path.len()..).unwrap_or_default();
-        // `/old/` -> `/new` and a rest of `a` must not run together, and a
-        // bare `https://host` gets its path.
-        let bare_origin = location.iter().filter(|&&b| b == b'/').count() == 2;
-        if !location.ends_with(b"/") && ((!rest.is_empty() && !rest.starts_with(b"/")) || bare_origin) {
-            location.push(b'/');
-        }
-        location.extend_from_slice(rest);
+        location::join_path(&mut location, rest);
         if let Some(q) = req.origin_target.iter().position(|&b| b == b'?') {
-            location.extend_from_slice(&req.origin_target[q..]);
+            location::push_request_bytes(&mut location, &req.origin_target[q..]);
         }
+    }
+    if location::leaves_the_host(&location) {
+        return error_page(Status::BAD_REQUEST, framing, None, out);
     }
     error_page(Status(to.status), framing, Some(("Location", &location)), out)
 }

@@ -6,12 +6,12 @@ use crate::buffer_pool::{BufferPool, FreeList};
 use crate::connection::Exchange;
 use crate::file_cache::FileCache;
 use crate::relay::PipePool;
-use crate::static_files::StaticRoot;
 use crate::timer_wheel::TimerWheel;
 use crate::upstream::Upstreams;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tine_config::{Route, Stream, Timeouts};
+use tine_fs::Root;
 use tine_http::date::DateCache;
 use tine_http::target::TargetPath;
 use tine_logging::AccessLog;
@@ -21,7 +21,7 @@ use tine_stats::{Region, Slot};
 
 /// A document root with its file cache.
 pub struct Site {
-    pub root: StaticRoot,
+    pub root: Root,
     pub files: FileCache,
 }
 
@@ -87,6 +87,8 @@ pub struct Http {
     pub https_port: Option<u16>,
     /// The health check's path on public listeners, if configured.
     pub health_path: Option<String>,
+    /// Host names the admin listener answers besides IP literals and localhost.
+    pub admin_hosts: Vec<String>,
 }
 
 /// The reverse proxy and the TCP relay: upstream groups with their pools,
@@ -105,6 +107,8 @@ pub struct Counters<'a> {
     pub slot: &'a Slot,
     /// This worker's entries of the region's upstream table.
     pub upstreams: &'a [UpstreamStats],
+    /// The slot's gauges, which change only through this (see tine_stats::gauges).
+    pub gauges: tine_stats::Gauges<'a>,
     /// The whole region, for the admin listener's documents.
     pub region: &'a Region,
 }
@@ -169,6 +173,7 @@ impl Counters<'_> {
             TlsFailure::Protocol => &s.tls_failed_protocol,
             TlsFailure::Timeout => &s.tls_failed_timeout,
             TlsFailure::NoCertificate => &s.tls_failed_no_certificate,
+            TlsFailure::NoCommon => &s.tls_failed_no_common,
             TlsFailure::PlainHttp => &s.tls_failed_plain_http,
         };
         counter.fetch_add(1, Relaxed);

@@ -99,6 +99,11 @@ impl<'a> EventLoop<'a> {
         Ok(el)
     }
 
+    /// The access log, opened once the worker runs as its own user.
+    pub fn set_access_log(&mut self, log: tine_logging::AccessLog) {
+        self.ctx.access_log = Some(log);
+    }
+
     pub fn run(&mut self) -> io::Result<Exit> {
         self.set_slot_state(SlotState::Running);
         let exit = self.turn_until_exit();
@@ -107,7 +112,7 @@ impl<'a> EventLoop<'a> {
         for id in self.conns.ids() {
             self.close(id, CloseReason::Drained);
         }
-        self.ctx.proxy.upstreams.close_all(self.ctx.stats.upstreams);
+        self.ctx.proxy.upstreams.close_all(&self.ctx.stats);
         if let Some(log) = self.ctx.access_log.as_mut() {
             log.flush();
         }
@@ -341,7 +346,7 @@ impl<'a> EventLoop<'a> {
         let id = self.conns.insert_with(|id| Conn::new(id, transport, peer, admin, ctx));
         self.peak_conns = self.peak_conns.max(self.conns.len());
         self.ctx.stats.slot.accepted.fetch_add(1, Relaxed);
-        self.ctx.stats.slot.active.fetch_add(1, Relaxed);
+        self.ctx.stats.gauges.connections(1);
         let Some(conn) = self.conns.get_mut(id) else { return };
         let outcome = match role {
             ListenerRole::Stream(stream) => conn.begin_stream(stream, &mut self.ctx),
@@ -420,7 +425,7 @@ impl<'a> EventLoop<'a> {
             return;
         }
         self.next_housekeeping = self.ctx.clock.now + Duration::from_secs(1);
-        self.ctx.proxy.upstreams.close_expired(self.ctx.clock.now, self.ctx.stats.upstreams);
+        self.ctx.proxy.upstreams.close_expired(self.ctx.clock.now, &self.ctx.stats);
         self.give_back_memory();
     }
 
@@ -450,8 +455,8 @@ impl<'a> EventLoop<'a> {
         if self.closed.is_multiple_of(tine_stats::layout::TCP_INFO_SAMPLE_EVERY) {
             self.sample_path(&conn);
         }
+        self.ctx.stats.gauges.connections(-1);
         let stats = self.ctx.stats.slot;
-        stats.active.fetch_sub(1, Relaxed);
         match reason {
             CloseReason::Timeout => {
                 stats.timeouts.fetch_add(1, Relaxed);

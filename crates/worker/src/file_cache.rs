@@ -16,7 +16,7 @@
 //! on disk is served within that time, compressed copies included. Errors
 //! (404, 403) are never cached.
 
-use crate::static_files::{resolve, resolve_first, Miss, StaticRoot};
+use crate::static_files::{open_with_metadata, resolve, resolve_first, Miss};
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::Write;
@@ -24,6 +24,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tine_config::{Cache as CacheConfig, Compression, StaticSite};
+use tine_fs::Root;
 use tine_http::content_coding::{AcceptEncoding, Coding};
 use tine_http::response::push_header;
 use tine_http::validators::{http_date, ETag};
@@ -38,6 +39,9 @@ pub struct Representation {
     pub headers: Box<[u8]>,
     /// What a 304 repeats of those: `ETag`, `Last-Modified`, `Vary`.
     pub validators: Box<[u8]>,
+    /// The file has coded representations: every answer about it, errors
+    /// included, says `Vary: Accept-Encoding`.
+    pub varies: bool,
     pub content: Content,
 }
 
@@ -132,7 +136,7 @@ fn file_id(meta: &Metadata) -> FileId {
 }
 
 impl Serving {
-    fn find(&self, root: &StaticRoot, relative: &[u8]) -> Result<Found, Miss> {
+    fn find(&self, root: &Root, relative: &[u8]) -> Result<Found, Miss> {
         let resolved = match &self.site.try_files[..] {
             [] => resolve(root, relative)?,
             candidates => resolve_first(root, relative, candidates)?,
@@ -148,10 +152,10 @@ impl Serving {
     }
 
     /// `name.br` or `name.gz`, if it is a regular file no older than `name`.
-    fn sibling(&self, root: &StaticRoot, name: &[u8], original: &Metadata, coding: Coding) -> Option<Opened> {
+    fn sibling(&self, root: &Root, name: &[u8], original: &Metadata, coding: Coding) -> Option<Opened> {
         let mut path = name.to_vec();
         path.extend_from_slice(coding.suffix()?.as_bytes());
-        let (file, meta) = root.open_with_metadata(&path).ok()?;
+        let (file, meta) = open_with_metadata(root, &path).ok()?;
         let fresh = (meta.mtime(), meta.mtime_nsec()) >= (original.mtime(), original.mtime_nsec());
         (meta.is_file() && fresh).then_some(Opened { file, meta })
     }
@@ -208,7 +212,7 @@ impl Serving {
         };
         let last_modified = http_date(mtime_secs(&opened.meta));
         let (headers, validators) = head_lines(content_type, coding, varies, &last_modified, &etag);
-        Representation { size, etag, headers, validators, content }
+        Representation { size, etag, headers, validators, varies, content }
     }
 }
 
@@ -318,7 +322,7 @@ impl FileCache {
     /// cache when it is fresh; compressed now if it is the first to want it.
     pub fn select(
         &mut self,
-        root: &StaticRoot,
+        root: &Root,
         relative: &[u8],
         accept: Option<&AcceptEncoding>,
         now: Instant,
@@ -347,7 +351,7 @@ impl FileCache {
     }
 
     /// The entry for a path: cached and fresh, revalidated, or new.
-    fn entry(&mut self, root: &StaticRoot, relative: &[u8], now: Instant) -> Result<usize, Miss> {
+    fn entry(&mut self, root: &Root, relative: &[u8], now: Instant) -> Result<usize, Miss> {
         let cached = self.index.get(relative).copied();
         if let Some(i) = cached {
             if now.saturating_duration_since(self.entries[i].checked) < self.valid {
@@ -452,7 +456,7 @@ impl FileCache {
         };
         let (headers, validators) =
             head_lines(&entry.content_type, Some(coding), true, &entry.last_modified, &etag);
-        Some(Representation { size, etag, headers, validators, content })
+        Some(Representation { size, etag, headers, validators, varies: true, content })
     }
 
     /// Drops other entries' compressed copies until `bytes` more fit the
@@ -542,11 +546,11 @@ mod tests {
     use super::*;
     use tine_config::TryFile;
 
-    fn cache_for(dir: &std::path::Path, try_files: Vec<TryFile>) -> (StaticRoot, FileCache) {
+    fn cache_for(dir: &std::path::Path, try_files: Vec<TryFile>) -> (Root, FileCache) {
         let mut site = StaticSite::new(dir.to_path_buf());
         site.try_files = try_files;
         let cache = tine_config::Config::default().cache;
-        (StaticRoot::open(dir).unwrap(), FileCache::new(&cache, &site, &Compression::default()))
+        (Root::open(dir).unwrap(), FileCache::new(&cache, &site, &Compression::default()))
     }
 
     fn brotli() -> AcceptEncoding {
@@ -584,7 +588,7 @@ mod tests {
         let mut site = StaticSite::new(dir.path().to_path_buf());
         site.try_files = Vec::new();
         let compression = Compression { memory_bytes: 40_000, ..Compression::default() };
-        let root = StaticRoot::open(dir.path()).unwrap();
+        let root = Root::open(dir.path()).unwrap();
         let mut cache = FileCache::new(&tine_config::Config::default().cache, &site, &compression);
         let accept = brotli();
         for i in 0..20 {

@@ -53,6 +53,8 @@ pub struct WorkerInit<'a> {
     pub tls: Option<&'a tine_tls::TlsContext>,
     /// The user and group to drop to once set up (uid, gid).
     pub run_as: Option<(u32, u32)>,
+    /// This worker's own part of its slot's gauges.
+    pub gauge_share: &'a tine_stats::GaugeShare,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +67,6 @@ pub enum WorkerError {
     Setup(#[from] std::io::Error),
     #[error("cannot open the document root {path}: {source}")]
     Root { path: String, source: std::io::Error },
-    #[error("{0}")]
-    AccessLog(std::io::Error),
 }
 
 /// Runs a worker to completion. Called in the child right after fork.
@@ -98,7 +98,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         let index = match sites.iter().position(|(s, _)| s == site) {
             Some(i) => i,
             None => {
-                let root = static_files::StaticRoot::open(&site.root)
+                let root = tine_fs::Root::open(&site.root)
                     .map_err(|source| WorkerError::Root { path: site.root.display().to_string(), source })?;
                 let files = file_cache::FileCache::new(&config.cache, site, &config.compression);
                 sites.push((site.clone(), context::Site { root, files }));
@@ -107,10 +107,6 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         };
         route_sites.push(Some(index));
     }
-    let access_log = match &config.access_log {
-        Some(path) => Some(tine_logging::AccessLog::open(path).map_err(WorkerError::AccessLog)?),
-        None => None,
-    };
     let now = Instant::now();
     let ctx = context::Ctx {
         clock: context::Clock { now, unix_secs: tine_stats::unix_millis() / 1000, date: Default::default() },
@@ -129,6 +125,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
             path: Default::default(),
             https_port: https_port(&init),
             health_path: config.health_path.clone(),
+            admin_hosts: config.admin_hosts.clone(),
         },
         proxy: context::Proxy {
             upstreams: upstream::Upstreams::new(&config.upstreams),
@@ -141,9 +138,14 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         stats: context::Counters {
             slot: init.region.slot(init.slot),
             upstreams: init.region.upstream_stats(init.slot),
+            gauges: tine_stats::Gauges::new(
+                init.region.slot(init.slot),
+                init.region.upstream_stats(init.slot),
+                init.gauge_share,
+            ),
             region: init.region,
         },
-        access_log,
+        access_log: None,
         draining: false,
         tls: init.tls.cloned(),
         proxy_headers: context::ProxyHeaders {
@@ -168,6 +170,16 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     )?;
     if let Some((uid, gid)) = init.run_as {
         drop_privileges(uid, gid)?;
+    }
+    // Opened as the user that writes it: a path the workers' user could
+    // have replaced with a symlink reaches no file that user could not open.
+    // The master checked the path at start; one that fails now (replaced
+    // since) costs this worker its access log, not the slot its service.
+    if let Some(path) = &config.access_log {
+        match tine_logging::AccessLog::open(path) {
+            Ok(log) => event_loop.set_access_log(log),
+            Err(e) => log::error!("worker {}: {e}; serving without the access log", init.slot),
+        }
     }
     Ok(event_loop.run()?)
 }

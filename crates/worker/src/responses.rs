@@ -84,13 +84,23 @@ pub fn error_page(
     extra: Option<(&str, &[u8])>,
     out: &mut Vec<u8>,
 ) -> Reply {
+    error_page_with(status, framing, extra.as_slice(), out)
+}
+
+/// [`error_page`] with any number of extra header lines.
+pub fn error_page_with(
+    status: Status,
+    framing: &Framing,
+    extra: &[(&str, &[u8])],
+    out: &mut Vec<u8>,
+) -> Reply {
     let (content_type, page) = match framing.route.error_page(status) {
         Some(custom) => (custom.content_type, &custom.body[..]),
         None => ("text/html", page_for(status).as_bytes()),
     };
     let mut h = framing.head(out, status);
     h.header("Content-Type", content_type.as_bytes()).header_u64("Content-Length", page.len() as u64);
-    if let Some((name, value)) = extra {
+    for (name, value) in extra {
         h.header(name, value);
     }
     h.finish(framing.persistence);
@@ -133,8 +143,10 @@ fn page_for(status: Status) -> &'static str {
         413 => page!("413", "Content Too Large"),
         414 => page!("414", "URI Too Long"),
         416 => page!("416", "Range Not Satisfiable"),
+        421 => page!("421", "Misdirected Request"),
         431 => page!("431", "Request Header Fields Too Large"),
         500 => page!("500", "Internal Server Error"),
+        501 => page!("501", "Not Implemented"),
         502 => page!("502", "Bad Gateway"),
         503 => page!("503", "Service Unavailable"),
         504 => page!("504", "Gateway Timeout"),

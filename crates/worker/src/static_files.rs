@@ -5,33 +5,23 @@
 //! sends it with sendfile.
 //!
 //! Two walls keep requests inside the root: the target is normalised by
-//! `tine_http::target` (no `..`, no NUL), and every open goes through openat2 with
-//! RESOLVE_BENEATH, so a symlink that leaves the root fails with EXDEV. Where
-//! openat2 is unavailable, the opened file's real path is checked instead.
+//! `tine_http::target` (no `..`, no NUL), and every open goes through
+//! [`tine_fs::Root`] (openat2 with RESOLVE_BENEATH), so a symlink that leaves
+//! the root fails with EXDEV.
 
 use crate::file_cache::{Content, FileCache};
-use crate::responses::{error_page, Framing, Reply};
+use crate::responses::{error_page, error_page_with, Framing, Reply};
 use nix::errno::Errno;
-use std::ffi::{CStr, CString};
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 use tine_config::TryFile;
+pub use tine_fs::Root;
 use tine_http::request::{Method, Request};
 use tine_http::response::Status;
 use tine_http::target::TargetPath;
 use tine_http::validators::{self, RangeAnswer};
-use tine_net::sys;
-
-pub struct StaticRoot {
-    dir: OwnedFd,
-    canonical: PathBuf,
-    openat2: bool,
-}
 
 /// The body a reply sends after its head, from a descriptor shared with the
 /// file cache (an entry replaced meanwhile keeps its file open until done).
@@ -41,69 +31,11 @@ pub struct FileBody {
     pub end: u64,
 }
 
-impl StaticRoot {
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let canonical = std::fs::canonicalize(path)?;
-        let c = CString::new(canonical.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("root path contains NUL"))?;
-        let dir = sys::open_directory(&c)?;
-        let mut root = StaticRoot { dir, canonical, openat2: true };
-        // Probe once; a seccomp filter may refuse openat2 even on a new kernel.
-        if let Err(e) = sys::open_beneath(root.dir.as_raw_fd(), c".") {
-            if matches!(errno(&e), Some(Errno::ENOSYS | Errno::EPERM)) {
-                log::warn!("openat2 unavailable ({e}); checking real paths instead");
-                root.openat2 = false;
-            }
-        }
-        Ok(root)
-    }
-
-    /// Opens `relative` (already normalised) read-only beneath the root.
-    pub fn open_beneath(&self, relative: &[u8]) -> io::Result<File> {
-        let relative = if relative.is_empty() { &b"."[..] } else { relative };
-        let dir = self.dir.as_raw_fd();
-        let fd = if self.openat2 {
-            with_c_path(relative, |c| sys::open_beneath(dir, c))?
-        } else {
-            self.openat_checked(relative)?
-        };
-        Ok(File::from(fd))
-    }
-
-    /// Opens `relative` beneath the root with its metadata.
-    pub fn open_with_metadata(&self, relative: &[u8]) -> io::Result<(File, Metadata)> {
-        let file = self.open_beneath(relative)?;
-        let meta = file.metadata()?;
-        Ok((file, meta))
-    }
-
-    fn openat_checked(&self, relative: &[u8]) -> io::Result<OwnedFd> {
-        let owned = with_c_path(relative, |c| sys::open_at(self.dir.as_raw_fd(), c))?;
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", owned.as_raw_fd()))?;
-        if real != self.canonical && !real.starts_with(&self.canonical) {
-            return Err(io::Error::from(Errno::EXDEV));
-        }
-        Ok(owned)
-    }
-}
-
-/// The errno behind an I/O error, if it came from the system.
-fn errno(e: &io::Error) -> Option<Errno> {
-    e.raw_os_error().map(Errno::from_raw)
-}
-
-/// Calls `f` with `path` as a C string: built on the stack for ordinary
-/// lengths, so that opening (404s included) allocates nothing.
-fn with_c_path<T>(path: &[u8], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
-    let invalid = || io::Error::from(Errno::EINVAL);
-    let mut stack = [0u8; 1024];
-    if path.len() < stack.len() {
-        stack[..path.len()].copy_from_slice(path);
-        let c = CStr::from_bytes_with_nul(&stack[..=path.len()]).map_err(|_| invalid())?;
-        return f(c);
-    }
-    let c = CString::new(path).map_err(|_| invalid())?;
-    f(&c)
+/// Opens `relative` beneath the root with its metadata.
+pub fn open_with_metadata(root: &Root, relative: &[u8]) -> io::Result<(File, Metadata)> {
+    let file = root.open_beneath(relative)?;
+    let meta = file.metadata()?;
+    Ok((file, meta))
 }
 
 /// Why a path has no file to serve.
@@ -131,7 +63,7 @@ pub struct Resolved {
 
 /// Finds the regular file a normalised path names: the file itself, or the
 /// index.html of a directory asked for with its trailing slash.
-pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
+pub fn resolve(root: &Root, relative: &[u8]) -> Result<Resolved, Miss> {
     let file = root.open_beneath(relative).map_err(|e| Miss::Status(status_for_open_error(&e)))?;
     let meta = file.metadata().map_err(|_| Miss::Status(Status::INTERNAL_SERVER_ERROR))?;
     if meta.is_file() {
@@ -146,7 +78,7 @@ pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
     }
     let mut index = relative.to_vec();
     index.extend_from_slice(b"index.html");
-    match root.open_with_metadata(&index) {
+    match open_with_metadata(root, &index) {
         Ok((file, meta)) if meta.is_file() => {
             Ok(Resolved { file, meta, served_name: index, fallback: false })
         }
@@ -158,7 +90,7 @@ pub fn resolve(root: &StaticRoot, relative: &[u8]) -> Result<Resolved, Miss> {
 /// `try_files`: the first of the candidates that is a regular file, or 404.
 /// Directories are skipped (no index, no redirect): the list says where
 /// to look instead.
-pub fn resolve_first(root: &StaticRoot, relative: &[u8], try_files: &[TryFile]) -> Result<Resolved, Miss> {
+pub fn resolve_first(root: &Root, relative: &[u8], try_files: &[TryFile]) -> Result<Resolved, Miss> {
     let mut candidate = Vec::with_capacity(relative.len() + 16);
     for entry in try_files {
         candidate.clear();
@@ -175,7 +107,7 @@ pub fn resolve_first(root: &StaticRoot, relative: &[u8], try_files: &[TryFile]) 
             }
             TryFile::Fixed(path) => candidate.extend_from_slice(path.as_bytes()),
         }
-        match root.open_with_metadata(&candidate) {
+        match open_with_metadata(root, &candidate) {
             Ok((file, meta)) if meta.is_file() => {
                 let fallback = matches!(entry, TryFile::Fixed(_));
                 return Ok(Resolved { file, meta, served_name: candidate, fallback });
@@ -196,7 +128,7 @@ pub fn resolve_first(root: &StaticRoot, relative: &[u8], try_files: &[TryFile]) 
 /// `out` and returns the file body still to send, if any.
 pub fn respond(
     cache: &mut FileCache,
-    root: &StaticRoot,
+    root: &Root,
     req: &Request<'_>,
     path: &TargetPath,
     framing: &Framing,
@@ -241,7 +173,11 @@ pub fn respond(
         RangeAnswer::Unsatisfiable => {
             let mut value = b"bytes */".to_vec();
             tine_http::response::push_u64(&mut value, size);
-            return error_page(Status::RANGE_NOT_SATISFIABLE, framing, Some(("Content-Range", &value)), out);
+            let mut extra = vec![("Content-Range", &value[..])];
+            if res.varies {
+                extra.push(("Vary", b"Accept-Encoding"));
+            }
+            return error_page_with(Status::RANGE_NOT_SATISFIABLE, framing, &extra, out);
         }
     };
     let mut h = framing.head(out, status);
@@ -266,7 +202,7 @@ pub fn respond(
 }
 
 fn status_for_open_error(e: &io::Error) -> Status {
-    match errno(e) {
+    match e.raw_os_error().map(Errno::from_raw) {
         Some(Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG) => Status::NOT_FOUND,
         // EXDEV: a symlink that leaves the root; ELOOP: too many or magic links.
         Some(Errno::EACCES | Errno::EPERM | Errno::EXDEV | Errno::ELOOP) => Status::FORBIDDEN,
@@ -283,13 +219,13 @@ fn status_for_open_error(e: &io::Error) -> Status {
 
 /// `/dir` names a directory: send the client to `/dir/`, keeping its query.
 /// The Location is the normalised path, so it is always a path on this host
-/// (`//evil.test` would be another host's).
+/// (`//evil.test` would be another host's), with `\\` escaped.
 fn redirect_to_directory(target: &[u8], path: &TargetPath, framing: &Framing, out: &mut Vec<u8>) -> Reply {
     let query = target.iter().position(|&b| b == b'?').map_or(&b""[..], |i| &target[i..]);
     let mut location = Vec::with_capacity(path.route.len() + 1 + query.len());
-    location.extend_from_slice(&path.route);
+    tine_http::location::push_request_bytes(&mut location, &path.route);
     location.push(b'/');
-    location.extend_from_slice(query);
+    tine_http::location::push_request_bytes(&mut location, query);
     let mut h = framing.head(out, Status::MOVED_PERMANENTLY);
     h.header("Location", &location).header_u64("Content-Length", 0);
     h.finish(framing.persistence);

@@ -9,13 +9,14 @@
 //! waits on it, and one sweep closes those idle past keepalive_timeout.
 //! Nothing here is shared between workers.
 
+use crate::context::Counters;
 use crate::token::ConnId;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tine_config::{Balance, Upstream, UpstreamAddr};
 use tine_net::sys::{self, ConnectTo, Peek};
-use tine_stats::layout::UpstreamStats;
+use tine_stats::UpstreamGauge;
 
 pub struct Server {
     pub addr: UpstreamAddr,
@@ -172,11 +173,12 @@ impl Upstreams {
         server: usize,
         owner: ConnId,
         now: Instant,
-        stats: &[UpstreamStats],
+        stats: &Counters<'_>,
     ) -> std::io::Result<Connection> {
         let g = &mut self.groups[group];
         let keepalive_timeout = g.config.keepalive_timeout;
-        let stat = stats.get(g.stats_base + server);
+        let index = g.stats_base + server;
+        let stat = stats.upstreams.get(index);
         let private = g.config.send_proxy.is_some();
         let s = &mut g.servers[server];
         let reusable = |idle: &[Idle]| {
@@ -200,7 +202,7 @@ impl Upstreams {
                 let registered = if c.owner == owner { Registered::Yes } else { Registered::ForAnother };
                 return Ok(Connection { fd: c.fd, reused: true, registered });
             }
-            closed(s, stat, 1);
+            closed(s, stats, index, 1);
         }
         if let Some(st) = stat {
             st.pool_misses.fetch_add(1, Relaxed);
@@ -211,9 +213,7 @@ impl Upstreams {
         };
         let fd = sys::connect_start(&target, &g.config.tcp)?;
         s.open += 1;
-        if let Some(st) = stat {
-            st.open.fetch_add(1, Relaxed);
-        }
+        stats.gauges.upstream(index, UpstreamGauge::Open, 1);
         Ok(Connection { fd, reused: false, registered: Registered::No })
     }
 
@@ -221,14 +221,30 @@ impl Upstreams {
     /// one of the idle connections it used last was closed by its server (or
     /// sent what nobody asked for). Close those at once rather than when a
     /// request finds them.
-    pub fn check_idle(&mut self, owner: ConnId, stats: &[UpstreamStats]) {
+    pub fn check_idle(&mut self, owner: ConnId, stats: &Counters<'_>) {
         for g in &mut self.groups {
             for (i, s) in g.servers.iter_mut().enumerate() {
                 let before = s.idle.len();
                 s.idle.retain(|c| c.owner != owner || sys::peek(c.fd.as_raw_fd()) == Peek::Nothing);
                 let dropped = before - s.idle.len();
                 if dropped > 0 {
-                    closed(s, stats.get(g.stats_base + i), dropped);
+                    closed(s, stats, g.stats_base + i, dropped);
+                }
+            }
+        }
+    }
+
+    /// Client connection `owner` closed: the idle connections it left in
+    /// groups that send a PROXY protocol header began with a header naming
+    /// it, so nobody else may reuse them; they close with it.
+    pub fn client_gone(&mut self, owner: ConnId, stats: &Counters<'_>) {
+        for g in self.groups.iter_mut().filter(|g| g.config.send_proxy.is_some()) {
+            for (i, s) in g.servers.iter_mut().enumerate() {
+                let before = s.idle.len();
+                s.idle.retain(|c| c.owner != owner);
+                let dropped = before - s.idle.len();
+                if dropped > 0 {
+                    closed(s, stats, g.stats_base + i, dropped);
                 }
             }
         }
@@ -236,7 +252,7 @@ impl Upstreams {
 
     /// Closes the idle connections that have been idle for the group's
     /// keepalive_timeout.
-    pub fn close_expired(&mut self, now: Instant, stats: &[UpstreamStats]) {
+    pub fn close_expired(&mut self, now: Instant, stats: &Counters<'_>) {
         for g in &mut self.groups {
             let timeout = g.config.keepalive_timeout;
             for (i, s) in g.servers.iter_mut().enumerate() {
@@ -244,7 +260,7 @@ impl Upstreams {
                 s.idle.retain(|c| now.saturating_duration_since(c.since) < timeout);
                 let expired = before - s.idle.len();
                 if expired > 0 {
-                    closed(s, stats.get(g.stats_base + i), expired);
+                    closed(s, stats, g.stats_base + i, expired);
                 }
             }
         }
@@ -260,7 +276,7 @@ impl Upstreams {
         fd: OwnedFd,
         owner: ConnId,
         now: Instant,
-        stats: &[UpstreamStats],
+        stats: &Counters<'_>,
     ) {
         let g = &mut self.groups[group];
         let keep = g.config.keepalive;
@@ -268,14 +284,14 @@ impl Upstreams {
         if s.idle.len() < keep {
             s.idle.push(Idle { fd, since: now, owner });
         } else {
-            closed(s, stats.get(g.stats_base + server), 1);
+            closed(s, stats, g.stats_base + server, 1);
         }
     }
 
     /// A connection to the server was closed (its descriptor dropped by the caller).
-    pub fn forget(&mut self, group: usize, server: usize, stats: &[UpstreamStats]) {
+    pub fn forget(&mut self, group: usize, server: usize, stats: &Counters<'_>) {
         let g = &mut self.groups[group];
-        closed(&mut g.servers[server], stats.get(g.stats_base + server), 1);
+        closed(&mut g.servers[server], stats, g.stats_base + server, 1);
     }
 
     /// Records how an exchange with the server went, for the circuit breaker;
@@ -309,14 +325,14 @@ impl Upstreams {
 
     /// The worker stops: its idle connections close, and the gauges it added
     /// to (open connections, servers it holds out) lose its share.
-    pub fn close_all(&mut self, stats: &[UpstreamStats]) {
+    pub fn close_all(&mut self, stats: &Counters<'_>) {
         for g in &mut self.groups {
             for (i, s) in g.servers.iter_mut().enumerate() {
-                let stat = stats.get(g.stats_base + i);
+                let index = g.stats_base + i;
                 let idle = std::mem::take(&mut s.idle).len();
-                closed(s, stat, idle);
-                if let (Some(st), Some(_)) = (stat, s.down_until.take()) {
-                    st.down.fetch_sub(1, Relaxed);
+                closed(s, stats, index, idle);
+                if s.down_until.take().is_some() {
+                    stats.gauges.upstream(index, UpstreamGauge::Down, -1);
                 }
             }
         }
@@ -329,11 +345,9 @@ impl Upstreams {
 
 /// `n` connections to the server were closed: fewer open in the worker's own
 /// count (what least_conn and the pool see) and in the region's gauge.
-fn closed(s: &mut Server, stat: Option<&UpstreamStats>, n: usize) {
+fn closed(s: &mut Server, stats: &Counters<'_>, index: usize, n: usize) {
     s.open = s.open.saturating_sub(n as u32);
-    if let Some(st) = stat {
-        st.open.fetch_sub(n as u64, Relaxed);
-    }
+    stats.gauges.upstream(index, UpstreamGauge::Open, -(n as i64));
 }
 
 /// Smooth weighted round robin over the servers `eligible` accepts: each gains

@@ -49,6 +49,7 @@ use tine_http::response_head::{self, Asked, BadResponse, ResponseHead};
 use tine_net::sys::{self, Peek};
 use tine_net::Interest;
 use tine_stats::layout::UpstreamStats;
+use tine_stats::UpstreamGauge;
 
 /// Interim (1xx) responses accepted before the final one; an upstream that
 /// sends more is broken or hostile.
@@ -258,7 +259,7 @@ fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
 /// Closes an upstream connection that cannot be kept.
 fn close_upstream(ctx: &mut Ctx, ex: &Exchange, fd: OwnedFd) {
     let _ = ctx.epoll.delete(fd.as_raw_fd());
-    ctx.proxy.upstreams.forget(ex.group, ex.server, ctx.stats.upstreams);
+    ctx.proxy.upstreams.forget(ex.group, ex.server, &ctx.stats);
 }
 
 fn recycle_body(pipes: &mut PipePool, body: BodyRelay) {
@@ -412,7 +413,7 @@ impl Conn {
             ex.tried |= 1 << server;
         }
         let stats = server_stats(ctx, ex.group, server);
-        match ctx.proxy.upstreams.connect(ex.group, server, self.id, ctx.clock.now, ctx.stats.upstreams) {
+        match ctx.proxy.upstreams.connect(ex.group, server, self.id, ctx.clock.now, &ctx.stats) {
             Ok(c) => {
                 let token = Token::Upstream(self.id).encode();
                 let registered = match c.registered {
@@ -421,7 +422,7 @@ impl Conn {
                     Registered::No => ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION),
                 };
                 if registered.is_err() {
-                    ctx.proxy.upstreams.forget(ex.group, server, ctx.stats.upstreams);
+                    ctx.proxy.upstreams.forget(ex.group, server, &ctx.stats);
                     return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
                 }
                 ex.reused = c.reused;
@@ -899,7 +900,7 @@ impl Conn {
             ex.upstream_keep_alive = false;
         }
         if ex.upstream_keep_alive {
-            ctx.proxy.upstreams.release(ex.group, ex.server, fd, self.id, ctx.clock.now, ctx.stats.upstreams);
+            ctx.proxy.upstreams.release(ex.group, ex.server, fd, self.id, ctx.clock.now, &ctx.stats);
         } else {
             close_upstream(ctx, &ex, fd);
         }
@@ -1212,18 +1213,16 @@ fn server_stats<'a>(ctx: &Ctx<'a>, group: usize, server: usize) -> Option<&'a Up
 fn begin_active(ctx: &mut Ctx, ex: &mut Exchange) {
     ex.active = true;
     ctx.proxy.upstreams.set_active(ex.group, ex.server, true);
-    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
-        st.active.fetch_add(1, Relaxed);
-    }
+    let index = ctx.proxy.upstreams.group_of_stats(ex.group, ex.server);
+    ctx.stats.gauges.upstream(index, UpstreamGauge::Active, 1);
 }
 
 /// The exchange no longer counts among its server's exchanges under way.
 fn end_active(ctx: &mut Ctx, ex: &mut Exchange) {
     if std::mem::take(&mut ex.active) {
         ctx.proxy.upstreams.set_active(ex.group, ex.server, false);
-        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
-            st.active.fetch_sub(1, Relaxed);
-        }
+        let index = ctx.proxy.upstreams.group_of_stats(ex.group, ex.server);
+        ctx.stats.gauges.upstream(index, UpstreamGauge::Active, -1);
     }
 }
 
@@ -1237,14 +1236,10 @@ fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
 /// decisions (it counts the workers of the slot that hold the server out).
 fn report(ctx: &mut Ctx, group: usize, server: usize, ok: bool) {
     let health = ctx.proxy.upstreams.report(group, server, ok, ctx.clock.now);
-    let Some(st) = server_stats(ctx, group, server) else { return };
+    let index = ctx.proxy.upstreams.group_of_stats(group, server);
     match health {
-        Health::WentDown => {
-            st.down.fetch_add(1, Relaxed);
-        }
-        Health::CameBack => {
-            st.down.fetch_sub(1, Relaxed);
-        }
+        Health::WentDown => ctx.stats.gauges.upstream(index, UpstreamGauge::Down, 1),
+        Health::CameBack => ctx.stats.gauges.upstream(index, UpstreamGauge::Down, -1),
         Health::Unchanged => {}
     }
 }

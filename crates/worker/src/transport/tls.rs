@@ -41,6 +41,22 @@ Connection: close\r\n\
 \r\n\
 This port speaks HTTPS; a plain HTTP request was sent.\r\n";
 
+/// A fatal unrecognized_name alert in a plaintext record (sent before any
+/// ServerHello, so unencrypted in every TLS version).
+const UNRECOGNIZED_NAME_ALERT: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
+
+/// How a handshake rustls refused is counted.
+fn failure_class(error: &rustls::Error) -> TlsFailure {
+    use rustls::PeerIncompatible as P;
+    match error {
+        rustls::Error::General(m) if m.contains("certificate") => TlsFailure::NoCertificate,
+        rustls::Error::PeerIncompatible(
+            P::NoCipherSuitesInCommon | P::NoSignatureSchemesInCommon | P::NoKxGroupsInCommon,
+        ) => TlsFailure::NoCommon,
+        _ => TlsFailure::Protocol,
+    }
+}
+
 thread_local! {
     /// The worker's one buffer for records just received and file bytes
     /// about to be encrypted (a worker is one thread).
@@ -51,12 +67,16 @@ thread_local! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsFailure {
     /// Not TLS, a malformed or truncated handshake, an alert from the client,
-    /// nothing in common (versions, cipher suites, ALPN).
+    /// no common protocol version or ALPN protocol.
     Protocol,
     /// Not complete within the header timeout.
     Timeout,
-    /// No certificate for the name the client asked for.
+    /// No certificate for the name the client asked for (refused under
+    /// `unknown_name = "refuse"`).
     NoCertificate,
+    /// The client offered no cipher suite, signature scheme or key-exchange
+    /// group that tine's certificates and configuration can serve.
+    NoCommon,
     /// A plain HTTP request (answered with a plain-text 400).
     PlainHttp,
 }
@@ -150,14 +170,21 @@ impl Tls {
     /// rustls refused what the client sent: the alert it queued goes out,
     /// and the failure is remembered by class.
     fn refuse(&mut self, error: rustls::Error) -> io::Error {
-        if self.handshaking() {
-            let no_certificate = matches!(&error, rustls::Error::General(m) if m.contains("certificate"));
-            let class = if no_certificate { TlsFailure::NoCertificate } else { TlsFailure::Protocol };
-            self.state = State::Failed(class);
-        } else {
+        if !self.handshaking() {
             self.record_error = true;
+            let _ = self.write_out();
+            return io::Error::new(io::ErrorKind::InvalidData, error);
         }
-        let _ = self.write_out();
+        let class = failure_class(&error);
+        self.state = State::Failed(class);
+        if class == TlsFailure::NoCertificate {
+            // rustls answers a resolver that found nothing with access_denied,
+            // which scanners and clients read as a server fault; a name the
+            // server refuses is unrecognized_name (RFC 6066 section 3).
+            let _ = sys::send(self.fd.as_raw_fd(), UNRECOGNIZED_NAME_ALERT, false);
+        } else {
+            let _ = self.write_out();
+        }
         io::Error::new(io::ErrorKind::InvalidData, error)
     }
 
