@@ -137,3 +137,62 @@ fn tine_check_names_the_user_and_warns_about_root() {
         "{out:?}"
     );
 }
+
+#[test]
+fn logs_in_a_directory_the_workers_user_writes_never_hand_over_another_file() {
+    if !runnable() {
+        return;
+    }
+    let mut server = Server::builder()
+        .config_only(
+            "listen = [\"127.0.0.1:0\"]\nroot = \"{root}\"\nworkers = 1\nuser = \"nobody\"\ngroup = \"nogroup\"\n\
+             access_log = \"logs/access.log\"\n",
+        )
+        .start_with(|dir| {
+            // The workers' user may write the log directory: what it leaves
+            // there is untrusted.
+            let logs = dir.join("logs");
+            std::fs::create_dir(&logs).unwrap();
+            std::os::unix::fs::chown(&logs, Some(NOBODY), Some(NOBODY)).unwrap();
+        });
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    server.write_file("a.txt", b"A");
+    let logs = server.dir.path().join("logs");
+    let secret = server.dir.path().join("secret");
+    std::fs::write(&secret, b"root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let untouched = |what: &str| {
+        let meta = std::fs::metadata(&secret).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{what}: the root-only file changed owner");
+        assert_eq!(std::fs::read(&secret).unwrap(), b"root only\n", "{what}: the root-only file was written");
+    };
+
+    // The user swaps the log for a symlink to a root-only file; logrotate's USR1.
+    std::fs::remove_file(logs.join("access.log")).unwrap();
+    std::os::unix::fs::symlink(&secret, logs.join("access.log")).unwrap();
+    server.signal(libc::SIGUSR1);
+    server.wait_for_log("logs reopened");
+    assert_eq!(server.get("/a.txt").body, b"A");
+    untouched("after USR1");
+
+    // A respawned worker opens the access log as its user, so the symlink
+    // reaches nothing that user could not open; it serves without the log.
+    let worker = server.worker_pids()[0];
+    common::send_signal(worker, libc::SIGKILL);
+    server.wait_until("the replacement worker", |s| {
+        s["workers"][0]["state"] == "running" && s["workers"][0]["pid"].as_i64() != Some(worker as i64)
+    });
+    assert_eq!(server.get("/a.txt").body, b"A");
+    untouched("after a respawn");
+
+    // A hard link to the root-only file is not handed over either.
+    std::fs::remove_file(logs.join("access.log")).unwrap();
+    std::fs::hard_link(&secret, logs.join("access.log")).unwrap();
+    server.signal(libc::SIGUSR1);
+    server.wait_until("the second reopen", |_| {
+        server.log().iter().filter(|l| l.contains("logs reopened")).count() >= 2
+    });
+    untouched("after a hard link");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+}

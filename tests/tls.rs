@@ -57,10 +57,74 @@ fn unknown_names_are_refused_when_configured_and_counted() {
     let addr = tls_addr(&server);
     let client = Client::plain();
     assert!(client.connect(addr, Some("a.test")).is_ok());
-    assert!(client.connect(addr, Some("other.test")).is_err());
-    assert!(client.connect(addr, None).is_err());
+    for sni in [Some("other.test"), None] {
+        let refused = client.connect(addr, sni).expect_err("refused");
+        assert!(refused.to_string().contains("UnrecognisedName"), "{sni:?}: {refused}");
+    }
     server.wait_until("two refusals counted", |s| s["total"]["tls_failed_no_certificate"] == 2);
     assert_eq!(server.total("tls_handshakes"), 1);
+    assert_eq!(server.total("tls_failed_no_common"), 0);
+}
+
+#[test]
+fn clients_with_nothing_in_common_get_handshake_failure_and_are_counted_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = make_cert(dir.path(), "ec", &["site.test"], Alg::Ecdsa);
+    let server = tls_server(1, &certificate_toml(&ec, false), "");
+    let addr = tls_addr(&server);
+    use rustls::{CipherSuite as C, SignatureScheme as S};
+    let cases = [
+        // A TLS 1.2 client that verifies only RSA signatures, against an ECDSA-only certificate.
+        ClientOptions {
+            schemes: Some(vec![S::RSA_PKCS1_SHA256]),
+            versions: vec![&rustls::version::TLS12],
+            ..Default::default()
+        },
+        ClientOptions {
+            schemes: Some(vec![S::RSA_PSS_SHA256]),
+            versions: vec![&rustls::version::TLS13],
+            ..Default::default()
+        },
+        // A scanner probing one suite at a time: an RSA suite.
+        ClientOptions {
+            suites: Some(vec![C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]),
+            versions: vec![&rustls::version::TLS12],
+            ..Default::default()
+        },
+    ];
+    let count = cases.len() as u64;
+    for (i, options) in cases.into_iter().enumerate() {
+        let refused = Client::new(options).connect(addr, Some("site.test")).expect_err("no handshake");
+        assert!(refused.to_string().contains("HandshakeFailure"), "case {i}: {refused}");
+    }
+    server.wait_until("the refusals counted", |s| s["total"]["tls_failed_no_common"] == count);
+    assert_eq!(server.total("tls_failed_no_certificate"), 0);
+    // Anyone who can verify the certificate still gets it.
+    assert!(Client::plain().get(addr, Some("site.test"), "/").starts_with(b"HTTP/1.1 "));
+}
+
+#[test]
+fn an_sni_name_with_its_trailing_dot_gets_the_names_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], Alg::Ecdsa);
+    let b = make_cert(dir.path(), "b", &["b.test"], Alg::Ecdsa);
+    let server = tls_server(1, &(certificate_toml(&a, false) + &certificate_toml(&b, true)), "");
+    let addr = tls_addr(&server);
+    // rustls clients drop the dot before sending; openssl sends the name as given.
+    let served = |sni: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {addr} -servername {sni} </dev/null 2>/dev/null | openssl x509 -outform DER"
+            ))
+            .output()
+            .expect("openssl");
+        assert!(out.status.success() && !out.stdout.is_empty(), "openssl s_client for {sni}: {out:?}");
+        out.stdout
+    };
+    assert!(served("a.test.") == a.der, "a.test. got another certificate");
+    assert!(served("a.test") == a.der);
+    assert!(served("c.test.") == b.der, "an unknown name gets the default");
 }
 
 #[test]

@@ -68,9 +68,16 @@ impl Builder {
     }
 
     pub fn start(self) -> Server {
+        self.start_with(|_| {})
+    }
+
+    /// As [`Builder::start`], with `prepare` run on the server's directory
+    /// before the server starts.
+    pub fn start_with(self, prepare: impl FnOnce(&Path)) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("www");
         std::fs::create_dir(&root).unwrap();
+        prepare(dir.path());
         let stats_path = dir.path().join("tine.stats");
         let pid_file = dir.path().join("tine.pid");
         let mut cmd = tine();

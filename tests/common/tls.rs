@@ -145,6 +145,8 @@ pub struct ClientOptions {
     pub alpn: Vec<Vec<u8>>,
     pub schemes: Option<Vec<SignatureScheme>>,
     pub resume: bool,
+    /// Offer only these cipher suites (all of the provider's when None).
+    pub suites: Option<Vec<rustls::CipherSuite>>,
 }
 
 impl Default for ClientOptions {
@@ -154,6 +156,7 @@ impl Default for ClientOptions {
             alpn: vec![b"http/1.1".to_vec()],
             schemes: None,
             resume: false,
+            suites: None,
         }
     }
 }
@@ -166,7 +169,11 @@ pub struct Client {
 impl Client {
     pub fn new(o: ClientOptions) -> Client {
         let recorder = Recorder::new(o.schemes);
-        let mut config = ClientConfig::builder_with_provider(provider())
+        let mut offered = rustls::crypto::aws_lc_rs::default_provider();
+        if let Some(suites) = &o.suites {
+            offered.cipher_suites.retain(|s| suites.contains(&s.suite()));
+        }
+        let mut config = ClientConfig::builder_with_provider(Arc::new(offered))
             .with_protocol_versions(&o.versions)
             .unwrap()
             .dangerous()
