@@ -10,6 +10,7 @@ pub mod admin;
 pub mod buffer_pool;
 pub mod connection;
 pub mod context;
+pub mod counters;
 pub mod event_loop;
 pub mod file_cache;
 pub mod relay;

@@ -9,7 +9,7 @@
 //! waits on it, and one sweep closes those idle past keepalive_timeout.
 //! Nothing here is shared between workers.
 
-use crate::context::Counters;
+use crate::counters::Counters;
 use crate::token::ConnId;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
