@@ -1,5 +1,7 @@
 //! The `tine` command: parses the command line and hands over to the crates.
 
+#![forbid(unsafe_code)]
+
 mod signal_cmd;
 mod stats_cmd;
 

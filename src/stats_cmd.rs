@@ -35,7 +35,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
         None => find_region()?,
     };
     let reader = Reader::open(&path)?;
-    let first = reader.snapshot();
+    let first = Snapshot::take(&reader);
     if let Some(w) = args.worker {
         if !first.used_slots().any(|s| s.slot == w) {
             let used: Vec<String> = first.used_slots().map(|s| s.slot.to_string()).collect();
@@ -66,7 +66,7 @@ fn watch(
     let mut frames = 0;
     while count.is_none_or(|c| frames < c) {
         std::thread::sleep(Duration::from_secs(1));
-        let now = reader.snapshot();
+        let now = Snapshot::take(reader);
         let frame = render::watch_frame(&prev, &now, worker);
         // Clear the screen and draw from the top, as top does.
         let mut out = std::io::stdout().lock();

@@ -4,6 +4,8 @@
 //! A configuration file is optional; command-line flags override what it says
 //! (see [`Overrides`]). docs/configuration.md is the reference for operators.
 
+#![forbid(unsafe_code)]
+
 mod duration;
 mod file;
 pub mod proxy;

@@ -13,6 +13,8 @@
 //! opener), and one that is read into memory must be a regular file no larger
 //! than a bound (`/dev/zero` is not read until memory runs out).
 
+#![forbid(unsafe_code)]
+
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;

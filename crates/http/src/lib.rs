@@ -6,6 +6,8 @@
 //!
 //! Nothing here does I/O; the worker feeds bytes in and writes bytes out.
 
+#![forbid(unsafe_code)]
+
 pub mod chunked;
 pub mod content_coding;
 pub mod date;

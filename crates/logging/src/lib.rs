@@ -4,6 +4,8 @@
 //! interleave inside a line, and both reopen their file on demand so logrotate
 //! can move it away (USR1).
 
+#![forbid(unsafe_code)]
+
 mod access;
 mod clock;
 mod error_log;

@@ -740,7 +740,7 @@ impl Master {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return;
         }
-        let totals = self.region.snapshot().totals();
+        let totals = tine_stats::Snapshot::take(&self.region).totals();
         let requests = totals.get("requests").unwrap_or(0);
         let per_second = requests.saturating_sub(std::mem::replace(&mut self.requests_seen, requests));
         let state = if self.region.serving() { "" } else { ", draining" };

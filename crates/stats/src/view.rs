@@ -4,7 +4,6 @@
 //! offsets in the header.
 
 use crate::layout::{Header, Host, InterfaceEntry, MasterSection, RegionState, Slot, UpstreamStats};
-use crate::snapshot::Snapshot;
 use crate::{pid_alive, unix_millis};
 use std::path::Path;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
@@ -204,13 +203,6 @@ pub trait RegionView {
             _ if unix_millis().saturating_sub(heartbeat) > STALE_AFTER_MS => stale,
             _ => Liveness::Live,
         }
-    }
-
-    fn snapshot(&self) -> Snapshot
-    where
-        Self: Sized,
-    {
-        Snapshot::take(self)
     }
 }
 

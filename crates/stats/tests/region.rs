@@ -17,7 +17,7 @@ fn counters_written_are_counters_read() {
     region.slot(2).active.fetch_add(2, Relaxed);
     region.master().respawns.fetch_add(1, Relaxed);
 
-    let snap = Reader::open(&path).unwrap().snapshot();
+    let snap = tine_stats::Snapshot::take(&Reader::open(&path).unwrap());
     let json = tine_stats::render::json(&snap, None);
     assert_eq!(snap.slots.len(), 3);
     assert_eq!(snap.slots[1].fields.requests, 7);
@@ -99,7 +99,7 @@ fn sums_never_overflow_and_gauges_never_read_negative() {
     region.slot(0).requests.store(u64::MAX, Relaxed);
     region.slot(1).requests.store(2, Relaxed);
     region.slot(0).active.fetch_sub(1, Relaxed);
-    let totals = Reader::open(&path).unwrap().snapshot().totals();
+    let totals = tine_stats::Snapshot::take(&Reader::open(&path).unwrap()).totals();
     assert_eq!(totals.get("requests"), Some(1));
     assert_eq!(totals.get("active"), Some(0));
 }

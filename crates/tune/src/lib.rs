@@ -9,6 +9,8 @@
 //! Values are read from a `/proc/sys`-shaped tree, normally `/proc/sys`
 //! itself; tests point it at a tree of their own.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::path::{Path, PathBuf};
 use tine_config::{Config, TcpOptions, Workers};

@@ -29,13 +29,13 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
             error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
         }
         (_, b"/metrics") => {
-            let text = tine_stats::prometheus::render(&ctx.stats.region.snapshot(), None);
+            let text = tine_stats::prometheus::render(&tine_stats::Snapshot::take(ctx.stats.region), None);
             document(out, &framing, b"text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
         }
         (_, b"/health") => return health(req, ctx, out),
         (_, b"/" | b"/dashboard") => dashboard(out, &framing),
         (_, b"/stats.json") => {
-            let json = tine_stats::render::json(&ctx.stats.region.snapshot(), None);
+            let json = tine_stats::render::json(&tine_stats::Snapshot::take(ctx.stats.region), None);
             document(out, &framing, b"application/json", json.to_string().into_bytes())
         }
         _ => error_page(Status::NOT_FOUND, &framing, None, out),

@@ -28,8 +28,9 @@ pub use proxy::Exchange;
 
 use crate::access::PendingEntry;
 use crate::context::{Ctx, Rejection};
+use crate::responses::FileBody;
 use crate::responses::{error_page, Framing, Reply, RouteReplies};
-use crate::static_files::{self, FileBody};
+use crate::static_files;
 use crate::timer_wheel::Deadline;
 use crate::token::ConnId;
 use crate::transport::{Client, Transport};

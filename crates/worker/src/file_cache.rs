@@ -16,7 +16,7 @@
 //! on disk is served within that time, compressed copies included. Errors
 //! (404, 403) are never cached.
 
-use crate::static_files::{open_with_metadata, resolve, resolve_first, Miss};
+use crate::file_lookup::{open_with_metadata, resolve, resolve_first, Miss};
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::Write;

@@ -5,6 +5,8 @@
 //!
 //! A worker shares nothing mutable with anyone except its own statistics slot.
 
+#![forbid(unsafe_code)]
+
 pub mod access;
 pub mod admin;
 pub mod buffer_pool;
@@ -13,6 +15,7 @@ pub mod context;
 pub mod counters;
 pub mod event_loop;
 pub mod file_cache;
+pub mod file_lookup;
 pub mod relay;
 pub mod responses;
 pub mod slab;

@@ -1,8 +1,18 @@
-//! Replies that do not come from a file: error pages and their heads, and
-//! what a route adds to every reply it gives (headers, its own error pages).
+//! Replies: error pages and their heads, what a route adds to every reply
+//! it gives (headers, its own error pages), and the file body a reply may
+//! send after its head.
 
-use crate::static_files::FileBody;
+use std::fs::File;
+use std::rc::Rc;
 use tine_http::response::{AddedHeaders, HeadWriter, Persistence, Status};
+
+/// The body a reply sends after its head, from a descriptor shared with the
+/// file cache (an entry replaced meanwhile keeps its file open until done).
+pub struct FileBody {
+    pub file: Rc<File>,
+    pub offset: u64,
+    pub end: u64,
+}
 
 /// What every reply to one request shares: the Date, whether the connection
 /// stays open, whether the request was HEAD (so no body may follow), and the
