@@ -3,6 +3,8 @@
 //! ```text
 //!            accept (read at once: the listener defers until the request is there)
 //!              |
+//!   [ProxyHeader] -> [Handshake: TLS; ALPN chooses the session]
+//!              |
 //!              v
 //!   +----> ReadHead --(route)--> Send(Sending) ------(done, keep-alive)-----+
 //!   |          |      \--------> Proxy(Exchange) --> (Send) ---------------+
@@ -65,6 +67,9 @@ pub enum Phase {
     /// first, read from the socket itself before any transport (TLS
     /// included) sees a byte. `trusted`: the peer may (and must) send one.
     ProxyHeader { trusted: bool },
+    /// A TLS connection's handshake; what follows it is `then`, or for an
+    /// HTTP listener the session the protocol agreed by ALPN names.
+    Handshake(AfterHandshake),
     /// Waiting for (or reading) a request head.
     ReadHead,
     /// Writing a response: the output buffer, then a file range if any.
@@ -74,6 +79,32 @@ pub enum Phase {
     /// The write side is shut; the client's leftover input is drained for a
     /// moment so that it does not turn the close into a reset.
     Linger { drained: u64 },
+}
+
+/// What a TLS connection becomes once its handshake completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterHandshake {
+    /// An HTTP listener: the session for the protocol agreed by ALPN.
+    Http,
+    /// A `[[stream]]` listener that terminates TLS: the relay to its upstream.
+    Stream(usize),
+}
+
+/// The protocols an HTTP session can speak, by their ALPN names. Only
+/// HTTP/1.1 exists (and is all that tine offers); a client that offered no
+/// ALPN speaks it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+}
+
+impl Protocol {
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Option<Protocol> {
+        match alpn {
+            None | Some(b"http/1.1") => Some(Protocol::Http1),
+            Some(_) => None,
+        }
+    }
 }
 
 /// A response on its way out: its head (and a small body) are in the
@@ -171,11 +202,12 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(id: ConnId, transport: Client, peer: Option<SocketAddr>, admin: bool, ctx: &mut Ctx) -> Self {
+        let phase = if transport.is_tls() { Phase::Handshake(AfterHandshake::Http) } else { Phase::ReadHead };
         let mut conn = Conn {
             id,
             transport,
             peer,
-            phase: Phase::ReadHead,
+            phase,
             rbuf: None,
             wbuf: Vec::new(),
             wpos: 0,
@@ -253,7 +285,11 @@ impl Conn {
 
     /// A connection accepted on a `[[stream]]` listener starts as a tunnel.
     pub fn begin_stream(&mut self, stream: usize, ctx: &mut Ctx) -> Outcome {
-        self.start_stream(stream, ctx);
+        if self.transport.is_tls() {
+            self.phase = Phase::Handshake(AfterHandshake::Stream(stream));
+        } else {
+            self.start_stream(stream, ctx);
+        }
         self.drive(ctx)
     }
 
@@ -342,6 +378,7 @@ impl Conn {
             // ReadHead, the placeholder; the others put theirs back).
             let step = match std::mem::replace(&mut self.phase, Phase::ReadHead) {
                 Phase::ProxyHeader { trusted } => self.read_proxy_header(trusted, ctx),
+                Phase::Handshake(then) => self.handshake(then, ctx),
                 Phase::ReadHead => self.read_head(ctx),
                 Phase::Send(sending) => self.send(sending, ctx, &mut budget),
                 Phase::Proxy(exchange) => self.drive_proxy(exchange, ctx, &mut budget),
@@ -442,10 +479,61 @@ impl Conn {
         Some(Outcome::Wait)
     }
 
-    /// The header is dealt with: requests follow, under the header timeout.
+    /// The header is dealt with: the TLS handshake or the requests follow,
+    /// under the header timeout.
     fn begin_requests(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        self.phase = Phase::ReadHead;
+        self.phase =
+            if self.transport.is_tls() { Phase::Handshake(AfterHandshake::Http) } else { Phase::ReadHead };
         self.arm(ctx, ctx.timers.timeouts.header);
+        None
+    }
+
+    /// Advances the TLS handshake; once it is complete, the connection
+    /// becomes what `then` says, an HTTP listener's by the protocol agreed.
+    fn handshake(&mut self, then: AfterHandshake, ctx: &mut Ctx) -> Option<Outcome> {
+        use crate::transport::HandshakeProgress;
+        let Some(tls) = self.transport.tls() else {
+            return self.after_handshake(then, Some(Protocol::Http1), ctx);
+        };
+        if !self.readable {
+            self.phase = Phase::Handshake(then);
+            return Some(Outcome::Wait);
+        }
+        match tls.advance_handshake() {
+            Ok(HandshakeProgress::Done) => {
+                let protocol = Protocol::from_alpn(tls.alpn_protocol());
+                // Records after the handshake's last may hold the first request.
+                self.readable = true;
+                self.after_handshake(then, protocol, ctx)
+            }
+            Ok(HandshakeProgress::NeedMore) => {
+                self.phase = Phase::Handshake(then);
+                self.readable = false;
+                Some(Outcome::Wait)
+            }
+            Ok(HandshakeProgress::Closed) => Some(Outcome::Close(CloseReason::PeerClosed)),
+            Err(e) => {
+                self.phase = Phase::Handshake(then);
+                client_io(e)
+            }
+        }
+    }
+
+    /// The protocol choice point: what serves the connection now.
+    fn after_handshake(
+        &mut self,
+        then: AfterHandshake,
+        protocol: Option<Protocol>,
+        ctx: &mut Ctx,
+    ) -> Option<Outcome> {
+        match (then, protocol) {
+            (AfterHandshake::Stream(stream), _) => self.start_stream(stream, ctx),
+            (AfterHandshake::Http, Some(Protocol::Http1)) => self.phase = Phase::ReadHead,
+            (AfterHandshake::Http, None) => {
+                log::warn!("connection {:?}: ALPN agreed on a protocol tine does not serve", self.id);
+                return Some(Outcome::Close(CloseReason::Error));
+            }
+        }
         None
     }
 
@@ -1037,4 +1125,17 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
         }
     };
     Started { reply, keep_alive, discard }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Protocol;
+
+    #[test]
+    fn alpn_chooses_http1_or_nothing() {
+        assert_eq!(Protocol::from_alpn(None), Some(Protocol::Http1));
+        assert_eq!(Protocol::from_alpn(Some(b"http/1.1")), Some(Protocol::Http1));
+        assert_eq!(Protocol::from_alpn(Some(b"h2")), None);
+        assert_eq!(Protocol::from_alpn(Some(b"")), None);
+    }
 }

@@ -11,7 +11,7 @@ mod plain;
 mod tls;
 
 pub use plain::PlainTcp;
-pub use tls::{Handshake, Tls, TlsFailure};
+pub use tls::{Handshake, HandshakeProgress, Tls, TlsFailure};
 
 use crate::relay::{Pump, Relay, RelayError};
 use std::io;

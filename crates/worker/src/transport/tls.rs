@@ -13,9 +13,12 @@
 //! (see [`super::Transport`]). Per connection, rustls holds at most one chunk
 //! of records, one record being assembled and 16 KiB of plaintext received.
 //!
-//! The handshake happens inside `recv`, under the header timeout, and its
-//! outcome is read by the connection for the statistics: [`Tls::take_handshake`]
-//! once it completes, [`Tls::failure`] when the connection closes before.
+//! The connection drives the handshake as a phase of its own
+//! ([`Tls::advance_handshake`], under the header timeout) and, once it
+//! completes, lets the protocol agreed by ALPN ([`Tls::alpn_protocol`]) choose
+//! what serves the connection. Its outcome is read for the statistics:
+//! [`Tls::take_handshake`] once it completes, [`Tls::failure`] when the
+//! connection closes before.
 
 use super::Transport;
 use crate::relay::{Pump, Relay, RelayError};
@@ -79,6 +82,16 @@ pub enum TlsFailure {
     NoCommon,
     /// A plain HTTP request (answered with a plain-text 400).
     PlainHttp,
+}
+
+/// Where a handshake stands after the records at hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeProgress {
+    Done,
+    /// The socket has nothing more now; the next readiness event resumes it.
+    NeedMore,
+    /// The client closed before the handshake completed.
+    Closed,
 }
 
 /// A completed handshake.
@@ -165,6 +178,22 @@ impl Tls {
 
     fn handshaking(&self) -> bool {
         matches!(self.state, State::Handshaking { .. })
+    }
+
+    /// Drives the handshake with what the socket holds (its next flight goes
+    /// out as records come in).
+    pub fn advance_handshake(&mut self) -> io::Result<HandshakeProgress> {
+        while self.handshaking() {
+            if !self.fill()? {
+                return Ok(if self.eof { HandshakeProgress::Closed } else { HandshakeProgress::NeedMore });
+            }
+        }
+        Ok(HandshakeProgress::Done)
+    }
+
+    /// The application protocol the handshake agreed on by ALPN, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
     }
 
     /// rustls refused what the client sent: the alert it queued goes out,
