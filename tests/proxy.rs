@@ -446,6 +446,21 @@ fn a_kept_upstream_connection_the_server_closes_is_closed_at_once() {
 }
 
 #[test]
+fn a_pooled_connection_closes_when_its_server_closes_it_after_its_client_left() {
+    // The pooled connection's own token brings its server's close to the
+    // pool, though the client connection that used it is gone.
+    let up = Upstream::start();
+    let proxy = proxy_to(&[up.addr], "keepalive_timeout = \"300s\"\n");
+    let answer = proxy.get("/then-close");
+    assert_eq!(answer.body, b"ok");
+    proxy.wait_until("the pooled connection closed", |s| {
+        s["upstreams"][0]["open"] == 0 && s["total"]["active"] == 0
+    });
+    assert_eq!(proxy.get("/").body, b"ok");
+    assert_eq!(proxy.stats()["upstreams"][0]["failures"], 0);
+}
+
+#[test]
 fn upstream_gauges_lose_the_share_of_workers_that_stop_or_die() {
     let up = Upstream::start();
     let proxy = proxy_to(&[closed_port(), up.addr], "max_fails = 1\nfail_timeout = \"1h\"\n");

@@ -257,14 +257,13 @@ impl Conn {
         self.client_fin = true;
     }
 
-    pub fn on_upstream_event(&mut self, ctx: &mut Ctx, peer_closed: bool) {
+    /// An event for the upstream connection this connection's exchange holds.
+    pub fn on_upstream_event(&mut self, peer_closed: bool) {
         if let Phase::Proxy(exchange) = &mut self.phase {
             if peer_closed {
                 exchange.note_upstream_fin();
             }
-            return;
         }
-        ctx.proxy.upstreams.check_idle(self.id, &ctx.stats);
     }
 
     /// The connection's deadline passed: usually it closes, but an upstream

@@ -180,14 +180,20 @@ impl<'a> EventLoop<'a> {
                 return Ok(None);
             }
             Token::Client(id) => (id, false),
-            // The upstream socket of a connection; either side drives it.
-            Token::Upstream(id) => (id, true),
+            // An upstream connection: the client connection whose exchange
+            // holds it drives it; the pool deals with a pooled one.
+            Token::Upstream(link) => {
+                match self.ctx.proxy.upstreams.link_event(link, event.readable(), &self.ctx.stats) {
+                    Some(id) => (id, true),
+                    None => return Ok(None),
+                }
+            }
         };
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(None);
         };
         if upstream_side {
-            conn.on_upstream_event(&mut self.ctx, event.peer_closed());
+            conn.on_upstream_event(event.peer_closed());
         } else if event.readable() {
             conn.mark_readable();
             if event.peer_closed() {

@@ -1,14 +1,15 @@
 //! The one token type of a worker. Every epoll registration carries a
-//! [`Token`] saying what the event is for: the client side or the upstream
-//! side of a connection, a listener, or the signal descriptor. A connection
-//! is named by its [`ConnId`] (slab index and generation), which the timer
-//! wheel and the loop's lists use as well. The bit layout is defined here and
+//! [`Token`] saying what the event is for: a client connection, an upstream
+//! connection, a listener, or the signal descriptor. A client connection is
+//! named by its [`ConnId`] (slab index and generation), which the timer
+//! wheel and the loop's lists use as well; an upstream connection by its
+//! [`LinkId`] in the upstream pool's slab. The bit layout is defined here and
 //! nowhere else:
 //!
 //! ```text
 //!  63 62 | 61 ........ 32 | 31 ........ 0
-//!  kind  | generation     | index (connection) or listener number
-//!  00 client side, 01 upstream side, 10 listener, 11 signals
+//!  kind  | generation     | index (connection or link) or listener number
+//!  00 client connection, 01 upstream connection, 10 listener, 11 signals
 //! ```
 
 /// A connection's key in the slab. The generation changes every time the
@@ -37,14 +38,19 @@ impl ConnId {
     }
 }
 
+/// An upstream connection's key in the upstream pool's slab: its own epoll
+/// token, so that an event finds it whether an exchange holds it (whichever
+/// client connection that exchange serves) or the pool keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkId(pub ConnId);
+
 /// What an epoll event is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Token {
     /// The client socket of a connection.
     Client(ConnId),
-    /// The upstream socket of a connection (its exchange, tunnel or kept
-    /// upstream connection).
-    Upstream(ConnId),
+    /// An upstream connection, busy in an exchange or a tunnel, or pooled.
+    Upstream(LinkId),
     /// The listener at this index of the worker's listener list.
     Listener(u32),
     /// The worker's signalfd.
@@ -62,7 +68,7 @@ impl Token {
     pub fn encode(self) -> u64 {
         let (kind, high, low) = match self {
             Token::Client(id) => (CLIENT, id.generation, id.index),
-            Token::Upstream(id) => (UPSTREAM, id.generation, id.index),
+            Token::Upstream(LinkId(id)) => (UPSTREAM, id.generation, id.index),
             Token::Listener(i) => (LISTENER, 0, i),
             Token::Signals => (SIGNALS, 0, 0),
         };
@@ -74,7 +80,7 @@ impl Token {
         let id = || ConnId::new(raw as u32, (raw >> 32) as u32);
         match raw >> KIND_SHIFT {
             CLIENT => Token::Client(id()),
-            UPSTREAM => Token::Upstream(id()),
+            UPSTREAM => Token::Upstream(LinkId(id())),
             LISTENER => Token::Listener(raw as u32),
             _ => Token::Signals,
         }
@@ -88,10 +94,10 @@ mod tests {
     #[test]
     fn every_token_survives_its_encoding() {
         let id = ConnId::new(7, GENERATION_MASK);
-        for token in [Token::Client(id), Token::Upstream(id), Token::Listener(3), Token::Signals] {
+        for token in [Token::Client(id), Token::Upstream(LinkId(id)), Token::Listener(3), Token::Signals] {
             assert_eq!(Token::decode(token.encode()), token);
         }
-        assert_ne!(Token::Client(id).encode(), Token::Upstream(id).encode());
+        assert_ne!(Token::Client(id).encode(), Token::Upstream(LinkId(id)).encode());
         assert_eq!(ConnId::new(1, GENERATION_MASK + 1).generation(), 0, "generations wrap");
     }
 }

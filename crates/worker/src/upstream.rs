@@ -2,16 +2,23 @@
 //! to (smooth weighted round robin, or weighted least connections), which servers
 //! are out after repeated failures (a circuit breaker: out for fail_timeout, then
 //! one probe request decides), and the keep-alive pool of idle connections per
-//! server: the one place idle upstream connections live. Each idle connection
-//! stays registered with epoll under the token of the client connection that
-//! used it last, which gets it back first (no epoll change); any other takes
-//! it with one re-registration. Every reuse checks its age and that nothing
-//! waits on it, and one sweep closes those idle past keepalive_timeout.
-//! Nothing here is shared between workers.
+//! server: the one place idle upstream connections live.
+//!
+//! Every upstream connection is a link in the pool's slab, registered with
+//! epoll once, under its own token ([`LinkId`]), for its whole life: an event
+//! finds the exchange that holds it (whichever client connection it serves),
+//! and an event on a pooled connection means its server closed it or sent
+//! what nobody asked for, so it is looked at and closed then. A reuse by
+//! any client connection needs no re-registration, only one look that
+//! nothing waits on it; the client connection that used a connection last
+//! gets it back first.
+//! One sweep closes the connections idle past keepalive_timeout. Nothing
+//! here is shared between workers.
 
 use crate::counters::Counters;
-use crate::token::ConnId;
-use std::os::fd::{AsRawFd, OwnedFd};
+use crate::slab::Slab;
+use crate::token::{ConnId, LinkId, Token};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tine_config::{Balance, Upstream, UpstreamAddr};
@@ -36,11 +43,31 @@ pub struct Server {
 
 /// An idle keep-alive connection in the pool.
 struct Idle {
-    fd: OwnedFd,
+    conn: UpConn,
     since: Instant,
-    /// The client connection that used it last; it is registered with epoll
-    /// under that connection's token.
+    /// The client connection that used it last (and gets it back first).
     owner: ConnId,
+}
+
+/// An open connection to an upstream server: its socket, and its link in
+/// the pool's slab (its epoll token). Only the pool opens and closes one.
+pub struct UpConn {
+    fd: OwnedFd,
+    link: LinkId,
+}
+
+impl AsRawFd for UpConn {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What the pool knows of an open upstream connection.
+struct Link {
+    group: usize,
+    server: usize,
+    /// The client connection whose exchange holds it; None while pooled.
+    user: Option<ConnId>,
 }
 
 pub struct Group {
@@ -53,6 +80,8 @@ pub struct Group {
 #[derive(Default)]
 pub struct Upstreams {
     pub groups: Vec<Group>,
+    /// Every open upstream connection, busy or pooled.
+    links: Slab<Link>,
 }
 
 /// What an exchange's outcome did to its server's standing.
@@ -67,24 +96,10 @@ pub enum Health {
 
 /// A connection to an upstream server, new or from the pool.
 pub struct Connection {
-    pub fd: OwnedFd,
+    pub conn: UpConn,
     /// Taken from the keep-alive pool (so a failure before any response byte
     /// may be retried on a fresh connection).
     pub reused: bool,
-    /// How it stands with epoll for the client connection that asked.
-    pub registered: Registered,
-}
-
-/// Whether a connection is registered with epoll for the client connection
-/// that took it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Registered {
-    /// A new connection: not registered at all.
-    No,
-    /// Registered under another client connection's token.
-    ForAnother,
-    /// Already registered for this client connection.
-    Yes,
 }
 
 impl Upstreams {
@@ -113,7 +128,7 @@ impl Upstreams {
                 group
             })
             .collect();
-        Upstreams { groups }
+        Upstreams { groups, links: Slab::default() }
     }
 
     /// The server for the next request, skipping those in `tried` (a bit per
@@ -164,9 +179,10 @@ impl Upstreams {
 
     /// For client connection `owner`: a pooled connection that is young
     /// enough and has nothing waiting on it (the one `owner` used last
-    /// first, then the most recently idle), or a new non-blocking connect.
-    /// A group that sends a PROXY protocol header reuses only `owner`'s own
-    /// connections: the header that began one names its client.
+    /// first, then the most recently idle), or a new non-blocking connect,
+    /// registered with `epoll` under its own token. A group that sends a
+    /// PROXY protocol header reuses only `owner`'s own connections: the
+    /// header that began one names its client.
     pub fn connect(
         &mut self,
         group: usize,
@@ -174,6 +190,7 @@ impl Upstreams {
         owner: ConnId,
         now: Instant,
         stats: &Counters<'_>,
+        epoll: &tine_net::Epoll,
     ) -> std::io::Result<Connection> {
         let g = &mut self.groups[group];
         let keepalive_timeout = g.config.keepalive_timeout;
@@ -192,16 +209,22 @@ impl Upstreams {
         while let Some(i) = reusable(&s.idle) {
             let c = s.idle.swap_remove(i);
             // Anything waiting (bytes nobody asked for, the server's close)
-            // would be read as the next response: look first.
+            // would be read as the next response: look first. The pooled
+            // connection's own events catch most of it, but not bytes that
+            // came after the last read of a spliced body without an event of
+            // their own, nor an event later in this turn's batch.
             if now.saturating_duration_since(c.since) < keepalive_timeout
-                && sys::peek(c.fd.as_raw_fd()) == Peek::Nothing
+                && sys::peek(c.conn.as_raw_fd()) == Peek::Nothing
             {
                 if let Some(st) = stat {
                     st.pool_hits.fetch_add(1, Relaxed);
                 }
-                let registered = if c.owner == owner { Registered::Yes } else { Registered::ForAnother };
-                return Ok(Connection { fd: c.fd, reused: true, registered });
+                if let Some(link) = self.links.get_mut(c.conn.link.0) {
+                    link.user = Some(owner);
+                }
+                return Ok(Connection { conn: c.conn, reused: true });
             }
+            self.links.remove(c.conn.link.0);
             closed(s, stats, index, 1);
         }
         if let Some(st) = stat {
@@ -212,37 +235,50 @@ impl Upstreams {
             UpstreamAddr::Unix(p) => ConnectTo::Unix(p),
         };
         let fd = sys::connect_start(&target, &g.config.tcp)?;
+        let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
+        if let Err(e) =
+            epoll.add(fd.as_raw_fd(), Token::Upstream(link).encode(), tine_net::Interest::CONNECTION)
+        {
+            self.links.remove(link.0);
+            return Err(e);
+        }
         s.open += 1;
         stats.gauges.upstream(index, UpstreamGauge::Open, 1);
-        Ok(Connection { fd, reused: false, registered: Registered::No })
+        Ok(Connection { conn: UpConn { fd, link }, reused: false })
     }
 
-    /// An event came for client connection `owner` while it has no exchange:
-    /// one of the idle connections it used last was closed by its server (or
-    /// sent what nobody asked for). Close those at once rather than when a
-    /// request finds them.
-    pub fn check_idle(&mut self, owner: ConnId, stats: &Counters<'_>) {
-        for g in &mut self.groups {
-            for (i, s) in g.servers.iter_mut().enumerate() {
-                let before = s.idle.len();
-                s.idle.retain(|c| c.owner != owner || sys::peek(c.fd.as_raw_fd()) == Peek::Nothing);
-                let dropped = before - s.idle.len();
-                if dropped > 0 {
-                    closed(s, stats, g.stats_base + i, dropped);
-                }
-            }
+    /// An event came for upstream connection `link`: the client connection
+    /// whose exchange holds it, which handles it; or, for a pooled one, its
+    /// server closed it or sent what nobody asked for (`trouble`: readable or
+    /// hung up), so it is closed now rather than found broken by a request.
+    pub fn link_event(&mut self, link: LinkId, trouble: bool, stats: &Counters<'_>) -> Option<ConnId> {
+        let l = self.links.get_mut(link.0)?;
+        if l.user.is_some() || !trouble {
+            return l.user;
         }
+        let (group, server) = (l.group, l.server);
+        let g = &mut self.groups[group];
+        let s = &mut g.servers[server];
+        let i = s.idle.iter().position(|c| c.conn.link == link)?;
+        // The event may be the last edge of the response just read: only
+        // what is there now counts.
+        if sys::peek(s.idle[i].conn.as_raw_fd()) == Peek::Nothing {
+            return None;
+        }
+        s.idle.swap_remove(i);
+        self.links.remove(link.0);
+        closed(s, stats, g.stats_base + server, 1);
+        None
     }
 
     /// Client connection `owner` closed: the idle connections it left in
     /// groups that send a PROXY protocol header began with a header naming
     /// it, so nobody else may reuse them; they close with it.
     pub fn client_gone(&mut self, owner: ConnId, stats: &Counters<'_>) {
+        let links = &mut self.links;
         for g in self.groups.iter_mut().filter(|g| g.config.send_proxy.is_some()) {
             for (i, s) in g.servers.iter_mut().enumerate() {
-                let before = s.idle.len();
-                s.idle.retain(|c| c.owner != owner);
-                let dropped = before - s.idle.len();
+                let dropped = drop_idle(&mut s.idle, links, |c| c.owner == owner);
                 if dropped > 0 {
                     closed(s, stats, g.stats_base + i, dropped);
                 }
@@ -256,9 +292,9 @@ impl Upstreams {
         for g in &mut self.groups {
             let timeout = g.config.keepalive_timeout;
             for (i, s) in g.servers.iter_mut().enumerate() {
-                let before = s.idle.len();
-                s.idle.retain(|c| now.saturating_duration_since(c.since) < timeout);
-                let expired = before - s.idle.len();
+                let expired = drop_idle(&mut s.idle, &mut self.links, |c| {
+                    now.saturating_duration_since(c.since) >= timeout
+                });
                 if expired > 0 {
                     closed(s, stats, g.stats_base + i, expired);
                 }
@@ -267,31 +303,25 @@ impl Upstreams {
     }
 
     /// Keeps a connection whose exchange for client connection `owner`
-    /// completed cleanly (it stays registered under `owner`'s token), or
-    /// closes it when the pool is full.
-    pub fn release(
-        &mut self,
-        group: usize,
-        server: usize,
-        fd: OwnedFd,
-        owner: ConnId,
-        now: Instant,
-        stats: &Counters<'_>,
-    ) {
+    /// completed cleanly, or closes it when the pool is full.
+    pub fn release(&mut self, conn: UpConn, owner: ConnId, now: Instant, stats: &Counters<'_>) {
+        let Some(link) = self.links.get_mut(conn.link.0) else { return };
+        link.user = None;
+        let (group, server) = (link.group, link.server);
         let g = &mut self.groups[group];
-        let keep = g.config.keepalive;
-        let s = &mut g.servers[server];
-        if s.idle.len() < keep {
-            s.idle.push(Idle { fd, since: now, owner });
+        if g.servers[server].idle.len() < g.config.keepalive {
+            g.servers[server].idle.push(Idle { conn, since: now, owner });
         } else {
-            closed(s, stats, g.stats_base + server, 1);
+            self.close(conn, stats);
         }
     }
 
-    /// A connection to the server was closed (its descriptor dropped by the caller).
-    pub fn forget(&mut self, group: usize, server: usize, stats: &Counters<'_>) {
-        let g = &mut self.groups[group];
-        closed(&mut g.servers[server], stats, g.stats_base + server, 1);
+    /// Closes a connection that cannot be kept (closing the socket takes it
+    /// out of epoll).
+    pub fn close(&mut self, conn: UpConn, stats: &Counters<'_>) {
+        let Some(link) = self.links.remove(conn.link.0) else { return };
+        let g = &mut self.groups[link.group];
+        closed(&mut g.servers[link.server], stats, g.stats_base + link.server, 1);
     }
 
     /// Records how an exchange with the server went, for the circuit breaker;
@@ -329,7 +359,7 @@ impl Upstreams {
         for g in &mut self.groups {
             for (i, s) in g.servers.iter_mut().enumerate() {
                 let index = g.stats_base + i;
-                let idle = std::mem::take(&mut s.idle).len();
+                let idle = drop_idle(&mut s.idle, &mut self.links, |_| true);
                 closed(s, stats, index, idle);
                 if s.down_until.take().is_some() {
                     stats.gauges.upstream(index, UpstreamGauge::Down, -1);
@@ -341,6 +371,19 @@ impl Upstreams {
     pub fn group_of_stats(&self, group: usize, server: usize) -> usize {
         self.groups[group].stats_base + server
     }
+}
+
+/// Closes the idle connections `which` selects, with their links; how many.
+fn drop_idle(idle: &mut Vec<Idle>, links: &mut Slab<Link>, which: impl Fn(&Idle) -> bool) -> usize {
+    let before = idle.len();
+    idle.retain(|c| {
+        let drop = which(c);
+        if drop {
+            links.remove(c.conn.link.0);
+        }
+        !drop
+    });
+    before - idle.len()
 }
 
 /// `n` connections to the server were closed: fewer open in the worker's own

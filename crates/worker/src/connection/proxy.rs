@@ -33,11 +33,10 @@ use crate::buffer_pool::ReadBuf;
 use crate::context::Ctx;
 use crate::relay::{PipePool, Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
-use crate::token::Token;
 use crate::transport::Transport;
-use crate::upstream::{Health, Registered};
+use crate::upstream::{Health, UpConn};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tine_config::HostHeader;
@@ -47,7 +46,6 @@ use tine_http::request::{Body, Method, Request, MAX_HEADERS};
 use tine_http::response::{Persistence, Status};
 use tine_http::response_head::{self, Asked, BadResponse, ResponseHead};
 use tine_net::sys::{self, Peek};
-use tine_net::Interest;
 use tine_stats::layout::UpstreamStats;
 use tine_stats::UpstreamGauge;
 
@@ -63,13 +61,13 @@ enum Stage {
     /// Choose a server (again, after a failure), then reuse or connect.
     Pick,
     /// A non-blocking connect under way (or a pooled connection to check).
-    Connecting(OwnedFd),
-    SendHead(OwnedFd),
-    SendBody(OwnedFd),
+    Connecting(UpConn),
+    SendHead(UpConn),
+    SendBody(UpConn),
     /// The response buffer is taken when the first bytes come.
-    AwaitHead(OwnedFd, Option<ReadBuf>),
-    Respond(OwnedFd, BodyRelay),
-    Tunnel(OwnedFd, Tunnel),
+    AwaitHead(UpConn, Option<ReadBuf>),
+    Respond(UpConn, BodyRelay),
+    Tunnel(UpConn, Tunnel),
 }
 
 impl Stage {
@@ -81,7 +79,7 @@ impl Stage {
 
     /// Gives back the buffers and pipes the stage holds; returns its upstream
     /// socket, if it has one, for the caller to close or keep.
-    fn dismantle(self, ctx: &mut Ctx) -> Option<OwnedFd> {
+    fn dismantle(self, ctx: &mut Ctx) -> Option<UpConn> {
         match self {
             Stage::Pick => None,
             Stage::Connecting(fd) | Stage::SendHead(fd) | Stage::SendBody(fd) => Some(fd),
@@ -110,15 +108,15 @@ enum Next {
     /// Stop in this stage until an event (Wait) or the next turn (Yield).
     Pause(Stage, Outcome),
     /// The response is complete; its upstream connection may be kept.
-    Complete(OwnedFd),
+    Complete(UpConn),
     /// The server failed (refused, reset, closed early): try again where the
     /// request allows it, else 502.
-    ServerFailed { upstream: Option<OwnedFd>, after_sending: bool },
+    ServerFailed { upstream: Option<UpConn>, after_sending: bool },
     /// Answer with this error page if nothing of a response went out yet,
     /// else close.
-    Fail { status: Status, upstream: Option<OwnedFd> },
+    Fail { status: Status, upstream: Option<UpConn> },
     /// Close the client connection.
-    Close { reason: CloseReason, upstream: Option<OwnedFd> },
+    Close { reason: CloseReason, upstream: Option<UpConn> },
 }
 
 /// After the driver applied a [`Next`]: the exchange goes on, or it is over
@@ -248,7 +246,7 @@ fn recycled(ctx: &mut Ctx, fresh: Exchange) -> Box<Exchange> {
 /// upstream socket is closed), then its buffers and its box.
 fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
     if let Some(fd) = std::mem::replace(&mut ex.stage, Stage::Pick).dismantle(ctx) {
-        close_upstream(ctx, &ex, fd);
+        close_upstream(ctx, fd);
     }
     end_active(ctx, &mut ex);
     ctx.pool.put_write(std::mem::take(&mut ex.head));
@@ -257,9 +255,8 @@ fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
 }
 
 /// Closes an upstream connection that cannot be kept.
-fn close_upstream(ctx: &mut Ctx, ex: &Exchange, fd: OwnedFd) {
-    let _ = ctx.epoll.delete(fd.as_raw_fd());
-    ctx.proxy.upstreams.forget(ex.group, ex.server, &ctx.stats);
+fn close_upstream(ctx: &mut Ctx, conn: UpConn) {
+    ctx.proxy.upstreams.close(conn, &ctx.stats);
 }
 
 fn recycle_body(pipes: &mut PipePool, body: BodyRelay) {
@@ -364,7 +361,7 @@ impl Conn {
                 Next::Fail { status, upstream } => return Flow::Done(self.fail(ex, status, upstream, ctx)),
                 Next::Close { reason, upstream } => {
                     if let Some(fd) = upstream {
-                        close_upstream(ctx, &ex, fd);
+                        close_upstream(ctx, fd);
                     }
                     retire(ctx, ex);
                     return Flow::Done(Some(Outcome::Close(reason)));
@@ -413,18 +410,8 @@ impl Conn {
             ex.tried |= 1 << server;
         }
         let stats = server_stats(ctx, ex.group, server);
-        match ctx.proxy.upstreams.connect(ex.group, server, self.id, ctx.clock.now, &ctx.stats) {
+        match ctx.proxy.upstreams.connect(ex.group, server, self.id, ctx.clock.now, &ctx.stats, &ctx.epoll) {
             Ok(c) => {
-                let token = Token::Upstream(self.id).encode();
-                let registered = match c.registered {
-                    Registered::Yes => Ok(()),
-                    Registered::ForAnother => ctx.epoll.modify(c.fd.as_raw_fd(), token, Interest::CONNECTION),
-                    Registered::No => ctx.epoll.add(c.fd.as_raw_fd(), token, Interest::CONNECTION),
-                };
-                if registered.is_err() {
-                    ctx.proxy.upstreams.forget(ex.group, server, &ctx.stats);
-                    return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
-                }
                 ex.reused = c.reused;
                 ex.upstream_fin = false;
                 if let Some(st) = stats {
@@ -433,7 +420,7 @@ impl Conn {
                 let config = &ctx.proxy.upstreams.groups[ex.group].config;
                 let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
                 self.arm(ctx, timeout);
-                Next::Go(Stage::Connecting(c.fd))
+                Next::Go(Stage::Connecting(c.conn))
             }
             Err(e) => {
                 log::warn!(
@@ -449,7 +436,7 @@ impl Conn {
         }
     }
 
-    fn finish_connect(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
+    fn finish_connect(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
         if !ex.reused {
             match sys::connect_status(fd.as_raw_fd()) {
                 Ok(true) => {}
@@ -489,7 +476,7 @@ impl Conn {
         }
     }
 
-    fn send_head(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
+    fn send_head(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
         while ex.sent < ex.head.len() {
             match sys::send(fd.as_raw_fd(), &ex.head[ex.sent..], false) {
                 Ok(n) => {
@@ -508,7 +495,7 @@ impl Conn {
 
     /// Copies the request body, from what is buffered and then from the client,
     /// through a small queue so that a full upstream socket loses nothing.
-    fn send_body(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
+    fn send_body(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
         // The upstream took the head: invite the body, unless it is on its way.
         if std::mem::take(&mut ex.continue_pending) && self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
             self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -603,7 +590,7 @@ impl Conn {
     /// Reads the response head; on a complete one, writes the cleaned head for
     /// the client and decides how the body travels. Interim responses are
     /// read past, a bounded number of them; a few reads per turn at most.
-    fn await_head(&mut self, ex: &mut Exchange, fd: OwnedFd, buf: Option<ReadBuf>, ctx: &mut Ctx) -> Next {
+    fn await_head(&mut self, ex: &mut Exchange, fd: UpConn, buf: Option<ReadBuf>, ctx: &mut Ctx) -> Next {
         let mut buf = buf.unwrap_or_else(|| ctx.pool.read_buf());
         for _ in 0..HEAD_READS_PER_TURN {
             // The parser refuses a head that fills the buffer, so there is room.
@@ -683,7 +670,7 @@ impl Conn {
     /// An upstream response head broke the rules: the client gets a 502 and
     /// the connection closes (nothing of the head was forwarded), the
     /// upstream connection is closed, and the server's failure is counted.
-    fn bad_response(&mut self, ex: &mut Exchange, fd: OwnedFd, why: BadResponse, ctx: &mut Ctx) -> Next {
+    fn bad_response(&mut self, ex: &mut Exchange, fd: UpConn, why: BadResponse, ctx: &mut Ctx) -> Next {
         log::warn!("upstream {}: {why}", ctx.proxy.upstreams.groups[ex.group].servers[ex.server].addr);
         if let Some(st) = server_stats(ctx, ex.group, ex.server) {
             st.failures.fetch_add(1, Relaxed);
@@ -698,7 +685,7 @@ impl Conn {
     fn begin_response(
         &mut self,
         ex: &mut Exchange,
-        fd: OwnedFd,
+        fd: UpConn,
         buf: ReadBuf,
         head: FinalHead,
         ctx: &mut Ctx,
@@ -779,7 +766,7 @@ impl Conn {
     fn respond(
         &mut self,
         ex: &mut Exchange,
-        fd: OwnedFd,
+        fd: UpConn,
         mut body: BodyRelay,
         ctx: &mut Ctx,
         budget: &mut usize,
@@ -895,14 +882,14 @@ impl Conn {
     /// when it can carry another request (still registered under this client
     /// connection's token, which gets it back first), and the client
     /// connection goes on.
-    fn complete(&mut self, mut ex: Box<Exchange>, fd: OwnedFd, ctx: &mut Ctx) -> Option<Outcome> {
+    fn complete(&mut self, mut ex: Box<Exchange>, fd: UpConn, ctx: &mut Ctx) -> Option<Outcome> {
         if ex.upstream_fin {
             ex.upstream_keep_alive = false;
         }
         if ex.upstream_keep_alive {
-            ctx.proxy.upstreams.release(ex.group, ex.server, fd, self.id, ctx.clock.now, &ctx.stats);
+            ctx.proxy.upstreams.release(fd, self.id, ctx.clock.now, &ctx.stats);
         } else {
-            close_upstream(ctx, &ex, fd);
+            close_upstream(ctx, fd);
         }
         retire(ctx, ex);
         self.finish_response(ctx, Sending::buffered(ctx.clock.now))
@@ -913,12 +900,12 @@ impl Conn {
     fn server_failed(
         &mut self,
         ex: &mut Exchange,
-        upstream: Option<OwnedFd>,
+        upstream: Option<UpConn>,
         after_sending: bool,
         ctx: &mut Ctx,
     ) -> Next {
         if let Some(fd) = upstream {
-            close_upstream(ctx, ex, fd);
+            close_upstream(ctx, fd);
         }
         // A pooled connection the server had closed meanwhile is no failure of
         // the server: retry once on a fresh connection (if the request may be
@@ -948,11 +935,11 @@ impl Conn {
         &mut self,
         ex: Box<Exchange>,
         status: Status,
-        upstream: Option<OwnedFd>,
+        upstream: Option<UpConn>,
         ctx: &mut Ctx,
     ) -> Option<Outcome> {
         if let Some(fd) = upstream {
-            close_upstream(ctx, &ex, fd);
+            close_upstream(ctx, fd);
         }
         if ex.stream.is_some() || !self.wbuf.is_empty() {
             retire(ctx, ex);
@@ -985,7 +972,7 @@ impl Conn {
         None
     }
 
-    fn start_tunnel(&mut self, ex: &mut Exchange, fd: OwnedFd, ctx: &mut Ctx) -> Next {
+    fn start_tunnel(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
         let (Ok(a), Ok(b)) = (ctx.proxy.pipes.take(), ctx.proxy.pipes.take()) else {
             return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
         };
@@ -1011,7 +998,7 @@ impl Conn {
     fn tunnel(
         &mut self,
         ex: &mut Exchange,
-        fd: OwnedFd,
+        fd: UpConn,
         mut t: Tunnel,
         ctx: &mut Ctx,
         budget: &mut usize,
