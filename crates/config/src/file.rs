@@ -447,6 +447,22 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
 
     let mut config = Config { source: Some(path.to_owned()), ..Config::default() };
+    parse_listeners(&raw, &at, &mut config)?;
+    parse_tls(&raw, &at, &relative_to_file, &mut config)?;
+    parse_proxy_protocol(&raw, &at, &mut config)?;
+    parse_identity(&raw, &at, &mut config)?;
+    parse_paths(&raw, &at, &base, &relative_to_file, &mut config)?;
+    parse_timeouts(&raw, &at, &mut config)?;
+    parse_limits(&raw, &at, &mut config)?;
+    parse_cache_and_compression(&raw, &at, &mut config)?;
+    parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
+    check_tls_users(&raw, &at, &config)?;
+    parse_tcp(&raw, &at, &mut config)?;
+    Ok(config)
+}
+
+/// `listen`, `tls_listen` and `admin_listen`.
+fn parse_listeners(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
     if let Some(listen) = &raw.listen {
         if listen.get_ref().is_empty() {
             return Err(at.error(listen.span(), "listen needs at least one address"));
@@ -473,8 +489,11 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         config.admin_listen = Some(addr);
     }
-    parse_tls(&raw, &at, &relative_to_file, &mut config)?;
-    parse_proxy_protocol(&raw, &at, &mut config)?;
+    Ok(())
+}
+
+/// Who the workers run as, and what the health and admin endpoints answer.
+fn parse_identity(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
     for (raw_name, field) in [(&raw.user, &mut config.user), (&raw.group, &mut config.group)] {
         if let Some(name) = raw_name {
             *field = Some(at.check(name, |s| {
@@ -508,6 +527,17 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             }
         })?);
     }
+    Ok(())
+}
+
+/// The root, workers, backlog, and the files the server writes.
+fn parse_paths(
+    raw: &RawFile,
+    at: &Locator,
+    base: &Path,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+    config: &mut Config,
+) -> Result<(), ConfigError> {
     if let Some(root) = &raw.root {
         config.root = at.check(root, |r| check_root(&relative_to_file(r)))?;
     } else {
@@ -535,6 +565,11 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(b) = &raw.backlog {
         config.backlog = at.in_range(b, "backlog", 1, 1 << 20)? as u32;
     }
+    Ok(())
+}
+
+/// `[timeouts]`.
+fn parse_timeouts(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
     if let Some(t) = &raw.timeouts {
         let slots = [
             (&t.header, &mut config.timeouts.header),
@@ -555,6 +590,11 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             })?;
         }
     }
+    Ok(())
+}
+
+/// `[limits]`.
+fn parse_limits(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
     if let Some(l) = &raw.limits {
         let limits = &mut config.limits;
         if let Some(v) = &l.connections_per_worker {
@@ -574,6 +614,11 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             limits.min_send_rate = at.in_range(v, "min_send_rate", 0, 1 << 40)? as u64;
         }
     }
+    Ok(())
+}
+
+/// `[cache]` and `[compression]`.
+fn parse_cache_and_compression(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
     if let Some(c) = &raw.cache {
         if let Some(v) = &c.open_files {
             config.cache.open_files = at.in_range(v, "open_files", 0, 1 << 20)? as usize;
@@ -603,10 +648,13 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             z.gzip_level = at.in_range(v, "gzip_level", 1, 9)? as u32;
         }
     }
-    parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
-    check_tls_users(&raw, &at, &config)?;
+    Ok(())
+}
+
+/// `[tcp]` and its per-listener tables.
+fn parse_tcp(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
     if let Some(tcp) = &raw.tcp {
-        config.tcp = tcp_options(&at, tcp)?;
+        config.tcp = tcp_options(at, tcp)?;
         if let Some(listeners) = &tcp.listener {
             let known = config.all_listen_addrs();
             for (address, over) in listeners.get_ref() {
@@ -623,11 +671,11 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                         "a [tcp.listener] table cannot hold listener tables of its own",
                     ));
                 }
-                config.tcp_listeners.push((addr, tcp_options(&at, over.get_ref())?));
+                config.tcp_listeners.push((addr, tcp_options(at, over.get_ref())?));
             }
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 /// `[proxy_protocol]`.
@@ -795,65 +843,8 @@ fn parse_proxy(
     config: &mut Config,
 ) -> Result<(), ConfigError> {
     for u in &raw.upstream {
-        let name = u.name.get_ref().clone();
-        if name.is_empty() || config.upstreams.iter().any(|x| x.name == name) {
-            return Err(at.error(u.name.span(), format!("upstream name {name:?} is empty or used twice")));
-        }
-        if u.servers.get_ref().is_empty() {
-            return Err(at.error(u.servers.span(), "an upstream needs at least one server"));
-        }
-        let servers = u
-            .servers
-            .get_ref()
-            .iter()
-            .map(|s| {
-                at.check(s, |raw| {
-                    let (address, weight) = match raw {
-                        RawServer::Plain(a) => (a.as_str(), 1),
-                        RawServer::Weighted { address, weight } => (address.as_str(), weight.unwrap_or(1)),
-                    };
-                    if !(1..=1000).contains(&weight) {
-                        return Err(format!("weight must be from 1 to 1000, not {weight}"));
-                    }
-                    Ok(UpstreamServer { addr: UpstreamAddr::parse(address)?, weight: weight as u32 })
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let balance = match &u.balance {
-            None => Balance::RoundRobin,
-            Some(b) => at.check(b, |b| match b.as_str() {
-                "round_robin" => Ok(Balance::RoundRobin),
-                "least_conn" => Ok(Balance::LeastConn),
-                other => Err(format!("balance must be \"round_robin\" or \"least_conn\", not {other:?}")),
-            })?,
-        };
-        config.upstreams.push(Upstream {
-            name,
-            servers,
-            balance,
-            keepalive: u.keepalive.as_ref().map_or(Ok(32), |v| at.in_range(v, "keepalive", 0, 10_000))?
-                as usize,
-            keepalive_timeout: duration_or(at, &u.keepalive_timeout, Duration::from_secs(60))?,
-            connect_timeout: duration_or(at, &u.connect_timeout, Duration::from_secs(5))?,
-            response_timeout: duration_or(at, &u.response_timeout, Duration::from_secs(60))?,
-            io_timeout: duration_or(at, &u.io_timeout, Duration::from_secs(60))?,
-            max_fails: u.max_fails.as_ref().map_or(Ok(3), |v| at.in_range(v, "max_fails", 0, 1000))? as u32,
-            fail_timeout: duration_or(at, &u.fail_timeout, Duration::from_secs(10))?,
-            underscores_in_headers: u.underscores_in_headers.unwrap_or(false),
-            send_proxy: match &u.proxy_protocol {
-                None => None,
-                Some(v) => at.check(v, |s| match s.as_str() {
-                    "v1" => Ok(Some(crate::ProxyVersion::V1)),
-                    "v2" => Ok(Some(crate::ProxyVersion::V2)),
-                    "off" => Ok(None),
-                    other => Err(format!("proxy_protocol must be \"v1\", \"v2\" or \"off\", not {other:?}")),
-                })?,
-            },
-            tcp: match &u.tcp {
-                None => crate::TcpOptions::production_defaults(),
-                Some(raw) => crate::TcpOptions::production_defaults().overlaid(&upstream_tcp(at, raw)?),
-            },
-        });
+        let upstream = parse_upstream(u, at, &config.upstreams)?;
+        config.upstreams.push(upstream);
     }
     let upstream_index =
         |name: &Spanned<String>| {
@@ -861,40 +852,11 @@ fn parse_proxy(
                 at.error(name.span(), format!("no [[upstream]] is named {:?}", name.get_ref()))
             })
         };
-    let mut routes = Vec::new();
-    for r in &raw.route {
-        let path = r.path.as_ref().map_or(Ok("/".to_string()), |p| {
-            at.check(p, |p| {
-                if p.starts_with('/') {
-                    Ok(p.clone())
-                } else {
-                    Err(format!("route path {p:?} must start with /"))
-                }
-            })
-        })?;
-        let handler = route_handler(at, r, relative_to_file, &upstream_index)?;
-        check_route_keys(at, r, &handler)?;
-        // A fully qualified name's trailing dot names the same host.
-        let host = r.host.as_ref().map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase());
-        let redirect_to_https = r.redirect_to_https.as_ref().is_some_and(|v| *v.get_ref());
-        let headers = r
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                at.check(value, |v| check_added_header(name, v).map(|()| (name.clone(), v.clone())))
-            })
-            .collect::<Result<_, _>>()?;
-        let pages_root = match &handler {
-            Handler::Static(site) => site.root.clone(),
-            _ => config.root.clone(),
-        };
-        let error_pages = r
-            .error_pages
-            .iter()
-            .map(|(status, page)| at.check(page, |p| load_error_page(status, p, &pages_root)))
-            .collect::<Result<_, _>>()?;
-        routes.push(Route { host, path, handler, redirect_to_https, headers, error_pages });
-    }
+    let routes = raw
+        .route
+        .iter()
+        .map(|r| parse_route(r, at, relative_to_file, &upstream_index, &config.root))
+        .collect::<Result<_, _>>()?;
     config.routes = routes;
     for s in &raw.stream {
         let listen = at.check(&s.listen, |l| parse_listen(l))?;
@@ -913,6 +875,109 @@ fn parse_proxy(
         });
     }
     Ok(())
+}
+
+/// One `[[upstream]]`; `known` are those before it.
+fn parse_upstream(u: &RawUpstream, at: &Locator, known: &[Upstream]) -> Result<Upstream, ConfigError> {
+    let name = u.name.get_ref().clone();
+    if name.is_empty() || known.iter().any(|x| x.name == name) {
+        return Err(at.error(u.name.span(), format!("upstream name {name:?} is empty or used twice")));
+    }
+    if u.servers.get_ref().is_empty() {
+        return Err(at.error(u.servers.span(), "an upstream needs at least one server"));
+    }
+    let servers = u
+        .servers
+        .get_ref()
+        .iter()
+        .map(|s| {
+            at.check(s, |raw| {
+                let (address, weight) = match raw {
+                    RawServer::Plain(a) => (a.as_str(), 1),
+                    RawServer::Weighted { address, weight } => (address.as_str(), weight.unwrap_or(1)),
+                };
+                if !(1..=1000).contains(&weight) {
+                    return Err(format!("weight must be from 1 to 1000, not {weight}"));
+                }
+                Ok(UpstreamServer { addr: UpstreamAddr::parse(address)?, weight: weight as u32 })
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let balance = match &u.balance {
+        None => Balance::RoundRobin,
+        Some(b) => at.check(b, |b| match b.as_str() {
+            "round_robin" => Ok(Balance::RoundRobin),
+            "least_conn" => Ok(Balance::LeastConn),
+            other => Err(format!("balance must be \"round_robin\" or \"least_conn\", not {other:?}")),
+        })?,
+    };
+    Ok(Upstream {
+        name,
+        servers,
+        balance,
+        keepalive: u.keepalive.as_ref().map_or(Ok(32), |v| at.in_range(v, "keepalive", 0, 10_000))? as usize,
+        keepalive_timeout: duration_or(at, &u.keepalive_timeout, Duration::from_secs(60))?,
+        connect_timeout: duration_or(at, &u.connect_timeout, Duration::from_secs(5))?,
+        response_timeout: duration_or(at, &u.response_timeout, Duration::from_secs(60))?,
+        io_timeout: duration_or(at, &u.io_timeout, Duration::from_secs(60))?,
+        max_fails: u.max_fails.as_ref().map_or(Ok(3), |v| at.in_range(v, "max_fails", 0, 1000))? as u32,
+        fail_timeout: duration_or(at, &u.fail_timeout, Duration::from_secs(10))?,
+        underscores_in_headers: u.underscores_in_headers.unwrap_or(false),
+        send_proxy: match &u.proxy_protocol {
+            None => None,
+            Some(v) => at.check(v, |s| match s.as_str() {
+                "v1" => Ok(Some(crate::ProxyVersion::V1)),
+                "v2" => Ok(Some(crate::ProxyVersion::V2)),
+                "off" => Ok(None),
+                other => Err(format!("proxy_protocol must be \"v1\", \"v2\" or \"off\", not {other:?}")),
+            })?,
+        },
+        tcp: match &u.tcp {
+            None => crate::TcpOptions::production_defaults(),
+            Some(raw) => crate::TcpOptions::production_defaults().overlaid(&upstream_tcp(at, raw)?),
+        },
+    })
+}
+
+/// One `[[route]]`; `default_root` holds a proxy or redirect route's error pages.
+fn parse_route(
+    r: &RawRoute,
+    at: &Locator,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+    upstream_index: &dyn Fn(&Spanned<String>) -> Result<usize, ConfigError>,
+    default_root: &Path,
+) -> Result<Route, ConfigError> {
+    let path = r.path.as_ref().map_or(Ok("/".to_string()), |p| {
+        at.check(p, |p| {
+            if p.starts_with('/') {
+                Ok(p.clone())
+            } else {
+                Err(format!("route path {p:?} must start with /"))
+            }
+        })
+    })?;
+    let handler = route_handler(at, r, relative_to_file, &upstream_index)?;
+    check_route_keys(at, r, &handler)?;
+    // A fully qualified name's trailing dot names the same host.
+    let host = r.host.as_ref().map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase());
+    let redirect_to_https = r.redirect_to_https.as_ref().is_some_and(|v| *v.get_ref());
+    let headers = r
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            at.check(value, |v| check_added_header(name, v).map(|()| (name.clone(), v.clone())))
+        })
+        .collect::<Result<_, _>>()?;
+    let pages_root = match &handler {
+        Handler::Static(site) => site.root.clone(),
+        _ => default_root.to_path_buf(),
+    };
+    let error_pages = r
+        .error_pages
+        .iter()
+        .map(|(status, page)| at.check(page, |p| load_error_page(status, p, &pages_root)))
+        .collect::<Result<_, _>>()?;
+    Ok(Route { host, path, handler, redirect_to_https, headers, error_pages })
 }
 
 #[cfg(test)]

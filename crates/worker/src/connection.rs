@@ -536,83 +536,116 @@ impl Conn {
         None
     }
 
+    /// Reads and answers requests: what is left of the last request's body
+    /// is thrown away first, then a complete head in the buffer is answered,
+    /// else more is read from the client.
     fn read_head(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        if let Some(buf) = self.rbuf.as_mut().filter(|_| self.discard.pending()) {
-            match self.discard.consume(buf.filled()) {
-                Ok(n) => buf.consume(n),
-                Err(e) => {
-                    // The response went out whole; what follows cannot be
-                    // framed, so the connection ends without reading it as
-                    // a request (lingering, so that it ends without a reset).
-                    log::debug!("connection {:?}: the discarded body {e}; closing", self.id);
-                    buf.consume(usize::MAX);
-                    self.discard = Discard::Nothing;
-                    self.transport.shutdown_write();
-                    self.phase = Phase::Linger { drained: 0 };
-                    self.arm(ctx, LINGER);
-                    return None;
-                }
-            }
+        if self.discard.pending() && self.throw_away_body(ctx) {
+            return None;
         }
-        let parsed = match self.rbuf.as_ref() {
-            Some(buf) if !self.discard.pending() && !buf.is_empty() => {
-                parse_request(buf.filled(), &ctx.http.limits)
-            }
-            _ => Ok(None),
-        };
-        match parsed {
-            Ok(Some(req)) => {
-                if self.wbuf.capacity() == 0 {
-                    self.wbuf = ctx.pool.write_buf();
-                }
-                self.client_closes = !req.keep_alive;
-                let routed = if self.admin {
-                    Routed::Admin
-                } else if is_health_check(&req, ctx) {
-                    Routed::Health
-                } else {
-                    route(&req, self.transport.is_tls(), ctx)
-                };
-                if let Routed::Proxy { route, group } = routed {
-                    ctx.stats.slot.requests.fetch_add(1, Relaxed);
-                    let https = self.transport.is_tls();
-                    let exchange =
-                        proxy::new_exchange(&req, route, group, self.peer.map(|p| p.ip()), https, ctx);
-                    if ctx.access_log.is_some() {
-                        self.access = Some(PendingEntry::capture(&req, 0));
-                    }
-                    self.keep_alive = req.keep_alive && !ctx.draining;
-                    let head_len = req.head_len;
-                    if let Some(buf) = self.rbuf.as_mut() {
-                        buf.consume(head_len);
-                    }
-                    self.phase = Phase::Proxy(exchange);
-                    // An end of stream seen before this request was read
-                    // is the client's half-close, not a change of mind.
-                    self.client_fin = false;
-                    return None;
-                }
-                let started = match routed {
-                    Routed::Admin => crate::admin::respond(&req, ctx, &mut self.wbuf),
-                    Routed::Health => crate::admin::health(&req, ctx, &mut self.wbuf),
-                    other => start_response(&req, other, ctx, &mut self.wbuf),
-                };
-                if ctx.access_log.is_some() {
-                    self.access = Some(PendingEntry::capture(&req, started.reply.status.0));
-                }
-                let head_len = req.head_len;
-                if let Some(buf) = self.rbuf.as_mut() {
-                    buf.consume(head_len);
-                }
-                self.begin_send(ctx, started);
-                return None;
+        if self.answer_buffered_request(ctx) {
+            return None;
+        }
+        self.fill_read_buffer(ctx)
+    }
+
+    /// Drops what the buffer holds of a body being thrown away; true when
+    /// it cannot be framed, and the connection now lingers to its close.
+    fn throw_away_body(&mut self, ctx: &mut Ctx) -> bool {
+        let Some(buf) = self.rbuf.as_mut() else { return false };
+        match self.discard.consume(buf.filled()) {
+            Ok(n) => {
+                buf.consume(n);
+                false
             }
             Err(e) => {
-                self.reject(ctx, e);
-                return None;
+                // The response went out whole; what follows cannot be
+                // framed, so the connection ends without reading it as
+                // a request (lingering, so that it ends without a reset).
+                log::debug!("connection {:?}: the discarded body {e}; closing", self.id);
+                buf.consume(usize::MAX);
+                self.discard = Discard::Nothing;
+                self.transport.shutdown_write();
+                self.phase = Phase::Linger { drained: 0 };
+                self.arm(ctx, LINGER);
+                true
             }
-            Ok(None) => {}
         }
+    }
+
+    /// Answers the request whose head is complete in the read buffer, if
+    /// there is one: true when it was answered or refused, and the phase
+    /// has moved on.
+    fn answer_buffered_request(&mut self, ctx: &mut Ctx) -> bool {
+        if self.discard.pending() {
+            return false;
+        }
+        let mut buf = match self.rbuf.take() {
+            Some(buf) if !buf.is_empty() => buf,
+            other => {
+                self.rbuf = other;
+                return false;
+            }
+        };
+        let answered = match parse_request(buf.filled(), &ctx.http.limits) {
+            Ok(Some(req)) => {
+                let head_len = req.head_len;
+                self.start_request(&req, ctx);
+                buf.consume(head_len);
+                true
+            }
+            Err(e) => {
+                self.reject(ctx, e, &mut buf);
+                true
+            }
+            Ok(None) => false,
+        };
+        self.rbuf = Some(buf);
+        answered
+    }
+
+    /// Routes a request once and starts its answer: an exchange with an
+    /// upstream, or a reply of tine's own on its way out.
+    fn start_request(&mut self, req: &Request<'_>, ctx: &mut Ctx) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = ctx.pool.write_buf();
+        }
+        self.client_closes = !req.keep_alive;
+        let routed = if self.admin {
+            Routed::Admin
+        } else if is_health_check(req, ctx) {
+            Routed::Health
+        } else {
+            route(req, self.transport.is_tls(), ctx)
+        };
+        if let Routed::Proxy { route, group } = routed {
+            ctx.stats.slot.requests.fetch_add(1, Relaxed);
+            let https = self.transport.is_tls();
+            let exchange = proxy::new_exchange(req, route, group, self.peer.map(|p| p.ip()), https, ctx);
+            if ctx.access_log.is_some() {
+                self.access = Some(PendingEntry::capture(req, 0));
+            }
+            self.keep_alive = req.keep_alive && !ctx.draining;
+            self.phase = Phase::Proxy(exchange);
+            // An end of stream seen before this request was read
+            // is the client's half-close, not a change of mind.
+            self.client_fin = false;
+            return;
+        }
+        let started = match routed {
+            Routed::Admin => crate::admin::respond(req, ctx, &mut self.wbuf),
+            Routed::Health => crate::admin::health(req, ctx, &mut self.wbuf),
+            other => start_response(req, other, ctx, &mut self.wbuf),
+        };
+        if ctx.access_log.is_some() {
+            self.access = Some(PendingEntry::capture(req, started.reply.status.0));
+        }
+        self.begin_send(ctx, started);
+    }
+
+    /// Reads more of the client's input into the buffer (none is held while
+    /// the connection idles).
+    fn fill_read_buffer(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
         if !self.readable {
             if self.is_idle() {
                 self.release_buffers(ctx);
@@ -671,7 +704,7 @@ impl Conn {
 
     /// Answers a head that cannot be parsed, then closes: after a malformed head
     /// there is no telling where the next request would start.
-    fn reject(&mut self, ctx: &mut Ctx, e: HttpError) {
+    fn reject(&mut self, ctx: &mut Ctx, e: HttpError, buf: &mut ReadBuf) {
         ctx.stats.count_rejection(Rejection::Head(e));
         if self.wbuf.capacity() == 0 {
             self.wbuf = ctx.pool.write_buf();
@@ -685,12 +718,10 @@ impl Conn {
         let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
         // After a malformed head, what else the client sends is unknown.
         self.client_closes = false;
-        if let Some(buf) = self.rbuf.as_mut() {
-            if ctx.access_log.is_some() {
-                self.access = Some(PendingEntry::malformed(buf.filled(), reply.status.0));
-            }
-            buf.consume(usize::MAX);
+        if ctx.access_log.is_some() {
+            self.access = Some(PendingEntry::malformed(buf.filled(), reply.status.0));
         }
+        buf.consume(usize::MAX);
         self.begin_send(ctx, Started { reply, keep_alive: false, discard: Discard::Nothing });
     }
 
