@@ -640,6 +640,34 @@ fn a_stream_relays_raw_tcp_with_splice() {
 }
 
 #[test]
+fn a_stream_fails_over_to_the_next_server_and_closes_when_idle() {
+    let echo = echo_server();
+    let server = Server::builder()
+        .config(&format!(
+            "[[upstream]]\nname = \"echo\"\nservers = [\"{}\", \"{echo}\"]\n\
+             [[stream]]\nlisten = \"127.0.0.1:0\"\nupstream = \"echo\"\nidle_timeout = \"1s\"\n",
+            closed_port()
+        ))
+        .start();
+    let addr = stream_addr(&server, "echo");
+    let mut s = connect(addr);
+    s.write_all(b"through the second server").unwrap();
+    let mut got = [0u8; 25];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"through the second server");
+    let stats = server.stats();
+    assert_eq!(stats["upstreams"][0]["failures"], 1, "the refused server is counted");
+    assert_eq!(stats["upstreams"][1]["active"], 1, "the relay counts as under way");
+    // Silent both ways for its idle timeout: closed.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    server.wait_until("the relay gone from the gauges", |s| {
+        s["total"]["active"] == 0 && s["upstreams"][1]["active"] == 0 && s["upstreams"][1]["open"] == 0
+    });
+}
+
+#[test]
 fn routes_pick_the_longest_prefix_and_unmatched_is_404() {
     let up = Upstream::start();
     let server = Server::builder()

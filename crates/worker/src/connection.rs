@@ -25,6 +25,7 @@
 //! turn the close into a reset that destroys the response in flight.
 
 mod proxy;
+mod stream;
 
 pub use proxy::Exchange;
 
@@ -74,8 +75,10 @@ pub enum Phase {
     ReadHead,
     /// Writing a response: the output buffer, then a file range if any.
     Send(Sending),
-    /// An exchange with an upstream server, or a tunnel (see proxy.rs).
+    /// An exchange with an upstream server (see proxy.rs).
     Proxy(Box<proxy::Exchange>),
+    /// A `[[stream]]` connection relayed raw to its upstream (see stream.rs).
+    Stream(Box<stream::StreamRelay>),
     /// The write side is shut; the client's leftover input is drained for a
     /// moment so that it does not turn the close into a reset.
     Linger { drained: u64 },
@@ -271,6 +274,7 @@ impl Conn {
     pub fn on_deadline(&mut self, ctx: &mut Ctx) -> Outcome {
         match std::mem::replace(&mut self.phase, Phase::ReadHead) {
             Phase::Proxy(exchange) => self.proxy_deadline(exchange, ctx),
+            Phase::Stream(relay) => self.stream_deadline(relay, ctx),
             Phase::ProxyHeader { .. } => {
                 ctx.stats.slot.proxy_refused_timeout.fetch_add(1, Relaxed);
                 Outcome::Close(CloseReason::Timeout)
@@ -316,11 +320,11 @@ impl Conn {
     pub fn release(&mut self, ctx: &mut Ctx) {
         ctx.timers.wheel.disarm(&mut self.timer);
         self.log_access(ctx);
-        let exchange = match std::mem::replace(&mut self.phase, Phase::ReadHead) {
-            Phase::Proxy(exchange) => Some(exchange),
-            _ => None,
-        };
-        self.release_exchange(ctx, exchange);
+        match std::mem::replace(&mut self.phase, Phase::ReadHead) {
+            Phase::Proxy(exchange) => self.release_exchange(ctx, Some(exchange)),
+            Phase::Stream(relay) => self.release_stream(relay, ctx),
+            _ => {}
+        }
         self.release_buffers(ctx);
         ctx.proxy.upstreams.client_gone(self.id, &ctx.stats);
     }
@@ -381,6 +385,7 @@ impl Conn {
                 Phase::ReadHead => self.read_head(ctx),
                 Phase::Send(sending) => self.send(sending, ctx, &mut budget),
                 Phase::Proxy(exchange) => self.drive_proxy(exchange, ctx, &mut budget),
+                Phase::Stream(relay) => self.drive_stream(relay, ctx, &mut budget),
                 Phase::Linger { drained } => self.linger(drained),
             };
             if let Some(outcome) = step {

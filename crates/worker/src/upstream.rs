@@ -94,6 +94,15 @@ pub enum Health {
     CameBack,
 }
 
+/// What a connection is asked for: a server of a group, for a client
+/// connection, from the pool if `reuse` allows.
+pub struct Wanted {
+    pub group: usize,
+    pub server: usize,
+    pub owner: ConnId,
+    pub reuse: bool,
+}
+
 /// A connection to an upstream server, new or from the pool.
 pub struct Connection {
     pub conn: UpConn,
@@ -177,21 +186,21 @@ impl Upstreams {
         s.active = if begins { s.active + 1 } else { s.active.saturating_sub(1) };
     }
 
-    /// For client connection `owner`: a pooled connection that is young
-    /// enough and has nothing waiting on it (the one `owner` used last
-    /// first, then the most recently idle), or a new non-blocking connect,
+    /// For client connection `owner`, when it may take a pooled connection
+    /// (`reuse`): a pooled connection that is young enough and has nothing
+    /// waiting on it (the one `owner` used last first, then the most
+    /// recently idle); else, or without one, a new non-blocking connect,
     /// registered with `epoll` under its own token. A group that sends a
     /// PROXY protocol header reuses only `owner`'s own connections: the
     /// header that began one names its client.
     pub fn connect(
         &mut self,
-        group: usize,
-        server: usize,
-        owner: ConnId,
+        wanted: Wanted,
         now: Instant,
         stats: &Counters<'_>,
         epoll: &tine_net::Epoll,
     ) -> std::io::Result<Connection> {
+        let Wanted { group, server, owner, reuse } = wanted;
         let g = &mut self.groups[group];
         let keepalive_timeout = g.config.keepalive_timeout;
         let index = g.stats_base + server;
@@ -199,6 +208,9 @@ impl Upstreams {
         let private = g.config.send_proxy.is_some();
         let s = &mut g.servers[server];
         let reusable = |idle: &[Idle]| {
+            if !reuse {
+                return None;
+            }
             let own = idle.iter().rposition(|c| c.owner == owner);
             if private {
                 own

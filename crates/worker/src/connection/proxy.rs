@@ -1,12 +1,12 @@
-//! Proxying one request to an upstream server, and tunnels (WebSocket after a
-//! 101, and raw `[[stream]]` connections).
+//! Proxying one request to an upstream server, and the tunnel a WebSocket
+//! becomes after a 101 (which `[[stream]]` relays, in stream.rs, share).
 //!
 //! ```text
 //!  Pick -> Connecting -> SendHead -> SendBody -> AwaitHead -> Respond -> complete: keep, pool or close
 //!   ^  refused / timed out before anything was sent: next server, else 502
 //!   |  reused connection broken before any response byte (idempotent): one fresh retry
 //!   |  no response head within response_timeout: 504
-//!  101 Switching Protocols, or a stream: Tunnel (splice both ways, half-close)
+//!  101 Switching Protocols: Tunnel (splice both ways, half-close)
 //! ```
 //!
 //! Each [`Stage`] holds what it needs and nothing else: the upstream socket
@@ -34,7 +34,7 @@ use crate::context::Ctx;
 use crate::relay::{PipePool, Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
 use crate::transport::Transport;
-use crate::upstream::{Health, UpConn};
+use crate::upstream::{Health, UpConn, Wanted};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -149,26 +149,53 @@ enum BodyRelay {
     Chunked(ChunkedDecoder),
 }
 
+/// Which server of its group a request or a stream is using, and how
+/// trying the group went so far.
+pub(super) struct Attempt {
+    pub(super) group: usize,
+    pub(super) server: usize,
+    /// Servers already tried (a bit each).
+    pub(super) tried: u64,
+    /// When the current server was picked: its response time runs from here
+    /// to the final response head.
+    pub(super) picked_at: std::time::Instant,
+    /// The upstream connection came from the keep-alive pool.
+    pub(super) reused: bool,
+    /// Counted among `server`'s exchanges under way (for least_conn).
+    pub(super) active: bool,
+    /// A pooled connection found broken was replaced by a fresh one already
+    /// (or must not be: a stream).
+    pub(super) fresh_retry_done: bool,
+    /// A connection from the keep-alive pool may serve (not for a stream,
+    /// whose raw bytes must start on a connection of their own).
+    pub(super) pooled: bool,
+}
+
+impl Attempt {
+    pub(super) fn new(group: usize) -> Self {
+        Attempt {
+            group,
+            server: 0,
+            tried: 0,
+            picked_at: std::time::Instant::now(),
+            reused: false,
+            active: false,
+            fresh_retry_done: false,
+            pooled: true,
+        }
+    }
+}
+
 /// One request's exchange with its upstream group: the facts that hold
 /// across stages, and the stage.
 pub struct Exchange {
     stage: Stage,
-    /// When the current server was picked: its response time runs from here
-    /// to the final response head.
-    picked_at: std::time::Instant,
-    /// The route that sent the request here (None for a stream): its
-    /// headers and error pages go on the client's response.
+    /// The server of the group it goes to, and how trying it went.
+    at: Attempt,
+    /// The route that sent the request here: its headers and error pages go
+    /// on the client's response.
     route: Option<usize>,
-    group: usize,
-    server: usize,
-    /// Servers already tried for this request (a bit each).
-    tried: u64,
-    fresh_retry_done: bool,
     idempotent: bool,
-    /// The upstream connection came from a kept or pooled one.
-    reused: bool,
-    /// Counted among `server`'s exchanges under way (for least_conn).
-    active: bool,
     /// The request head as sent upstream (kept for a retry).
     head: Vec<u8>,
     sent: usize,
@@ -188,8 +215,6 @@ pub struct Exchange {
     client_http10: bool,
     /// Interim responses read so far.
     interim: u8,
-    /// A stream (raw TCP relay) rather than an HTTP exchange.
-    stream: Option<Duration>,
     /// Request bytes on their way upstream (body, or a tunnel's first bytes).
     to_upstream: Vec<u8>,
 }
@@ -198,15 +223,9 @@ impl Exchange {
     fn new(group: usize) -> Self {
         Exchange {
             stage: Stage::Pick,
-            picked_at: std::time::Instant::now(),
+            at: Attempt::new(group),
             route: None,
-            group,
-            server: 0,
-            tried: 0,
-            fresh_retry_done: false,
             idempotent: false,
-            reused: false,
-            active: false,
             head: Vec::new(),
             sent: 0,
             request_body: RequestBody::None,
@@ -218,7 +237,6 @@ impl Exchange {
             upgrade_requested: false,
             client_http10: false,
             interim: 0,
-            stream: None,
             to_upstream: Vec::new(),
         }
     }
@@ -248,14 +266,14 @@ fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
     if let Some(fd) = std::mem::replace(&mut ex.stage, Stage::Pick).dismantle(ctx) {
         close_upstream(ctx, fd);
     }
-    end_active(ctx, &mut ex);
+    end_active(ctx, &mut ex.at);
     ctx.pool.put_write(std::mem::take(&mut ex.head));
     ctx.pool.put_write(std::mem::take(&mut ex.to_upstream));
     ctx.proxy.exchanges.give(ex);
 }
 
 /// Closes an upstream connection that cannot be kept.
-fn close_upstream(ctx: &mut Ctx, conn: UpConn) {
+pub(super) fn close_upstream(ctx: &mut Ctx, conn: UpConn) {
     ctx.proxy.upstreams.close(conn, &ctx.stats);
 }
 
@@ -265,16 +283,47 @@ fn recycle_body(pipes: &mut PipePool, body: BodyRelay) {
     }
 }
 
-fn recycle_tunnel(pipes: &mut PipePool, t: Tunnel) {
+pub(super) fn recycle_tunnel(pipes: &mut PipePool, t: Tunnel) {
     pipes.give_back(t.up);
     pipes.give_back(t.down);
 }
 
-struct Tunnel {
+/// A tunnel's two relays: client to upstream (`up`) and back (`down`).
+pub(super) struct Tunnel {
     up: Relay,
     down: Relay,
     up_closed: bool,
     down_closed: bool,
+}
+
+/// The upstream end of a tunnel, and how long it may stay silent.
+pub(super) struct TunnelEnds<'a> {
+    pub(super) upstream: RawFd,
+    pub(super) at: &'a Attempt,
+    pub(super) idle: Duration,
+}
+
+/// What a tunnel's turn came to.
+pub(super) enum TunnelStep {
+    Pause(Outcome),
+    Close(CloseReason),
+}
+
+/// What taking a connection for an attempt came to.
+pub(super) enum Connected {
+    To(UpConn),
+    /// The connect failed at once (counted against the server): pick again.
+    Failed,
+    /// Every server was tried or is out.
+    NoServer,
+}
+
+/// Whether a connection just taken can carry bytes.
+pub(super) enum Ready {
+    Yes,
+    /// The connect is under way.
+    NotYet,
+    Failed,
 }
 
 /// How far a queue of bytes for the upstream got.
@@ -292,15 +341,6 @@ enum Parsed {
 }
 
 impl Conn {
-    /// A connection accepted on a `[[stream]]` listener: relay it raw.
-    pub(super) fn start_stream(&mut self, stream: usize, ctx: &mut Ctx) {
-        let s = &ctx.proxy.streams[stream];
-        let mut exchange = Exchange::new(s.upstream);
-        exchange.fresh_retry_done = true;
-        exchange.stream = Some(s.idle_timeout);
-        self.phase = Phase::Proxy(recycled(ctx, exchange));
-    }
-
     /// Runs the exchange until it blocks or ends. While it runs the
     /// connection's phase is not `Proxy`; it is put back when the exchange
     /// pauses, and set to what follows when it ends.
@@ -390,7 +430,7 @@ impl Conn {
         if !std::mem::take(&mut self.client_fin) {
             return false;
         }
-        let waiting = ex.stream.is_none() && ex.stage.waiting();
+        let waiting = ex.stage.waiting();
         let nothing_buffered = self.rbuf.as_ref().is_none_or(|b| b.is_empty());
         waiting && nothing_buffered && self.transport.peek() == Peek::End
     }
@@ -399,64 +439,87 @@ impl Conn {
     /// pool (the one this client connection used last first) or a new one;
     /// with no server left, 502.
     fn pick_server(&mut self, ex: &mut Exchange, ctx: &mut Ctx) -> Next {
-        end_active(ctx, ex);
-        let Some(server) = ctx.proxy.upstreams.pick(ex.group, ex.tried, ctx.clock.now) else {
-            return Next::Fail { status: Status::BAD_GATEWAY, upstream: None };
-        };
-        ex.server = server;
-        ex.picked_at = ctx.clock.now;
-        begin_active(ctx, ex);
-        if server < 64 {
-            ex.tried |= 1 << server;
-        }
-        let stats = server_stats(ctx, ex.group, server);
-        match ctx.proxy.upstreams.connect(ex.group, server, self.id, ctx.clock.now, &ctx.stats, &ctx.epoll) {
-            Ok(c) => {
-                ex.reused = c.reused;
+        match self.connect_next(&mut ex.at, ctx) {
+            Connected::To(conn) => {
                 ex.upstream_fin = false;
+                Next::Go(Stage::Connecting(conn))
+            }
+            Connected::Failed => Next::Go(Stage::Pick),
+            Connected::NoServer => Next::Fail { status: Status::BAD_GATEWAY, upstream: None },
+        }
+    }
+
+    /// Picks a server of the attempt's group not yet tried, and takes a
+    /// connection to it from the pool (the one this client connection used
+    /// last first) or opens one, under the connect timeout (a pooled one
+    /// under io_timeout).
+    pub(super) fn connect_next(&mut self, at: &mut Attempt, ctx: &mut Ctx) -> Connected {
+        end_active(ctx, at);
+        let Some(server) = ctx.proxy.upstreams.pick(at.group, at.tried, ctx.clock.now) else {
+            return Connected::NoServer;
+        };
+        at.server = server;
+        at.picked_at = ctx.clock.now;
+        begin_active(ctx, at);
+        if server < 64 {
+            at.tried |= 1 << server;
+        }
+        let stats = server_stats(ctx, at.group, server);
+        let wanted = Wanted { group: at.group, server, owner: self.id, reuse: at.pooled };
+        match ctx.proxy.upstreams.connect(wanted, ctx.clock.now, &ctx.stats, &ctx.epoll) {
+            Ok(c) => {
+                at.reused = c.reused;
                 if let Some(st) = stats {
                     st.requests.fetch_add(1, Relaxed);
                 }
-                let config = &ctx.proxy.upstreams.groups[ex.group].config;
+                let config = &ctx.proxy.upstreams.groups[at.group].config;
                 let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
                 self.arm(ctx, timeout);
-                Next::Go(Stage::Connecting(c.conn))
+                Connected::To(c.conn)
             }
             Err(e) => {
                 log::warn!(
                     "upstream {}: connect: {e}",
-                    ctx.proxy.upstreams.groups[ex.group].servers[server].addr
+                    ctx.proxy.upstreams.groups[at.group].servers[server].addr
                 );
                 if let Some(st) = stats {
                     st.failures.fetch_add(1, Relaxed);
                 }
-                report(ctx, ex.group, server, false);
-                Next::Go(Stage::Pick)
+                report(ctx, at.group, server, false);
+                Connected::Failed
             }
         }
     }
 
     fn finish_connect(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
-        if !ex.reused {
-            match sys::connect_status(fd.as_raw_fd()) {
-                Ok(true) => {}
-                Ok(false) => return Next::Pause(Stage::Connecting(fd), Outcome::Wait),
-                Err(_) => return Next::ServerFailed { upstream: Some(fd), after_sending: false },
-            }
+        match self.connection_ready(&ex.at, &fd, ctx) {
+            Ready::Yes => {}
+            Ready::NotYet => return Next::Pause(Stage::Connecting(fd), Outcome::Wait),
+            Ready::Failed => return Next::ServerFailed { upstream: Some(fd), after_sending: false },
         }
-        if !ex.reused {
-            if let Some(version) = ctx.proxy.upstreams.groups[ex.group].config.send_proxy {
-                if self.send_proxy_header(version, fd.as_raw_fd()).is_err() {
-                    return Next::ServerFailed { upstream: Some(fd), after_sending: false };
-                }
-            }
-        }
-        if ex.stream.is_some() {
-            return self.start_tunnel(ex, fd, ctx);
-        }
-        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
+        let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
         self.arm(ctx, timeout);
         Next::Go(Stage::SendHead(fd))
+    }
+
+    /// Whether a connection just taken is ready to carry the client's bytes:
+    /// a new one once its connect completed and, for a group that asks, the
+    /// PROXY protocol header went out first.
+    pub(super) fn connection_ready(&self, at: &Attempt, conn: &UpConn, ctx: &Ctx) -> Ready {
+        if at.reused {
+            return Ready::Yes;
+        }
+        match sys::connect_status(conn.as_raw_fd()) {
+            Ok(true) => {}
+            Ok(false) => return Ready::NotYet,
+            Err(_) => return Ready::Failed,
+        }
+        if let Some(version) = ctx.proxy.upstreams.groups[at.group].config.send_proxy {
+            if self.send_proxy_header(version, conn.as_raw_fd()).is_err() {
+                return Ready::Failed;
+            }
+        }
+        Ready::Yes
     }
 
     /// The PROXY protocol header a group's servers get first on a new
@@ -481,7 +544,7 @@ impl Conn {
             match sys::send(fd.as_raw_fd(), &ex.head[ex.sent..], false) {
                 Ok(n) => {
                     ex.sent += n;
-                    count_copied(ctx, ex, n);
+                    count_copied(ctx, &ex.at, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Next::Pause(Stage::SendHead(fd), Outcome::Wait)
@@ -506,13 +569,13 @@ impl Conn {
                 Some(Outcome::Close(reason)) => return Next::Close { reason, upstream: Some(fd) },
                 Some(outcome) => return Next::Pause(Stage::SendBody(fd), outcome),
             }
-            match self.flush_to_upstream(ex, fd.as_raw_fd(), ctx) {
+            match self.flush_to_upstream(&ex.at, &mut ex.to_upstream, fd.as_raw_fd(), ctx) {
                 Flushed::All => {}
                 Flushed::Blocked => return Next::Pause(Stage::SendBody(fd), Outcome::Wait),
                 Flushed::Failed => return Next::ServerFailed { upstream: Some(fd), after_sending: true },
             }
             if ex.request_body.done() {
-                let timeout = ctx.proxy.upstreams.groups[ex.group].config.response_timeout;
+                let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.response_timeout;
                 self.arm(ctx, timeout);
                 // The answer cannot be there yet; its arrival raises an event.
                 return Next::Pause(Stage::AwaitHead(fd, None), Outcome::Wait);
@@ -525,7 +588,7 @@ impl Conn {
                         buf.commit(n);
                         ctx.stats.slot.bytes_received.fetch_add(n as u64, Relaxed);
                         // io_timeout bounds a pause in the body, not the whole upload.
-                        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
+                        let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
                         self.arm(ctx, timeout);
                     }
                     Err(e) => match client_io(e) {
@@ -561,15 +624,15 @@ impl Conn {
     }
 
     /// Sends what is queued for the upstream.
-    fn flush_to_upstream(&mut self, ex: &mut Exchange, fd: RawFd, ctx: &mut Ctx) -> Flushed {
-        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
+    fn flush_to_upstream(&mut self, at: &Attempt, queue: &mut Vec<u8>, fd: RawFd, ctx: &mut Ctx) -> Flushed {
+        let timeout = ctx.proxy.upstreams.groups[at.group].config.io_timeout;
         let mut flushed = Flushed::All;
         let mut moved = false;
-        while !ex.to_upstream.is_empty() {
-            match sys::send(fd, &ex.to_upstream, false) {
+        while !queue.is_empty() {
+            match sys::send(fd, queue, false) {
                 Ok(n) => {
-                    ex.to_upstream.drain(..n);
-                    count_copied(ctx, ex, n);
+                    queue.drain(..n);
+                    count_copied(ctx, at, n);
                     moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -602,7 +665,7 @@ impl Conn {
                 Ok(n) => {
                     buf.commit(n);
                     ex.response_started = true;
-                    count_copied(ctx, ex, n);
+                    count_copied(ctx, &ex.at, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Next::Pause(Stage::AwaitHead(fd, Some(buf)), Outcome::Wait)
@@ -671,11 +734,11 @@ impl Conn {
     /// the connection closes (nothing of the head was forwarded), the
     /// upstream connection is closed, and the server's failure is counted.
     fn bad_response(&mut self, ex: &mut Exchange, fd: UpConn, why: BadResponse, ctx: &mut Ctx) -> Next {
-        log::warn!("upstream {}: {why}", ctx.proxy.upstreams.groups[ex.group].servers[ex.server].addr);
-        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
+        log::warn!("upstream {}: {why}", ctx.proxy.upstreams.groups[ex.at.group].servers[ex.at.server].addr);
+        if let Some(st) = server_stats(ctx, ex.at.group, ex.at.server) {
             st.failures.fetch_add(1, Relaxed);
         }
-        report(ctx, ex.group, ex.server, false);
+        report(ctx, ex.at.group, ex.at.server, false);
         self.keep_alive = false;
         Next::Fail { status: Status::BAD_GATEWAY, upstream: Some(fd) }
     }
@@ -692,8 +755,8 @@ impl Conn {
     ) -> Next {
         let upgrade = head.code == 101;
         self.count_proxied_response(ctx, head.code);
-        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
-            let took = ctx.clock.now.saturating_duration_since(ex.picked_at);
+        if let Some(st) = server_stats(ctx, ex.at.group, ex.at.server) {
+            let took = ctx.clock.now.saturating_duration_since(ex.at.picked_at);
             st.responses.fetch_add(1, Relaxed);
             st.response_us_sum.fetch_add(took.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
         }
@@ -752,12 +815,12 @@ impl Conn {
         }
         self.body_len = (self.wbuf.len() - before) as u64;
         self.wpos = 0;
-        report(ctx, ex.group, ex.server, true);
+        report(ctx, ex.at.group, ex.at.server, true);
         if upgrade {
             recycle_body(&mut ctx.proxy.pipes, body);
             return self.start_tunnel(ex, fd, ctx);
         }
-        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
+        let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
         self.arm(ctx, timeout);
         Next::Go(Stage::Respond(fd, body))
     }
@@ -790,11 +853,11 @@ impl Conn {
                     let cut_short = relay.cut_short();
                     ctx.stats.slot.bytes_sent.fetch_add(moved, Relaxed);
                     self.body_len += moved;
-                    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
+                    if let Some(st) = server_stats(ctx, ex.at.group, ex.at.server) {
                         st.bytes_spliced.fetch_add(moved, Relaxed);
                     }
                     if moved > 0 {
-                        let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
+                        let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
                         self.arm(ctx, timeout);
                     }
                     let outcome = match pumped {
@@ -841,9 +904,9 @@ impl Conn {
                             if k < n {
                                 ex.upstream_keep_alive = false;
                             }
-                            count_copied(ctx, ex, n);
+                            count_copied(ctx, &ex.at, n);
                             self.body_len += (self.wbuf.len() - before) as u64;
-                            let timeout = ctx.proxy.upstreams.groups[ex.group].config.io_timeout;
+                            let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
                             self.arm(ctx, timeout);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -910,19 +973,19 @@ impl Conn {
         // A pooled connection the server had closed meanwhile is no failure of
         // the server: retry once on a fresh connection (if the request may be
         // repeated), without counting it against the server.
-        if ex.reused && !ex.response_started && ex.idempotent && !ex.fresh_retry_done {
-            ex.fresh_retry_done = true;
-            ex.reused = false;
+        if ex.at.reused && !ex.response_started && ex.idempotent && !ex.at.fresh_retry_done {
+            ex.at.fresh_retry_done = true;
+            ex.at.reused = false;
             ex.sent = 0;
-            ex.tried &= !(1u64.checked_shl(ex.server as u32).unwrap_or(0));
+            ex.at.tried &= !(1u64.checked_shl(ex.at.server as u32).unwrap_or(0));
             return Next::Go(Stage::Pick);
         }
-        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
+        if let Some(st) = server_stats(ctx, ex.at.group, ex.at.server) {
             st.failures.fetch_add(1, Relaxed);
         }
-        report(ctx, ex.group, ex.server, false);
+        report(ctx, ex.at.group, ex.at.server, false);
         let nothing_sent = !after_sending || (ex.sent == 0 && matches!(ex.request_body, RequestBody::None));
-        if nothing_sent || (ex.idempotent && !ex.response_started && ex.stream.is_none()) {
+        if nothing_sent || (ex.idempotent && !ex.response_started) {
             ex.sent = 0;
             return Next::Go(Stage::Pick);
         }
@@ -941,7 +1004,7 @@ impl Conn {
         if let Some(fd) = upstream {
             close_upstream(ctx, fd);
         }
-        if ex.stream.is_some() || !self.wbuf.is_empty() {
+        if !self.wbuf.is_empty() {
             retire(ctx, ex);
             return Some(Outcome::Close(CloseReason::Error));
         }
@@ -972,29 +1035,33 @@ impl Conn {
         None
     }
 
+    /// A 101 answered the upgrade: the connection becomes a tunnel.
     fn start_tunnel(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
-        let (Ok(a), Ok(b)) = (ctx.proxy.pipes.take(), ctx.proxy.pipes.take()) else {
+        let Some(tunnel) = self.open_tunnel(&mut ex.to_upstream, ctx) else {
             return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
         };
-        // Client bytes already read past the upgrade request go upstream first.
-        if let Some(buf) = self.rbuf.as_mut() {
-            ex.to_upstream.extend_from_slice(buf.filled());
-            buf.consume(usize::MAX);
-        }
-        let tunnel = Tunnel {
-            up: Relay::new(a, None),
-            down: Relay::new(b, None),
-            up_closed: false,
-            down_closed: false,
-        };
-        let idle = ex.stream.unwrap_or(ctx.proxy.upstreams.groups[ex.group].config.io_timeout);
-        report(ctx, ex.group, ex.server, true);
+        let idle = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
+        report(ctx, ex.at.group, ex.at.server, true);
         self.arm(ctx, idle);
         Next::Go(Stage::Tunnel(fd, tunnel))
     }
 
-    /// Splices both ways; a side that reaches end of stream half-closes the
-    /// other, and the tunnel ends when both have.
+    /// The pipes of a tunnel; client bytes already read (past an upgrade
+    /// request) are queued to go upstream first. None without pipes.
+    pub(super) fn open_tunnel(&mut self, to_upstream: &mut Vec<u8>, ctx: &mut Ctx) -> Option<Tunnel> {
+        let (Ok(a), Ok(b)) = (ctx.proxy.pipes.take(), ctx.proxy.pipes.take()) else { return None };
+        if let Some(buf) = self.rbuf.as_mut() {
+            to_upstream.extend_from_slice(buf.filled());
+            buf.consume(usize::MAX);
+        }
+        Some(Tunnel {
+            up: Relay::new(a, None),
+            down: Relay::new(b, None),
+            up_closed: false,
+            down_closed: false,
+        })
+    }
+
     fn tunnel(
         &mut self,
         ex: &mut Exchange,
@@ -1003,24 +1070,39 @@ impl Conn {
         ctx: &mut Ctx,
         budget: &mut usize,
     ) -> Next {
+        let idle = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
+        let ends = TunnelEnds { upstream: fd.as_raw_fd(), at: &ex.at, idle };
+        match self.pump_tunnel(&mut t, ends, &mut ex.to_upstream, ctx, budget) {
+            TunnelStep::Pause(outcome) => Next::Pause(Stage::Tunnel(fd, t), outcome),
+            TunnelStep::Close(reason) => {
+                recycle_tunnel(&mut ctx.proxy.pipes, t);
+                Next::Close { reason, upstream: Some(fd) }
+            }
+        }
+    }
+
+    /// Splices both ways; a side that reaches end of stream half-closes the
+    /// other, and the tunnel ends when both have. Traffic either way restarts
+    /// the idle deadline.
+    pub(super) fn pump_tunnel(
+        &mut self,
+        t: &mut Tunnel,
+        ends: TunnelEnds<'_>,
+        to_upstream: &mut Vec<u8>,
+        ctx: &mut Ctx,
+        budget: &mut usize,
+    ) -> TunnelStep {
         match self.flush_client(ctx) {
             None => {}
-            Some(Outcome::Close(reason)) => {
-                recycle_tunnel(&mut ctx.proxy.pipes, t);
-                return Next::Close { reason, upstream: Some(fd) };
-            }
-            Some(outcome) => return Next::Pause(Stage::Tunnel(fd, t), outcome),
+            Some(Outcome::Close(reason)) => return TunnelStep::Close(reason),
+            Some(outcome) => return TunnelStep::Pause(outcome),
         }
-        match self.flush_to_upstream(ex, fd.as_raw_fd(), ctx) {
+        match self.flush_to_upstream(ends.at, to_upstream, ends.upstream, ctx) {
             Flushed::All => {}
-            Flushed::Blocked => return Next::Pause(Stage::Tunnel(fd, t), Outcome::Wait),
-            Flushed::Failed => {
-                recycle_tunnel(&mut ctx.proxy.pipes, t);
-                return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
-            }
+            Flushed::Blocked => return TunnelStep::Pause(Outcome::Wait),
+            Flushed::Failed => return TunnelStep::Close(CloseReason::Error),
         }
-        let upstream = fd.as_raw_fd();
-        let idle = ex.stream.unwrap_or(ctx.proxy.upstreams.groups[ex.group].config.io_timeout);
+        let upstream = ends.upstream;
         let (before_up, before_down) = (t.up.moved, t.down.moved);
         let up =
             if t.up_closed { Ok(Pump::Done) } else { self.transport.relay_to(&mut t.up, upstream, budget) };
@@ -1032,19 +1114,13 @@ impl Conn {
         let (moved_up, moved_down) = (t.up.moved - before_up, t.down.moved - before_down);
         ctx.stats.slot.bytes_received.fetch_add(moved_up, Relaxed);
         ctx.stats.slot.bytes_sent.fetch_add(moved_down, Relaxed);
-        if let Some(st) = server_stats(ctx, ex.group, ex.server) {
+        if let Some(st) = server_stats(ctx, ends.at.group, ends.at.server) {
             st.bytes_spliced.fetch_add(moved_up + moved_down, Relaxed);
         }
         let (up, down) = match (up, down) {
             (Ok(u), Ok(d)) => (u, d),
-            (Err(e), _) => {
-                recycle_tunnel(&mut ctx.proxy.pipes, t);
-                return Next::Close { reason: relay_failure(e, Side::ClientIsSource), upstream: Some(fd) };
-            }
-            (_, Err(e)) => {
-                recycle_tunnel(&mut ctx.proxy.pipes, t);
-                return Next::Close { reason: relay_failure(e, Side::ClientIsDest), upstream: Some(fd) };
-            }
+            (Err(e), _) => return TunnelStep::Close(relay_failure(e, Side::ClientIsSource)),
+            (_, Err(e)) => return TunnelStep::Close(relay_failure(e, Side::ClientIsDest)),
         };
         if up == Pump::Done && !t.up_closed {
             t.up_closed = true;
@@ -1055,14 +1131,16 @@ impl Conn {
             self.transport.shutdown_write();
         }
         if t.up_closed && t.down_closed {
-            recycle_tunnel(&mut ctx.proxy.pipes, t);
-            return Next::Close { reason: CloseReason::Done, upstream: Some(fd) };
+            return TunnelStep::Close(CloseReason::Done);
         }
         if moved_up + moved_down > 0 {
-            self.arm(ctx, idle);
+            self.arm(ctx, ends.idle);
         }
-        let outcome = if up == Pump::Budget || down == Pump::Budget { Outcome::Yield } else { Outcome::Wait };
-        Next::Pause(Stage::Tunnel(fd, t), outcome)
+        TunnelStep::Pause(if up == Pump::Budget || down == Pump::Budget {
+            Outcome::Yield
+        } else {
+            Outcome::Wait
+        })
     }
 
     /// The proxy's part of closing: an exchange under way is abandoned (its
@@ -1076,7 +1154,7 @@ impl Conn {
     /// What a passed deadline means mid-exchange: a connect that took too long
     /// tries the next server; a response head that took too long is a 504.
     pub(super) fn proxy_deadline(&mut self, mut ex: Box<Exchange>, ctx: &mut Ctx) -> Outcome {
-        let stats = server_stats(ctx, ex.group, ex.server);
+        let stats = server_stats(ctx, ex.at.group, ex.at.server);
         let next = match std::mem::replace(&mut ex.stage, Stage::Pick) {
             stage @ (Stage::Pick | Stage::Connecting(_) | Stage::SendHead(_)) if ex.sent == 0 => {
                 if let Some(st) = stats {
@@ -1084,7 +1162,7 @@ impl Conn {
                 }
                 log::warn!(
                     "upstream {}: connect timed out",
-                    ctx.proxy.upstreams.groups[ex.group].servers[ex.server].addr
+                    ctx.proxy.upstreams.groups[ex.at.group].servers[ex.at.server].addr
                 );
                 Next::ServerFailed { upstream: stage.dismantle(ctx), after_sending: false }
             }
@@ -1095,7 +1173,7 @@ impl Conn {
                 if let Some(buf) = buf {
                     ctx.pool.put_read(buf);
                 }
-                report(ctx, ex.group, ex.server, false);
+                report(ctx, ex.at.group, ex.at.server, false);
                 Next::Fail { status: Status::GATEWAY_TIMEOUT, upstream: Some(fd) }
             }
             Stage::Tunnel(fd, t) => {
@@ -1192,36 +1270,36 @@ fn relay_failure(e: RelayError, side: Side) -> CloseReason {
 }
 
 /// This worker's entry of the region's table for a server.
-fn server_stats<'a>(ctx: &Ctx<'a>, group: usize, server: usize) -> Option<&'a UpstreamStats> {
+pub(super) fn server_stats<'a>(ctx: &Ctx<'a>, group: usize, server: usize) -> Option<&'a UpstreamStats> {
     ctx.stats.upstreams.get(ctx.proxy.upstreams.group_of_stats(group, server))
 }
 
-/// The exchange counts among its server's exchanges under way.
-fn begin_active(ctx: &mut Ctx, ex: &mut Exchange) {
-    ex.active = true;
-    ctx.proxy.upstreams.set_active(ex.group, ex.server, true);
-    let index = ctx.proxy.upstreams.group_of_stats(ex.group, ex.server);
+/// The attempt counts among its server's exchanges under way.
+fn begin_active(ctx: &mut Ctx, at: &mut Attempt) {
+    at.active = true;
+    ctx.proxy.upstreams.set_active(at.group, at.server, true);
+    let index = ctx.proxy.upstreams.group_of_stats(at.group, at.server);
     ctx.stats.gauges.upstream(index, UpstreamGauge::Active, 1);
 }
 
-/// The exchange no longer counts among its server's exchanges under way.
-fn end_active(ctx: &mut Ctx, ex: &mut Exchange) {
-    if std::mem::take(&mut ex.active) {
-        ctx.proxy.upstreams.set_active(ex.group, ex.server, false);
-        let index = ctx.proxy.upstreams.group_of_stats(ex.group, ex.server);
+/// The attempt no longer counts among its server's exchanges under way.
+pub(super) fn end_active(ctx: &mut Ctx, at: &mut Attempt) {
+    if std::mem::take(&mut at.active) {
+        ctx.proxy.upstreams.set_active(at.group, at.server, false);
+        let index = ctx.proxy.upstreams.group_of_stats(at.group, at.server);
         ctx.stats.gauges.upstream(index, UpstreamGauge::Active, -1);
     }
 }
 
-fn count_copied(ctx: &Ctx, ex: &Exchange, n: usize) {
-    if let Some(st) = server_stats(ctx, ex.group, ex.server) {
+fn count_copied(ctx: &Ctx, at: &Attempt, n: usize) {
+    if let Some(st) = server_stats(ctx, at.group, at.server) {
         st.bytes_copied.fetch_add(n as u64, Relaxed);
     }
 }
 
 /// Tells the circuit breaker how the server did; the down gauge follows its
 /// decisions (it counts the workers of the slot that hold the server out).
-fn report(ctx: &mut Ctx, group: usize, server: usize, ok: bool) {
+pub(super) fn report(ctx: &mut Ctx, group: usize, server: usize, ok: bool) {
     let health = ctx.proxy.upstreams.report(group, server, ok, ctx.clock.now);
     let index = ctx.proxy.upstreams.group_of_stats(group, server);
     match health {
