@@ -9,11 +9,13 @@ use libfuzzer_sys::fuzz_target;
 use tine_fuzz::{exactly_one_head, header_fields, limits};
 use tine_http::forward::{upstream_request_head, Forwarding};
 use tine_http::parse_request;
+use tine_http::request::field_slots;
 use tine_http::request::MAX_HEADERS;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else { return };
-    let Ok(Some(request)) = parse_request(input, &limits(false)) else { return };
+    let mut slots1 = field_slots();
+    let Ok(Some(request)) = parse_request(input, &mut slots1, &limits(false)) else { return };
     // tine adds up to five fields of its own; re-parsing below uses tine's
     // own parser, whose limit is MAX_HEADERS fields.
     if header_fields(request.raw).len() + 5 > MAX_HEADERS {
@@ -28,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     upstream_request_head(&mut out, &request, &fwd);
     assert!(exactly_one_head(&out), "{:?}", String::from_utf8_lossy(&out));
-    let sent = parse_request(&out, &limits(false))
+    let mut slots2 = field_slots();
+    let sent = parse_request(&out, &mut slots2, &limits(false))
         .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)))
         .unwrap_or_else(|| panic!("incomplete: {:?}", String::from_utf8_lossy(&out)));
     assert_eq!(sent.head_len, out.len());

@@ -9,27 +9,33 @@
 use libfuzzer_sys::fuzz_target;
 use tine_fuzz::{canonical_head, limits, Meaning};
 use tine_http::parse_request;
+use tine_http::request::field_slots;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else { return };
     let chosen = limits(mode & 1 == 1);
-    let Ok(Some(request)) = parse_request(input, &chosen) else { return };
+    let mut slots1 = field_slots();
+    let Ok(Some(request)) = parse_request(input, &mut slots1, &chosen) else { return };
     let meaning = Meaning::of(&request);
     let head_len = request.head_len;
     for end in 0..head_len {
-        match parse_request(&input[..end], &chosen) {
+        let mut slots2 = field_slots();
+        match parse_request(&input[..end], &mut slots2, &chosen) {
             Ok(None) => {}
             other => panic!("a prefix of {end} bytes of an accepted head gave {other:?}"),
         }
     }
     let mut pipelined = input[..head_len].to_vec();
     pipelined.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
-    let again = parse_request(&pipelined, &chosen).expect("accepted before").expect("complete before");
+    let mut slots3 = field_slots();
+    let again =
+        parse_request(&pipelined, &mut slots3, &chosen).expect("accepted before").expect("complete before");
     assert_eq!(Meaning::of(&again), meaning, "what follows a head changed it");
     assert_eq!(again.head_len, head_len);
 
     let canonical = canonical_head(&request);
-    match parse_request(&canonical, &limits(false)) {
+    let mut slots4 = field_slots();
+    match parse_request(&canonical, &mut slots4, &limits(false)) {
         Ok(Some(r)) => {
             assert_eq!(
                 Meaning::of(&r),

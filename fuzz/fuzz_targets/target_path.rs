@@ -13,13 +13,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use tine_fuzz::limits;
 use tine_http::parse_request;
+use tine_http::request::field_slots;
 use tine_http::target::{normalise, TargetPath};
 
 fuzz_target!(|target: &[u8]| {
     let mut head = b"GET ".to_vec();
     head.extend_from_slice(target);
     head.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
-    let Ok(Some(request)) = parse_request(&head, &limits(false)) else { return };
+    let mut slots1 = field_slots();
+    let Ok(Some(request)) = parse_request(&head, &mut slots1, &limits(false)) else { return };
     let mut path = TargetPath::default();
     if normalise(request.origin_target, &mut path).is_err() {
         return;

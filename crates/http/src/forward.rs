@@ -158,10 +158,7 @@ pub struct Forwarding<'a> {
 /// X-Forwarded-*, the body's framing (Content-Length, or chunked for a body
 /// tine re-chunks) and the Connection header.
 pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, fwd: &Forwarding<'_>) {
-    let mut headers = [httparse::EMPTY_HEADER; crate::request::MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let _ = parsed.parse(req.raw);
-    let all = &*parsed.headers;
+    let all = req.fields;
     let listed = connection_listed(all);
     out.extend_from_slice(req.method_text.as_bytes());
     out.push(b' ');
@@ -235,7 +232,8 @@ mod tests {
 
     fn upstream_head_with(raw: &[u8], underscores: bool) -> String {
         let limits = crate::Limits { head_bytes: 4096, uri_bytes: 1024 };
-        let req = crate::parse_request(raw, &limits).unwrap().unwrap();
+        let slots = Box::leak(Box::new(crate::request::field_slots()));
+        let req = crate::parse_request(raw, slots, &limits).unwrap().unwrap();
         let mut out = Vec::new();
         let fwd = Forwarding { host: b"app", peer: "10.0.0.2".parse().ok(), underscores, https: false };
         upstream_request_head(&mut out, &req, &fwd);

@@ -76,12 +76,27 @@ pub struct Request<'b> {
     pub head_len: usize,
     /// The head as received (request line, headers, blank line).
     pub raw: &'b [u8],
+    /// Every header field as received, in order: what a proxy forwards
+    /// (after its rewrite), with no second parse of `raw`.
+    pub fields: &'b [httparse::Header<'b>],
+}
+
+/// Room for the fields of one request head; the caller owns it (on its
+/// stack) and the parsed [`Request`] borrows it.
+pub type FieldSlots<'b> = [httparse::Header<'b>; MAX_HEADERS];
+
+/// Empty slots for [`parse_request`].
+pub const fn field_slots<'b>() -> FieldSlots<'b> {
+    [httparse::EMPTY_HEADER; MAX_HEADERS]
 }
 
 /// Parses one request head from the front of `buf`. `Ok(None)` asks for more bytes.
-pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Request<'b>>, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+pub fn parse_request<'b>(
+    buf: &'b [u8],
+    slots: &'b mut FieldSlots<'b>,
+    limits: &Limits,
+) -> Result<Option<Request<'b>>, HttpError> {
+    let mut req = httparse::Request::new(slots);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return partial(buf, limits).map(|()| None),
@@ -97,6 +112,7 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
     }
     let minor_version = req.version.unwrap_or(1);
     let (authority, origin_target) = split_target(target)?;
+    let fields: &'b [httparse::Header<'b>] = req.headers;
     let mut out = Request {
         method: match method_text {
             "GET" => Method::Get,
@@ -122,13 +138,14 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         request_line: request_line(&buf[..head_len]),
         head_len,
         raw: &buf[..head_len],
+        fields,
     };
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut hosts = 0;
     let (mut conn_close, mut conn_keep_alive, mut conn_upgrade) = (false, false, false);
     let mut upgrade_to: Option<&[u8]> = None;
-    for h in req.headers.iter() {
+    for h in fields {
         let name = h.name.as_bytes();
         let value = trim(h.value);
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -315,7 +332,9 @@ mod tests {
     const LIMITS: Limits = Limits { head_bytes: 1024, uri_bytes: 256 };
 
     fn parse(raw: &str) -> Result<Option<Request<'_>>, HttpError> {
-        parse_request(raw.as_bytes(), &LIMITS)
+        // A test's slots live as long as the test: leaked, as the test is short.
+        let slots = Box::leak(Box::new(field_slots()));
+        parse_request(raw.as_bytes(), slots, &LIMITS)
     }
 
     #[test]

@@ -592,7 +592,8 @@ impl Conn {
                 return false;
             }
         };
-        let answered = match parse_request(buf.filled(), &ctx.http.limits) {
+        let mut slots = tine_http::request::field_slots();
+        let answered = match parse_request(buf.filled(), &mut slots, &ctx.http.limits) {
             Ok(Some(req)) => {
                 let head_len = req.head_len;
                 self.start_request(&req, ctx);
