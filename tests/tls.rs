@@ -221,6 +221,43 @@ fn a_ticket_from_one_worker_resumes_on_every_worker() {
 }
 
 #[test]
+fn a_bad_record_in_the_same_read_as_the_last_handshake_message_is_a_record_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], Alg::Ecdsa);
+    let server = tls_server(1, &certificate_toml(&a, true), "");
+    let addr = tls_addr(&server);
+    let mut conn =
+        rustls::ClientConnection::new(Client::plain().config.clone(), "a.test".try_into().unwrap()).unwrap();
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    // Drive the handshake until the client's last flight is ready, unsent.
+    while conn.is_handshaking() {
+        while conn.wants_write() {
+            conn.write_tls(&mut sock).unwrap();
+        }
+        if !conn.is_handshaking() {
+            break;
+        }
+        conn.read_tls(&mut sock).unwrap();
+        conn.process_new_packets().unwrap();
+    }
+    let mut last_flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut last_flight).unwrap();
+    }
+    assert!(!last_flight.is_empty(), "the client's Finished waits to be sent");
+    last_flight.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x20]);
+    last_flight.extend_from_slice(&[0xaa; 0x20]);
+    sock.write_all(&last_flight).unwrap();
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest);
+    server.wait_until("a completed handshake and a record error", |s| {
+        s["total"]["tls_record_errors"] == 1 && s["total"]["tls_handshakes"] == 1
+    });
+    assert_eq!(server.total("tls_failed_protocol"), 0);
+}
+
+#[test]
 fn plain_http_on_the_tls_port_gets_a_plain_400() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"], Alg::Ecdsa);

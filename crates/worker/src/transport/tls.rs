@@ -199,6 +199,12 @@ impl Tls {
     /// rustls refused what the client sent: the alert it queued goes out,
     /// and the failure is remembered by class.
     fn refuse(&mut self, error: rustls::Error) -> io::Error {
+        // The records of one read may hold the handshake's last message and
+        // a bad record after it: that is a record error on a completed
+        // handshake, whatever this connection's state said before the read.
+        if self.handshaking() && !self.conn.is_handshaking() {
+            self.state = State::Established { reported: false };
+        }
         if !self.handshaking() {
             self.record_error = true;
             let _ = self.write_out();
