@@ -8,8 +8,8 @@
 //! `admin_hosts` (421 otherwise; `/health` excepted), so a page that rebinds
 //! its DNS name to the admin address cannot read it from a browser.
 
-use crate::connection::{framing, plan_framing, Started};
 use crate::context::Ctx;
+use crate::framing::{framing, plan_framing, Started};
 use crate::responses::{error_page, Reply};
 use std::sync::atomic::Ordering::Relaxed;
 use tine_http::request::{Method, Request};

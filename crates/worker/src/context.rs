@@ -2,8 +2,7 @@
 //! sites, upstreams, the Date cache, pools, the timer wheel, epoll and the
 //! worker's stats slot.
 
-use crate::buffer_pool::{BufferPool, FreeList};
-use crate::connection::Exchange;
+use crate::buffer_pool::BufferPool;
 pub use crate::counters::{Counters, Rejection};
 use crate::file_cache::FileCache;
 use crate::relay::PipePool;
@@ -90,11 +89,9 @@ pub struct Http {
 }
 
 /// The reverse proxy and the TCP relay: upstream groups with their pools,
-/// streams, pipes for splice, and exchanges kept for reuse.
+/// streams, and pipes for splice.
 pub struct Proxy {
     pub upstreams: Upstreams,
     pub streams: Vec<Stream>,
     pub pipes: PipePool,
-    /// Upstream exchanges that ended, reused by the next proxied requests.
-    pub exchanges: FreeList<Box<Exchange>>,
 }

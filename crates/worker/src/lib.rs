@@ -16,6 +16,7 @@ pub mod counters;
 pub mod event_loop;
 pub mod file_cache;
 pub mod file_lookup;
+pub mod framing;
 pub mod relay;
 pub mod responses;
 pub mod slab;
@@ -135,7 +136,6 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
             upstreams: upstream::Upstreams::new(&config.upstreams),
             streams: config.streams.clone(),
             pipes: Default::default(),
-            exchanges: buffer_pool::FreeList::new(1024),
         },
         epoll: tine_net::Epoll::new()?,
         pool: buffer_pool::BufferPool::new(config.limits.request_head_bytes, 1024),

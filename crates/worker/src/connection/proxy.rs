@@ -29,7 +29,7 @@
 //! look shows nothing waiting on it.
 
 use super::{client_io, CloseReason, Conn, Outcome, Phase, Sending};
-use crate::buffer_pool::ReadBuf;
+use crate::buffer_pool::{FreeList, ReadBuf};
 use crate::context::Ctx;
 use crate::relay::{PipePool, Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
@@ -248,10 +248,17 @@ impl Exchange {
     }
 }
 
+thread_local! {
+    /// Boxes of exchanges that ended, for the next proxied requests (a worker
+    /// is one thread).
+    static SPARE_EXCHANGES: std::cell::RefCell<FreeList<Box<Exchange>>> =
+        std::cell::RefCell::new(FreeList::new(1024));
+}
+
 /// `fresh` in a box that an earlier exchange used, if one is free: a proxied
 /// request allocates nothing in the steady state.
-fn recycled(ctx: &mut Ctx, fresh: Exchange) -> Box<Exchange> {
-    match ctx.proxy.exchanges.take() {
+fn recycled(fresh: Exchange) -> Box<Exchange> {
+    match SPARE_EXCHANGES.with(|spare| spare.borrow_mut().take()) {
         Some(mut boxed) => {
             *boxed = fresh;
             boxed
@@ -269,7 +276,7 @@ fn retire(ctx: &mut Ctx, mut ex: Box<Exchange>) {
     end_active(ctx, &mut ex.at);
     ctx.pool.put_write(std::mem::take(&mut ex.head));
     ctx.pool.put_write(std::mem::take(&mut ex.to_upstream));
-    ctx.proxy.exchanges.give(ex);
+    SPARE_EXCHANGES.with(|spare| spare.borrow_mut().give(ex));
 }
 
 /// Closes an upstream connection that cannot be kept.
@@ -1243,7 +1250,7 @@ pub(super) fn new_exchange(
     exchange.head_request = req.method == Method::Head;
     exchange.upgrade_requested = req.upgrade.is_some();
     exchange.client_http10 = req.minor_version == 0;
-    recycled(ctx, exchange)
+    recycled(exchange)
 }
 
 /// Which end of a relay is the client.
