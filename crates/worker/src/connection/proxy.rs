@@ -333,6 +333,14 @@ pub(super) enum Ready {
     Failed,
 }
 
+/// What one read of a chunked body came to.
+enum Copied {
+    More,
+    Blocked,
+    /// The upstream closed early or broke the framing.
+    Broken,
+}
+
 /// How far a queue of bytes for the upstream got.
 enum Flushed {
     All,
@@ -833,6 +841,8 @@ impl Conn {
     }
 
     /// Sends the head and the body to the client.
+    /// Relays the response body to the client: spliced, or decoded and
+    /// chunked again, or nothing more (the buffer held it all).
     fn respond(
         &mut self,
         ex: &mut Exchange,
@@ -841,7 +851,6 @@ impl Conn {
         ctx: &mut Ctx,
         budget: &mut usize,
     ) -> Next {
-        let upstream = fd.as_raw_fd();
         loop {
             match self.flush_client(ctx) {
                 None => {}
@@ -851,79 +860,107 @@ impl Conn {
                 }
                 Some(outcome) => return Next::Pause(Stage::Respond(fd, body), outcome),
             }
-            match &mut body {
+            body = match body {
                 BodyRelay::None => return Next::Complete(fd),
-                BodyRelay::Spliced(relay) => {
-                    let before = relay.moved;
-                    let pumped = self.transport.relay_from(relay, upstream, budget);
-                    let moved = relay.moved - before;
-                    let cut_short = relay.cut_short();
-                    ctx.stats.slot.bytes_sent.fetch_add(moved, Relaxed);
-                    self.body_len += moved;
-                    if let Some(st) = server_stats(ctx, ex.at.group, ex.at.server) {
-                        st.bytes_spliced.fetch_add(moved, Relaxed);
-                    }
-                    if moved > 0 {
-                        let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-                        self.arm(ctx, timeout);
-                    }
-                    let outcome = match pumped {
-                        Ok(Pump::Blocked) => Outcome::Wait,
-                        Ok(Pump::Budget) => Outcome::Yield,
-                        Ok(Pump::Done) if !cut_short => {
-                            recycle_body(&mut ctx.proxy.pipes, body);
-                            return Next::Complete(fd);
+                BodyRelay::Spliced(relay) => return self.splice_body(ex, fd, relay, ctx, budget),
+                BodyRelay::Chunked(decoder) if decoder.is_done() => return Next::Complete(fd),
+                BodyRelay::Chunked(mut decoder) => {
+                    match self.copy_chunks(ex, fd.as_raw_fd(), &mut decoder, ctx) {
+                        Copied::More => BodyRelay::Chunked(decoder),
+                        Copied::Blocked => {
+                            return Next::Pause(
+                                Stage::Respond(fd, BodyRelay::Chunked(decoder)),
+                                Outcome::Wait,
+                            )
                         }
-                        Ok(Pump::Done) => {
-                            log::warn!("upstream closed in the middle of a response body");
-                            recycle_body(&mut ctx.proxy.pipes, body);
-                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
+                        Copied::Broken => {
+                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) }
                         }
-                        Err(e) => {
-                            recycle_body(&mut ctx.proxy.pipes, body);
-                            return Next::Close {
-                                reason: relay_failure(e, Side::ClientIsDest),
-                                upstream: Some(fd),
-                            };
-                        }
-                    };
-                    return Next::Pause(Stage::Respond(fd, body), outcome);
-                }
-                BodyRelay::Chunked(decoder) => {
-                    if decoder.is_done() {
-                        return Next::Complete(fd);
-                    }
-                    let mut chunk = [0u8; 16 * 1024];
-                    match sys::recv(upstream, &mut chunk) {
-                        Ok(0) => {
-                            log::warn!("upstream closed in the middle of a chunked body");
-                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
-                        }
-                        Ok(n) => {
-                            let before = self.wbuf.len();
-                            let k = match decoder.decode(&chunk[..n], &mut self.wbuf) {
-                                Ok(k) => k,
-                                Err(e) => {
-                                    log::warn!("upstream sent a chunked body with broken framing: {e}");
-                                    return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
-                                }
-                            };
-                            if k < n {
-                                ex.upstream_keep_alive = false;
-                            }
-                            count_copied(ctx, &ex.at, n);
-                            self.body_len += (self.wbuf.len() - before) as u64;
-                            let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-                            self.arm(ctx, timeout);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Next::Pause(Stage::Respond(fd, body), Outcome::Wait)
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return Next::Close { reason: CloseReason::Error, upstream: Some(fd) },
                     }
                 }
+            };
+        }
+    }
+
+    /// Splices the body from the upstream to the client, within the turn's
+    /// budget.
+    fn splice_body(
+        &mut self,
+        ex: &mut Exchange,
+        fd: UpConn,
+        mut relay: Relay,
+        ctx: &mut Ctx,
+        budget: &mut usize,
+    ) -> Next {
+        let before = relay.moved;
+        let pumped = self.transport.relay_from(&mut relay, fd.as_raw_fd(), budget);
+        let moved = relay.moved - before;
+        let cut_short = relay.cut_short();
+        ctx.stats.slot.bytes_sent.fetch_add(moved, Relaxed);
+        self.body_len += moved;
+        if let Some(st) = server_stats(ctx, ex.at.group, ex.at.server) {
+            st.bytes_spliced.fetch_add(moved, Relaxed);
+        }
+        if moved > 0 {
+            let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
+            self.arm(ctx, timeout);
+        }
+        let outcome = match pumped {
+            Ok(Pump::Blocked) => Outcome::Wait,
+            Ok(Pump::Budget) => Outcome::Yield,
+            Ok(Pump::Done) if !cut_short => {
+                ctx.proxy.pipes.give_back(relay);
+                return Next::Complete(fd);
             }
+            Ok(Pump::Done) => {
+                log::warn!("upstream closed in the middle of a response body");
+                ctx.proxy.pipes.give_back(relay);
+                return Next::Close { reason: CloseReason::Error, upstream: Some(fd) };
+            }
+            Err(e) => {
+                ctx.proxy.pipes.give_back(relay);
+                return Next::Close { reason: relay_failure(e, Side::ClientIsDest), upstream: Some(fd) };
+            }
+        };
+        Next::Pause(Stage::Respond(fd, BodyRelay::Spliced(relay)), outcome)
+    }
+
+    /// Reads what the upstream sent of a chunked body, decodes it and chunks
+    /// it again into the client's output buffer.
+    fn copy_chunks(
+        &mut self,
+        ex: &mut Exchange,
+        upstream: RawFd,
+        decoder: &mut ChunkedDecoder,
+        ctx: &mut Ctx,
+    ) -> Copied {
+        let mut chunk = [0u8; 16 * 1024];
+        match sys::recv(upstream, &mut chunk) {
+            Ok(0) => {
+                log::warn!("upstream closed in the middle of a chunked body");
+                Copied::Broken
+            }
+            Ok(n) => {
+                let before = self.wbuf.len();
+                let k = match decoder.decode(&chunk[..n], &mut self.wbuf) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        log::warn!("upstream sent a chunked body with broken framing: {e}");
+                        return Copied::Broken;
+                    }
+                };
+                if k < n {
+                    ex.upstream_keep_alive = false;
+                }
+                count_copied(ctx, &ex.at, n);
+                self.body_len += (self.wbuf.len() - before) as u64;
+                let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
+                self.arm(ctx, timeout);
+                Copied::More
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Copied::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Copied::More,
+            Err(_) => Copied::Broken,
         }
     }
 
