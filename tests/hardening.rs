@@ -12,7 +12,7 @@ use common::{
     wait_for, Response, Server, PATIENCE,
 };
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
@@ -257,40 +257,9 @@ fn a_worker_killed_beside_a_draining_one_leaves_nothing_in_the_gauges() {
     server.wait_until("no connection left", |s| s["total"]["active"] == 0);
 }
 
-/// An upstream that answers every request head with `ok` on a kept-alive
-/// connection, after the PROXY protocol line tine sends first.
-fn proxy_protocol_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_heads(s));
-        }
-    });
-    addr
-}
-
-fn serve_heads(mut s: TcpStream) {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut answered = 0;
-    loop {
-        let n = match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        seen.extend_from_slice(&buf[..n]);
-        let heads = seen.windows(4).filter(|w| w == b"\r\n\r\n").count();
-        while answered < heads {
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-            answered += 1;
-        }
-    }
-}
-
 #[test]
 fn pooled_proxy_protocol_connections_close_with_their_client() {
-    let up = proxy_protocol_upstream();
+    let (up, _) = common::recording_upstream();
     let server = Server::builder()
         .config(&format!(
             "[[upstream]]\nname = \"app\"\nservers = [\"{up}\"]\nproxy_protocol = \"v1\"\nkeepalive_timeout = \"300s\"\n\

@@ -188,50 +188,14 @@ fn a_tls_listener_reads_the_header_before_the_handshake() {
     assert_eq!(server.total("tls_handshakes"), 1);
 }
 
-/// A raw upstream that records every connection's bytes and answers each
-/// request head it sees with a small response (keep-alive).
-fn recording_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
-    use std::sync::{Arc, Mutex};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for (i, s) in listener.incoming().flatten().enumerate() {
-            record.lock().unwrap().push(Vec::new());
-            let record = record.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                let mut answered = 0;
-                loop {
-                    let n = match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let mut all = record.lock().unwrap();
-                    all[i].extend_from_slice(&buf[..n]);
-                    let heads = all[i].windows(4).filter(|w| w == b"\r\n\r\n").count();
-                    drop(all);
-                    while answered < heads {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                        answered += 1;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
 // A group with proxy_protocol sends its servers a header naming the client
 // first on every connection, and a connection (whose header names one
 // client) is never reused for another.
 #[test]
 fn upstreams_and_streams_get_a_header_naming_the_client() {
-    let (http_up, http_seen) = recording_upstream();
-    let (v2_up, v2_seen) = recording_upstream();
-    let (stream_up, stream_seen) = recording_upstream();
+    let (http_up, http_seen) = common::recording_upstream();
+    let (v2_up, v2_seen) = common::recording_upstream();
+    let (stream_up, stream_seen) = common::recording_upstream();
     let server = Server::builder()
         .config(&format!(
             "[[upstream]]\nname = \"app\"\nservers = [\"{http_up}\"]\nproxy_protocol = \"v1\"\n\

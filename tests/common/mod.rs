@@ -556,6 +556,41 @@ fn try_read_response(r: &mut BufReader<std::net::TcpStream>) -> Result<(u16, boo
     Ok((status, close))
 }
 
+/// A raw upstream that records every connection's bytes and answers each
+/// request head it sees with a small response (keep-alive).
+pub fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().flatten().enumerate() {
+            record.lock().unwrap().push(Vec::new());
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let mut answered = 0;
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut all = record.lock().unwrap();
+                    all[i].extend_from_slice(&buf[..n]);
+                    let heads = all[i].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    drop(all);
+                    while answered < heads {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        answered += 1;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
 /// A raw echo server for the stream relay.
 pub fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
