@@ -81,6 +81,15 @@ pub struct Request<'b> {
     pub fields: &'b [httparse::Header<'b>],
 }
 
+/// The host of a `host[:port]` authority (a Host value), without its port;
+/// an IPv6 literal keeps its brackets.
+pub fn host_without_port(authority: &[u8]) -> &[u8] {
+    match authority.iter().rposition(|&b| b == b':') {
+        Some(i) if !authority.ends_with(b"]") => &authority[..i],
+        _ => authority,
+    }
+}
+
 /// Room for the fields of one request head; the caller owns it (on its
 /// stack) and the parsed [`Request`] borrows it. Left uninitialised until
 /// the parser fills it, so a request costs no 3 KiB of zeroing.
@@ -336,6 +345,14 @@ mod tests {
         // A test's slots live as long as the test: leaked, as the test is short.
         let slots = Box::leak(Box::new(field_slots()));
         parse_request(raw.as_bytes(), slots, &LIMITS)
+    }
+
+    #[test]
+    fn a_host_without_its_port() {
+        assert_eq!(host_without_port(b"a.test:8080"), b"a.test");
+        assert_eq!(host_without_port(b"a.test"), b"a.test");
+        assert_eq!(host_without_port(b"[::1]:443"), b"[::1]");
+        assert_eq!(host_without_port(b"[::1]"), b"[::1]");
     }
 
     #[test]

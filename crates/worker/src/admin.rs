@@ -49,10 +49,7 @@ pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
 /// meant for it: a page rebinding its DNS name to read the statistics.
 fn admits(host: Option<&[u8]>, listed: &[String]) -> bool {
     let Some(host) = host else { return true };
-    let name = match host.iter().rposition(|&b| b == b':') {
-        Some(i) if !host.ends_with(b"]") => &host[..i],
-        _ => host,
-    };
+    let name = tine_http::request::host_without_port(host);
     let name = name.strip_suffix(b".").unwrap_or(name);
     if name.starts_with(b"[") && name.ends_with(b"]") {
         return std::str::from_utf8(&name[1..name.len() - 1])

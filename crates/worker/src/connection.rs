@@ -111,6 +111,16 @@ impl Protocol {
     }
 }
 
+/// Where an HTTP connection starts (after any PROXY protocol header): its
+/// TLS handshake, or its first request.
+fn first_http_phase(transport: &Client) -> Phase {
+    if transport.is_tls() {
+        Phase::Handshake(AfterHandshake::Http)
+    } else {
+        Phase::ReadHead
+    }
+}
+
 /// A response on its way out: its head (and a small body) are in the
 /// connection's output buffer; `file` is the range sent after them.
 pub struct Sending {
@@ -206,7 +216,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(id: ConnId, transport: Client, peer: Option<SocketAddr>, admin: bool, ctx: &mut Ctx) -> Self {
-        let phase = if transport.is_tls() { Phase::Handshake(AfterHandshake::Http) } else { Phase::ReadHead };
+        let phase = first_http_phase(&transport);
         let mut conn = Conn {
             id,
             transport,
@@ -487,8 +497,7 @@ impl Conn {
     /// The header is dealt with: the TLS handshake or the requests follow,
     /// under the header timeout.
     fn begin_requests(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        self.phase =
-            if self.transport.is_tls() { Phase::Handshake(AfterHandshake::Http) } else { Phase::ReadHead };
+        self.phase = first_http_phase(&self.transport);
         self.arm(ctx, ctx.timers.timeouts.header);
         None
     }
@@ -959,11 +968,7 @@ fn route(req: &Request<'_>, tls: bool, ctx: &mut Ctx) -> Routed {
 /// and target. None without a Host to name.
 fn https_location(req: &Request<'_>, https_port: Option<u16>) -> Option<Vec<u8>> {
     let host = req.host.filter(|h| !h.is_empty())?;
-    // Without its port; an IPv6 literal keeps its brackets.
-    let name = match host.iter().rposition(|&b| b == b':') {
-        Some(i) if !host[i..].contains(&b']') => &host[..i],
-        _ => host,
-    };
+    let name = tine_http::request::host_without_port(host);
     let mut location = Vec::with_capacity(16 + host.len() + req.origin_target.len());
     location.extend_from_slice(b"https://");
     location.extend_from_slice(name);
