@@ -15,14 +15,19 @@
 //! One sweep closes the connections idle past keepalive_timeout. Nothing
 //! here is shared between workers.
 
+mod transport;
+
+pub use transport::{TcpUpstream, UpstreamIo};
+
 use crate::counters::Counters;
 use crate::slab::Slab;
 use crate::token::{ConnId, LinkId, Token};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tine_config::{Balance, Upstream, UpstreamAddr};
-use tine_net::sys::{self, ConnectTo, Peek};
+use tine_net::sys::{ConnectTo, Peek};
 use tine_stats::UpstreamGauge;
 
 pub struct Server {
@@ -49,16 +54,36 @@ struct Idle {
     owner: ConnId,
 }
 
-/// An open connection to an upstream server: its socket, and its link in
+/// An open connection to an upstream server: its transport, and its link in
 /// the pool's slab (its epoll token). Only the pool opens and closes one.
 pub struct UpConn {
-    fd: OwnedFd,
+    io: TcpUpstream,
     link: LinkId,
 }
 
-impl AsRawFd for UpConn {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+impl UpstreamIo for UpConn {
+    fn connect_status(&self) -> io::Result<bool> {
+        self.io.connect_status()
+    }
+
+    fn send(&mut self, buf: &[u8], more: bool) -> io::Result<usize> {
+        self.io.send(buf, more)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.recv(buf)
+    }
+
+    fn peek(&self) -> Peek {
+        self.io.peek()
+    }
+
+    fn shutdown_write(&mut self) {
+        self.io.shutdown_write()
+    }
+
+    fn socket(&self) -> RawFd {
+        self.io.socket()
     }
 }
 
@@ -199,7 +224,7 @@ impl Upstreams {
         now: Instant,
         stats: &Counters<'_>,
         epoll: &tine_net::Epoll,
-    ) -> std::io::Result<Connection> {
+    ) -> io::Result<Connection> {
         let Wanted { group, server, owner, reuse } = wanted;
         let g = &mut self.groups[group];
         let keepalive_timeout = g.config.keepalive_timeout;
@@ -225,9 +250,7 @@ impl Upstreams {
             // connection's own events catch most of it, but not bytes that
             // came after the last read of a spliced body without an event of
             // their own, nor an event later in this turn's batch.
-            if now.saturating_duration_since(c.since) < keepalive_timeout
-                && sys::peek(c.conn.as_raw_fd()) == Peek::Nothing
-            {
+            if now.saturating_duration_since(c.since) < keepalive_timeout && c.conn.peek() == Peek::Nothing {
                 if let Some(st) = stat {
                     st.pool_hits.fetch_add(1, Relaxed);
                 }
@@ -246,17 +269,16 @@ impl Upstreams {
             UpstreamAddr::Tcp(a) => ConnectTo::Tcp(*a),
             UpstreamAddr::Unix(p) => ConnectTo::Unix(p),
         };
-        let fd = sys::connect_start(&target, &g.config.tcp)?;
+        let io = TcpUpstream::connect(&target, &g.config.tcp)?;
         let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
-        if let Err(e) =
-            epoll.add(fd.as_raw_fd(), Token::Upstream(link).encode(), tine_net::Interest::CONNECTION)
+        if let Err(e) = epoll.add(io.socket(), Token::Upstream(link).encode(), tine_net::Interest::CONNECTION)
         {
             self.links.remove(link.0);
             return Err(e);
         }
         s.open += 1;
         stats.gauges.upstream(index, UpstreamGauge::Open, 1);
-        Ok(Connection { conn: UpConn { fd, link }, reused: false })
+        Ok(Connection { conn: UpConn { io, link }, reused: false })
     }
 
     /// An event came for upstream connection `link`: the client connection
@@ -274,7 +296,7 @@ impl Upstreams {
         let i = s.idle.iter().position(|c| c.conn.link == link)?;
         // The event may be the last edge of the response just read: only
         // what is there now counts.
-        if sys::peek(s.idle[i].conn.as_raw_fd()) == Peek::Nothing {
+        if s.idle[i].conn.peek() == Peek::Nothing {
             return None;
         }
         s.idle.swap_remove(i);

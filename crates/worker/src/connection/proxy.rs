@@ -34,9 +34,8 @@ use crate::context::Ctx;
 use crate::relay::{PipePool, Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
 use crate::transport::Transport;
-use crate::upstream::{Health, UpConn, Wanted};
+use crate::upstream::{Health, UpConn, UpstreamIo, Wanted};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tine_config::HostHeader;
@@ -45,7 +44,7 @@ use tine_http::forward::{self, ClientSide, Forwarding};
 use tine_http::request::{Body, Method, Request, MAX_HEADERS};
 use tine_http::response::{Persistence, Status};
 use tine_http::response_head::{self, Asked, BadResponse, ResponseHead};
-use tine_net::sys::{self, Peek};
+use tine_net::sys::Peek;
 use tine_stats::layout::UpstreamStats;
 use tine_stats::UpstreamGauge;
 
@@ -305,7 +304,7 @@ pub(super) struct Tunnel {
 
 /// The upstream end of a tunnel, and how long it may stay silent.
 pub(super) struct TunnelEnds<'a> {
-    pub(super) upstream: RawFd,
+    pub(super) upstream: &'a mut UpConn,
     pub(super) at: &'a Attempt,
     pub(super) idle: Duration,
 }
@@ -506,8 +505,8 @@ impl Conn {
         }
     }
 
-    fn finish_connect(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
-        match self.connection_ready(&ex.at, &fd, ctx) {
+    fn finish_connect(&mut self, ex: &mut Exchange, mut fd: UpConn, ctx: &mut Ctx) -> Next {
+        match self.connection_ready(&ex.at, &mut fd, ctx) {
             Ready::Yes => {}
             Ready::NotYet => return Next::Pause(Stage::Connecting(fd), Outcome::Wait),
             Ready::Failed => return Next::ServerFailed { upstream: Some(fd), after_sending: false },
@@ -520,17 +519,17 @@ impl Conn {
     /// Whether a connection just taken is ready to carry the client's bytes:
     /// a new one once its connect completed and, for a group that asks, the
     /// PROXY protocol header went out first.
-    pub(super) fn connection_ready(&self, at: &Attempt, conn: &UpConn, ctx: &Ctx) -> Ready {
+    pub(super) fn connection_ready(&self, at: &Attempt, conn: &mut UpConn, ctx: &Ctx) -> Ready {
         if at.reused {
             return Ready::Yes;
         }
-        match sys::connect_status(conn.as_raw_fd()) {
+        match conn.connect_status() {
             Ok(true) => {}
             Ok(false) => return Ready::NotYet,
             Err(_) => return Ready::Failed,
         }
         if let Some(version) = ctx.proxy.upstreams.groups[at.group].config.send_proxy {
-            if self.send_proxy_header(version, conn.as_raw_fd()).is_err() {
+            if self.send_proxy_header(version, conn).is_err() {
                 return Ready::Failed;
             }
         }
@@ -540,7 +539,7 @@ impl Conn {
     /// The PROXY protocol header a group's servers get first on a new
     /// connection. It is a few dozen bytes into a socket that has sent
     /// nothing yet, so one send takes it whole; anything less is a failure.
-    fn send_proxy_header(&self, version: tine_config::ProxyVersion, fd: RawFd) -> io::Result<()> {
+    fn send_proxy_header(&self, version: tine_config::ProxyVersion, conn: &mut UpConn) -> io::Result<()> {
         use tine_http::proxy_protocol::{write_v1, write_v2};
         let (client, local) = self.client_and_local().ok_or_else(|| io::Error::other("no client address"))?;
         let mut header = Vec::with_capacity(64);
@@ -548,15 +547,15 @@ impl Conn {
             tine_config::ProxyVersion::V1 => write_v1(&mut header, client, local),
             tine_config::ProxyVersion::V2 => write_v2(&mut header, client, local),
         }
-        match sys::send(fd, &header, true)? {
+        match conn.send(&header, true)? {
             n if n == header.len() => Ok(()),
             _ => Err(io::Error::other("PROXY protocol header cut short")),
         }
     }
 
-    fn send_head(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
+    fn send_head(&mut self, ex: &mut Exchange, mut fd: UpConn, ctx: &mut Ctx) -> Next {
         while ex.sent < ex.head.len() {
-            match sys::send(fd.as_raw_fd(), &ex.head[ex.sent..], false) {
+            match fd.send(&ex.head[ex.sent..], false) {
                 Ok(n) => {
                     ex.sent += n;
                     count_copied(ctx, &ex.at, n);
@@ -573,7 +572,7 @@ impl Conn {
 
     /// Copies the request body, from what is buffered and then from the client,
     /// through a small queue so that a full upstream socket loses nothing.
-    fn send_body(&mut self, ex: &mut Exchange, fd: UpConn, ctx: &mut Ctx) -> Next {
+    fn send_body(&mut self, ex: &mut Exchange, mut fd: UpConn, ctx: &mut Ctx) -> Next {
         // The upstream took the head: invite the body, unless it is on its way.
         if std::mem::take(&mut ex.continue_pending) && self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
             self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -584,7 +583,7 @@ impl Conn {
                 Some(Outcome::Close(reason)) => return Next::Close { reason, upstream: Some(fd) },
                 Some(outcome) => return Next::Pause(Stage::SendBody(fd), outcome),
             }
-            match self.flush_to_upstream(&ex.at, &mut ex.to_upstream, fd.as_raw_fd(), ctx) {
+            match self.flush_to_upstream(&ex.at, &mut ex.to_upstream, &mut fd, ctx) {
                 Flushed::All => {}
                 Flushed::Blocked => return Next::Pause(Stage::SendBody(fd), Outcome::Wait),
                 Flushed::Failed => return Next::ServerFailed { upstream: Some(fd), after_sending: true },
@@ -639,12 +638,18 @@ impl Conn {
     }
 
     /// Sends what is queued for the upstream.
-    fn flush_to_upstream(&mut self, at: &Attempt, queue: &mut Vec<u8>, fd: RawFd, ctx: &mut Ctx) -> Flushed {
+    fn flush_to_upstream(
+        &mut self,
+        at: &Attempt,
+        queue: &mut Vec<u8>,
+        upstream: &mut UpConn,
+        ctx: &mut Ctx,
+    ) -> Flushed {
         let timeout = ctx.proxy.upstreams.groups[at.group].config.io_timeout;
         let mut flushed = Flushed::All;
         let mut moved = false;
         while !queue.is_empty() {
-            match sys::send(fd, queue, false) {
+            match upstream.send(queue, false) {
                 Ok(n) => {
                     queue.drain(..n);
                     count_copied(ctx, at, n);
@@ -668,11 +673,11 @@ impl Conn {
     /// Reads the response head; on a complete one, writes the cleaned head for
     /// the client and decides how the body travels. Interim responses are
     /// read past, a bounded number of them; a few reads per turn at most.
-    fn await_head(&mut self, ex: &mut Exchange, fd: UpConn, buf: Option<ReadBuf>, ctx: &mut Ctx) -> Next {
+    fn await_head(&mut self, ex: &mut Exchange, mut fd: UpConn, buf: Option<ReadBuf>, ctx: &mut Ctx) -> Next {
         let mut buf = buf.unwrap_or_else(|| ctx.pool.read_buf());
         for _ in 0..HEAD_READS_PER_TURN {
             // The parser refuses a head that fills the buffer, so there is room.
-            match sys::recv(fd.as_raw_fd(), buf.spare()) {
+            match fd.recv(buf.spare()) {
                 Ok(0) => {
                     ctx.pool.put_read(buf);
                     return Next::ServerFailed { upstream: Some(fd), after_sending: true };
@@ -846,7 +851,7 @@ impl Conn {
     fn respond(
         &mut self,
         ex: &mut Exchange,
-        fd: UpConn,
+        mut fd: UpConn,
         mut body: BodyRelay,
         ctx: &mut Ctx,
         budget: &mut usize,
@@ -864,20 +869,13 @@ impl Conn {
                 BodyRelay::None => return Next::Complete(fd),
                 BodyRelay::Spliced(relay) => return self.splice_body(ex, fd, relay, ctx, budget),
                 BodyRelay::Chunked(decoder) if decoder.is_done() => return Next::Complete(fd),
-                BodyRelay::Chunked(mut decoder) => {
-                    match self.copy_chunks(ex, fd.as_raw_fd(), &mut decoder, ctx) {
-                        Copied::More => BodyRelay::Chunked(decoder),
-                        Copied::Blocked => {
-                            return Next::Pause(
-                                Stage::Respond(fd, BodyRelay::Chunked(decoder)),
-                                Outcome::Wait,
-                            )
-                        }
-                        Copied::Broken => {
-                            return Next::Close { reason: CloseReason::Error, upstream: Some(fd) }
-                        }
+                BodyRelay::Chunked(mut decoder) => match self.copy_chunks(ex, &mut fd, &mut decoder, ctx) {
+                    Copied::More => BodyRelay::Chunked(decoder),
+                    Copied::Blocked => {
+                        return Next::Pause(Stage::Respond(fd, BodyRelay::Chunked(decoder)), Outcome::Wait)
                     }
-                }
+                    Copied::Broken => return Next::Close { reason: CloseReason::Error, upstream: Some(fd) },
+                },
             };
         }
     }
@@ -893,7 +891,7 @@ impl Conn {
         budget: &mut usize,
     ) -> Next {
         let before = relay.moved;
-        let pumped = self.transport.relay_from(&mut relay, fd.as_raw_fd(), budget);
+        let pumped = self.transport.relay_from(&mut relay, fd.socket(), budget);
         let moved = relay.moved - before;
         let cut_short = relay.cut_short();
         ctx.stats.slot.bytes_sent.fetch_add(moved, Relaxed);
@@ -930,12 +928,12 @@ impl Conn {
     fn copy_chunks(
         &mut self,
         ex: &mut Exchange,
-        upstream: RawFd,
+        upstream: &mut UpConn,
         decoder: &mut ChunkedDecoder,
         ctx: &mut Ctx,
     ) -> Copied {
         let mut chunk = [0u8; 16 * 1024];
-        match sys::recv(upstream, &mut chunk) {
+        match upstream.recv(&mut chunk) {
             Ok(0) => {
                 log::warn!("upstream closed in the middle of a chunked body");
                 Copied::Broken
@@ -1109,13 +1107,13 @@ impl Conn {
     fn tunnel(
         &mut self,
         ex: &mut Exchange,
-        fd: UpConn,
+        mut fd: UpConn,
         mut t: Tunnel,
         ctx: &mut Ctx,
         budget: &mut usize,
     ) -> Next {
         let idle = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-        let ends = TunnelEnds { upstream: fd.as_raw_fd(), at: &ex.at, idle };
+        let ends = TunnelEnds { upstream: &mut fd, at: &ex.at, idle };
         match self.pump_tunnel(&mut t, ends, &mut ex.to_upstream, ctx, budget) {
             TunnelStep::Pause(outcome) => Next::Pause(Stage::Tunnel(fd, t), outcome),
             TunnelStep::Close(reason) => {
@@ -1146,7 +1144,7 @@ impl Conn {
             Flushed::Blocked => return TunnelStep::Pause(Outcome::Wait),
             Flushed::Failed => return TunnelStep::Close(CloseReason::Error),
         }
-        let upstream = ends.upstream;
+        let upstream = ends.upstream.socket();
         let (before_up, before_down) = (t.up.moved, t.down.moved);
         let up =
             if t.up_closed { Ok(Pump::Done) } else { self.transport.relay_to(&mut t.up, upstream, budget) };
@@ -1168,7 +1166,7 @@ impl Conn {
         };
         if up == Pump::Done && !t.up_closed {
             t.up_closed = true;
-            sys::shutdown_write(upstream);
+            ends.upstream.shutdown_write();
         }
         if down == Pump::Done && !t.down_closed {
             t.down_closed = true;

@@ -16,7 +16,6 @@ use super::proxy::{
 use super::{CloseReason, Conn, Outcome, Phase};
 use crate::context::Ctx;
 use crate::upstream::UpConn;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -65,7 +64,7 @@ impl Conn {
                     Connected::Failed => StreamStage::Pick,
                     Connected::NoServer => return self.end_stream(relay, None, CloseReason::Error, ctx),
                 },
-                StreamStage::Connecting(conn) => match self.connection_ready(&relay.at, &conn, ctx) {
+                StreamStage::Connecting(mut conn) => match self.connection_ready(&relay.at, &mut conn, ctx) {
                     Ready::Yes => match self.open_tunnel(&mut relay.to_upstream, ctx) {
                         Some(tunnel) => {
                             report(ctx, relay.at.group, relay.at.server, true);
@@ -82,9 +81,9 @@ impl Conn {
                         StreamStage::Pick
                     }
                 },
-                StreamStage::Relay(conn, mut tunnel) => {
+                StreamStage::Relay(mut conn, mut tunnel) => {
                     let r = &mut *relay;
-                    let ends = TunnelEnds { upstream: conn.as_raw_fd(), at: &r.at, idle: r.idle };
+                    let ends = TunnelEnds { upstream: &mut conn, at: &r.at, idle: r.idle };
                     match self.pump_tunnel(&mut tunnel, ends, &mut r.to_upstream, ctx, budget) {
                         TunnelStep::Pause(outcome) => {
                             return self.pause_stream(relay, StreamStage::Relay(conn, tunnel), outcome)

@@ -1,0 +1,69 @@
+//! The upstream seam: everything the proxy exchange and the stream relay do
+//! to an upstream connection goes through [`UpstreamIo`]. [`TcpUpstream`]
+//! is plain TCP (or a Unix socket): system calls straight on the socket,
+//! which a relay may splice to and from. TLS and HTTP/2 upstreams are
+//! further implementations of the same seam.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use tine_net::sys::{self, ConnectTo, Peek};
+
+/// What the proxy does to an upstream connection.
+pub trait UpstreamIo {
+    /// Whether a non-blocking connect completed (`Ok(false)`: still under
+    /// way); an error is the connect's failure.
+    fn connect_status(&self) -> io::Result<bool>;
+
+    /// Writes to the upstream; `more` says further bytes follow at once.
+    fn send(&mut self, buf: &[u8], more: bool) -> io::Result<usize>;
+
+    /// Reads what the upstream sent. `Ok(0)` is its end of stream.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// What waits from the upstream, without taking it.
+    fn peek(&self) -> Peek;
+
+    /// No more bytes go to the upstream (a tunnel's client half-closed).
+    fn shutdown_write(&mut self);
+
+    /// The socket a relay splices to and from, and epoll watches.
+    fn socket(&self) -> RawFd;
+}
+
+/// A plain TCP (or Unix socket) connection to an upstream server.
+pub struct TcpUpstream {
+    fd: OwnedFd,
+}
+
+impl TcpUpstream {
+    /// Starts a non-blocking connect to `to`.
+    pub fn connect(to: &ConnectTo<'_>, options: &tine_config::TcpOptions) -> io::Result<Self> {
+        sys::connect_start(to, options).map(|fd| TcpUpstream { fd })
+    }
+}
+
+impl UpstreamIo for TcpUpstream {
+    fn connect_status(&self) -> io::Result<bool> {
+        sys::connect_status(self.fd.as_raw_fd())
+    }
+
+    fn send(&mut self, buf: &[u8], more: bool) -> io::Result<usize> {
+        sys::send(self.fd.as_raw_fd(), buf, more)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv(self.fd.as_raw_fd(), buf)
+    }
+
+    fn peek(&self) -> Peek {
+        sys::peek(self.fd.as_raw_fd())
+    }
+
+    fn shutdown_write(&mut self) {
+        sys::shutdown_write(self.fd.as_raw_fd());
+    }
+
+    fn socket(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
