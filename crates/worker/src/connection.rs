@@ -24,6 +24,7 @@
 //! drained for a moment (a lingering close), so that unread input does not
 //! turn the close into a reset that destroys the response in flight.
 
+mod client_io;
 mod proxy;
 mod stream;
 
@@ -32,12 +33,15 @@ pub use proxy::Exchange;
 use crate::access::PendingEntry;
 use crate::context::{Ctx, Rejection};
 pub use crate::framing::{framing, plan_framing, Discard, DiscardError, Started};
+use crate::outcome::client_io;
+pub use crate::outcome::{CloseReason, Outcome};
 use crate::responses::FileBody;
 use crate::responses::{error_page, Framing, Reply};
 use crate::static_files;
 use crate::timer_wheel::Deadline;
 use crate::token::ConnId;
 use crate::transport::{Client, Transport};
+use client_io::ClientIo;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -152,56 +156,15 @@ impl Sending {
     }
 }
 
-/// What the event loop must do with the connection after driving it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Blocked on the socket; the next epoll event resumes it.
-    Wait,
-    /// Used its turn's send budget while still writable; drive it again soon.
-    Yield,
-    Close(CloseReason),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    Done,
-    PeerClosed,
-    Reset,
-    Timeout,
-    Drained,
-    /// An idle keep-alive connection closed to admit a new client at the
-    /// connection limit.
-    Reclaimed,
-    Error,
-}
-
 pub struct Conn {
-    id: ConnId,
-    /// The client's socket, behind the transport seam.
-    transport: Client,
-    /// The client: the socket's peer, or the address a trusted load
-    /// balancer's PROXY protocol header named.
-    peer: Option<SocketAddr>,
+    /// The client's side of the connection: what an exchange reaches it by.
+    io: ClientIo,
     phase: Phase,
-    /// Unread input; `None` while idle so an idle connection holds no buffer.
-    rbuf: Option<ReadBuf>,
-    /// The response head (and small bodies) being written; empty while idle.
-    wbuf: Vec<u8>,
-    wpos: usize,
-    /// Body bytes the response in flight sends in all.
-    body_len: u64,
-    /// The access-log line of the response in flight, when logging.
-    access: Option<Box<PendingEntry>>,
     /// The body of the last request, still to read and throw away.
     discard: Discard,
-    keep_alive: bool,
     /// The client itself asked to close after this response (`Connection:
     /// close`, or HTTP/1.0 without keep-alive), so it sends nothing more.
     client_closes: bool,
-    /// Edge-triggered readiness not yet consumed by a read that hit EAGAIN.
-    readable: bool,
-    /// The client shut down its side since this was last looked at.
-    client_fin: bool,
     /// Connection accepted on the admin listener: answers /metrics and
     /// /stats.json instead of files.
     admin: bool,
@@ -210,43 +173,35 @@ pub struct Conn {
     served: u64,
     /// When the connection last went idle between requests.
     idle_since: Instant,
-    /// When the current phase times out.
-    pub timer: Deadline,
 }
 
 impl Conn {
     pub fn new(id: ConnId, transport: Client, peer: Option<SocketAddr>, admin: bool, ctx: &mut Ctx) -> Self {
         let phase = first_http_phase(&transport);
         let mut conn = Conn {
-            id,
-            transport,
-            peer,
+            io: ClientIo::new(id, transport, peer),
             phase,
-            rbuf: None,
-            wbuf: Vec::new(),
-            wpos: 0,
-            body_len: 0,
-            access: None,
             discard: Discard::Nothing,
-            keep_alive: true,
             client_closes: false,
-            readable: false,
-            client_fin: false,
             admin,
             request_started: None,
             served: 0,
             idle_since: ctx.clock.now,
-            timer: Deadline::default(),
         };
-        conn.arm(ctx, ctx.timers.timeouts.header);
+        conn.io.arm(ctx, ctx.timers.timeouts.header);
         conn
+    }
+
+    /// The connection's deadline, for the timer wheel.
+    pub fn timer(&mut self) -> &mut Deadline {
+        &mut self.io.timer
     }
 
     /// True when the connection is between requests with nothing buffered.
     pub fn is_idle(&self) -> bool {
         matches!(self.phase, Phase::ReadHead)
             && !self.discard.pending()
-            && self.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
+            && self.io.rbuf.as_ref().is_none_or(ReadBuf::is_empty)
     }
 
     /// Since when the connection has been an idle keep-alive connection:
@@ -259,16 +214,16 @@ impl Conn {
     /// The client's address, and the local address it reached (for a PROXY
     /// protocol header sent upstream).
     fn client_and_local(&self) -> Option<(SocketAddr, SocketAddr)> {
-        let local = tine_net::sys::local_addr(self.transport.socket()).ok()?;
-        Some((self.peer?, local))
+        let local = tine_net::sys::local_addr(self.io.transport.socket()).ok()?;
+        Some((self.io.peer?, local))
     }
 
     pub fn mark_readable(&mut self) {
-        self.readable = true;
+        self.io.readable = true;
     }
 
     pub fn mark_client_fin(&mut self) {
-        self.client_fin = true;
+        self.io.client_fin = true;
     }
 
     /// An event for the upstream connection this connection's exchange holds.
@@ -299,7 +254,7 @@ impl Conn {
 
     /// A connection accepted on a `[[stream]]` listener starts as a tunnel.
     pub fn begin_stream(&mut self, stream: usize, ctx: &mut Ctx) -> Outcome {
-        if self.transport.is_tls() {
+        if self.io.transport.is_tls() {
             self.phase = Phase::Handshake(AfterHandshake::Stream(stream));
         } else {
             self.start_stream(stream, ctx);
@@ -321,7 +276,7 @@ impl Conn {
     /// (it will be answered with `Connection: close`) within the grace period.
     pub fn start_grace(&mut self, ctx: &mut Ctx) {
         if self.is_idle() {
-            self.arm(ctx, ctx.timers.timeouts.keepalive_grace);
+            self.io.arm(ctx, ctx.timers.timeouts.keepalive_grace);
         }
     }
 
@@ -329,7 +284,7 @@ impl Conn {
     /// upstream exchange (its idle upstream connections stay in the pool), and
     /// gives the buffers back.
     pub fn release(&mut self, ctx: &mut Ctx) {
-        ctx.timers.wheel.disarm(&mut self.timer);
+        ctx.timers.wheel.disarm(&mut self.io.timer);
         self.log_access(ctx);
         match std::mem::replace(&mut self.phase, Phase::ReadHead) {
             Phase::Proxy(exchange) => self.release_exchange(ctx, Some(exchange)),
@@ -337,17 +292,17 @@ impl Conn {
             _ => {}
         }
         self.release_buffers(ctx);
-        ctx.proxy.upstreams.client_gone(self.id, &ctx.stats);
+        ctx.proxy.upstreams.client_gone(self.io.id, &ctx.stats);
     }
 
     /// Between requests: buffers go back to the pool so an idle connection
     /// holds none.
     fn release_buffers(&mut self, ctx: &mut Ctx) {
-        if let Some(buf) = self.rbuf.take() {
+        if let Some(buf) = self.io.rbuf.take() {
             ctx.pool.put_read(buf);
         }
-        if self.wbuf.capacity() > 0 {
-            ctx.pool.put_write(std::mem::take(&mut self.wbuf));
+        if self.io.wbuf.capacity() > 0 {
+            ctx.pool.put_write(std::mem::take(&mut self.io.wbuf));
         }
     }
 
@@ -356,13 +311,13 @@ impl Conn {
     pub fn drive(&mut self, ctx: &mut Ctx) -> Outcome {
         // What the transport queued itself (a TLS handshake's flight) goes
         // out first; what cannot go yet waits for the socket to drain.
-        if let Err(e) = self.transport.flush() {
+        if let Err(e) = self.io.transport.flush() {
             if e.kind() != io::ErrorKind::WouldBlock {
                 return client_io(e).unwrap_or(Outcome::Close(CloseReason::Error));
             }
         }
         let outcome = self.run_phases(ctx);
-        if let Some(done) = self.transport.tls().and_then(|t| t.take_handshake()) {
+        if let Some(done) = self.io.transport.tls().and_then(|t| t.take_handshake()) {
             ctx.stats.count_handshake(done);
         }
         outcome
@@ -370,13 +325,13 @@ impl Conn {
 
     /// The client's socket, for TCP_INFO.
     pub fn client_socket(&self) -> std::os::fd::RawFd {
-        self.transport.socket()
+        self.io.transport.socket()
     }
 
     /// Counts how a TLS connection ended, when that is worth counting: a
     /// handshake that failed (by class), or a bad record after it.
     pub fn count_tls_end(&mut self, reason: CloseReason, ctx: &Ctx) {
-        let Some(tls) = self.transport.tls() else { return };
+        let Some(tls) = self.io.transport.tls() else { return };
         if let Some(failure) = tls.failure(reason == CloseReason::Timeout) {
             ctx.stats.count_tls_failure(failure);
         } else if tls.record_error() {
@@ -405,16 +360,11 @@ impl Conn {
         }
     }
 
-    fn arm(&mut self, ctx: &mut Ctx, timeout: Duration) {
-        let tick = ctx.timers.wheel.deadline(ctx.clock.now, timeout);
-        ctx.timers.wheel.arm(&mut self.timer, self.id, tick);
-    }
-
     /// Starts the connection with a PROXY protocol header to read (a
     /// listener behind a load balancer), within its own short timeout.
     pub fn expect_proxy_header(&mut self, trusted: bool, ctx: &mut Ctx) {
         self.phase = Phase::ProxyHeader { trusted };
-        self.arm(ctx, ctx.proxy_headers.settings.timeout);
+        self.io.arm(ctx, ctx.proxy_headers.settings.timeout);
     }
 
     /// A trusted peer's header is measured with MSG_PEEK and exactly its
@@ -426,7 +376,7 @@ impl Conn {
         use tine_http::proxy_protocol::{
             begins_like_header, parse, Parsed, ProxyHeaderError, MAX_HEADER_BYTES,
         };
-        let fd = self.transport.socket();
+        let fd = self.io.transport.socket();
         let mut head = [0u8; MAX_HEADER_BYTES];
         let n = match tine_net::sys::peek_into(fd, &mut head) {
             Ok(0) => return Some(Outcome::Close(CloseReason::PeerClosed)),
@@ -434,7 +384,7 @@ impl Conn {
             Err(e) => {
                 self.phase = Phase::ProxyHeader { trusted };
                 if e.kind() == io::ErrorKind::WouldBlock {
-                    self.readable = false;
+                    self.io.readable = false;
                 }
                 return client_io(e);
             }
@@ -446,7 +396,7 @@ impl Conn {
                 Some(true) => {
                     log::info!(
                         "connection from {:?}: a PROXY protocol header from an untrusted source",
-                        self.peer
+                        self.io.peer
                     );
                     slot.proxy_refused_untrusted.fetch_add(1, Relaxed);
                     Some(Outcome::Close(CloseReason::Error))
@@ -465,15 +415,15 @@ impl Conn {
                 slot.proxy_headers.fetch_add(1, Relaxed);
                 ctx.stats.slot.bytes_received.fetch_add(len as u64, Relaxed);
                 if let Some(client) = client {
-                    self.peer = Some(client);
+                    self.io.peer = Some(client);
                 }
                 // Bytes after the header were left in place: read them now.
-                self.readable = n > len || self.readable;
+                self.io.readable = n > len || self.io.readable;
                 self.begin_requests(ctx)
             }
             Ok(Parsed::Incomplete) => self.wait_for_more_header(trusted),
             Err(e) => {
-                log::info!("connection from {:?}: {e}", self.peer);
+                log::info!("connection from {:?}: {e}", self.io.peer);
                 let counter = match e {
                     ProxyHeaderError::Missing => &slot.proxy_refused_missing,
                     ProxyHeaderError::TooLarge | ProxyHeaderError::Malformed(_) => {
@@ -490,15 +440,15 @@ impl Conn {
     /// rest, which edge-triggered epoll reports when it arrives.
     fn wait_for_more_header(&mut self, trusted: bool) -> Option<Outcome> {
         self.phase = Phase::ProxyHeader { trusted };
-        self.readable = false;
+        self.io.readable = false;
         Some(Outcome::Wait)
     }
 
     /// The header is dealt with: the TLS handshake or the requests follow,
     /// under the header timeout.
     fn begin_requests(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        self.phase = first_http_phase(&self.transport);
-        self.arm(ctx, ctx.timers.timeouts.header);
+        self.phase = first_http_phase(&self.io.transport);
+        self.io.arm(ctx, ctx.timers.timeouts.header);
         None
     }
 
@@ -506,10 +456,10 @@ impl Conn {
     /// becomes what `then` says, an HTTP listener's by the protocol agreed.
     fn handshake(&mut self, then: AfterHandshake, ctx: &mut Ctx) -> Option<Outcome> {
         use crate::transport::HandshakeProgress;
-        let Some(tls) = self.transport.tls() else {
+        let Some(tls) = self.io.transport.tls() else {
             return self.after_handshake(then, Some(Protocol::Http1), ctx);
         };
-        if !self.readable {
+        if !self.io.readable {
             self.phase = Phase::Handshake(then);
             return Some(Outcome::Wait);
         }
@@ -517,12 +467,12 @@ impl Conn {
             Ok(HandshakeProgress::Done) => {
                 let protocol = Protocol::from_alpn(tls.alpn_protocol());
                 // Records after the handshake's last may hold the first request.
-                self.readable = true;
+                self.io.readable = true;
                 self.after_handshake(then, protocol, ctx)
             }
             Ok(HandshakeProgress::NeedMore) => {
                 self.phase = Phase::Handshake(then);
-                self.readable = false;
+                self.io.readable = false;
                 Some(Outcome::Wait)
             }
             Ok(HandshakeProgress::Closed) => Some(Outcome::Close(CloseReason::PeerClosed)),
@@ -544,7 +494,7 @@ impl Conn {
             (AfterHandshake::Stream(stream), _) => self.start_stream(stream, ctx),
             (AfterHandshake::Http, Some(Protocol::Http1)) => self.phase = Phase::ReadHead,
             (AfterHandshake::Http, None) => {
-                log::warn!("connection {:?}: ALPN agreed on a protocol tine does not serve", self.id);
+                log::warn!("connection {:?}: ALPN agreed on a protocol tine does not serve", self.io.id);
                 return Some(Outcome::Close(CloseReason::Error));
             }
         }
@@ -567,7 +517,7 @@ impl Conn {
     /// Drops what the buffer holds of a body being thrown away; true when
     /// it cannot be framed, and the connection now lingers to its close.
     fn throw_away_body(&mut self, ctx: &mut Ctx) -> bool {
-        let Some(buf) = self.rbuf.as_mut() else { return false };
+        let Some(buf) = self.io.rbuf.as_mut() else { return false };
         match self.discard.consume(buf.filled()) {
             Ok(n) => {
                 buf.consume(n);
@@ -577,12 +527,12 @@ impl Conn {
                 // The response went out whole; what follows cannot be
                 // framed, so the connection ends without reading it as
                 // a request (lingering, so that it ends without a reset).
-                log::debug!("connection {:?}: the discarded body {e}; closing", self.id);
+                log::debug!("connection {:?}: the discarded body {e}; closing", self.io.id);
                 buf.consume(usize::MAX);
                 self.discard = Discard::Nothing;
-                self.transport.shutdown_write();
+                self.io.transport.shutdown_write();
                 self.phase = Phase::Linger { drained: 0 };
-                self.arm(ctx, LINGER);
+                self.io.arm(ctx, LINGER);
                 true
             }
         }
@@ -595,10 +545,10 @@ impl Conn {
         if self.discard.pending() {
             return false;
         }
-        let mut buf = match self.rbuf.take() {
+        let mut buf = match self.io.rbuf.take() {
             Some(buf) if !buf.is_empty() => buf,
             other => {
-                self.rbuf = other;
+                self.io.rbuf = other;
                 return false;
             }
         };
@@ -616,15 +566,15 @@ impl Conn {
             }
             Ok(None) => false,
         };
-        self.rbuf = Some(buf);
+        self.io.rbuf = Some(buf);
         answered
     }
 
     /// Routes a request once and starts its answer: an exchange with an
     /// upstream, or a reply of tine's own on its way out.
     fn start_request(&mut self, req: &Request<'_>, ctx: &mut Ctx) {
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = ctx.pool.write_buf();
+        if self.io.wbuf.capacity() == 0 {
+            self.io.wbuf = ctx.pool.write_buf();
         }
         self.client_closes = !req.keep_alive;
         let routed = if self.admin {
@@ -632,29 +582,29 @@ impl Conn {
         } else if is_health_check(req, ctx) {
             Routed::Health
         } else {
-            route(req, self.transport.is_tls(), ctx)
+            route(req, self.io.transport.is_tls(), ctx)
         };
         if let Routed::Proxy { route, group } = routed {
             ctx.stats.slot.requests.fetch_add(1, Relaxed);
-            let https = self.transport.is_tls();
-            let exchange = proxy::new_exchange(req, route, group, self.peer.map(|p| p.ip()), https, ctx);
+            let https = self.io.transport.is_tls();
+            let exchange = proxy::new_exchange(req, route, group, self.io.peer.map(|p| p.ip()), https, ctx);
             if ctx.access_log.is_some() {
-                self.access = Some(PendingEntry::capture(req, 0));
+                self.io.access = Some(PendingEntry::capture(req, 0));
             }
-            self.keep_alive = req.keep_alive && !ctx.draining;
+            self.io.keep_alive = req.keep_alive && !ctx.draining;
             self.phase = Phase::Proxy(exchange);
             // An end of stream seen before this request was read
             // is the client's half-close, not a change of mind.
-            self.client_fin = false;
+            self.io.client_fin = false;
             return;
         }
         let started = match routed {
-            Routed::Admin => crate::admin::respond(req, ctx, &mut self.wbuf),
-            Routed::Health => crate::admin::health(req, ctx, &mut self.wbuf),
-            other => start_response(req, other, ctx, &mut self.wbuf),
+            Routed::Admin => crate::admin::respond(req, ctx, &mut self.io.wbuf),
+            Routed::Health => crate::admin::health(req, ctx, &mut self.io.wbuf),
+            other => start_response(req, other, ctx, &mut self.io.wbuf),
         };
         if ctx.access_log.is_some() {
-            self.access = Some(PendingEntry::capture(req, started.reply.status.0));
+            self.io.access = Some(PendingEntry::capture(req, started.reply.status.0));
         }
         self.begin_send(ctx, started);
     }
@@ -662,26 +612,26 @@ impl Conn {
     /// Reads more of the client's input into the buffer (none is held while
     /// the connection idles).
     fn fill_read_buffer(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        if !self.readable {
+        if !self.io.readable {
             if self.is_idle() {
                 self.release_buffers(ctx);
             }
             return Some(Outcome::Wait);
         }
-        let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
+        let buf = self.io.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
         let was_empty = buf.is_empty();
         let spare = buf.spare();
         if spare.is_empty() {
             // The parser refuses a full buffer as too large; never spin on one.
             return Some(Outcome::Close(CloseReason::Error));
         }
-        match self.transport.recv(spare) {
+        match self.io.transport.recv(spare) {
             Ok(0) => Some(Outcome::Close(CloseReason::PeerClosed)),
             Ok(n) => {
                 buf.commit(n);
                 // Skip the read that would only say EAGAIN (see read_spent).
-                if self.transport.read_spent() {
-                    self.readable = false;
+                if self.io.transport.read_spent() {
+                    self.io.readable = false;
                 }
                 ctx.stats.slot.bytes_received.fetch_add(n as u64, Relaxed);
                 if was_empty && self.request_started.is_none() {
@@ -692,13 +642,13 @@ impl Conn {
                 if was_empty && self.served > 0 && !self.discard.pending() {
                     // A new request began on a kept-alive connection: from now
                     // on the head must arrive within the header timeout.
-                    self.arm(ctx, ctx.timers.timeouts.header);
+                    self.io.arm(ctx, ctx.timers.timeouts.header);
                 }
                 None
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Loop once more: read_head then decides between Wait and Close.
-                self.readable = false;
+                self.io.readable = false;
                 None
             }
             Err(e) => client_io(e),
@@ -707,23 +657,23 @@ impl Conn {
 
     fn begin_send(&mut self, ctx: &mut Ctx, started: Started) {
         ctx.stats.count_response(started.reply.status);
-        self.keep_alive = started.keep_alive;
+        self.io.keep_alive = started.keep_alive;
         self.discard = started.discard;
-        self.body_len = started.reply.body_len;
+        self.io.body_len = started.reply.body_len;
         let file = started.reply.body;
-        let corked =
-            file.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM) && self.transport.cork(true);
-        self.wpos = 0;
+        let corked = file.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM)
+            && self.io.transport.cork(true);
+        self.io.wpos = 0;
         self.phase = Phase::Send(Sending { file, corked, started: ctx.clock.now, sent: 0 });
-        self.arm(ctx, ctx.timers.timeouts.send);
+        self.io.arm(ctx, ctx.timers.timeouts.send);
     }
 
     /// Answers a head that cannot be parsed, then closes: after a malformed head
     /// there is no telling where the next request would start.
     fn reject(&mut self, ctx: &mut Ctx, e: HttpError, buf: &mut ReadBuf) {
         ctx.stats.count_rejection(Rejection::Head(e));
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = ctx.pool.write_buf();
+        if self.io.wbuf.capacity() == 0 {
+            self.io.wbuf = ctx.pool.write_buf();
         }
         let framing = Framing {
             date: ctx.clock.date.bytes(),
@@ -731,21 +681,21 @@ impl Conn {
             head_request: false,
             route: &crate::responses::NO_ROUTE,
         };
-        let reply = error_page(e.status(), &framing, None, &mut self.wbuf);
+        let reply = error_page(e.status(), &framing, None, &mut self.io.wbuf);
         // After a malformed head, what else the client sends is unknown.
         self.client_closes = false;
         if ctx.access_log.is_some() {
-            self.access = Some(PendingEntry::malformed(buf.filled(), reply.status.0));
+            self.io.access = Some(PendingEntry::malformed(buf.filled(), reply.status.0));
         }
         buf.consume(usize::MAX);
         self.begin_send(ctx, Started { reply, keep_alive: false, discard: Discard::Nothing });
     }
 
     fn send(&mut self, mut sending: Sending, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
-        while self.wpos < self.wbuf.len() {
-            match self.transport.send(&self.wbuf[self.wpos..], sending.file.is_some()) {
+        while self.io.wpos < self.io.wbuf.len() {
+            match self.io.transport.send(&self.io.wbuf[self.io.wpos..], sending.file.is_some()) {
                 Ok(n) => {
-                    self.wpos += n;
+                    self.io.wpos += n;
                     sending.sent += n as u64;
                     ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
@@ -759,7 +709,7 @@ impl Conn {
                     return Some(Outcome::Yield);
                 }
                 let chunk = (body.end - body.offset).min(*budget as u64) as usize;
-                match self.transport.send_file(body.file.as_raw_fd(), &mut body.offset, chunk) {
+                match self.io.transport.send_file(body.file.as_raw_fd(), &mut body.offset, chunk) {
                     Ok(0) => {
                         log::warn!("a file shrank while it was being sent; closing the connection");
                         self.phase = Phase::Send(sending);
@@ -769,7 +719,7 @@ impl Conn {
                         *budget -= n;
                         sending.sent += n as u64;
                         ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
-                        if !self.transport.is_tls() {
+                        if !self.io.transport.is_tls() {
                             ctx.stats.slot.bytes_sent_sendfile.fetch_add(n as u64, Relaxed);
                         }
                     }
@@ -780,7 +730,7 @@ impl Conn {
         // Whatever the transport still holds of the response (a head sent
         // with "more follows" before an empty body) goes out before it counts
         // as sent.
-        if let Err(e) = self.transport.flush() {
+        if let Err(e) = self.io.transport.flush() {
             return self.blocked_sending(sending, ctx, e);
         }
         self.finish_response(ctx, sending)
@@ -803,7 +753,7 @@ impl Conn {
                 Some(left) => left.min(send),
                 None => send,
             };
-            self.arm(ctx, timeout);
+            self.io.arm(ctx, timeout);
         }
         self.phase = Phase::Send(sending);
         client_io(e)
@@ -817,33 +767,33 @@ impl Conn {
         self.log_access(ctx);
         if sending.corked {
             // Uncorking pushes out the last partial segment at once.
-            self.transport.cork(false);
+            self.io.transport.cork(false);
         }
         let done = Instant::now();
         if let Some(started) = self.request_started.take() {
             ctx.stats.record_latency(done.saturating_duration_since(started));
         }
-        self.wbuf.clear();
-        self.wpos = 0;
+        self.io.wbuf.clear();
+        self.io.wpos = 0;
         self.served += 1;
-        if self.rbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+        if self.io.rbuf.as_ref().is_some_and(|b| !b.is_empty()) {
             // A pipelined request was already waiting: it starts now.
             self.request_started = Some(done);
         }
-        let pending = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
-        let unread = pending || self.readable || self.discard.pending();
-        if self.keep_alive && !ctx.draining {
+        let pending = self.io.rbuf.as_ref().is_some_and(|b| !b.is_empty());
+        let unread = pending || self.io.readable || self.discard.pending();
+        if self.io.keep_alive && !ctx.draining {
             self.phase = Phase::ReadHead;
             self.idle_since = done;
             let timeout = if pending { ctx.timers.timeouts.header } else { ctx.timers.timeouts.idle };
-            self.arm(ctx, timeout);
+            self.io.arm(ctx, timeout);
             None
         } else if self.client_closes && !unread {
             Some(Outcome::Close(CloseReason::Done))
         } else {
-            self.transport.shutdown_write();
+            self.io.transport.shutdown_write();
             self.phase = Phase::Linger { drained: 0 };
-            self.arm(ctx, LINGER);
+            self.io.arm(ctx, LINGER);
             None
         }
     }
@@ -851,20 +801,20 @@ impl Conn {
     /// Writes the access-log line of the response in flight, with the body bytes
     /// that really went out (everything planned, less what is still unsent).
     fn log_access(&mut self, ctx: &mut Ctx) {
-        let (Some(entry), Some(log)) = (self.access.take(), ctx.access_log.as_mut()) else { return };
-        let unsent_buffer = self.wbuf.len().saturating_sub(self.wpos) as u64;
+        let (Some(entry), Some(log)) = (self.io.access.take(), ctx.access_log.as_mut()) else { return };
+        let unsent_buffer = self.io.wbuf.len().saturating_sub(self.io.wpos) as u64;
         let unsent_file = match &self.phase {
             Phase::Send(Sending { file: Some(file), .. }) => file.end - file.offset,
             _ => 0,
         };
-        let sent = self.body_len.saturating_sub(unsent_buffer + unsent_file);
-        entry.write(log, ctx.clock.unix_secs, self.peer.map(|p| p.ip()), sent);
+        let sent = self.io.body_len.saturating_sub(unsent_buffer + unsent_file);
+        entry.write(log, ctx.clock.unix_secs, self.io.peer.map(|p| p.ip()), sent);
     }
 
     fn linger(&mut self, mut drained: u64) -> Option<Outcome> {
         let mut scratch = [0u8; 4096];
         loop {
-            match self.transport.recv(&mut scratch) {
+            match self.io.transport.recv(&mut scratch) {
                 Ok(0) => return Some(Outcome::Close(CloseReason::Done)),
                 Ok(n) => {
                     drained += n as u64;
@@ -880,26 +830,6 @@ impl Conn {
                 Err(_) => return Some(Outcome::Close(CloseReason::Done)),
             }
         }
-    }
-}
-
-/// What an error on the client's socket means, on every path (static files,
-/// the proxy, tunnels and streams alike): EAGAIN waits for the next event
-/// (`Some(Wait)`), EINTR retries (`None`), a reset, broken pipe or abort by
-/// the client closes as a reset (counted in `closed_by_reset`), the kernel
-/// giving up on the client (ETIMEDOUT: TCP_USER_TIMEOUT, keepalive) closes
-/// as a timeout (counted in `timeouts`), anything else closes as an error. docs/stats-abi.md states these counting rules.
-pub(crate) fn client_io(e: io::Error) -> Option<Outcome> {
-    match e.kind() {
-        io::ErrorKind::WouldBlock => Some(Outcome::Wait),
-        io::ErrorKind::Interrupted => None,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
-            Some(Outcome::Close(CloseReason::Reset))
-        }
-        // The kernel gave up on the peer: TCP_USER_TIMEOUT with data
-        // unacknowledged, or keepalive probes unanswered.
-        io::ErrorKind::TimedOut => Some(Outcome::Close(CloseReason::Timeout)),
-        _ => Some(Outcome::Close(CloseReason::Error)),
     }
 }
 

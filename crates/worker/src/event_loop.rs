@@ -415,7 +415,7 @@ impl<'a> EventLoop<'a> {
         for i in 0..self.expired.len() {
             let id = self.expired[i];
             let Some(conn) = self.conns.get_mut(id) else { continue };
-            if self.ctx.timers.wheel.came_due(&mut conn.timer, id, self.ctx.clock.now) {
+            if self.ctx.timers.wheel.came_due(conn.timer(), id, self.ctx.clock.now) {
                 let outcome = conn.on_deadline(&mut self.ctx);
                 self.settle(id, outcome);
             }

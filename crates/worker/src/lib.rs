@@ -17,6 +17,7 @@ pub mod event_loop;
 pub mod file_cache;
 pub mod file_lookup;
 pub mod framing;
+pub mod outcome;
 pub mod relay;
 pub mod responses;
 pub mod slab;

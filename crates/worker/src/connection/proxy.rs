@@ -28,9 +28,10 @@
 //! its last response ended exactly where its framing said, and only after a
 //! look shows nothing waiting on it.
 
-use super::{client_io, CloseReason, Conn, Outcome, Phase, Sending};
+use super::{CloseReason, Conn, Outcome, Phase, Sending};
 use crate::buffer_pool::{FreeList, ReadBuf};
 use crate::context::Ctx;
+use crate::outcome::client_io;
 use crate::relay::{PipePool, Pump, Relay, RelayError};
 use crate::responses::{error_page, Framing};
 use crate::transport::Transport;
@@ -367,7 +368,7 @@ impl Conn {
         loop {
             if self.client_gave_up(&ex) {
                 // What nginx logs for a request its client abandoned.
-                if let Some(entry) = self.access.as_mut() {
+                if let Some(entry) = self.io.access.as_mut() {
                     entry.set_status(499);
                 }
                 retire(ctx, ex);
@@ -428,7 +429,7 @@ impl Conn {
     /// access log.
     fn count_proxied_response(&mut self, ctx: &mut Ctx, code: u16) {
         ctx.stats.count_response(Status(code));
-        if let Some(entry) = self.access.as_mut() {
+        if let Some(entry) = self.io.access.as_mut() {
             entry.set_status(code);
         }
     }
@@ -441,12 +442,12 @@ impl Conn {
     /// half-closed after sending its requests is served. Streams relay
     /// half-closes instead.
     fn client_gave_up(&mut self, ex: &Exchange) -> bool {
-        if !std::mem::take(&mut self.client_fin) {
+        if !std::mem::take(&mut self.io.client_fin) {
             return false;
         }
         let waiting = ex.stage.waiting();
-        let nothing_buffered = self.rbuf.as_ref().is_none_or(|b| b.is_empty());
-        waiting && nothing_buffered && self.transport.peek() == Peek::End
+        let nothing_buffered = self.io.rbuf.as_ref().is_none_or(|b| b.is_empty());
+        waiting && nothing_buffered && self.io.transport.peek() == Peek::End
     }
 
     /// Picks a server (not yet tried) and takes a connection to it from the
@@ -479,7 +480,7 @@ impl Conn {
             at.tried |= 1 << server;
         }
         let stats = server_stats(ctx, at.group, server);
-        let wanted = Wanted { group: at.group, server, owner: self.id, reuse: at.pooled };
+        let wanted = Wanted { group: at.group, server, owner: self.io.id, reuse: at.pooled };
         match ctx.proxy.upstreams.connect(wanted, ctx.clock.now, &ctx.stats, &ctx.epoll) {
             Ok(c) => {
                 at.reused = c.reused;
@@ -488,7 +489,7 @@ impl Conn {
                 }
                 let config = &ctx.proxy.upstreams.groups[at.group].config;
                 let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
-                self.arm(ctx, timeout);
+                self.io.arm(ctx, timeout);
                 Connected::To(c.conn)
             }
             Err(e) => {
@@ -512,7 +513,7 @@ impl Conn {
             Ready::Failed => return Next::ServerFailed { upstream: Some(fd), after_sending: false },
         }
         let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-        self.arm(ctx, timeout);
+        self.io.arm(ctx, timeout);
         Next::Go(Stage::SendHead(fd))
     }
 
@@ -574,8 +575,8 @@ impl Conn {
     /// through a small queue so that a full upstream socket loses nothing.
     fn send_body(&mut self, ex: &mut Exchange, mut fd: UpConn, ctx: &mut Ctx) -> Next {
         // The upstream took the head: invite the body, unless it is on its way.
-        if std::mem::take(&mut ex.continue_pending) && self.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
-            self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if std::mem::take(&mut ex.continue_pending) && self.io.rbuf.as_ref().is_none_or(|b| b.is_empty()) {
+            self.io.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         loop {
             match self.flush_client(ctx) {
@@ -590,20 +591,20 @@ impl Conn {
             }
             if ex.request_body.done() {
                 let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.response_timeout;
-                self.arm(ctx, timeout);
+                self.io.arm(ctx, timeout);
                 // The answer cannot be there yet; its arrival raises an event.
                 return Next::Pause(Stage::AwaitHead(fd, None), Outcome::Wait);
             }
-            let buf = self.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
+            let buf = self.io.rbuf.get_or_insert_with(|| ctx.pool.read_buf());
             if buf.is_empty() {
-                match self.transport.recv(buf.spare()) {
+                match self.io.transport.recv(buf.spare()) {
                     Ok(0) => return Next::Close { reason: CloseReason::PeerClosed, upstream: Some(fd) },
                     Ok(n) => {
                         buf.commit(n);
                         ctx.stats.slot.bytes_received.fetch_add(n as u64, Relaxed);
                         // io_timeout bounds a pause in the body, not the whole upload.
                         let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-                        self.arm(ctx, timeout);
+                        self.io.arm(ctx, timeout);
                     }
                     Err(e) => match client_io(e) {
                         None => {}
@@ -665,7 +666,7 @@ impl Conn {
         }
         if moved {
             // A slow reader upstream is fine as long as it keeps reading.
-            self.arm(ctx, timeout);
+            self.io.arm(ctx, timeout);
         }
         flushed
     }
@@ -730,20 +731,20 @@ impl Conn {
                 continue;
             }
             if head.body == response_head::ResponseBody::UntilClose || head.code == 101 {
-                self.keep_alive = false;
+                self.io.keep_alive = false;
             }
             if ex.client_http10 && head.body == response_head::ResponseBody::Chunked {
                 // Decoded for an HTTP/1.0 client, the body ends with the connection.
-                self.keep_alive = false;
+                self.io.keep_alive = false;
             }
-            if self.wbuf.capacity() == 0 {
-                self.wbuf = ctx.pool.write_buf();
+            if self.io.wbuf.capacity() == 0 {
+                self.io.wbuf = ctx.pool.write_buf();
             }
             let client =
-                ClientSide { http10: ex.client_http10, keep_alive: self.keep_alive && !ctx.draining };
+                ClientSide { http10: ex.client_http10, keep_alive: self.io.keep_alive && !ctx.draining };
             let added =
                 ex.route.map_or(&crate::responses::NO_ROUTE.headers, |r| &ctx.http.route_replies[r].headers);
-            forward::client_response_head(&mut self.wbuf, &head, client, added);
+            forward::client_response_head(&mut self.io.wbuf, &head, client, added);
             let facts = FinalHead::of(&head);
             buf.consume(head.head_len);
             return Parsed::Final(facts);
@@ -759,7 +760,7 @@ impl Conn {
             st.failures.fetch_add(1, Relaxed);
         }
         report(ctx, ex.at.group, ex.at.server, false);
-        self.keep_alive = false;
+        self.io.keep_alive = false;
         Next::Fail { status: Status::BAD_GATEWAY, upstream: Some(fd) }
     }
 
@@ -782,18 +783,18 @@ impl Conn {
         }
         ex.upstream_keep_alive = head.reusable;
         let early: &[u8] = buf.filled();
-        let before = self.wbuf.len();
+        let before = self.io.wbuf.len();
         let relay = match head.body {
             _ if upgrade => {
                 // The upstream's first tunnel bytes go to the client as they are.
-                self.wbuf.extend_from_slice(early);
+                self.io.wbuf.extend_from_slice(early);
                 Ok((BodyRelay::None, early.len()))
             }
             response_head::ResponseBody::None => Ok((BodyRelay::None, 0)),
             response_head::ResponseBody::Chunked => {
                 let output = if ex.client_http10 { Output::Raw } else { Output::Chunked };
                 let mut decoder = ChunkedDecoder::new(output);
-                match decoder.decode(early, &mut self.wbuf) {
+                match decoder.decode(early, &mut self.io.wbuf) {
                     Ok(k) => Ok((BodyRelay::Chunked(decoder), k)),
                     Err(e) => {
                         log::warn!("upstream sent a chunked body with broken framing: {e}");
@@ -803,7 +804,7 @@ impl Conn {
             }
             response_head::ResponseBody::Length(n) => {
                 let have = (early.len() as u64).min(n) as usize;
-                self.wbuf.extend_from_slice(&early[..have]);
+                self.io.wbuf.extend_from_slice(&early[..have]);
                 if have as u64 == n {
                     Ok((BodyRelay::None, have))
                 } else {
@@ -815,7 +816,7 @@ impl Conn {
                 }
             }
             response_head::ResponseBody::UntilClose => {
-                self.wbuf.extend_from_slice(early);
+                self.io.wbuf.extend_from_slice(early);
                 ctx.proxy
                     .pipes
                     .take()
@@ -833,15 +834,15 @@ impl Conn {
             // another request.
             ex.upstream_keep_alive = false;
         }
-        self.body_len = (self.wbuf.len() - before) as u64;
-        self.wpos = 0;
+        self.io.body_len = (self.io.wbuf.len() - before) as u64;
+        self.io.wpos = 0;
         report(ctx, ex.at.group, ex.at.server, true);
         if upgrade {
             recycle_body(&mut ctx.proxy.pipes, body);
             return self.start_tunnel(ex, fd, ctx);
         }
         let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-        self.arm(ctx, timeout);
+        self.io.arm(ctx, timeout);
         Next::Go(Stage::Respond(fd, body))
     }
 
@@ -891,17 +892,17 @@ impl Conn {
         budget: &mut usize,
     ) -> Next {
         let before = relay.moved;
-        let pumped = self.transport.relay_from(&mut relay, fd.socket(), budget);
+        let pumped = self.io.transport.relay_from(&mut relay, fd.socket(), budget);
         let moved = relay.moved - before;
         let cut_short = relay.cut_short();
         ctx.stats.slot.bytes_sent.fetch_add(moved, Relaxed);
-        self.body_len += moved;
+        self.io.body_len += moved;
         if let Some(st) = server_stats(ctx, ex.at.group, ex.at.server) {
             st.bytes_spliced.fetch_add(moved, Relaxed);
         }
         if moved > 0 {
             let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-            self.arm(ctx, timeout);
+            self.io.arm(ctx, timeout);
         }
         let outcome = match pumped {
             Ok(Pump::Blocked) => Outcome::Wait,
@@ -939,8 +940,8 @@ impl Conn {
                 Copied::Broken
             }
             Ok(n) => {
-                let before = self.wbuf.len();
-                let k = match decoder.decode(&chunk[..n], &mut self.wbuf) {
+                let before = self.io.wbuf.len();
+                let k = match decoder.decode(&chunk[..n], &mut self.io.wbuf) {
                     Ok(k) => k,
                     Err(e) => {
                         log::warn!("upstream sent a chunked body with broken framing: {e}");
@@ -951,9 +952,9 @@ impl Conn {
                     ex.upstream_keep_alive = false;
                 }
                 count_copied(ctx, &ex.at, n);
-                self.body_len += (self.wbuf.len() - before) as u64;
+                self.io.body_len += (self.io.wbuf.len() - before) as u64;
                 let timeout = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
-                self.arm(ctx, timeout);
+                self.io.arm(ctx, timeout);
                 Copied::More
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Copied::Blocked,
@@ -965,10 +966,10 @@ impl Conn {
     /// Writes what is in the output buffer to the client. `None` when all of it
     /// went out; else Wait, or Close on a broken connection.
     fn flush_client(&mut self, ctx: &mut Ctx) -> Option<Outcome> {
-        while self.wpos < self.wbuf.len() {
-            match self.transport.send(&self.wbuf[self.wpos..], false) {
+        while self.io.wpos < self.io.wbuf.len() {
+            match self.io.transport.send(&self.io.wbuf[self.io.wpos..], false) {
                 Ok(n) => {
-                    self.wpos += n;
+                    self.io.wpos += n;
                     ctx.stats.slot.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
                 Err(e) => {
@@ -978,8 +979,8 @@ impl Conn {
                 }
             }
         }
-        self.wbuf.clear();
-        self.wpos = 0;
+        self.io.wbuf.clear();
+        self.io.wpos = 0;
         None
     }
 
@@ -992,7 +993,7 @@ impl Conn {
             ex.upstream_keep_alive = false;
         }
         if ex.upstream_keep_alive {
-            ctx.proxy.upstreams.release(fd, self.id, ctx.clock.now, &ctx.stats);
+            ctx.proxy.upstreams.release(fd, self.io.id, ctx.clock.now, &ctx.stats);
         } else {
             close_upstream(ctx, fd);
         }
@@ -1046,19 +1047,19 @@ impl Conn {
         if let Some(fd) = upstream {
             close_upstream(ctx, fd);
         }
-        if !self.wbuf.is_empty() {
+        if !self.io.wbuf.is_empty() {
             retire(ctx, ex);
             return Some(Outcome::Close(CloseReason::Error));
         }
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = ctx.pool.write_buf();
+        if self.io.wbuf.capacity() == 0 {
+            self.io.wbuf = ctx.pool.write_buf();
         }
         // Whatever of the request body was not relayed cannot be told from the
         // next request: close after the answer.
         if !ex.request_body.done() {
-            self.keep_alive = false;
+            self.io.keep_alive = false;
         }
-        let persistence = if self.keep_alive && !ctx.draining {
+        let persistence = if self.io.keep_alive && !ctx.draining {
             Persistence::KeepAlive { http10: false }
         } else {
             Persistence::Close
@@ -1066,14 +1067,14 @@ impl Conn {
         let head_request = ex.head_request;
         let route = ex.route.map_or(&crate::responses::NO_ROUTE, |r| &ctx.http.route_replies[r]);
         let framing = Framing { date: ctx.clock.date.bytes(), persistence, head_request, route };
-        let reply = error_page(status, &framing, None, &mut self.wbuf);
+        let reply = error_page(status, &framing, None, &mut self.io.wbuf);
         retire(ctx, ex);
         self.count_proxied_response(ctx, status.0);
-        self.body_len = reply.body_len;
-        self.wpos = 0;
+        self.io.body_len = reply.body_len;
+        self.io.wpos = 0;
         self.phase = Phase::Send(Sending::buffered(ctx.clock.now));
         let timeout = ctx.timers.timeouts.send;
-        self.arm(ctx, timeout);
+        self.io.arm(ctx, timeout);
         None
     }
 
@@ -1084,7 +1085,7 @@ impl Conn {
         };
         let idle = ctx.proxy.upstreams.groups[ex.at.group].config.io_timeout;
         report(ctx, ex.at.group, ex.at.server, true);
-        self.arm(ctx, idle);
+        self.io.arm(ctx, idle);
         Next::Go(Stage::Tunnel(fd, tunnel))
     }
 
@@ -1092,7 +1093,7 @@ impl Conn {
     /// request) are queued to go upstream first. None without pipes.
     pub(super) fn open_tunnel(&mut self, to_upstream: &mut Vec<u8>, ctx: &mut Ctx) -> Option<Tunnel> {
         let (Ok(a), Ok(b)) = (ctx.proxy.pipes.take(), ctx.proxy.pipes.take()) else { return None };
-        if let Some(buf) = self.rbuf.as_mut() {
+        if let Some(buf) = self.io.rbuf.as_mut() {
             to_upstream.extend_from_slice(buf.filled());
             buf.consume(usize::MAX);
         }
@@ -1146,12 +1147,15 @@ impl Conn {
         }
         let upstream = ends.upstream.socket();
         let (before_up, before_down) = (t.up.moved, t.down.moved);
-        let up =
-            if t.up_closed { Ok(Pump::Done) } else { self.transport.relay_to(&mut t.up, upstream, budget) };
+        let up = if t.up_closed {
+            Ok(Pump::Done)
+        } else {
+            self.io.transport.relay_to(&mut t.up, upstream, budget)
+        };
         let down = if t.down_closed {
             Ok(Pump::Done)
         } else {
-            self.transport.relay_from(&mut t.down, upstream, budget)
+            self.io.transport.relay_from(&mut t.down, upstream, budget)
         };
         let (moved_up, moved_down) = (t.up.moved - before_up, t.down.moved - before_down);
         ctx.stats.slot.bytes_received.fetch_add(moved_up, Relaxed);
@@ -1170,13 +1174,13 @@ impl Conn {
         }
         if down == Pump::Done && !t.down_closed {
             t.down_closed = true;
-            self.transport.shutdown_write();
+            self.io.transport.shutdown_write();
         }
         if t.up_closed && t.down_closed {
             return TunnelStep::Close(CloseReason::Done);
         }
         if moved_up + moved_down > 0 {
-            self.arm(ctx, ends.idle);
+            self.io.arm(ctx, ends.idle);
         }
         TunnelStep::Pause(if up == Pump::Budget || down == Pump::Budget {
             Outcome::Yield

@@ -68,7 +68,7 @@ impl Conn {
                     Ready::Yes => match self.open_tunnel(&mut relay.to_upstream, ctx) {
                         Some(tunnel) => {
                             report(ctx, relay.at.group, relay.at.server, true);
-                            self.arm(ctx, relay.idle);
+                            self.io.arm(ctx, relay.idle);
                             StreamStage::Relay(conn, tunnel)
                         }
                         None => return self.end_stream(relay, Some(conn), CloseReason::Error, ctx),
