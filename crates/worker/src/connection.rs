@@ -25,10 +25,10 @@
 //! turn the close into a reset that destroys the response in flight.
 
 mod client_io;
-mod proxy;
+mod proxied;
 mod stream;
 
-pub use proxy::Exchange;
+pub use crate::exchange::Exchange;
 
 use crate::access::PendingEntry;
 use crate::context::{Ctx, Rejection};
@@ -80,8 +80,9 @@ pub enum Phase {
     ReadHead,
     /// Writing a response: the output buffer, then a file range if any.
     Send(Sending),
-    /// An exchange with an upstream server (see proxy.rs).
-    Proxy(Box<proxy::Exchange>),
+    /// An exchange with an upstream server (see exchange.rs, and proxied.rs
+    /// for this connection's side of it).
+    Proxy(Box<Exchange>),
     /// A `[[stream]]` connection relayed raw to its upstream (see stream.rs).
     Stream(Box<stream::StreamRelay>),
     /// The write side is shut; the client's leftover input is drained for a
@@ -211,13 +212,6 @@ impl Conn {
         (self.served > 0 && self.is_idle()).then_some(self.idle_since)
     }
 
-    /// The client's address, and the local address it reached (for a PROXY
-    /// protocol header sent upstream).
-    fn client_and_local(&self) -> Option<(SocketAddr, SocketAddr)> {
-        let local = tine_net::sys::local_addr(self.io.transport.socket()).ok()?;
-        Some((self.io.peer?, local))
-    }
-
     pub fn mark_readable(&mut self) {
         self.io.readable = true;
     }
@@ -287,7 +281,7 @@ impl Conn {
         ctx.timers.wheel.disarm(&mut self.io.timer);
         self.log_access(ctx);
         match std::mem::replace(&mut self.phase, Phase::ReadHead) {
-            Phase::Proxy(exchange) => self.release_exchange(ctx, Some(exchange)),
+            Phase::Proxy(exchange) => exchange.abandon(ctx),
             Phase::Stream(relay) => self.release_stream(relay, ctx),
             _ => {}
         }
@@ -587,7 +581,8 @@ impl Conn {
         if let Routed::Proxy { route, group } = routed {
             ctx.stats.slot.requests.fetch_add(1, Relaxed);
             let https = self.io.transport.is_tls();
-            let exchange = proxy::new_exchange(req, route, group, self.io.peer.map(|p| p.ip()), https, ctx);
+            let exchange = Exchange::new(req, route, group, self.io.peer.map(|p| p.ip()), https, ctx);
+            self.io.http10 = req.minor_version == 0;
             if ctx.access_log.is_some() {
                 self.io.access = Some(PendingEntry::capture(req, 0));
             }

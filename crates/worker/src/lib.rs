@@ -14,6 +14,7 @@ pub mod connection;
 pub mod context;
 pub mod counters;
 pub mod event_loop;
+pub mod exchange;
 pub mod file_cache;
 pub mod file_lookup;
 pub mod framing;

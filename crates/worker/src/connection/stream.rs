@@ -9,12 +9,9 @@
 //!   ^  refused or timed out: the next server; none left: closed
 //! ```
 
-use super::proxy::{
-    close_upstream, end_active, recycle_tunnel, report, server_stats, Attempt, Connected, Ready, Tunnel,
-    TunnelEnds, TunnelStep,
-};
 use super::{CloseReason, Conn, Outcome, Phase};
 use crate::context::Ctx;
+use crate::exchange::{close_upstream, Attempt, Connected, Ready, Tunnel, TunnelEnds, TunnelStep};
 use crate::upstream::UpConn;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -59,37 +56,39 @@ impl Conn {
     ) -> Option<Outcome> {
         loop {
             relay.stage = match std::mem::replace(&mut relay.stage, StreamStage::Pick) {
-                StreamStage::Pick => match self.connect_next(&mut relay.at, ctx) {
+                StreamStage::Pick => match relay.at.connect_next(&mut self.io, ctx) {
                     Connected::To(conn) => StreamStage::Connecting(conn),
                     Connected::Failed => StreamStage::Pick,
                     Connected::NoServer => return self.end_stream(relay, None, CloseReason::Error, ctx),
                 },
-                StreamStage::Connecting(mut conn) => match self.connection_ready(&relay.at, &mut conn, ctx) {
-                    Ready::Yes => match self.open_tunnel(&mut relay.to_upstream, ctx) {
-                        Some(tunnel) => {
-                            report(ctx, relay.at.group, relay.at.server, true);
-                            self.io.arm(ctx, relay.idle);
-                            StreamStage::Relay(conn, tunnel)
+                StreamStage::Connecting(mut conn) => {
+                    match relay.at.connection_ready(&self.io, &mut conn, ctx) {
+                        Ready::Yes => match Tunnel::open(&mut self.io, &mut relay.to_upstream, ctx) {
+                            Some(tunnel) => {
+                                relay.at.report(ctx, true);
+                                self.io.arm(ctx, relay.idle);
+                                StreamStage::Relay(conn, tunnel)
+                            }
+                            None => return self.end_stream(relay, Some(conn), CloseReason::Error, ctx),
+                        },
+                        Ready::NotYet => {
+                            return self.pause_stream(relay, StreamStage::Connecting(conn), Outcome::Wait)
                         }
-                        None => return self.end_stream(relay, Some(conn), CloseReason::Error, ctx),
-                    },
-                    Ready::NotYet => {
-                        return self.pause_stream(relay, StreamStage::Connecting(conn), Outcome::Wait)
+                        Ready::Failed => {
+                            stream_server_failed(&relay.at, conn, ctx);
+                            StreamStage::Pick
+                        }
                     }
-                    Ready::Failed => {
-                        stream_server_failed(&relay.at, conn, ctx);
-                        StreamStage::Pick
-                    }
-                },
+                }
                 StreamStage::Relay(mut conn, mut tunnel) => {
                     let r = &mut *relay;
                     let ends = TunnelEnds { upstream: &mut conn, at: &r.at, idle: r.idle };
-                    match self.pump_tunnel(&mut tunnel, ends, &mut r.to_upstream, ctx, budget) {
+                    match tunnel.pump(&mut self.io, ends, &mut r.to_upstream, ctx, budget) {
                         TunnelStep::Pause(outcome) => {
                             return self.pause_stream(relay, StreamStage::Relay(conn, tunnel), outcome)
                         }
                         TunnelStep::Close(reason) => {
-                            recycle_tunnel(&mut ctx.proxy.pipes, tunnel);
+                            tunnel.recycle(&mut ctx.proxy.pipes);
                             return self.end_stream(relay, Some(conn), reason, ctx);
                         }
                     }
@@ -119,7 +118,7 @@ impl Conn {
         if let Some(conn) = conn {
             close_upstream(ctx, conn);
         }
-        end_active(ctx, &mut relay.at);
+        relay.at.end_active(ctx);
         Some(Outcome::Close(reason))
     }
 
@@ -128,18 +127,15 @@ impl Conn {
     pub(super) fn stream_deadline(&mut self, mut relay: Box<StreamRelay>, ctx: &mut Ctx) -> Outcome {
         match std::mem::replace(&mut relay.stage, StreamStage::Pick) {
             StreamStage::Relay(conn, tunnel) => {
-                recycle_tunnel(&mut ctx.proxy.pipes, tunnel);
+                tunnel.recycle(&mut ctx.proxy.pipes);
                 let _ = self.end_stream(relay, Some(conn), CloseReason::Done, ctx);
                 Outcome::Close(CloseReason::Done)
             }
             stage => {
-                if let Some(st) = server_stats(ctx, relay.at.group, relay.at.server) {
+                if let Some(st) = relay.at.stats(ctx) {
                     st.timeouts.fetch_add(1, Relaxed);
                 }
-                log::warn!(
-                    "upstream {}: connect timed out",
-                    ctx.proxy.upstreams.groups[relay.at.group].servers[relay.at.server].addr
-                );
+                log::warn!("upstream {}: connect timed out", relay.at.server_name(ctx));
                 if let StreamStage::Connecting(conn) = stage {
                     stream_server_failed(&relay.at, conn, ctx);
                 }
@@ -155,11 +151,11 @@ impl Conn {
             StreamStage::Pick => {}
             StreamStage::Connecting(conn) => close_upstream(ctx, conn),
             StreamStage::Relay(conn, tunnel) => {
-                recycle_tunnel(&mut ctx.proxy.pipes, tunnel);
+                tunnel.recycle(&mut ctx.proxy.pipes);
                 close_upstream(ctx, conn);
             }
         }
-        end_active(ctx, &mut relay.at);
+        relay.at.end_active(ctx);
     }
 }
 
@@ -167,8 +163,5 @@ impl Conn {
 /// connection closed.
 fn stream_server_failed(at: &Attempt, conn: UpConn, ctx: &mut Ctx) {
     close_upstream(ctx, conn);
-    if let Some(st) = server_stats(ctx, at.group, at.server) {
-        st.failures.fetch_add(1, Relaxed);
-    }
-    report(ctx, at.group, at.server, false);
+    at.count_failure(ctx);
 }
