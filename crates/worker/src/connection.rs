@@ -987,14 +987,4 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
 }
 
 #[cfg(test)]
-mod tests {
-    use super::Protocol;
-
-    #[test]
-    fn alpn_chooses_http1_or_nothing() {
-        assert_eq!(Protocol::from_alpn(None), Some(Protocol::Http1));
-        assert_eq!(Protocol::from_alpn(Some(b"http/1.1")), Some(Protocol::Http1));
-        assert_eq!(Protocol::from_alpn(Some(b"h2")), None);
-        assert_eq!(Protocol::from_alpn(Some(b"")), None);
-    }
-}
+mod tests;

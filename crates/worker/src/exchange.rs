@@ -37,6 +37,8 @@
 
 mod attempt;
 mod downstream;
+#[cfg(test)]
+mod tests;
 mod tunnel;
 
 pub use attempt::{close_upstream, Attempt, Connected, Ready};
@@ -50,6 +52,7 @@ use crate::relay::{PipePool, Pump, Relay};
 use crate::upstream::{UpConn, UpstreamIo};
 use attempt::Flushed;
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use tine_config::HostHeader;
 use tine_http::chunked::{ChunkedDecoder, Output};
@@ -181,14 +184,25 @@ impl RequestBody {
 enum BodyRelay {
     /// Nothing more to read from the upstream: the buffer holds the rest.
     None,
-    Spliced(Relay),
+    /// Spliced from the upstream's socket `from` (plain TCP).
+    Spliced {
+        relay: Relay,
+        from: RawFd,
+    },
+    /// Copied through user space (an upstream without a socket to splice):
+    /// `left` bytes more, or until the upstream closes.
+    Copied {
+        left: Option<u64>,
+    },
     Chunked(ChunkedDecoder),
 }
 
-/// What one read of a chunked body came to.
+/// What one read of a copied body came to.
 enum Copied {
     More,
     Blocked,
+    /// The body ended (an upstream that closed to end it).
+    Ended,
     /// The upstream closed early or broke the framing.
     Broken,
 }
@@ -251,7 +265,7 @@ fn recycled(fresh: Exchange) -> Box<Exchange> {
 }
 
 fn recycle_body(pipes: &mut PipePool, body: BodyRelay) {
-    if let BodyRelay::Spliced(relay) = body {
+    if let BodyRelay::Spliced { relay, .. } = body {
         pipes.give_back(relay);
     }
 }
@@ -698,20 +712,12 @@ impl Exchange {
                 if have as u64 == n {
                     Ok((BodyRelay::None, have))
                 } else {
-                    ctx.proxy
-                        .pipes
-                        .take()
-                        .map(|pipe| (BodyRelay::Spliced(Relay::new(pipe, Some(n - have as u64))), have))
-                        .map_err(|_| ())
+                    body_relay(&up, Some(n - have as u64), &mut ctx.proxy.pipes).map(|r| (r, have))
                 }
             }
             response_head::ResponseBody::UntilClose => {
                 client.emit_body(early);
-                ctx.proxy
-                    .pipes
-                    .take()
-                    .map(|pipe| (BodyRelay::Spliced(Relay::new(pipe, None)), early.len()))
-                    .map_err(|_| ())
+                body_relay(&up, None, &mut ctx.proxy.pipes).map(|r| (r, early.len()))
             }
         };
         let early_len = early.len();
@@ -755,7 +761,18 @@ impl Exchange {
             }
             body = match body {
                 BodyRelay::None => return Next::Complete(up),
-                BodyRelay::Spliced(relay) => return self.splice_body(client, up, relay, ctx, budget),
+                BodyRelay::Spliced { relay, from } => {
+                    return self.splice_body(client, up, relay, from, ctx, budget)
+                }
+                BodyRelay::Copied { left: Some(0) } => return Next::Complete(up),
+                BodyRelay::Copied { mut left } => match self.copy_body(client, &mut up, &mut left, ctx) {
+                    Copied::More => BodyRelay::Copied { left },
+                    Copied::Blocked => {
+                        return Next::Pause(Stage::Respond(up, BodyRelay::Copied { left }), Outcome::Wait)
+                    }
+                    Copied::Ended => return Next::Complete(up),
+                    Copied::Broken => return Next::Close { reason: CloseReason::Error, upstream: Some(up) },
+                },
                 BodyRelay::Chunked(decoder) if decoder.is_done() => return Next::Complete(up),
                 BodyRelay::Chunked(mut decoder) => match self.copy_chunks(client, &mut up, &mut decoder, ctx)
                 {
@@ -763,7 +780,9 @@ impl Exchange {
                     Copied::Blocked => {
                         return Next::Pause(Stage::Respond(up, BodyRelay::Chunked(decoder)), Outcome::Wait)
                     }
-                    Copied::Broken => return Next::Close { reason: CloseReason::Error, upstream: Some(up) },
+                    Copied::Ended | Copied::Broken => {
+                        return Next::Close { reason: CloseReason::Error, upstream: Some(up) }
+                    }
                 },
             };
         }
@@ -776,11 +795,12 @@ impl Exchange {
         client: &mut impl Downstream,
         up: UpConn,
         mut relay: Relay,
+        from: RawFd,
         ctx: &mut Ctx,
         budget: &mut usize,
     ) -> Next {
         let before = relay.moved;
-        let pumped = client.relay_body(&mut relay, up.socket(), budget);
+        let pumped = client.relay_body(&mut relay, from, budget);
         let moved = relay.moved - before;
         let cut_short = relay.cut_short();
         ctx.stats.slot.bytes_sent.fetch_add(moved, Relaxed);
@@ -808,7 +828,43 @@ impl Exchange {
                 return Next::Close { reason: relay_failure(e, Side::ClientIsDest), upstream: Some(up) };
             }
         };
-        Next::Pause(Stage::Respond(up, BodyRelay::Spliced(relay)), outcome)
+        Next::Pause(Stage::Respond(up, BodyRelay::Spliced { relay, from }), outcome)
+    }
+
+    /// Reads what the upstream sent of a body that is copied (no socket to
+    /// splice from) and emits it; bytes past its length are never sent on.
+    fn copy_body(
+        &mut self,
+        client: &mut impl Downstream,
+        up: &mut UpConn,
+        left: &mut Option<u64>,
+        ctx: &mut Ctx,
+    ) -> Copied {
+        let mut chunk = [0u8; 16 * 1024];
+        match up.recv(&mut chunk) {
+            Ok(0) if left.is_none() => Copied::Ended,
+            Ok(0) => {
+                log::warn!("upstream closed in the middle of a response body");
+                Copied::Broken
+            }
+            Ok(n) => {
+                let body = left.map_or(n, |l| (l.min(n as u64)) as usize);
+                if body < n {
+                    self.upstream_keep_alive = false;
+                }
+                if let Some(l) = left.as_mut() {
+                    *l -= body as u64;
+                }
+                client.emit_body(&chunk[..body]);
+                self.at.count_copied(ctx, n);
+                let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+                client.arm(ctx, timeout);
+                Copied::More
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Copied::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Copied::More,
+            Err(_) => Copied::Broken,
+        }
     }
 
     /// Reads what the upstream sent of a chunked body and emits its data.
@@ -887,7 +943,7 @@ impl Exchange {
 
     /// A 101 answered the upgrade: the exchange becomes a tunnel.
     fn start_tunnel(&mut self, client: &mut impl Downstream, up: UpConn, ctx: &mut Ctx) -> Next {
-        let Some(tunnel) = Tunnel::open(client, &mut self.to_upstream, ctx) else {
+        let Some(tunnel) = Tunnel::open(client, &up, &mut self.to_upstream, ctx) else {
             return Next::Close { reason: CloseReason::Error, upstream: Some(up) };
         };
         let idle = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
@@ -913,6 +969,19 @@ impl Exchange {
                 Next::Close { reason, upstream: Some(up) }
             }
         }
+    }
+}
+
+/// How a body of known length (`left` bytes more) or one that runs until
+/// the upstream closes travels: spliced where the upstream has a plain
+/// socket, else copied.
+fn body_relay(up: &UpConn, left: Option<u64>, pipes: &mut PipePool) -> Result<BodyRelay, ()> {
+    match up.splice_socket() {
+        Some(from) => pipes
+            .take()
+            .map(|pipe| BodyRelay::Spliced { relay: Relay::new(pipe, left), from })
+            .map_err(|_| ()),
+        None => Ok(BodyRelay::Copied { left }),
     }
 }
 

@@ -21,6 +21,8 @@ pub mod framing;
 pub mod outcome;
 pub mod relay;
 pub mod responses;
+#[cfg(test)]
+mod scripted;
 pub mod slab;
 pub mod static_files;
 #[cfg(feature = "test-hooks")]
@@ -93,77 +95,9 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     }
     let signals = worker_signals()?;
     let config = init.config;
-    let routes = config.effective_routes();
-    let mut sites: Vec<(tine_config::StaticSite, context::Site)> = Vec::new();
-    let mut route_sites = Vec::with_capacity(routes.len());
-    for route in &routes {
-        let tine_config::Handler::Static(site) = &route.handler else {
-            route_sites.push(None);
-            continue;
-        };
-        // Routes that serve one root the same way share its site and cache.
-        let index = match sites.iter().position(|(s, _)| s == site) {
-            Some(i) => i,
-            None => {
-                let root = tine_fs::Root::open(&site.root)
-                    .map_err(|source| WorkerError::Root { path: site.root.display().to_string(), source })?;
-                let files = file_cache::FileCache::new(&config.cache, site, &config.compression);
-                sites.push((site.clone(), context::Site { root, files }));
-                sites.len() - 1
-            }
-        };
-        route_sites.push(Some(index));
-    }
-    let now = Instant::now();
-    let ctx = context::Ctx {
-        clock: context::Clock { now, unix_secs: tine_stats::unix_millis() / 1000, date: Default::default() },
-        timers: context::Timers { timeouts: config.timeouts, wheel: timer_wheel::TimerWheel::new(now) },
-        http: context::Http {
-            limits: tine_http::Limits {
-                head_bytes: config.limits.request_head_bytes,
-                uri_bytes: config.limits.uri_bytes,
-            },
-            discard_body_bytes: config.limits.discard_body_bytes,
-            min_send_rate: config.limits.min_send_rate,
-            route_replies: routes.iter().map(crate::responses::RouteReplies::new).collect(),
-            routes,
-            route_sites,
-            sites: sites.into_iter().map(|(_, site)| site).collect(),
-            path: Default::default(),
-            https_port: https_port(&init),
-            health_path: config.health_path.clone(),
-            admin_hosts: config.admin_hosts.clone(),
-        },
-        proxy: context::Proxy {
-            upstreams: upstream::Upstreams::new(&config.upstreams),
-            streams: config.streams.clone(),
-            pipes: Default::default(),
-        },
-        epoll: tine_net::Epoll::new()?,
-        pool: buffer_pool::BufferPool::new(config.limits.request_head_bytes, 1024),
-        stats: context::Counters {
-            slot: init.region.slot(init.slot),
-            upstreams: init.region.upstream_stats(init.slot),
-            gauges: tine_stats::Gauges::new(
-                init.region.slot(init.slot),
-                init.region.upstream_stats(init.slot),
-                init.gauge_share,
-            ),
-            region: init.region,
-        },
-        access_log: None,
-        draining: false,
-        tls: init.tls.cloned(),
-        proxy_headers: context::ProxyHeaders {
-            settings: config.proxy_protocol.clone(),
-            // The master hands listeners over in listener_roles' order.
-            on_listener: config
-                .listener_roles()
-                .into_iter()
-                .map(|(a, r)| config.expects_proxy_header(a, r))
-                .collect(),
-        },
-    };
+    let shared =
+        Shared { region: init.region, slot: init.slot, gauge_share: init.gauge_share, tls: init.tls };
+    let ctx = worker_context(config, shared, https_port(&init))?;
 
     init.region.slot(init.slot).heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
     let mut event_loop = event_loop::EventLoop::new(
@@ -188,6 +122,95 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         }
     }
     Ok(event_loop.run()?)
+}
+
+/// What a worker's context borrows from its master's set-up.
+pub(crate) struct Shared<'a> {
+    pub region: &'a Region,
+    pub slot: usize,
+    pub gauge_share: &'a tine_stats::GaugeShare,
+    pub tls: Option<&'a tine_tls::TlsContext>,
+}
+
+/// The context every connection of a worker shares, built from the
+/// configuration: routes, static sites (their roots opened), upstream
+/// groups, pools and this worker's counters.
+pub(crate) fn worker_context<'a>(
+    config: &Config,
+    shared: Shared<'a>,
+    https_port: Option<u16>,
+) -> Result<context::Ctx<'a>, WorkerError> {
+    let routes = config.effective_routes();
+    let mut sites: Vec<(tine_config::StaticSite, context::Site)> = Vec::new();
+    let mut route_sites = Vec::with_capacity(routes.len());
+    for route in &routes {
+        let tine_config::Handler::Static(site) = &route.handler else {
+            route_sites.push(None);
+            continue;
+        };
+        // Routes that serve one root the same way share its site and cache.
+        let index = match sites.iter().position(|(s, _)| s == site) {
+            Some(i) => i,
+            None => {
+                let root = tine_fs::Root::open(&site.root)
+                    .map_err(|source| WorkerError::Root { path: site.root.display().to_string(), source })?;
+                let files = file_cache::FileCache::new(&config.cache, site, &config.compression);
+                sites.push((site.clone(), context::Site { root, files }));
+                sites.len() - 1
+            }
+        };
+        route_sites.push(Some(index));
+    }
+    let now = Instant::now();
+    Ok(context::Ctx {
+        clock: context::Clock { now, unix_secs: tine_stats::unix_millis() / 1000, date: Default::default() },
+        timers: context::Timers { timeouts: config.timeouts, wheel: timer_wheel::TimerWheel::new(now) },
+        http: context::Http {
+            limits: tine_http::Limits {
+                head_bytes: config.limits.request_head_bytes,
+                uri_bytes: config.limits.uri_bytes,
+            },
+            discard_body_bytes: config.limits.discard_body_bytes,
+            min_send_rate: config.limits.min_send_rate,
+            route_replies: routes.iter().map(crate::responses::RouteReplies::new).collect(),
+            routes,
+            route_sites,
+            sites: sites.into_iter().map(|(_, site)| site).collect(),
+            path: Default::default(),
+            https_port,
+            health_path: config.health_path.clone(),
+            admin_hosts: config.admin_hosts.clone(),
+        },
+        proxy: context::Proxy {
+            upstreams: upstream::Upstreams::new(&config.upstreams),
+            streams: config.streams.clone(),
+            pipes: Default::default(),
+        },
+        epoll: tine_net::Epoll::new()?,
+        pool: buffer_pool::BufferPool::new(config.limits.request_head_bytes, 1024),
+        stats: context::Counters {
+            slot: shared.region.slot(shared.slot),
+            upstreams: shared.region.upstream_stats(shared.slot),
+            gauges: tine_stats::Gauges::new(
+                shared.region.slot(shared.slot),
+                shared.region.upstream_stats(shared.slot),
+                shared.gauge_share,
+            ),
+            region: shared.region,
+        },
+        access_log: None,
+        draining: false,
+        tls: shared.tls.cloned(),
+        proxy_headers: context::ProxyHeaders {
+            settings: config.proxy_protocol.clone(),
+            // The master hands listeners over in listener_roles' order.
+            on_listener: config
+                .listener_roles()
+                .into_iter()
+                .map(|(a, r)| config.expects_proxy_header(a, r))
+                .collect(),
+        },
+    })
 }
 
 /// The port the first HTTPS listener is bound to (the configured one may be 0).

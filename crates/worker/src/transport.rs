@@ -76,13 +76,16 @@ pub trait Transport {
 pub enum Client {
     Plain(PlainTcp),
     Tls(Box<Tls>),
+    /// A client that is a byte sequence (unit tests).
+    #[cfg(test)]
+    Scripted(crate::scripted::ScriptedClient),
 }
 
 impl Client {
     pub fn tls(&mut self) -> Option<&mut Tls> {
         match self {
-            Client::Plain(_) => None,
             Client::Tls(t) => Some(t),
+            _ => None,
         }
     }
 
@@ -95,6 +98,8 @@ impl Client {
         match self {
             Client::Plain(t) => t.socket(),
             Client::Tls(t) => t.socket(),
+            #[cfg(test)]
+            Client::Scripted(_) => -1,
         }
     }
 }
@@ -104,6 +109,8 @@ macro_rules! both {
         match $self {
             Client::Plain($t) => $e,
             Client::Tls($t) => $e,
+            #[cfg(test)]
+            Client::Scripted($t) => $e,
         }
     };
 }

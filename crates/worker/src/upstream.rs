@@ -22,6 +22,8 @@ pub use transport::{TcpUpstream, UpstreamIo};
 use crate::counters::Counters;
 use crate::slab::Slab;
 use crate::token::{ConnId, LinkId, Token};
+#[cfg(test)]
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
@@ -57,33 +59,57 @@ struct Idle {
 /// An open connection to an upstream server: its transport, and its link in
 /// the pool's slab (its epoll token). Only the pool opens and closes one.
 pub struct UpConn {
-    io: TcpUpstream,
+    io: UpstreamTransport,
     link: LinkId,
+}
+
+/// The transport of an upstream connection.
+enum UpstreamTransport {
+    Tcp(TcpUpstream),
+    #[cfg(test)]
+    Scripted(crate::scripted::ScriptedUpstream),
+}
+
+macro_rules! each {
+    ($self:ident, $t:ident => $e:expr) => {
+        match &$self.io {
+            UpstreamTransport::Tcp($t) => $e,
+            #[cfg(test)]
+            UpstreamTransport::Scripted($t) => $e,
+        }
+    };
+    (mut $self:ident, $t:ident => $e:expr) => {
+        match &mut $self.io {
+            UpstreamTransport::Tcp($t) => $e,
+            #[cfg(test)]
+            UpstreamTransport::Scripted($t) => $e,
+        }
+    };
 }
 
 impl UpstreamIo for UpConn {
     fn connect_status(&self) -> io::Result<bool> {
-        self.io.connect_status()
+        each!(self, t => t.connect_status())
     }
 
     fn send(&mut self, buf: &[u8], more: bool) -> io::Result<usize> {
-        self.io.send(buf, more)
+        each!(mut self, t => t.send(buf, more))
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.recv(buf)
+        each!(mut self, t => t.recv(buf))
     }
 
     fn peek(&self) -> Peek {
-        self.io.peek()
+        each!(self, t => t.peek())
     }
 
     fn shutdown_write(&mut self) {
-        self.io.shutdown_write()
+        each!(mut self, t => t.shutdown_write())
     }
 
-    fn socket(&self) -> RawFd {
-        self.io.socket()
+    fn splice_socket(&self) -> Option<RawFd> {
+        each!(self, t => t.splice_socket())
     }
 }
 
@@ -107,6 +133,10 @@ pub struct Upstreams {
     pub groups: Vec<Group>,
     /// Every open upstream connection, busy or pooled.
     links: Slab<Link>,
+    /// Scripted servers that the next new connections reach, in order,
+    /// instead of a socket (unit tests).
+    #[cfg(test)]
+    pub scripted: VecDeque<crate::scripted::Peer>,
 }
 
 /// What an exchange's outcome did to its server's standing.
@@ -162,7 +192,7 @@ impl Upstreams {
                 group
             })
             .collect();
-        Upstreams { groups, links: Slab::default() }
+        Upstreams { groups, ..Default::default() }
     }
 
     /// The server for the next request, skipping those in `tried` (a bit per
@@ -269,13 +299,21 @@ impl Upstreams {
             UpstreamAddr::Tcp(a) => ConnectTo::Tcp(*a),
             UpstreamAddr::Unix(p) => ConnectTo::Unix(p),
         };
-        let io = TcpUpstream::connect(&target, &g.config.tcp)?;
+        #[cfg(test)]
+        if let Some(peer) = self.scripted.pop_front() {
+            let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
+            s.open += 1;
+            stats.gauges.upstream(index, UpstreamGauge::Open, 1);
+            let io = UpstreamTransport::Scripted(crate::scripted::ScriptedUpstream(peer));
+            return Ok(Connection { conn: UpConn { io, link }, reused: false });
+        }
+        let tcp = TcpUpstream::connect(&target, &g.config.tcp)?;
         let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
-        if let Err(e) = epoll.add(io.socket(), Token::Upstream(link).encode(), tine_net::Interest::CONNECTION)
-        {
+        if let Err(e) = epoll.add(tcp.fd(), Token::Upstream(link).encode(), tine_net::Interest::CONNECTION) {
             self.links.remove(link.0);
             return Err(e);
         }
+        let io = UpstreamTransport::Tcp(tcp);
         s.open += 1;
         stats.gauges.upstream(index, UpstreamGauge::Open, 1);
         Ok(Connection { conn: UpConn { io, link }, reused: false })

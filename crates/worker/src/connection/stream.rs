@@ -63,7 +63,7 @@ impl Conn {
                 },
                 StreamStage::Connecting(mut conn) => {
                     match relay.at.connection_ready(&self.io, &mut conn, ctx) {
-                        Ready::Yes => match Tunnel::open(&mut self.io, &mut relay.to_upstream, ctx) {
+                        Ready::Yes => match Tunnel::open(&mut self.io, &conn, &mut relay.to_upstream, ctx) {
                             Some(tunnel) => {
                                 relay.at.report(ctx, true);
                                 self.io.arm(ctx, relay.idle);

@@ -8,6 +8,7 @@ use crate::context::Ctx;
 use crate::outcome::{client_io, CloseReason, Outcome};
 use crate::relay::{PipePool, Pump, Relay, RelayError};
 use crate::upstream::{UpConn, UpstreamIo};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use std::time::Duration;
 pub struct Tunnel {
     up: Relay,
     down: Relay,
+    /// The upstream's socket, which both relays splice with.
+    upstream: RawFd,
     up_closed: bool,
     down_closed: bool,
 }
@@ -33,15 +36,26 @@ pub enum TunnelStep {
 }
 
 impl Tunnel {
-    /// The pipes of a tunnel; client bytes already read (past an upgrade
-    /// request) are queued to go upstream first. None without pipes.
-    pub fn open(client: &mut impl Downstream, to_upstream: &mut Vec<u8>, ctx: &mut Ctx) -> Option<Tunnel> {
+    /// The pipes of a tunnel to `upstream`; client bytes already read (past
+    /// an upgrade request) are queued to go upstream first. None without
+    /// pipes, or for an upstream without a socket to splice with.
+    pub fn open(
+        client: &mut impl Downstream,
+        upstream: &UpConn,
+        to_upstream: &mut Vec<u8>,
+        ctx: &mut Ctx,
+    ) -> Option<Tunnel> {
+        let Some(socket) = upstream.splice_socket() else {
+            log::warn!("a tunnel needs an upstream it can splice with");
+            return None;
+        };
         let (Ok(a), Ok(b)) = (ctx.proxy.pipes.take(), ctx.proxy.pipes.take()) else { return None };
         to_upstream.extend_from_slice(client.unread());
         client.consume(usize::MAX);
         Some(Tunnel {
             up: Relay::new(a, None),
             down: Relay::new(b, None),
+            upstream: socket,
             up_closed: false,
             down_closed: false,
         })
@@ -74,7 +88,7 @@ impl Tunnel {
             Flushed::Blocked => return TunnelStep::Pause(Outcome::Wait),
             Flushed::Failed => return TunnelStep::Close(CloseReason::Error),
         }
-        let upstream = ends.upstream.socket();
+        let upstream = self.upstream;
         let (before_up, before_down) = (self.up.moved, self.down.moved);
         let up =
             if self.up_closed { Ok(Pump::Done) } else { client.relay_to(&mut self.up, upstream, budget) };

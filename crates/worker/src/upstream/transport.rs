@@ -2,7 +2,8 @@
 //! to an upstream connection goes through [`UpstreamIo`]. [`TcpUpstream`]
 //! is plain TCP (or a Unix socket): system calls straight on the socket,
 //! which a relay may splice to and from. TLS and HTTP/2 upstreams are
-//! further implementations of the same seam.
+//! further implementations of the same seam; one without a socket to
+//! splice has its bodies copied.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -26,8 +27,9 @@ pub trait UpstreamIo {
     /// No more bytes go to the upstream (a tunnel's client half-closed).
     fn shutdown_write(&mut self);
 
-    /// The socket a relay splices to and from, and epoll watches.
-    fn socket(&self) -> RawFd;
+    /// The socket a relay may splice to and from; `None` when bytes must be
+    /// copied through user space (no plain socket under the connection).
+    fn splice_socket(&self) -> Option<RawFd>;
 }
 
 /// A plain TCP (or Unix socket) connection to an upstream server.
@@ -39,6 +41,11 @@ impl TcpUpstream {
     /// Starts a non-blocking connect to `to`.
     pub fn connect(to: &ConnectTo<'_>, options: &tine_config::TcpOptions) -> io::Result<Self> {
         sys::connect_start(to, options).map(|fd| TcpUpstream { fd })
+    }
+
+    /// The socket, for epoll.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }
 
@@ -63,7 +70,7 @@ impl UpstreamIo for TcpUpstream {
         sys::shutdown_write(self.fd.as_raw_fd());
     }
 
-    fn socket(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    fn splice_socket(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
     }
 }
