@@ -1,6 +1,6 @@
 //! HTTP/1.1 as tine speaks it: request heads parsed strictly (anything ambiguous is
 //! an error, never a guess), request targets turned into safe relative paths,
-//! response heads written and upstream response heads parsed, the cached Date header, byte ranges and validators, content
+//! version-neutral response heads and their HTTP/1.1 framing, upstream response heads parsed, the cached Date header, byte ranges and validators, content
 //! negotiation, and
 //! heads rewritten for a reverse proxy.
 //!
@@ -13,6 +13,7 @@ pub mod content_coding;
 pub mod date;
 pub mod forward;
 pub mod location;
+pub mod message;
 pub mod proxy_protocol;
 pub mod request;
 pub mod response;
@@ -20,8 +21,9 @@ pub mod response_head;
 pub mod target;
 pub mod validators;
 
+pub use message::{Fields, ResponseHead};
 pub use request::{parse_request, Limits, Method, Request};
-pub use response::{HeadWriter, Status};
+pub use response::Status;
 
 /// Why a request is refused before any handler sees it. Every variant maps to one
 /// status code, and all of them close the connection after the response, because

@@ -1,5 +1,5 @@
-//! Response heads, written straight into the connection's output buffer with no
-//! intermediate allocation.
+//! Statuses, what a response's `Connection` header must say, the header lines a
+//! route adds, and the small writers every head uses.
 
 /// An HTTP status code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,68 +82,6 @@ pub enum Persistence {
     Close,
 }
 
-/// Appends one response head to `out`.
-pub struct HeadWriter<'a> {
-    out: &'a mut Vec<u8>,
-}
-
-impl<'a> HeadWriter<'a> {
-    /// Writes the status line and the headers every response carries.
-    pub fn start(out: &'a mut Vec<u8>, status: Status, date: &[u8]) -> Self {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        push_u64(out, status.0 as u64);
-        out.push(b' ');
-        out.extend_from_slice(status.reason().as_bytes());
-        out.extend_from_slice(b"\r\nServer: tine\r\nDate: ");
-        out.extend_from_slice(date);
-        out.extend_from_slice(b"\r\n");
-        HeadWriter { out }
-    }
-
-    pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
-        push_header(self.out, name.as_bytes(), value);
-        self
-    }
-
-    /// Header lines already formatted, each ending in CRLF.
-    pub fn raw(&mut self, lines: &[u8]) -> &mut Self {
-        self.out.extend_from_slice(lines);
-        self
-    }
-
-    pub fn header_u64(&mut self, name: &str, value: u64) -> &mut Self {
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b": ");
-        push_u64(self.out, value);
-        self.out.extend_from_slice(b"\r\n");
-        self
-    }
-
-    /// `Content-Range: bytes FIRST-LAST/SIZE`.
-    pub fn content_range(&mut self, first: u64, last: u64, size: u64) -> &mut Self {
-        self.out.extend_from_slice(b"Content-Range: bytes ");
-        push_u64(self.out, first);
-        self.out.push(b'-');
-        push_u64(self.out, last);
-        self.out.push(b'/');
-        push_u64(self.out, size);
-        self.out.extend_from_slice(b"\r\n");
-        self
-    }
-
-    /// Ends the head with the Connection header and the blank line.
-    pub fn finish(self, persistence: Persistence) {
-        match persistence {
-            Persistence::KeepAlive { http10: true } => {
-                self.out.extend_from_slice(b"Connection: keep-alive\r\n")
-            }
-            Persistence::KeepAlive { http10: false } => {}
-            Persistence::Close => self.out.extend_from_slice(b"Connection: close\r\n"),
-        }
-        self.out.extend_from_slice(b"\r\n");
-    }
-}
-
 /// Header lines a route adds to the responses it gives. On a proxied
 /// response they replace the upstream's headers of the same names; the
 /// configuration keeps them off the names tine writes itself.
@@ -197,25 +135,4 @@ pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn head_bytes() {
-        let mut out = Vec::new();
-        let mut h = HeadWriter::start(&mut out, Status::NOT_FOUND, b"Thu, 01 Jan 1970 00:00:00 GMT");
-        h.header_u64("Content-Length", 0).content_range(0, 9, 10);
-        h.finish(Persistence::Close);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "HTTP/1.1 404 Not Found\r\nServer: tine\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
-             Content-Length: 0\r\nContent-Range: bytes 0-9/10\r\nConnection: close\r\n\r\n"
-        );
-        let mut n = Vec::new();
-        push_u64(&mut n, u64::MAX);
-        assert_eq!(n, u64::MAX.to_string().as_bytes());
-    }
 }

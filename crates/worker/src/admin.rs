@@ -9,38 +9,39 @@
 //! its DNS name to the admin address cannot read it from a browser.
 
 use crate::context::Ctx;
-use crate::framing::{framing, plan_framing, Started};
-use crate::responses::{error_page, Reply};
+use crate::framing::{plan_framing, reply_to, Started};
+use crate::responses::{error_page, ReplyBody, ReplyTo};
 use std::sync::atomic::Ordering::Relaxed;
+use tine_http::message::ResponseHead;
 use tine_http::request::{Method, Request};
-use tine_http::response::{HeadWriter, Status};
+use tine_http::response::Status;
 use tine_stats::RegionView;
 
-pub fn respond(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
+pub fn respond(req: &Request<'_>, ctx: &mut Ctx, head: &mut ResponseHead) -> Started {
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
-    let framing = framing(req, ctx.clock.date.bytes(), keep_alive, &crate::responses::NO_ROUTE);
+    let to = reply_to(req, &crate::responses::NO_ROUTE);
     let path = req.origin_target.split(|&b| b == b'?').next().unwrap_or_default();
-    let reply = match (req.method, path) {
+    let body = match (req.method, path) {
         (_, p) if p != b"/health" && !admits(req.host, &ctx.http.admin_hosts) => {
-            error_page(Status::MISDIRECTED_REQUEST, &framing, None, out)
+            error_page(Status::MISDIRECTED_REQUEST, &to, None, head)
         }
         (Method::Other, _) => {
-            error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
+            error_page(Status::METHOD_NOT_ALLOWED, &to, Some(("Allow", b"GET, HEAD")), head)
         }
         (_, b"/metrics") => {
             let text = tine_stats::prometheus::render(&tine_stats::Snapshot::take(ctx.stats.region), None);
-            document(out, &framing, b"text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
+            document(head, &to, Status::OK, b"text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
         }
-        (_, b"/health") => return health(req, ctx, out),
-        (_, b"/" | b"/dashboard") => dashboard(out, &framing),
+        (_, b"/health") => return health(req, ctx, head),
+        (_, b"/" | b"/dashboard") => dashboard(head, &to),
         (_, b"/stats.json") => {
             let json = tine_stats::render::json(&tine_stats::Snapshot::take(ctx.stats.region), None);
-            document(out, &framing, b"application/json", json.to_string().into_bytes())
+            document(head, &to, Status::OK, b"application/json", json.to_string().into_bytes())
         }
-        _ => error_page(Status::NOT_FOUND, &framing, None, out),
+        _ => error_page(Status::NOT_FOUND, &to, None, head),
     };
-    Started { reply, keep_alive, discard }
+    Started { body, keep_alive, discard }
 }
 
 /// Whether the admin listener answers a request for `host`: an IP literal,
@@ -66,66 +67,50 @@ fn admits(host: Option<&[u8]>, listed: &[String]) -> bool {
 /// upgrade) or stops, and from the moment this worker drains for any reason
 /// (its master died, a reload replaced it), though the region may still say
 /// serving.
-pub fn health(req: &Request<'_>, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
+pub fn health(req: &Request<'_>, ctx: &mut Ctx, head: &mut ResponseHead) -> Started {
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
-    let framing = framing(req, ctx.clock.date.bytes(), keep_alive, &crate::responses::NO_ROUTE);
-    let reply = if req.method == Method::Other {
-        error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
+    let to = reply_to(req, &crate::responses::NO_ROUTE);
+    let body = if req.method == Method::Other {
+        error_page(Status::METHOD_NOT_ALLOWED, &to, Some(("Allow", b"GET, HEAD")), head)
     } else if ctx.stats.region.serving() && !ctx.draining {
-        document_with(out, &framing, Status::OK, b"text/plain", b"serving\n".to_vec())
+        document(head, &to, Status::OK, b"text/plain", b"serving\n".to_vec())
     } else {
-        document_with(out, &framing, Status::SERVICE_UNAVAILABLE, b"text/plain", b"draining\n".to_vec())
+        document(head, &to, Status::SERVICE_UNAVAILABLE, b"text/plain", b"draining\n".to_vec())
     };
-    Started { reply, keep_alive, discard }
+    Started { body, keep_alive, discard }
 }
 
 /// The dashboard: HTML, CSS and script in one page, embedded at build time.
 /// Its policy lets it talk to this listener only.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-fn dashboard(out: &mut Vec<u8>, framing: &crate::responses::Framing) -> Reply {
-    let mut h = HeadWriter::start(out, Status::OK, framing.date);
-    h.header("Content-Type", b"text/html; charset=utf-8")
-        .header("Cache-Control", b"no-store")
-        .header(
+fn dashboard(head: &mut ResponseHead, to: &ReplyTo) -> ReplyBody {
+    to.start(head, Status::OK);
+    head.fields
+        .push("Content-Type", b"text/html; charset=utf-8")
+        .push("Cache-Control", b"no-store")
+        .push(
             "Content-Security-Policy",
             b"default-src 'none'; connect-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         )
-        .header("X-Content-Type-Options", b"nosniff")
-        .header_u64("Content-Length", DASHBOARD.len() as u64);
-    h.finish(framing.persistence);
-    if framing.head_request {
-        return Reply::head_only(Status::OK);
-    }
-    out.extend_from_slice(DASHBOARD.as_bytes());
-    Reply { status: Status::OK, body: None, body_len: DASHBOARD.len() as u64 }
+        .push("X-Content-Type-Options", b"nosniff")
+        .push_u64("Content-Length", DASHBOARD.len() as u64);
+    to.body(ReplyBody::Static(DASHBOARD.as_bytes()))
 }
 
+/// A document the admin listener makes for this request, never cached.
 fn document(
-    out: &mut Vec<u8>,
-    framing: &crate::responses::Framing,
-    content_type: &[u8],
-    body: Vec<u8>,
-) -> Reply {
-    document_with(out, framing, Status::OK, content_type, body)
-}
-
-fn document_with(
-    out: &mut Vec<u8>,
-    framing: &crate::responses::Framing,
+    head: &mut ResponseHead,
+    to: &ReplyTo,
     status: Status,
     content_type: &[u8],
     body: Vec<u8>,
-) -> Reply {
-    let mut h = HeadWriter::start(out, status, framing.date);
-    h.header("Content-Type", content_type)
-        .header("Cache-Control", b"no-store")
-        .header_u64("Content-Length", body.len() as u64);
-    h.finish(framing.persistence);
-    if framing.head_request {
-        return Reply::head_only(status);
-    }
-    out.extend_from_slice(&body);
-    Reply { status, body: None, body_len: body.len() as u64 }
+) -> ReplyBody {
+    to.start(head, status);
+    head.fields
+        .push("Content-Type", content_type)
+        .push("Cache-Control", b"no-store")
+        .push_u64("Content-Length", body.len() as u64);
+    to.body(ReplyBody::Owned(body))
 }

@@ -32,11 +32,11 @@ pub use crate::exchange::Exchange;
 
 use crate::access::PendingEntry;
 use crate::context::{Ctx, Rejection};
-pub use crate::framing::{framing, plan_framing, Discard, DiscardError, Started};
+use crate::exchange::Downstream;
+pub use crate::framing::{plan_framing, reply_to, Discard, DiscardError, Started};
 use crate::outcome::client_io;
 pub use crate::outcome::{CloseReason, Outcome};
-use crate::responses::FileBody;
-use crate::responses::{error_page, Framing, Reply};
+use crate::responses::{error_page, FileBody, ReplyBody, ReplyTo};
 use crate::static_files;
 use crate::timer_wheel::Deadline;
 use crate::token::ConnId;
@@ -48,6 +48,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use tine_http::message::{write_http1_head, ResponseHead};
 use tine_http::request::{Method, Request};
 use tine_http::response::{Persistence, Status};
 use tine_http::{location, parse_request, HttpError};
@@ -571,6 +572,7 @@ impl Conn {
             self.io.wbuf = ctx.pool.write_buf();
         }
         self.client_closes = !req.keep_alive;
+        self.io.http10 = req.minor_version == 0;
         let routed = if self.admin {
             Routed::Admin
         } else if is_health_check(req, ctx) {
@@ -582,7 +584,6 @@ impl Conn {
             ctx.stats.slot.requests.fetch_add(1, Relaxed);
             let https = self.io.transport.is_tls();
             let exchange = Exchange::new(req, route, group, self.io.peer.map(|p| p.ip()), https, ctx);
-            self.io.http10 = req.minor_version == 0;
             if ctx.access_log.is_some() {
                 self.io.access = Some(PendingEntry::capture(req, 0));
             }
@@ -593,13 +594,14 @@ impl Conn {
             self.io.client_fin = false;
             return;
         }
+        let head = &mut self.io.head;
         let started = match routed {
-            Routed::Admin => crate::admin::respond(req, ctx, &mut self.io.wbuf),
-            Routed::Health => crate::admin::health(req, ctx, &mut self.io.wbuf),
-            other => start_response(req, other, ctx, &mut self.io.wbuf),
+            Routed::Admin => crate::admin::respond(req, ctx, head),
+            Routed::Health => crate::admin::health(req, ctx, head),
+            other => start_response(req, other, ctx, head),
         };
         if ctx.access_log.is_some() {
-            self.io.access = Some(PendingEntry::capture(req, started.reply.status.0));
+            self.io.access = Some(PendingEntry::capture(req, 0));
         }
         self.begin_send(ctx, started);
     }
@@ -650,12 +652,26 @@ impl Conn {
         }
     }
 
+    /// Frames a reply of tine's own for HTTP/1.1 (its head is in the
+    /// connection's head, its body in `started`) and starts sending it.
     fn begin_send(&mut self, ctx: &mut Ctx, started: Started) {
-        ctx.stats.count_response(started.reply.status);
+        let status = self.io.head.status;
+        ctx.stats.count_response(status);
+        self.io.log_status(status.0);
         self.io.keep_alive = started.keep_alive;
         self.discard = started.discard;
-        self.io.body_len = started.reply.body_len;
-        let file = started.reply.body;
+        let persistence = if started.keep_alive {
+            Persistence::KeepAlive { http10: self.io.http10 }
+        } else {
+            Persistence::Close
+        };
+        write_http1_head(&mut self.io.wbuf, &self.io.head, ctx.clock.date.bytes(), persistence);
+        self.io.body_len = started.body.byte_len();
+        self.io.wbuf.extend_from_slice(started.body.bytes());
+        let file = match started.body {
+            ReplyBody::File(file) => Some(file),
+            _ => None,
+        };
         let corked = file.as_ref().is_some_and(|b| b.end - b.offset >= CORK_BODIES_FROM)
             && self.io.transport.cork(true);
         self.io.wpos = 0;
@@ -670,20 +686,15 @@ impl Conn {
         if self.io.wbuf.capacity() == 0 {
             self.io.wbuf = ctx.pool.write_buf();
         }
-        let framing = Framing {
-            date: ctx.clock.date.bytes(),
-            persistence: Persistence::Close,
-            head_request: false,
-            route: &crate::responses::NO_ROUTE,
-        };
-        let reply = error_page(e.status(), &framing, None, &mut self.io.wbuf);
+        let to = ReplyTo { head_request: false, route: &crate::responses::NO_ROUTE };
+        let body = error_page(e.status(), &to, None, &mut self.io.head);
         // After a malformed head, what else the client sends is unknown.
         self.client_closes = false;
         if ctx.access_log.is_some() {
-            self.io.access = Some(PendingEntry::malformed(buf.filled(), reply.status.0));
+            self.io.access = Some(PendingEntry::malformed(buf.filled(), 0));
         }
         buf.consume(usize::MAX);
-        self.begin_send(ctx, Started { reply, keep_alive: false, discard: Discard::Nothing });
+        self.begin_send(ctx, Started { body, keep_alive: false, discard: Discard::Nothing });
     }
 
     fn send(&mut self, mut sending: Sending, ctx: &mut Ctx, budget: &mut usize) -> Option<Outcome> {
@@ -913,9 +924,9 @@ fn redirect(
     to: &tine_config::Redirect,
     route_path: &str,
     path: &tine_http::target::TargetPath,
-    framing: &Framing,
-    out: &mut Vec<u8>,
-) -> Reply {
+    reply: &ReplyTo,
+    head: &mut ResponseHead,
+) -> ReplyBody {
     let mut location = to.to.as_bytes().to_vec();
     if to.keep_path {
         let rest = path.route.get(route_path.len()..).unwrap_or_default();
@@ -925,47 +936,47 @@ fn redirect(
         }
     }
     if location::leaves_the_host(&location) {
-        return error_page(Status::BAD_REQUEST, framing, None, out);
+        return error_page(Status::BAD_REQUEST, reply, None, head);
     }
-    error_page(Status(to.status), framing, Some(("Location", &location)), out)
+    error_page(Status(to.status), reply, Some(("Location", &location)), head)
 }
 
-/// Answers a request that is not proxied: writes the head into `out`.
-fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Vec<u8>) -> Started {
+/// Answers a request that is not proxied: its head into `head`.
+fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, head: &mut ResponseHead) -> Started {
     ctx.stats.slot.requests.fetch_add(1, Relaxed);
     let (keep_alive, discard) = plan_framing(req, ctx);
     let replies = match routed {
         Routed::Static { route, .. } | Routed::Redirect { route } => &ctx.http.route_replies[route],
         _ => &crate::responses::NO_ROUTE,
     };
-    let framing = framing(req, ctx.clock.date.bytes(), keep_alive, replies);
-    let refuse = |ctx: &Ctx, why: Rejection, out: &mut Vec<u8>| {
+    let to = reply_to(req, replies);
+    let refuse = |ctx: &Ctx, why: Rejection, head: &mut ResponseHead| {
         ctx.stats.count_rejection(why);
         let status = match why {
             Rejection::Head(e) => e.status(),
             Rejection::Target | Rejection::Body => Status::BAD_REQUEST,
         };
-        error_page(status, &framing, None, out)
+        error_page(status, &to, None, head)
     };
-    let reply = match (req.method, routed) {
-        (_, Routed::BadTarget(_)) => refuse(ctx, Rejection::Target, out),
+    let body = match (req.method, routed) {
+        (_, Routed::BadTarget(_)) => refuse(ctx, Rejection::Target, head),
         (_, Routed::ToHttps) => match https_location(req, ctx.http.https_port) {
             Some(location) => {
-                error_page(Status::PERMANENT_REDIRECT, &framing, Some(("Location", &location)), out)
+                error_page(Status::PERMANENT_REDIRECT, &to, Some(("Location", &location)), head)
             }
-            None => refuse(ctx, Rejection::Head(HttpError::BadRequest("no Host to redirect to https")), out),
+            None => refuse(ctx, Rejection::Head(HttpError::BadRequest("no Host to redirect to https")), head),
         },
         (_, Routed::Redirect { route }) => match &ctx.http.routes[route].handler {
-            tine_config::Handler::Redirect(to) => {
-                redirect(req, to, &ctx.http.routes[route].path, &ctx.http.path, &framing, out)
+            tine_config::Handler::Redirect(r) => {
+                redirect(req, r, &ctx.http.routes[route].path, &ctx.http.path, &to, head)
             }
-            _ => error_page(Status::NOT_FOUND, &framing, None, out),
+            _ => error_page(Status::NOT_FOUND, &to, None, head),
         },
         (Method::Other, _) => {
-            error_page(Status::METHOD_NOT_ALLOWED, &framing, Some(("Allow", b"GET, HEAD")), out)
+            error_page(Status::METHOD_NOT_ALLOWED, &to, Some(("Allow", b"GET, HEAD")), head)
         }
         (_, Routed::Static { site, .. }) => match ctx.http.path.decode_file_path() {
-            Err(_) => refuse(ctx, Rejection::Target, out),
+            Err(_) => refuse(ctx, Rejection::Target, head),
             Ok(()) => {
                 let site = &mut ctx.http.sites[site];
                 static_files::respond(
@@ -973,17 +984,17 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, out: &mut Ve
                     &site.root,
                     req,
                     &ctx.http.path,
-                    &framing,
+                    &to,
                     ctx.clock.now,
-                    out,
+                    head,
                 )
             }
         },
         (_, Routed::NoRoute | Routed::Admin | Routed::Health | Routed::Proxy { .. }) => {
-            error_page(Status::NOT_FOUND, &framing, None, out)
+            error_page(Status::NOT_FOUND, &to, None, head)
         }
     };
-    Started { reply, keep_alive, discard }
+    Started { body, keep_alive, discard }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use std::fs::{File, Metadata};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tine_config::{Cache as CacheConfig, Compression, StaticSite};
 use tine_fs::Root;
@@ -48,7 +49,7 @@ pub struct Representation {
 /// Where a representation's bytes are.
 pub enum Content {
     /// Whole, for small ones: a hit costs one write.
-    Memory(Box<[u8]>),
+    Memory(Arc<[u8]>),
     /// Sent with sendfile; shared with the cache, so an entry replaced
     /// meanwhile keeps its file open until the response is done.
     File(Rc<File>),
@@ -207,7 +208,7 @@ impl Serving {
         let size = opened.meta.len();
         let content = match (size <= self.small_file_bytes).then(|| read_whole(&opened.file, size)).flatten()
         {
-            Some(bytes) => Content::Memory(bytes),
+            Some(bytes) => Content::Memory(Arc::from(bytes)),
             None => Content::File(Rc::new(opened.file)),
         };
         let last_modified = http_date(mtime_secs(&opened.meta));
@@ -433,7 +434,7 @@ impl FileCache {
         let entry = &self.entries[i];
         let plain = &entry.plain;
         let input = match &plain.content {
-            Content::Memory(bytes) => bytes.clone(),
+            Content::Memory(bytes) => Box::from(&bytes[..]),
             Content::File(file) => read_whole(file, plain.size)?,
         };
         let levels = tine_compress::Levels {
@@ -450,7 +451,7 @@ impl FileCache {
         let entry = &self.entries[i];
         let etag = ETag::coded(entry.mtime_secs, entry.plain.size, coding.token());
         let content = if size <= self.serving.small_file_bytes {
-            Content::Memory(encoded.into_boxed_slice())
+            Content::Memory(Arc::from(encoded))
         } else {
             Content::File(Rc::new(memory_file(&encoded)?))
         };

@@ -1,17 +1,17 @@
-//! How a reply of tine's own (a file, a page, a redirect, the admin
-//! endpoint) is framed on an HTTP/1.1 connection: whether the connection
-//! stays open after it, and what of the request's body is read and thrown
-//! away first, so that the next request on the connection can be read.
+//! What an HTTP/1.1 connection does around a reply of tine's own (a file, a
+//! page, a redirect, the admin endpoint): whether the connection stays open
+//! after it, and what of the request's body is read and thrown away first,
+//! so that the next request on the connection can be read.
 
 use crate::context::Ctx;
-use crate::responses::{Framing, Reply, RouteReplies};
+use crate::responses::{ReplyBody, ReplyTo, RouteReplies};
 use tine_http::chunked::{ChunkedDecoder, Output};
 use tine_http::request::{Body, Method, Request};
-use tine_http::response::Persistence;
 
-/// What a handler decided about a request.
+/// What a handler decided about a request (its head is in the head the
+/// session lent it).
 pub struct Started {
-    pub reply: Reply,
+    pub body: ReplyBody,
     pub keep_alive: bool,
     pub discard: Discard,
 }
@@ -99,20 +99,7 @@ pub fn plan_framing(req: &Request<'_>, ctx: &Ctx) -> (bool, Discard) {
     (keep_alive, discard)
 }
 
-pub fn framing<'a>(
-    req: &Request<'_>,
-    date: &'a [u8],
-    keep_alive: bool,
-    route: &'a RouteReplies,
-) -> Framing<'a> {
-    Framing {
-        route,
-        date,
-        persistence: if keep_alive {
-            Persistence::KeepAlive { http10: req.minor_version == 0 }
-        } else {
-            Persistence::Close
-        },
-        head_request: req.method == Method::Head,
-    }
+/// What the replies to `req` on `route` share.
+pub fn reply_to<'a>(req: &Request<'_>, route: &'a RouteReplies) -> ReplyTo<'a> {
+    ReplyTo { route, head_request: req.method == Method::Head }
 }

@@ -1,10 +1,14 @@
-//! Replies: error pages and their heads, what a route adds to every reply
-//! it gives (headers, its own error pages), and the file body a reply may
-//! send after its head.
+//! Replies of tine's own: a version-neutral head (status and fields, written
+//! into a head the session lends) plus a body (buffered bytes or a file
+//! range). Error pages, what a route adds to every reply it gives (headers,
+//! its own error pages). Only the session frames a reply for its protocol.
 
 use std::fs::File;
+use std::ops::Range;
 use std::rc::Rc;
-use tine_http::response::{AddedHeaders, HeadWriter, Persistence, Status};
+use std::sync::Arc;
+use tine_http::message::ResponseHead;
+use tine_http::response::{AddedHeaders, Status};
 
 /// The body a reply sends after its head, from a descriptor shared with the
 /// file cache (an entry replaced meanwhile keeps its file open until done).
@@ -14,22 +18,65 @@ pub struct FileBody {
     pub end: u64,
 }
 
-/// What every reply to one request shares: the Date, whether the connection
-/// stays open, whether the request was HEAD (so no body may follow), and the
-/// route's additions.
-pub struct Framing<'a> {
-    pub date: &'a [u8],
-    pub persistence: Persistence,
+/// A reply's body.
+pub enum ReplyBody {
+    /// None (HEAD, 304, a redirect).
+    Empty,
+    /// Text built into tine (its error pages, the dashboard).
+    Static(&'static [u8]),
+    /// Part of bytes held in memory and shared (a cached small file, a
+    /// route's error page).
+    Shared(Arc<[u8]>, Range<usize>),
+    /// Bytes made for this reply (the admin documents).
+    Owned(Vec<u8>),
+    /// A range of a file, sent after the head (with sendfile where it can).
+    File(FileBody),
+}
+
+impl ReplyBody {
+    /// How many bytes it sends.
+    pub fn byte_len(&self) -> u64 {
+        match self {
+            ReplyBody::Empty => 0,
+            ReplyBody::Static(b) => b.len() as u64,
+            ReplyBody::Shared(_, range) => range.len() as u64,
+            ReplyBody::Owned(b) => b.len() as u64,
+            ReplyBody::File(f) => f.end - f.offset,
+        }
+    }
+
+    /// The bytes of a body held in memory (none for a file or no body).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ReplyBody::Static(b) => b,
+            ReplyBody::Shared(bytes, range) => &bytes[range.clone()],
+            ReplyBody::Owned(b) => b,
+            ReplyBody::Empty | ReplyBody::File(_) => &[],
+        }
+    }
+}
+
+/// What every reply to one request shares: whether the request was HEAD (so
+/// no body may follow), and the route's additions.
+pub struct ReplyTo<'a> {
     pub head_request: bool,
     pub route: &'a RouteReplies,
 }
 
-impl<'a> Framing<'a> {
-    /// Starts a head: status line, Server, Date, and the route's headers.
-    pub fn head<'o>(&self, out: &'o mut Vec<u8>, status: Status) -> HeadWriter<'o> {
-        let mut h = HeadWriter::start(out, status, self.date);
-        h.raw(self.route.headers.lines());
-        h
+impl ReplyTo<'_> {
+    /// Starts `head` for a reply of `status`, with the route's headers.
+    pub fn start(&self, head: &mut ResponseHead, status: Status) {
+        head.reset(status);
+        head.fields.push_lines(self.route.headers.lines());
+    }
+
+    /// `body`, unless the request was HEAD.
+    pub fn body(&self, body: ReplyBody) -> ReplyBody {
+        if self.head_request {
+            ReplyBody::Empty
+        } else {
+            body
+        }
     }
 }
 
@@ -53,7 +100,7 @@ impl RouteReplies {
             .map(|(status, page)| {
                 let name = std::path::Path::new(&page.path);
                 let content_type = mime_guess::from_path(name).first_raw().unwrap_or("text/html");
-                (Status(*status), ErrorPage { content_type, body: page.body.clone().into_boxed_slice() })
+                (Status(*status), ErrorPage { content_type, body: Arc::from(page.body.clone()) })
             })
             .collect();
         RouteReplies { headers, error_pages }
@@ -68,57 +115,39 @@ impl RouteReplies {
 #[derive(Debug)]
 pub struct ErrorPage {
     content_type: &'static str,
-    body: Box<[u8]>,
+    body: Arc<[u8]>,
 }
 
-/// What the connection sends after the head already written to its buffer.
-pub struct Reply {
-    pub status: Status,
-    pub body: Option<FileBody>,
-    /// Body bytes the reply sends in all (in the buffer after the head, or from
-    /// the file), for the access log.
-    pub body_len: u64,
-}
-
-impl Reply {
-    pub fn head_only(status: Status) -> Self {
-        Reply { status, body: None, body_len: 0 }
-    }
-}
-
-/// A small HTML page for `status` (head, and body unless the request was HEAD)
-/// written into `out`, with one optional extra header.
+/// A small HTML page for `status` (head, and body unless the request was
+/// HEAD) with one optional extra header.
 pub fn error_page(
     status: Status,
-    framing: &Framing,
+    to: &ReplyTo,
     extra: Option<(&str, &[u8])>,
-    out: &mut Vec<u8>,
-) -> Reply {
-    error_page_with(status, framing, extra.as_slice(), out)
+    head: &mut ResponseHead,
+) -> ReplyBody {
+    error_page_with(status, to, extra.as_slice(), head)
 }
 
 /// [`error_page`] with any number of extra header lines.
 pub fn error_page_with(
     status: Status,
-    framing: &Framing,
+    to: &ReplyTo,
     extra: &[(&str, &[u8])],
-    out: &mut Vec<u8>,
-) -> Reply {
-    let (content_type, page) = match framing.route.error_page(status) {
-        Some(custom) => (custom.content_type, &custom.body[..]),
-        None => ("text/html", page_for(status).as_bytes()),
+    head: &mut ResponseHead,
+) -> ReplyBody {
+    let (content_type, page) = match to.route.error_page(status) {
+        Some(custom) => {
+            (custom.content_type, ReplyBody::Shared(Arc::clone(&custom.body), 0..custom.body.len()))
+        }
+        None => ("text/html", ReplyBody::Static(page_for(status).as_bytes())),
     };
-    let mut h = framing.head(out, status);
-    h.header("Content-Type", content_type.as_bytes()).header_u64("Content-Length", page.len() as u64);
+    to.start(head, status);
+    head.fields.push("Content-Type", content_type.as_bytes()).push_u64("Content-Length", page.byte_len());
     for (name, value) in extra {
-        h.header(name, value);
+        head.fields.push(name, value);
     }
-    h.finish(framing.persistence);
-    if framing.head_request {
-        return Reply::head_only(status);
-    }
-    out.extend_from_slice(page);
-    Reply { status, body: None, body_len: page.len() as u64 }
+    to.body(page)
 }
 
 /// The page for each status tine answers with on its own, as static text: a

@@ -1,8 +1,7 @@
 //! The static-file handler: resolves the file a request names strictly beneath
-//! the document root (through the per-worker [`FileCache`]) and writes the
-//! response head, plus the whole body when the file is small, into the
-//! connection's output buffer. A larger body is left to the connection, which
-//! sends it with sendfile.
+//! the document root (through the per-worker [`FileCache`]) and answers with
+//! a head and a body: the cached bytes of a small file, or a file range that
+//! the session sends (with sendfile where it can).
 //!
 //! Two walls keep requests inside the root: the target is normalised by
 //! `tine_http::target` (no `..`, no NUL), and every open goes through
@@ -11,34 +10,36 @@
 
 use crate::file_cache::{Content, FileCache};
 use crate::file_lookup::Miss;
-use crate::responses::{error_page, error_page_with, FileBody, Framing, Reply};
+use crate::responses::{error_page, error_page_with, FileBody, ReplyBody, ReplyTo};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 use tine_fs::Root;
+use tine_http::message::ResponseHead;
 use tine_http::request::{Method, Request};
 use tine_http::response::Status;
 use tine_http::target::TargetPath;
 use tine_http::validators::{self, RangeAnswer};
 
-/// Answers a GET or HEAD for `path`: writes the head (and a small body) into
-/// `out` and returns the file body still to send, if any.
+/// Answers a GET or HEAD for `path`: writes the head into `head` and
+/// returns the body.
 pub fn respond(
     cache: &mut FileCache,
     root: &Root,
     req: &Request<'_>,
     path: &TargetPath,
-    framing: &Framing,
+    to: &ReplyTo,
     now: Instant,
-    out: &mut Vec<u8>,
-) -> Reply {
+    head: &mut ResponseHead,
+) -> ReplyBody {
     let selected = match cache.select(root, &path.relative, req.accept_encoding.as_ref(), now) {
         Ok(r) => r,
-        Err(Miss::Redirect) => return redirect_to_directory(req.origin_target, path, framing, out),
+        Err(Miss::Redirect) => return redirect_to_directory(req.origin_target, path, to, head),
         Err(Miss::NotAcceptable { varies }) => {
             let vary = varies.then_some(("Vary", &b"Accept-Encoding"[..]));
-            return error_page(Status::NOT_ACCEPTABLE, framing, vary, out);
+            return error_page(Status::NOT_ACCEPTABLE, to, vary, head);
         }
-        Err(Miss::Status(status)) => return error_page(status, framing, None, out),
+        Err(Miss::Status(status)) => return error_page(status, to, None, head),
     };
     let res = selected.representation;
     let not_modified = match (req.if_none_match, req.if_modified_since) {
@@ -47,10 +48,9 @@ pub fn respond(
         (None, None) => false,
     };
     if not_modified {
-        let mut h = framing.head(out, Status::NOT_MODIFIED);
-        h.raw(&res.validators);
-        h.finish(framing.persistence);
-        return Reply::head_only(Status::NOT_MODIFIED);
+        to.start(head, Status::NOT_MODIFIED);
+        head.fields.push_lines(&res.validators);
+        return ReplyBody::Empty;
     }
     let size = res.size;
     let range = match req.range {
@@ -73,41 +73,38 @@ pub fn respond(
             if res.varies {
                 extra.push(("Vary", b"Accept-Encoding"));
             }
-            return error_page_with(Status::RANGE_NOT_SATISFIABLE, framing, &extra, out);
+            return error_page_with(Status::RANGE_NOT_SATISFIABLE, to, &extra, head);
         }
     };
-    let mut h = framing.head(out, status);
-    h.raw(&res.headers).header_u64("Content-Length", end - first);
+    to.start(head, status);
+    head.fields.push_lines(&res.headers).push_u64("Content-Length", end - first);
     if status == Status::PARTIAL_CONTENT {
-        h.content_range(first, end - 1, size);
+        head.fields.content_range(first, end - 1, size);
     }
-    h.finish(framing.persistence);
     if req.method != Method::Get || end == first {
-        return Reply::head_only(status);
+        return ReplyBody::Empty;
     }
     match &res.content {
-        Content::Memory(body) => {
-            out.extend_from_slice(&body[first as usize..end as usize]);
-            Reply { status, body: None, body_len: end - first }
-        }
-        Content::File(file) => {
-            let body = FileBody { file: Rc::clone(file), offset: first, end };
-            Reply { status, body: Some(body), body_len: end - first }
-        }
+        Content::Memory(bytes) => ReplyBody::Shared(Arc::clone(bytes), first as usize..end as usize),
+        Content::File(file) => ReplyBody::File(FileBody { file: Rc::clone(file), offset: first, end }),
     }
 }
 
 /// `/dir` names a directory: send the client to `/dir/`, keeping its query.
 /// The Location is the normalised path, so it is always a path on this host
 /// (`//evil.test` would be another host's), with `\\` escaped.
-fn redirect_to_directory(target: &[u8], path: &TargetPath, framing: &Framing, out: &mut Vec<u8>) -> Reply {
+fn redirect_to_directory(
+    target: &[u8],
+    path: &TargetPath,
+    to: &ReplyTo,
+    head: &mut ResponseHead,
+) -> ReplyBody {
     let query = target.iter().position(|&b| b == b'?').map_or(&b""[..], |i| &target[i..]);
     let mut location = Vec::with_capacity(path.route.len() + 1 + query.len());
     tine_http::location::push_request_bytes(&mut location, &path.route);
     location.push(b'/');
     tine_http::location::push_request_bytes(&mut location, query);
-    let mut h = framing.head(out, Status::MOVED_PERMANENTLY);
-    h.header("Location", &location).header_u64("Content-Length", 0);
-    h.finish(framing.persistence);
-    Reply::head_only(Status::MOVED_PERMANENTLY)
+    to.start(head, Status::MOVED_PERMANENTLY);
+    head.fields.push("Location", &location).push_u64("Content-Length", 0);
+    ReplyBody::Empty
 }

@@ -35,6 +35,9 @@ pub struct ClientIo {
     /// The response head (and small bodies) being written; empty while idle.
     pub(super) wbuf: Vec<u8>,
     pub(super) wpos: usize,
+    /// The head of a reply of tine's own, built here by its handler and
+    /// framed by the session (kept to reuse its buffer).
+    pub(super) head: tine_http::message::ResponseHead,
     /// Body bytes the response in flight sends in all.
     pub(super) body_len: u64,
     /// The access-log line of the response in flight, when logging.
@@ -61,6 +64,7 @@ impl ClientIo {
             rbuf: None,
             wbuf: Vec::new(),
             wpos: 0,
+            head: Default::default(),
             body_len: 0,
             access: None,
             keep_alive: true,

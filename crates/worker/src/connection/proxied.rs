@@ -3,11 +3,10 @@
 //! exchange ends: the next request after a complete response, its own
 //! error page for an exchange that failed before any response, or the close.
 
-use super::{CloseReason, Conn, Outcome, Phase, Sending};
+use super::{CloseReason, Conn, Discard, Outcome, Phase, Sending, Started};
 use crate::context::Ctx;
 use crate::exchange::{Downstream, Driven, Ended, Exchange, Failure};
-use crate::responses::{error_page, Framing};
-use tine_http::response::Persistence;
+use crate::responses::{error_page, ReplyTo};
 
 impl Conn {
     /// Runs the exchange until it blocks or ends. While it runs the
@@ -64,21 +63,11 @@ impl Conn {
         if failure.close {
             self.io.keep_alive = false;
         }
-        let persistence = if self.io.keep_alive && !ctx.draining {
-            Persistence::KeepAlive { http10: false }
-        } else {
-            Persistence::Close
-        };
         let route = failure.route.map_or(&crate::responses::NO_ROUTE, |r| &ctx.http.route_replies[r]);
-        let framing =
-            Framing { date: ctx.clock.date.bytes(), persistence, head_request: failure.head_request, route };
-        let reply = error_page(failure.status, &framing, None, &mut self.io.wbuf);
-        ctx.stats.count_response(failure.status);
-        self.io.log_status(failure.status.0);
-        self.io.body_len = reply.body_len;
-        self.io.wpos = 0;
-        self.phase = Phase::Send(Sending::buffered(ctx.clock.now));
-        self.io.arm(ctx, ctx.timers.timeouts.send);
+        let to = ReplyTo { head_request: failure.head_request, route };
+        let body = error_page(failure.status, &to, None, &mut self.io.head);
+        let keep_alive = self.io.keep_alive && !ctx.draining;
+        self.begin_send(ctx, Started { body, keep_alive, discard: Discard::Nothing });
         None
     }
 }
