@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mut slots1 = field_slots();
     let Ok(Some(request)) = parse_request(input, &mut slots1, &chosen) else { return };
     let meaning = Meaning::of(&request);
-    let head_len = request.head_len;
+    let head_len = request.http1.head_len;
     for end in 0..head_len {
         let mut slots2 = field_slots();
         match parse_request(&input[..end], &mut slots2, &chosen) {
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let again =
         parse_request(&pipelined, &mut slots3, &chosen).expect("accepted before").expect("complete before");
     assert_eq!(Meaning::of(&again), meaning, "what follows a head changed it");
-    assert_eq!(again.head_len, head_len);
+    assert_eq!(again.http1.head_len, head_len);
 
     let canonical = canonical_head(&request);
     let mut slots4 = field_slots();
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 "canonical spelling {:?}",
                 String::from_utf8_lossy(&canonical)
             );
-            assert_eq!(r.head_len, canonical.len());
+            assert_eq!(r.http1.head_len, canonical.len());
         }
         other => panic!("canonical spelling {:?} gave {other:?}", String::from_utf8_lossy(&canonical)),
     }

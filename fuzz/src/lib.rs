@@ -3,7 +3,7 @@
 //! round trip. The targets themselves are in `fuzz_targets/`, one per
 //! parser, and fuzz/README.md says what each one asserts.
 
-use tine_http::request::{Body, MAX_HEADERS};
+use tine_http::request::{Body, Version, MAX_HEADERS};
 use tine_http::{Limits, Method, Request};
 
 /// Cuts `len` bytes into pieces at offsets taken from `seed` (each byte one
@@ -43,7 +43,7 @@ pub struct Meaning {
     pub method_text: String,
     pub target: Vec<u8>,
     pub origin_target: Vec<u8>,
-    pub minor_version: u8,
+    pub version: Version,
     pub keep_alive: bool,
     pub body: Body,
     pub expect_continue: bool,
@@ -59,8 +59,8 @@ impl Meaning {
             method_text: r.method_text.to_string(),
             target: r.target.to_vec(),
             origin_target: r.origin_target.to_vec(),
-            minor_version: r.minor_version,
-            keep_alive: r.keep_alive,
+            version: r.version,
+            keep_alive: r.http1.keep_alive,
             body: r.body,
             expect_continue: r.expect_continue,
             host: r.host.map(<[u8]>::to_vec),
@@ -89,11 +89,11 @@ pub fn canonical_head(r: &Request<'_>) -> Vec<u8> {
     out.extend_from_slice(r.method_text.as_bytes());
     out.push(b' ');
     out.extend_from_slice(r.target);
-    out.extend_from_slice(if r.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
-    for (name, value) in header_fields(r.raw) {
-        out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(if r.version == Version::Http10 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    for field in r.fields {
+        out.extend_from_slice(field.name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.trim_ascii());
+        out.extend_from_slice(field.value.trim_ascii());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

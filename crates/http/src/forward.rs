@@ -7,7 +7,7 @@
 //! still follows is the classic smuggling). Heads are written into the
 //! caller's buffer; nothing here allocates in the common case.
 
-use crate::request::{Body, Request};
+use crate::request::{Body, Request, Version};
 use crate::response::push_header;
 use crate::response_head::{ResponseBody, ResponseHead};
 
@@ -164,7 +164,7 @@ pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, fwd: &Forward
     out.push(b' ');
     out.extend_from_slice(req.origin_target);
     // An HTTP/1.0 client gets an HTTP/1.0 exchange, so no chunked body comes back.
-    out.extend_from_slice(if req.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    out.extend_from_slice(if req.version == Version::Http10 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
     let mut forwarded_for: Option<&[u8]> = None;
     for h in all {
         let name = h.name.as_bytes();
@@ -209,7 +209,7 @@ pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, fwd: &Forward
             push_header(out, b"Upgrade", to);
             out.extend_from_slice(b"\r\n");
         }
-        None if req.minor_version == 0 => out.extend_from_slice(b"Connection: close\r\n\r\n"),
+        None if req.version == Version::Http10 => out.extend_from_slice(b"Connection: close\r\n\r\n"),
         // HTTP/1.1 connections persist unless one side says otherwise.
         None => out.extend_from_slice(b"\r\n"),
     }

@@ -37,7 +37,17 @@ pub struct Limits {
     pub uri_bytes: usize,
 }
 
-/// A parsed request head; slices borrow from the read buffer.
+/// The HTTP version a request came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// A parsed request head, the same whatever protocol carried it (method,
+/// target, authority, fields, body framing, and what handlers look up);
+/// slices borrow from the read buffer. What only HTTP/1.x says of it is in
+/// [`Http1`].
 #[derive(Clone, Debug)]
 pub struct Request<'b> {
     pub method: Method,
@@ -48,9 +58,7 @@ pub struct Request<'b> {
     /// the target itself, or the part of an absolute-form target after its
     /// authority (`/` when it has no path).
     pub origin_target: &'b [u8],
-    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub minor_version: u8,
-    pub keep_alive: bool,
+    pub version: Version,
     pub body: Body,
     /// HTTP/1.1 `Expect: 100-continue`: the client waits for a 100 (Continue)
     /// before it sends the body.
@@ -70,15 +78,23 @@ pub struct Request<'b> {
     pub if_range: Option<&'b [u8]>,
     pub referer: Option<&'b [u8]>,
     pub user_agent: Option<&'b [u8]>,
+    /// Every header field as received, in order: what a proxy forwards
+    /// (after its rewrite).
+    pub fields: &'b [httparse::Header<'b>],
+    /// How the request sits on its HTTP/1.x connection.
+    pub http1: Http1<'b>,
+}
+
+/// What only an HTTP/1.x connection says of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Http1<'b> {
+    /// The connection stays open after the response: the version's default,
+    /// as its `Connection` header changes it.
+    pub keep_alive: bool,
     /// The request line as received, for the access log.
     pub request_line: &'b [u8],
     /// Bytes of the buffer the head occupies, including its final blank line.
     pub head_len: usize,
-    /// The head as received (request line, headers, blank line).
-    pub raw: &'b [u8],
-    /// Every header field as received, in order: what a proxy forwards
-    /// (after its rewrite), with no second parse of `raw`.
-    pub fields: &'b [httparse::Header<'b>],
 }
 
 /// The host of a `host[:port]` authority (a Host value), without its port;
@@ -120,113 +136,162 @@ pub fn parse_request<'b>(
     if target.len() > limits.uri_bytes {
         return Err(HttpError::UriTooLong);
     }
-    let minor_version = req.version.unwrap_or(1);
+    let version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
     let (authority, origin_target) = split_target(target)?;
-    let fields: &'b [httparse::Header<'b>] = req.headers;
-    let mut out = Request {
-        method: match method_text {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            _ => Method::Other,
-        },
-        method_text,
-        target,
-        origin_target,
-        minor_version,
-        keep_alive: minor_version == 1,
-        body: Body::None,
-        expect_continue: false,
-        host: None,
-        upgrade: None,
-        if_none_match: None,
-        if_modified_since: None,
-        range: None,
-        accept_encoding: None,
-        if_range: None,
-        referer: None,
-        user_agent: None,
+    let http1 = Http1 {
+        keep_alive: version == Version::Http11,
         request_line: request_line(&buf[..head_len]),
         head_len,
-        raw: &buf[..head_len],
-        fields,
     };
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding: Option<&[u8]> = None;
-    let mut hosts = 0;
-    let (mut conn_close, mut conn_keep_alive, mut conn_upgrade) = (false, false, false);
-    let mut upgrade_to: Option<&[u8]> = None;
-    for h in fields {
-        let name = h.name.as_bytes();
-        let value = trim(h.value);
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_content_length(value)?;
-            if content_length.is_some_and(|prev| prev != n) {
-                return Err(HttpError::BadRequest("conflicting Content-Length headers"));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if transfer_encoding.is_some() {
-                return Err(HttpError::BadRequest("repeated Transfer-Encoding header"));
-            }
-            transfer_encoding = Some(value);
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-            if !valid_authority(value) {
-                return Err(HttpError::BadRequest("invalid Host"));
-            }
-            out.host = Some(value);
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(trim) {
-                conn_close |= token.eq_ignore_ascii_case(b"close");
-                conn_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                conn_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
-            }
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade_to = Some(value);
-        } else if name.eq_ignore_ascii_case(b"if-none-match") {
-            out.if_none_match = Some(value);
-        } else if name.eq_ignore_ascii_case(b"if-modified-since") {
-            out.if_modified_since = Some(value);
-        } else if name.eq_ignore_ascii_case(b"range") {
-            out.range = Some(value);
-        } else if name.eq_ignore_ascii_case(b"accept-encoding") {
-            out.accept_encoding.get_or_insert_default().add_field(value);
-        } else if name.eq_ignore_ascii_case(b"if-range") {
-            out.if_range = Some(value);
-        } else if name.eq_ignore_ascii_case(b"referer") {
-            out.referer = Some(value);
-        } else if name.eq_ignore_ascii_case(b"user-agent") {
-            out.user_agent = Some(value);
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            out.expect_continue = minor_version == 1 && value.eq_ignore_ascii_case(b"100-continue");
-        }
-    }
-    if hosts > 1 {
-        return Err(HttpError::BadRequest("more than one Host header"));
-    }
-    if hosts == 0 && minor_version == 1 {
-        return Err(HttpError::BadRequest("HTTP/1.1 request without Host"));
-    }
-    if let Some(authority) = authority {
-        out.host = Some(authority);
-    }
-    if minor_version == 1 && conn_upgrade {
-        out.upgrade = upgrade_to.filter(|u| !u.is_empty());
-    }
-    out.body = match (transfer_encoding, content_length) {
-        (Some(_), Some(_)) => return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length")),
-        (Some(_), None) if minor_version == 0 => {
-            return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
-        }
-        // Only chunked alone: any other coding, or a list, is one a proxy
-        // would have to pass on undecoded and a back end might read otherwise.
-        (Some(te), None) if te.eq_ignore_ascii_case(b"chunked") => Body::Chunked,
-        (Some(_), None) => return Err(HttpError::NotImplemented("transfer coding other than chunked")),
-        (None, Some(n)) => Body::Length(n),
-        (None, None) => Body::None,
-    };
-    out.keep_alive = if minor_version == 1 { !conn_close } else { conn_keep_alive && !conn_close };
+    let mut out = Request::empty(method_text, target, origin_target, version, req.headers, http1);
+    let framing = out.read_fields()?;
+    out.frame(framing, authority)?;
     Ok(Some(out))
+}
+
+/// What the fields of a head say of its framing, checked once all are read.
+#[derive(Default)]
+struct FramingFields<'b> {
+    content_length: Option<u64>,
+    transfer_encoding: Option<&'b [u8]>,
+    hosts: usize,
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    upgrade_to: Option<&'b [u8]>,
+}
+
+impl<'b> Request<'b> {
+    /// The request with its line read and none of its fields yet.
+    fn empty(
+        method_text: &'b str,
+        target: &'b [u8],
+        origin_target: &'b [u8],
+        version: Version,
+        fields: &'b [httparse::Header<'b>],
+        http1: Http1<'b>,
+    ) -> Self {
+        Request {
+            method: match method_text {
+                "GET" => Method::Get,
+                "HEAD" => Method::Head,
+                _ => Method::Other,
+            },
+            method_text,
+            target,
+            origin_target,
+            version,
+            body: Body::None,
+            expect_continue: false,
+            host: None,
+            upgrade: None,
+            if_none_match: None,
+            if_modified_since: None,
+            range: None,
+            accept_encoding: None,
+            if_range: None,
+            referer: None,
+            user_agent: None,
+            fields,
+            http1,
+        }
+    }
+
+    /// Takes what handlers look up from the fields, and collects what
+    /// frames the request for [`Request::frame`].
+    fn read_fields(&mut self) -> Result<FramingFields<'b>, HttpError> {
+        let mut f = FramingFields::default();
+        for h in self.fields {
+            let name = h.name.as_bytes();
+            let value = trim(h.value);
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let n = parse_content_length(value)?;
+                if f.content_length.is_some_and(|prev| prev != n) {
+                    return Err(HttpError::BadRequest("conflicting Content-Length headers"));
+                }
+                f.content_length = Some(n);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                if f.transfer_encoding.is_some() {
+                    return Err(HttpError::BadRequest("repeated Transfer-Encoding header"));
+                }
+                f.transfer_encoding = Some(value);
+            } else if name.eq_ignore_ascii_case(b"host") {
+                f.hosts += 1;
+                if !valid_authority(value) {
+                    return Err(HttpError::BadRequest("invalid Host"));
+                }
+                self.host = Some(value);
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in value.split(|&b| b == b',').map(trim) {
+                    f.close |= token.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    f.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+                }
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                f.upgrade_to = Some(value);
+            } else {
+                self.look_up(name, value);
+            }
+        }
+        Ok(f)
+    }
+
+    /// The fields handlers use that say nothing of framing.
+    fn look_up(&mut self, name: &[u8], value: &'b [u8]) {
+        if name.eq_ignore_ascii_case(b"if-none-match") {
+            self.if_none_match = Some(value);
+        } else if name.eq_ignore_ascii_case(b"if-modified-since") {
+            self.if_modified_since = Some(value);
+        } else if name.eq_ignore_ascii_case(b"range") {
+            self.range = Some(value);
+        } else if name.eq_ignore_ascii_case(b"accept-encoding") {
+            self.accept_encoding.get_or_insert_default().add_field(value);
+        } else if name.eq_ignore_ascii_case(b"if-range") {
+            self.if_range = Some(value);
+        } else if name.eq_ignore_ascii_case(b"referer") {
+            self.referer = Some(value);
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            self.user_agent = Some(value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            self.expect_continue =
+                self.version == Version::Http11 && value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    /// Checks the host and the body framing the fields gave (RFC 9112
+    /// section 6.3: anything that could be read two ways is refused), and
+    /// settles the connection's persistence and any upgrade.
+    fn frame(&mut self, f: FramingFields<'b>, authority: Option<&'b [u8]>) -> Result<(), HttpError> {
+        let http11 = self.version == Version::Http11;
+        if f.hosts > 1 {
+            return Err(HttpError::BadRequest("more than one Host header"));
+        }
+        if f.hosts == 0 && http11 {
+            return Err(HttpError::BadRequest("HTTP/1.1 request without Host"));
+        }
+        if let Some(authority) = authority {
+            self.host = Some(authority);
+        }
+        if http11 && f.upgrade {
+            self.upgrade = f.upgrade_to.filter(|u| !u.is_empty());
+        }
+        self.body = match (f.transfer_encoding, f.content_length) {
+            (Some(_), Some(_)) => {
+                return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length"))
+            }
+            (Some(_), None) if !http11 => {
+                return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
+            }
+            // Only chunked alone: any other coding, or a list, is one a proxy
+            // would have to pass on undecoded and a back end might read otherwise.
+            (Some(te), None) if te.eq_ignore_ascii_case(b"chunked") => Body::Chunked,
+            (Some(_), None) => return Err(HttpError::NotImplemented("transfer coding other than chunked")),
+            (None, Some(n)) => Body::Length(n),
+            (None, None) => Body::None,
+        };
+        self.http1.keep_alive = if http11 { !f.close } else { f.keep_alive && !f.close };
+        Ok(())
+    }
 }
 
 /// An incomplete head is fine unless it already broke a limit.
@@ -360,15 +425,15 @@ mod tests {
         let r = parse("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\nGET /next").unwrap().unwrap();
         assert_eq!(r.method, Method::Get);
         assert_eq!(r.target, b"/a?b");
-        assert!(r.keep_alive);
+        assert!(r.http1.keep_alive);
         assert_eq!(r.body, Body::None);
-        assert_eq!(r.head_len, "GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n".len());
-        assert_eq!(r.request_line, b"GET /a?b HTTP/1.1");
+        assert_eq!(r.http1.head_len, "GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n".len());
+        assert_eq!(r.http1.request_line, b"GET /a?b HTTP/1.1");
     }
 
     #[test]
     fn keep_alive_rules() {
-        let ka = |raw| parse(raw).unwrap().unwrap().keep_alive;
+        let ka = |raw| parse(raw).unwrap().unwrap().http1.keep_alive;
         assert!(!ka("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));

@@ -21,7 +21,7 @@ pub struct PendingEntry {
 impl PendingEntry {
     pub fn capture(req: &Request<'_>, status: u16) -> Box<Self> {
         let mut text = Vec::with_capacity(128);
-        let line = push(&mut text, req.request_line);
+        let line = push(&mut text, req.http1.request_line);
         let referer = req.referer.map(|r| push(&mut text, r));
         let user_agent = req.user_agent.map(|u| push(&mut text, u));
         Box::new(PendingEntry { text, line, referer, user_agent, status })

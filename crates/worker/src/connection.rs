@@ -49,7 +49,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tine_http::message::{write_http1_head, ResponseHead};
-use tine_http::request::{Method, Request};
+use tine_http::request::{Method, Request, Version};
 use tine_http::response::{Persistence, Status};
 use tine_http::{location, parse_request, HttpError};
 
@@ -550,7 +550,7 @@ impl Conn {
         let mut slots = tine_http::request::field_slots();
         let answered = match parse_request(buf.filled(), &mut slots, &ctx.http.limits) {
             Ok(Some(req)) => {
-                let head_len = req.head_len;
+                let head_len = req.http1.head_len;
                 self.start_request(&req, ctx);
                 buf.consume(head_len);
                 true
@@ -571,8 +571,8 @@ impl Conn {
         if self.io.wbuf.capacity() == 0 {
             self.io.wbuf = ctx.pool.write_buf();
         }
-        self.client_closes = !req.keep_alive;
-        self.io.http10 = req.minor_version == 0;
+        self.client_closes = !req.http1.keep_alive;
+        self.io.http10 = req.version == Version::Http10;
         let routed = if self.admin {
             Routed::Admin
         } else if is_health_check(req, ctx) {
@@ -587,7 +587,7 @@ impl Conn {
             if ctx.access_log.is_some() {
                 self.io.access = Some(PendingEntry::capture(req, 0));
             }
-            self.io.keep_alive = req.keep_alive && !ctx.draining;
+            self.io.keep_alive = req.http1.keep_alive && !ctx.draining;
             self.phase = Phase::Proxy(exchange);
             // An end of stream seen before this request was read
             // is the client's half-close, not a change of mind.

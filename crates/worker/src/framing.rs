@@ -75,7 +75,7 @@ impl Discard {
 /// How a request's body and connection are handled whatever answers it: a body
 /// small enough is read and thrown away, anything else closes after the answer.
 pub fn plan_framing(req: &Request<'_>, ctx: &Ctx) -> (bool, Discard) {
-    let mut keep_alive = req.keep_alive && !ctx.draining;
+    let mut keep_alive = req.http1.keep_alive && !ctx.draining;
     let budget = ctx.http.discard_body_bytes;
     let discard = match req.body {
         Body::None | Body::Length(0) => Discard::Nothing,
