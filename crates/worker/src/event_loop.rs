@@ -130,10 +130,19 @@ impl<'a> EventLoop<'a> {
             };
             self.ctx.epoll.wait(&mut self.events, timeout)?;
             self.begin_turn();
-            for i in 0..self.events.len() {
-                let event = self.events[i];
-                if let Some(exit) = self.dispatch(event)? {
-                    return Ok(exit);
+            // Upstream connections' events first: a pooled connection its
+            // server closed, or that received what nobody asked for, is
+            // closed before a request later in the batch could take it.
+            for upstreams_first in [true, false] {
+                for i in 0..self.events.len() {
+                    let event = self.events[i];
+                    let upstream = matches!(Token::decode(event.token()), Token::Upstream(_));
+                    if upstream != upstreams_first {
+                        continue;
+                    }
+                    if let Some(exit) = self.dispatch(event)? {
+                        return Ok(exit);
+                    }
                 }
             }
             self.drive_ready();

@@ -25,8 +25,8 @@
 //! Response heads are parsed by tine-http's strict rules; a head that breaks
 //! them is answered with 502 and its connection closed, nothing of it
 //! forwarded. An upstream connection is used for another request only when
-//! its last response ended exactly where its framing said, and only after a
-//! look shows nothing waiting on it.
+//! its last response ended exactly where its framing said and nothing
+//! waits behind it (see the pool, upstream.rs).
 //!
 //! The exchange knows nothing of the client's protocol: it reaches its
 //! client through [`Downstream`] (emit a head, body bytes or a relay; be
@@ -793,7 +793,7 @@ impl Exchange {
     fn splice_body(
         &mut self,
         client: &mut impl Downstream,
-        up: UpConn,
+        mut up: UpConn,
         mut relay: Relay,
         from: RawFd,
         ctx: &mut Ctx,
@@ -811,6 +811,7 @@ impl Exchange {
             let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
             client.arm(ctx, timeout);
         }
+        up.spliced();
         let outcome = match pumped {
             Ok(Pump::Blocked) => Outcome::Wait,
             Ok(Pump::Budget) => Outcome::Yield,

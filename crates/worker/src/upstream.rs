@@ -8,10 +8,13 @@
 //! epoll once, under its own token ([`LinkId`]), for its whole life: an event
 //! finds the exchange that holds it (whichever client connection it serves),
 //! and an event on a pooled connection means its server closed it or sent
-//! what nobody asked for, so it is looked at and closed then. A reuse by
-//! any client connection needs no re-registration, only one look that
-//! nothing waits on it; the client connection that used a connection last
-//! gets it back first.
+//! what nobody asked for, so it is looked at and closed then (the loop
+//! takes those events first in every turn). A connection enters the pool
+//! known clean: its last read left nothing behind, or one look at release
+//! found nothing (after a spliced body). So a reuse needs no system call,
+//! except for a connection released earlier in the same turn, whose events
+//! the turn has not seen yet. The client connection that used a connection
+//! last gets it back first.
 //! One sweep closes the connections idle past keepalive_timeout. Nothing
 //! here is shared between workers.
 
@@ -61,6 +64,19 @@ struct Idle {
 pub struct UpConn {
     io: UpstreamTransport,
     link: LinkId,
+    /// The last read from the connection left nothing behind it (a short
+    /// read, or nothing to read): whatever arrives later raises an event of
+    /// its own. False once bytes were spliced from it, which may stop short
+    /// of more behind them.
+    drained: bool,
+}
+
+impl UpConn {
+    /// Bytes were spliced from the socket: whether more wait behind them
+    /// is not known.
+    pub fn spliced(&mut self) {
+        self.drained = false;
+    }
 }
 
 /// The transport of an upstream connection.
@@ -97,7 +113,12 @@ impl UpstreamIo for UpConn {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        each!(mut self, t => t.recv(buf))
+        let read = each!(mut self, t => t.recv(buf));
+        self.drained = match &read {
+            Ok(n) => *n < buf.len(),
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        read
     }
 
     fn peek(&self) -> Peek {
@@ -276,11 +297,14 @@ impl Upstreams {
         while let Some(i) = reusable(&s.idle) {
             let c = s.idle.swap_remove(i);
             // Anything waiting (bytes nobody asked for, the server's close)
-            // would be read as the next response: look first. The pooled
-            // connection's own events catch most of it, but not bytes that
-            // came after the last read of a spliced body without an event of
-            // their own, nor an event later in this turn's batch.
-            if now.saturating_duration_since(c.since) < keepalive_timeout && c.conn.peek() == Peek::Nothing {
+            // would be read as the next response. The pool looked when the
+            // connection came back (see release), and what arrived since
+            // raised an event that this turn handled before any request
+            // (the loop takes pooled connections' events first), except
+            // for a connection released earlier in this very turn: that
+            // one is looked at.
+            let young = now.saturating_duration_since(c.since) < keepalive_timeout;
+            if young && (c.since != now || c.conn.peek() == Peek::Nothing) {
                 if let Some(st) = stat {
                     st.pool_hits.fetch_add(1, Relaxed);
                 }
@@ -305,7 +329,7 @@ impl Upstreams {
             s.open += 1;
             stats.gauges.upstream(index, UpstreamGauge::Open, 1);
             let io = UpstreamTransport::Scripted(crate::scripted::ScriptedUpstream(peer));
-            return Ok(Connection { conn: UpConn { io, link }, reused: false });
+            return Ok(Connection { conn: UpConn { io, link, drained: true }, reused: false });
         }
         let tcp = TcpUpstream::connect(&target, &g.config.tcp)?;
         let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
@@ -316,7 +340,7 @@ impl Upstreams {
         let io = UpstreamTransport::Tcp(tcp);
         s.open += 1;
         stats.gauges.upstream(index, UpstreamGauge::Open, 1);
-        Ok(Connection { conn: UpConn { io, link }, reused: false })
+        Ok(Connection { conn: UpConn { io, link, drained: true }, reused: false })
     }
 
     /// An event came for upstream connection `link`: the client connection
@@ -377,6 +401,14 @@ impl Upstreams {
     /// Keeps a connection whose exchange for client connection `owner`
     /// completed cleanly, or closes it when the pool is full.
     pub fn release(&mut self, conn: UpConn, owner: ConnId, now: Instant, stats: &Counters<'_>) {
+        // Bytes left behind the response would answer the next request. A
+        // connection whose last read emptied it is known clean (what comes
+        // later raises an event); one that may not have been (a spliced
+        // body) is looked at once.
+        if !conn.drained && conn.peek() != Peek::Nothing {
+            self.close(conn, stats);
+            return;
+        }
         let Some(link) = self.links.get_mut(conn.link.0) else { return };
         link.user = None;
         let (group, server) = (link.group, link.server);
