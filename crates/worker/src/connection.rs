@@ -221,8 +221,10 @@ impl Conn {
         self.io.client_fin = true;
     }
 
-    /// An event for the upstream connection this connection's exchange holds.
-    pub fn on_upstream_event(&mut self, peer_closed: bool) {
+    /// An event for the upstream connection that exchange `index` of this
+    /// connection holds (an HTTP/1.1 connection has one at a time).
+    pub fn on_upstream_event(&mut self, index: u32, peer_closed: bool) {
+        debug_assert_eq!(index, 0);
         if let Phase::Proxy(exchange) = &mut self.phase {
             if peer_closed {
                 exchange.note_upstream_fin();

@@ -182,18 +182,18 @@ impl<'a> EventLoop<'a> {
     }
 
     fn dispatch(&mut self, event: Event) -> io::Result<Option<Exit>> {
-        let (id, upstream_side) = match Token::decode(event.token()) {
+        let (id, exchange) = match Token::decode(event.token()) {
             Token::Signals => return self.on_signals(),
             Token::Listener(i) => {
                 self.accept_batch(i as usize);
                 return Ok(None);
             }
-            Token::Client(id) => (id, false),
-            // An upstream connection: the client connection whose exchange
-            // holds it drives it; the pool deals with a pooled one.
+            Token::Client(id) => (id, None),
+            // An upstream connection: the exchange that holds it is driven
+            // by its client connection; the pool deals with a pooled one.
             Token::Upstream(link) => {
                 match self.ctx.proxy.upstreams.link_event(link, event.readable(), &self.ctx.stats) {
-                    Some(id) => (id, true),
+                    Some(exchange) => (exchange.conn, Some(exchange.index)),
                     None => return Ok(None),
                 }
             }
@@ -201,8 +201,8 @@ impl<'a> EventLoop<'a> {
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(None);
         };
-        if upstream_side {
-            conn.on_upstream_event(event.peer_closed());
+        if let Some(index) = exchange {
+            conn.on_upstream_event(index, event.peer_closed());
         } else if event.readable() {
             conn.mark_readable();
             if event.peer_closed() {

@@ -909,7 +909,7 @@ impl Exchange {
     /// it gets it back first), else it closes.
     fn complete(self: Box<Self>, client: &impl Downstream, up: UpConn, ctx: &mut Ctx) {
         if self.upstream_keep_alive && !self.upstream_fin {
-            ctx.proxy.upstreams.release(up, client.owner(), ctx.clock.now, &ctx.stats);
+            ctx.proxy.upstreams.release(up, client.owner().conn, ctx.clock.now, &ctx.stats);
         } else {
             close_upstream(ctx, up);
         }

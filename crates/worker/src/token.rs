@@ -38,6 +38,16 @@ impl ConnId {
     }
 }
 
+/// One exchange of a client connection: the connection, and which of its
+/// exchanges (an HTTP/1.1 connection has one at a time, index 0; an HTTP/2
+/// connection names its streams). What an upstream connection's events are
+/// for while an exchange holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExchangeId {
+    pub conn: ConnId,
+    pub index: u32,
+}
+
 /// An upstream connection's key in the upstream pool's slab: its own epoll
 /// token, so that an event finds it whether an exchange holds it (whichever
 /// client connection that exchange serves) or the pool keeps it.

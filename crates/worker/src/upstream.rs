@@ -24,7 +24,7 @@ pub use transport::{TcpUpstream, UpstreamIo};
 
 use crate::counters::Counters;
 use crate::slab::Slab;
-use crate::token::{ConnId, LinkId, Token};
+use crate::token::{ConnId, ExchangeId, LinkId, Token};
 #[cfg(test)]
 use std::collections::VecDeque;
 use std::io;
@@ -138,8 +138,8 @@ impl UpstreamIo for UpConn {
 struct Link {
     group: usize,
     server: usize,
-    /// The client connection whose exchange holds it; None while pooled.
-    user: Option<ConnId>,
+    /// The exchange that holds it; None while pooled.
+    user: Option<ExchangeId>,
 }
 
 pub struct Group {
@@ -170,12 +170,12 @@ pub enum Health {
     CameBack,
 }
 
-/// What a connection is asked for: a server of a group, for a client
-/// connection, from the pool if `reuse` allows.
+/// What a connection is asked for: a server of a group, for an exchange
+/// of a client connection, from the pool if `reuse` allows.
 pub struct Wanted {
     pub group: usize,
     pub server: usize,
-    pub owner: ConnId,
+    pub owner: ExchangeId,
     pub reuse: bool,
 }
 
@@ -287,7 +287,7 @@ impl Upstreams {
             if !reuse {
                 return None;
             }
-            let own = idle.iter().rposition(|c| c.owner == owner);
+            let own = idle.iter().rposition(|c| c.owner == owner.conn);
             if private {
                 own
             } else {
@@ -343,11 +343,11 @@ impl Upstreams {
         Ok(Connection { conn: UpConn { io, link, drained: true }, reused: false })
     }
 
-    /// An event came for upstream connection `link`: the client connection
-    /// whose exchange holds it, which handles it; or, for a pooled one, its
+    /// An event came for upstream connection `link`: the exchange that holds
+    /// it, which handles it; or, for a pooled one, its
     /// server closed it or sent what nobody asked for (`trouble`: readable or
     /// hung up), so it is closed now rather than found broken by a request.
-    pub fn link_event(&mut self, link: LinkId, trouble: bool, stats: &Counters<'_>) -> Option<ConnId> {
+    pub fn link_event(&mut self, link: LinkId, trouble: bool, stats: &Counters<'_>) -> Option<ExchangeId> {
         let l = self.links.get_mut(link.0)?;
         if l.user.is_some() || !trouble {
             return l.user;

@@ -10,7 +10,7 @@ use crate::exchange::Downstream;
 use crate::outcome::{client_io, Outcome};
 use crate::relay::{Pump, Relay, RelayError};
 use crate::timer_wheel::Deadline;
-use crate::token::ConnId;
+use crate::token::{ConnId, ExchangeId};
 use crate::transport::{Client, Transport};
 use std::io;
 use std::net::SocketAddr;
@@ -87,8 +87,9 @@ impl ClientIo {
 /// bodies for an HTTP/1.1 client, decoded ones ended by the close for an
 /// HTTP/1.0 client).
 impl Downstream for ClientIo {
-    fn owner(&self) -> ConnId {
-        self.id
+    fn owner(&self) -> ExchangeId {
+        // One exchange at a time.
+        ExchangeId { conn: self.id, index: 0 }
     }
 
     fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {

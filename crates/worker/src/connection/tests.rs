@@ -266,7 +266,7 @@ fn an_upstream_that_closes_before_its_head_is_retried_for_get_and_a_502_for_post
         turn(&mut conn, &mut ctx);
         assert!(!first.output_text().is_empty());
         first.close();
-        conn.on_upstream_event(true);
+        conn.on_upstream_event(0, true);
         conn.drive(&mut ctx);
         if retried {
             assert!(

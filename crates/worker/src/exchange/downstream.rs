@@ -7,7 +7,7 @@
 use crate::context::Ctx;
 use crate::outcome::Outcome;
 use crate::relay::{Pump, Relay, RelayError};
-use crate::token::ConnId;
+use crate::token::ExchangeId;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -18,9 +18,10 @@ use tine_http::response_head::ResponseHead;
 
 /// What an exchange does to its client.
 pub trait Downstream {
-    /// The client connection, as the upstream pool knows the owner of the
-    /// connections it used.
-    fn owner(&self) -> ConnId;
+    /// The exchange among its client connection's: what the events of the
+    /// upstream connection it holds are for, and (by its connection) whom
+    /// the pool gives the connections it used back to first.
+    fn owner(&self) -> ExchangeId;
 
     /// The client's address and the local address it reached (for a PROXY
     /// protocol header sent upstream).

@@ -8,7 +8,7 @@ use crate::context::Ctx;
 use crate::outcome::Outcome;
 use crate::relay::{Pump, Relay, RelayError};
 use crate::scripted::{open_to, script_server, Peer, World, PROXY};
-use crate::token::ConnId;
+use crate::token::{ConnId, ExchangeId};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -27,11 +27,13 @@ struct Recorder {
     unread: Vec<u8>,
     deadlines: Vec<Duration>,
     continued: bool,
+    /// Which exchange of the client connection this is.
+    index: u32,
 }
 
 impl Downstream for Recorder {
-    fn owner(&self) -> ConnId {
-        ConnId::new(7, 1)
+    fn owner(&self) -> ExchangeId {
+        ExchangeId { conn: ConnId::new(7, 1), index: self.index }
     }
 
     fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {
@@ -154,7 +156,7 @@ fn two_exchanges_of_one_client_connection_run_at_once_without_crossing() {
     let mut ctx = world.ctx();
     let first_server = script_server(&mut ctx);
     let second_server = script_server(&mut ctx);
-    let (mut one, mut two) = (Recorder::default(), Recorder::default());
+    let (mut one, mut two) = (Recorder::default(), Recorder { index: 1, ..Recorder::default() });
     let a =
         paused(drive(exchange_for(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n", &mut ctx), &mut one, &mut ctx));
     let b =
