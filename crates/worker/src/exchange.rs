@@ -488,7 +488,7 @@ impl Exchange {
             Ready::NotYet => return Next::Pause(Stage::Connecting(up), Outcome::Wait),
             Ready::Failed => return Next::ServerFailed { upstream: Some(up), after_sending: false },
         }
-        let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+        let timeout = self.at.config(ctx).io_timeout;
         client.arm(ctx, timeout);
         Next::Go(Stage::SendHead(up))
     }
@@ -529,7 +529,7 @@ impl Exchange {
                 Flushed::Failed => return Next::ServerFailed { upstream: Some(up), after_sending: true },
             }
             if self.request_body.done() {
-                let timeout = ctx.proxy.upstreams.groups[self.at.group].config.response_timeout;
+                let timeout = self.at.config(ctx).response_timeout;
                 client.arm(ctx, timeout);
                 // The answer cannot be there yet; its arrival raises an event.
                 return Next::Pause(Stage::AwaitHead(up, None), Outcome::Wait);
@@ -539,7 +539,7 @@ impl Exchange {
                     Ok(0) => return Next::Close { reason: CloseReason::PeerClosed, upstream: Some(up) },
                     Ok(_) => {
                         // io_timeout bounds a pause in the body, not the whole upload.
-                        let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+                        let timeout = self.at.config(ctx).io_timeout;
                         client.arm(ctx, timeout);
                     }
                     Err(e) => match client_io(e) {
@@ -735,7 +735,7 @@ impl Exchange {
             recycle_body(&mut ctx.proxy.pipes, body);
             return self.start_tunnel(client, up, ctx);
         }
-        let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+        let timeout = self.at.config(ctx).io_timeout;
         client.arm(ctx, timeout);
         Next::Go(Stage::Respond(up, body))
     }
@@ -808,7 +808,7 @@ impl Exchange {
             st.bytes_spliced.fetch_add(moved, Relaxed);
         }
         if moved > 0 {
-            let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+            let timeout = self.at.config(ctx).io_timeout;
             client.arm(ctx, timeout);
         }
         up.spliced();
@@ -858,7 +858,7 @@ impl Exchange {
                 }
                 client.emit_body(&chunk[..body]);
                 self.at.count_copied(ctx, n);
-                let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+                let timeout = self.at.config(ctx).io_timeout;
                 client.arm(ctx, timeout);
                 Copied::More
             }
@@ -894,7 +894,7 @@ impl Exchange {
                     self.upstream_keep_alive = false;
                 }
                 self.at.count_copied(ctx, n);
-                let timeout = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+                let timeout = self.at.config(ctx).io_timeout;
                 client.arm(ctx, timeout);
                 Copied::More
             }
@@ -947,7 +947,7 @@ impl Exchange {
         let Some(tunnel) = Tunnel::open(client, &up, &mut self.to_upstream, ctx) else {
             return Next::Close { reason: CloseReason::Error, upstream: Some(up) };
         };
-        let idle = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+        let idle = self.at.config(ctx).io_timeout;
         self.at.report(ctx, true);
         client.arm(ctx, idle);
         Next::Go(Stage::Tunnel(up, tunnel))
@@ -961,7 +961,7 @@ impl Exchange {
         ctx: &mut Ctx,
         budget: &mut usize,
     ) -> Next {
-        let idle = ctx.proxy.upstreams.groups[self.at.group].config.io_timeout;
+        let idle = self.at.config(ctx).io_timeout;
         let ends = TunnelEnds { upstream: &mut up, at: &self.at, idle };
         match t.pump(client, ends, &mut self.to_upstream, ctx, budget) {
             TunnelStep::Pause(outcome) => Next::Pause(Stage::Tunnel(up, t), outcome),

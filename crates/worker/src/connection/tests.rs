@@ -17,6 +17,16 @@ fn connect(ctx: &mut Ctx) -> (Conn, Peer) {
     (Conn::new(ConnId::new(0, 1), transport, peer, false, ctx), client)
 }
 
+/// A client connection whose GET went upstream to a scripted server, which
+/// has not answered yet.
+fn proxied_get(ctx: &mut Ctx) -> (Conn, Peer, Peer) {
+    let (mut conn, client) = connect(ctx);
+    let server = script_server(ctx);
+    client.send(GET);
+    assert_eq!(turn(&mut conn, ctx), Outcome::Wait);
+    (conn, client, server)
+}
+
 /// One turn of the loop for the connection, after its client sent something.
 fn turn(conn: &mut Conn, ctx: &mut Ctx) -> Outcome {
     conn.mark_readable();
@@ -288,10 +298,7 @@ fn an_upstream_that_closes_before_its_head_is_retried_for_get_and_a_502_for_post
 fn an_upstream_that_breaks_off_its_body_closes_the_client_connection() {
     let world = World::new(PROXY);
     let mut ctx = world.ctx();
-    let (mut conn, client) = connect(&mut ctx);
-    let server = script_server(&mut ctx);
-    client.send(GET);
-    turn(&mut conn, &mut ctx);
+    let (mut conn, client, server) = proxied_get(&mut ctx);
     server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel");
     assert_eq!(conn.drive(&mut ctx), Outcome::Wait);
     server.close();
@@ -304,12 +311,14 @@ fn an_upstream_that_breaks_off_its_body_closes_the_client_connection() {
 fn a_broken_chunked_body_closes_and_a_malformed_head_is_a_502() {
     let world = World::new(PROXY);
     let mut ctx = world.ctx();
-    let (mut conn, client) = connect(&mut ctx);
-    let server = script_server(&mut ctx);
-    client.send(GET);
-    turn(&mut conn, &mut ctx);
+    let (mut conn, client, server) = proxied_get(&mut ctx);
     server.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n");
     assert_eq!(conn.drive(&mut ctx), Outcome::Close(CloseReason::Error));
+    assert_eq!(
+        client.output_text(),
+        "",
+        "the response broke in the read that brought its head: none of it went out"
+    );
 
     for head in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
@@ -317,10 +326,7 @@ fn a_broken_chunked_body_closes_and_a_malformed_head_is_a_502() {
         b"SMTP ready\r\n\r\n",
     ] {
         let mut ctx = world.ctx();
-        let (mut conn, client) = connect(&mut ctx);
-        let server = script_server(&mut ctx);
-        client.send(GET);
-        turn(&mut conn, &mut ctx);
+        let (mut conn, client, server) = proxied_get(&mut ctx);
         server.send(head);
         conn.drive(&mut ctx);
         let got = client.output_text();
@@ -335,10 +341,7 @@ fn a_broken_chunked_body_closes_and_a_malformed_head_is_a_502() {
 fn bytes_after_a_response_keep_its_connection_out_of_the_pool() {
     let world = World::new(PROXY);
     let mut ctx = world.ctx();
-    let (mut conn, client) = connect(&mut ctx);
-    let server = script_server(&mut ctx);
-    client.send(GET);
-    turn(&mut conn, &mut ctx);
+    let (mut conn, client, server) = proxied_get(&mut ctx);
     let mut smuggled = OK_HELLO.to_vec();
     smuggled.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged");
     server.send(&smuggled);
@@ -373,10 +376,7 @@ fn a_connect_that_times_out_moves_on_and_a_head_that_times_out_is_a_504() {
 fn a_client_that_leaves_while_its_request_waits_abandons_the_exchange() {
     let world = World::new(PROXY);
     let mut ctx = world.ctx();
-    let (mut conn, client) = connect(&mut ctx);
-    let server = script_server(&mut ctx);
-    client.send(GET);
-    turn(&mut conn, &mut ctx);
+    let (mut conn, client, server) = proxied_get(&mut ctx);
     assert!(!server.output_text().is_empty(), "the request went upstream");
     client.close();
     conn.mark_client_fin();
@@ -390,10 +390,7 @@ fn a_client_that_leaves_while_its_request_waits_abandons_the_exchange() {
 fn a_client_that_leaves_mid_response_closes_both_sides() {
     let world = World::new(PROXY);
     let mut ctx = world.ctx();
-    let (mut conn, client) = connect(&mut ctx);
-    let server = script_server(&mut ctx);
-    client.send(GET);
-    turn(&mut conn, &mut ctx);
+    let (mut conn, client, server) = proxied_get(&mut ctx);
     client.0.borrow_mut().window = Some(10);
     server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
     assert_eq!(conn.drive(&mut ctx), Outcome::Wait, "the client's socket is full");

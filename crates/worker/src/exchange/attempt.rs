@@ -79,6 +79,11 @@ impl Attempt {
         self.tried &= !(1u64.checked_shl(self.server as u32).unwrap_or(0));
     }
 
+    /// The group's configuration.
+    pub fn config<'c>(&self, ctx: &'c Ctx) -> &'c tine_config::Upstream {
+        &ctx.proxy.upstreams.groups[self.group].config
+    }
+
     /// This worker's entry of the region's table for the current server.
     pub fn stats<'a>(&self, ctx: &Ctx<'a>) -> Option<&'a UpstreamStats> {
         server_stats(ctx, self.group, self.server)
@@ -106,7 +111,7 @@ impl Attempt {
                 if let Some(st) = stats {
                     st.requests.fetch_add(1, Relaxed);
                 }
-                let config = &ctx.proxy.upstreams.groups[self.group].config;
+                let config = self.config(ctx);
                 let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
                 client.arm(ctx, timeout);
                 Connected::To(c.conn)
@@ -134,7 +139,7 @@ impl Attempt {
             Ok(false) => return Ready::NotYet,
             Err(_) => return Ready::Failed,
         }
-        if let Some(version) = ctx.proxy.upstreams.groups[self.group].config.send_proxy {
+        if let Some(version) = self.config(ctx).send_proxy {
             if send_proxy_header(version, client, conn).is_err() {
                 return Ready::Failed;
             }
@@ -169,7 +174,7 @@ impl Attempt {
             }
         }
         if moved {
-            let timeout = ctx.proxy.upstreams.groups[self.group].config.io_timeout;
+            let timeout = self.config(ctx).io_timeout;
             client.arm(ctx, timeout);
         }
         flushed
