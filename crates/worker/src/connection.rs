@@ -194,9 +194,10 @@ impl Conn {
         conn
     }
 
-    /// The connection's deadline, for the timer wheel.
-    pub fn timer(&mut self) -> &mut Deadline {
-        &mut self.io.timer
+    /// The deadline of exchange `index` (an HTTP/1.1 connection's one
+    /// exchange shares the connection's own, index 0), for the timer wheel.
+    pub fn timer(&mut self, index: u32) -> Option<&mut Deadline> {
+        (index == 0).then_some(&mut self.io.timer)
     }
 
     /// True when the connection is between requests with nothing buffered.

@@ -6,7 +6,7 @@
 use crate::connection::{CloseReason, Conn, Outcome};
 use crate::context::Ctx;
 use crate::slab::Slab;
-use crate::token::{ConnId, Token};
+use crate::token::{ConnId, ExchangeId, Token};
 use crate::transport::{Client, PlainTcp, Tls};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -52,8 +52,8 @@ pub struct EventLoop<'a> {
     events: Vec<Event>,
     /// Connections that used their send budget while still writable.
     ready: Vec<ConnId>,
-    /// Tokens whose timer entry came due this turn.
-    expired: Vec<ConnId>,
+    /// Deadlines that came due this turn (a connection's, or one of its exchanges').
+    expired: Vec<ExchangeId>,
     /// Scratch list of idle keep-alive connections, oldest first once sorted.
     reclaimable: Vec<(Instant, ConnId)>,
     drain_deadline: Option<Instant>,
@@ -422,11 +422,12 @@ impl<'a> EventLoop<'a> {
         self.ctx.timers.wheel.advance(self.ctx.clock.now, &mut self.expired);
         // Index, not drain: the list keeps its allocation from turn to turn.
         for i in 0..self.expired.len() {
-            let id = self.expired[i];
-            let Some(conn) = self.conns.get_mut(id) else { continue };
-            if self.ctx.timers.wheel.came_due(conn.timer(), id, self.ctx.clock.now) {
+            let due = self.expired[i];
+            let Some(conn) = self.conns.get_mut(due.conn) else { continue };
+            let Some(timer) = conn.timer(due.index) else { continue };
+            if self.ctx.timers.wheel.came_due(timer, due, self.ctx.clock.now) {
                 let outcome = conn.on_deadline(&mut self.ctx);
-                self.settle(id, outcome);
+                self.settle(due.conn, outcome);
             }
         }
         self.expired.clear();

@@ -1,7 +1,9 @@
-//! A hashed timer wheel for connection deadlines. Each connection has one
-//! [`Deadline`], and a deadline has at most one entry in the wheel, so the
-//! wheel holds exactly as many entries as there are live deadlines, however
-//! often they are re-armed:
+//! A hashed timer wheel for deadlines. A deadline belongs to a client
+//! connection (index 0 of its [`ExchangeId`]: the connection itself, and the
+//! one exchange an HTTP/1.1 connection holds at a time) or to one of its
+//! exchanges (an HTTP/2 stream), and has at most one entry in the wheel, so
+//! the wheel holds exactly as many entries as there are live deadlines,
+//! however often they are re-armed:
 //!
 //! - a deadline moved later (every request re-arms) only writes its tick;
 //!   the entry, found due early, is filed again for the new tick;
@@ -12,7 +14,7 @@
 //! through it, so filing, moving and removing are O(1) without allocating
 //! once warm.
 
-use crate::token::ConnId;
+use crate::token::ExchangeId;
 use std::time::{Duration, Instant};
 
 /// Granularity of every timeout.
@@ -37,7 +39,7 @@ impl Deadline {
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
-    id: ConnId,
+    id: ExchangeId,
     tick: u64,
     prev: u32,
     next: u32,
@@ -84,8 +86,8 @@ impl TimerWheel {
         self.live == 0
     }
 
-    /// Sets `d`, the deadline of connection `id`, to pass at `tick`.
-    pub fn arm(&mut self, d: &mut Deadline, id: ConnId, tick: u64) {
+    /// Sets `d`, the deadline of `id`, to pass at `tick`.
+    pub fn arm(&mut self, d: &mut Deadline, id: ExchangeId, tick: u64) {
         d.tick = tick;
         match d.entry {
             // Filed no later: it will be filed again for the new tick when due.
@@ -98,7 +100,7 @@ impl TimerWheel {
         }
     }
 
-    /// Removes `d`'s entry: the connection is gone.
+    /// Removes `d`'s entry: its owner is gone.
     pub fn disarm(&mut self, d: &mut Deadline) {
         if let Some(e) = d.entry.take() {
             self.unlink(e);
@@ -106,10 +108,10 @@ impl TimerWheel {
         }
     }
 
-    /// Moves the wheel to `now` and hands over the connection of every entry that
+    /// Moves the wheel to `now` and hands over the owner of every entry that
     /// came due; those entries are gone, and [`TimerWheel::came_due`] decides,
     /// for each, whether its deadline really passed.
-    pub fn advance(&mut self, now: Instant, due: &mut Vec<ConnId>) {
+    pub fn advance(&mut self, now: Instant, due: &mut Vec<ExchangeId>) {
         let now_tick = self.tick_of(now);
         // After a long stall one full lap visits every slot.
         let first = self.next.max(now_tick.saturating_sub(SLOTS as u64 - 1));
@@ -128,10 +130,10 @@ impl TimerWheel {
         self.next = now_tick + 1;
     }
 
-    /// For a connection [`TimerWheel::advance`] handed over: true when `d` has
+    /// For an owner [`TimerWheel::advance`] handed over: true when `d` has
     /// passed; otherwise it moved later since it was filed, and is filed
     /// again for its tick.
-    pub fn came_due(&mut self, d: &mut Deadline, id: ConnId, now: Instant) -> bool {
+    pub fn came_due(&mut self, d: &mut Deadline, id: ExchangeId, now: Instant) -> bool {
         d.entry = None;
         if d.tick <= self.tick_of(now) {
             return true;
@@ -147,7 +149,7 @@ impl TimerWheel {
         (tick - elapsed % tick) as i32
     }
 
-    fn insert(&mut self, id: ConnId, tick: u64) -> u32 {
+    fn insert(&mut self, id: ExchangeId, tick: u64) -> u32 {
         let blank = Entry { id, tick, prev: NIL, next: NIL };
         let e = match self.free.pop() {
             Some(e) => {
@@ -198,8 +200,8 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
-    fn c(n: u64) -> ConnId {
-        ConnId::new(n as u32, 0)
+    fn c(n: u64) -> ExchangeId {
+        ExchangeId { conn: crate::token::ConnId::new(n as u32, 0), index: 0 }
     }
 
     #[test]
@@ -277,7 +279,7 @@ mod tests {
             due.clear();
             w.advance(now, &mut due);
             for &id in &due {
-                let i = id.index() as usize;
+                let i = id.conn.index() as usize;
                 if let Some(d) = conns[i].as_mut() {
                     if w.came_due(d, id, now) {
                         conns[i] = None;

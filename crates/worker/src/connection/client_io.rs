@@ -75,10 +75,17 @@ impl ClientIo {
         }
     }
 
+    /// The connection, and its one exchange at a time: index 0, which the
+    /// connection's own deadline and its exchange's share.
+    pub(super) fn exchange(&self) -> ExchangeId {
+        ExchangeId { conn: self.id, index: 0 }
+    }
+
     /// The connection's deadline is now `timeout` from this turn.
     pub(super) fn arm(&mut self, ctx: &mut Ctx, timeout: Duration) {
         let tick = ctx.timers.wheel.deadline(ctx.clock.now, timeout);
-        ctx.timers.wheel.arm(&mut self.timer, self.id, tick);
+        let owner = self.exchange();
+        ctx.timers.wheel.arm(&mut self.timer, owner, tick);
     }
 }
 
@@ -88,8 +95,7 @@ impl ClientIo {
 /// HTTP/1.0 client).
 impl Downstream for ClientIo {
     fn owner(&self) -> ExchangeId {
-        // One exchange at a time.
-        ExchangeId { conn: self.id, index: 0 }
+        self.exchange()
     }
 
     fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {
