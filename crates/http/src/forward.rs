@@ -9,7 +9,7 @@
 
 use crate::request::{Body, Request, Version};
 use crate::response::push_header;
-use crate::response_head::{ResponseBody, ResponseHead};
+use crate::response_head::{ResponseBody, UpstreamHead};
 
 /// Headers that never cross the proxy as they came: hop-by-hop ones, the
 /// ones tine writes itself, and what the Connection header lists. Framing
@@ -67,7 +67,7 @@ pub struct ClientSide {
 /// final responses (interim ones go as they came).
 pub fn client_response_head(
     out: &mut Vec<u8>,
-    resp: &ResponseHead<'_, '_>,
+    resp: &UpstreamHead<'_, '_>,
     client: ClientSide,
     added: &crate::response::AddedHeaders,
 ) {

@@ -44,9 +44,11 @@ pub enum BadResponse {
     UnaskedSwitch,
 }
 
-/// A complete response head; header slices borrow from the read buffer.
+/// A complete response head as an upstream sent it, parsed strictly (the
+/// heads tine writes itself are [`crate::message::ResponseHead`]); header
+/// slices borrow from the read buffer.
 #[derive(Debug)]
-pub struct ResponseHead<'h, 'b> {
+pub struct UpstreamHead<'h, 'b> {
     pub code: u16,
     pub reason: &'b [u8],
     pub headers: &'h [httparse::Header<'b>],
@@ -60,7 +62,7 @@ pub struct ResponseHead<'h, 'b> {
     pub reusable: bool,
 }
 
-impl ResponseHead<'_, '_> {
+impl UpstreamHead<'_, '_> {
     /// 1xx other than 101: an interim response, followed by another head.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.code) && self.code != 101
@@ -75,7 +77,7 @@ pub fn parse_response<'h, 'b>(
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
     asked: Asked,
     limit: usize,
-) -> Result<Option<ResponseHead<'h, 'b>>, BadResponse> {
+) -> Result<Option<UpstreamHead<'h, 'b>>, BadResponse> {
     let mut resp = httparse::Response::new(headers);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -143,7 +145,7 @@ pub fn parse_response<'h, 'b>(
     let ambiguous = chunked && (length.is_some() || http10);
     let reusable = !close && !ambiguous && body != ResponseBody::UntilClose && code != 101;
     let content_length = if chunked { None } else { length };
-    Ok(Some(ResponseHead { code, reason, headers, head_len, body, content_length, reusable }))
+    Ok(Some(UpstreamHead { code, reason, headers, head_len, body, content_length, reusable }))
 }
 
 fn parse_length(value: &[u8]) -> Result<u64, BadResponse> {

@@ -59,7 +59,7 @@ use tine_http::chunked::{ChunkedDecoder, Output};
 use tine_http::forward::{self, Forwarding};
 use tine_http::request::{Body, Method, Request, MAX_HEADERS};
 use tine_http::response::Status;
-use tine_http::response_head::{self, Asked, BadResponse, ResponseHead};
+use tine_http::response_head::{self, Asked, BadResponse, UpstreamHead};
 use tunnel::{relay_failure, Side};
 
 /// Interim (1xx) responses accepted before the final one; an upstream that
@@ -996,7 +996,7 @@ struct FinalHead {
 }
 
 impl FinalHead {
-    fn of(head: &ResponseHead<'_, '_>, chunks: Output) -> Self {
+    fn of(head: &UpstreamHead<'_, '_>, chunks: Output) -> Self {
         FinalHead { code: head.code, body: head.body, reusable: head.reusable, chunks }
     }
 }

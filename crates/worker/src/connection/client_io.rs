@@ -20,7 +20,7 @@ use std::time::Duration;
 use tine_http::chunked::{ChunkedDecoder, ChunkedError, Output};
 use tine_http::forward;
 use tine_http::response::AddedHeaders;
-use tine_http::response_head::{ResponseBody, ResponseHead};
+use tine_http::response_head::{ResponseBody, UpstreamHead};
 use tine_net::sys::Peek;
 
 pub struct ClientIo {
@@ -137,7 +137,7 @@ impl Downstream for ClientIo {
         self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 
-    fn emit_head(&mut self, head: &ResponseHead<'_, '_>, added: &AddedHeaders, draining: bool) -> Output {
+    fn emit_head(&mut self, head: &UpstreamHead<'_, '_>, added: &AddedHeaders, draining: bool) -> Output {
         if head.body == ResponseBody::UntilClose || head.code == 101 {
             self.keep_alive = false;
         }

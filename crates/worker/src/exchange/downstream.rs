@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 use tine_http::chunked::{ChunkedDecoder, ChunkedError, Output};
 use tine_http::response::AddedHeaders;
-use tine_http::response_head::ResponseHead;
+use tine_http::response_head::UpstreamHead;
 
 /// What an exchange does to its client.
 pub trait Downstream {
@@ -52,7 +52,7 @@ pub trait Downstream {
     /// The final response head, framed as the session frames it (`draining`:
     /// the server is stopping, so the client's connection ends after it);
     /// returns the form in which the session wants a chunked body's data.
-    fn emit_head(&mut self, head: &ResponseHead<'_, '_>, added: &AddedHeaders, draining: bool) -> Output;
+    fn emit_head(&mut self, head: &UpstreamHead<'_, '_>, added: &AddedHeaders, draining: bool) -> Output;
 
     /// Response body bytes, as they are.
     fn emit_body(&mut self, bytes: &[u8]);

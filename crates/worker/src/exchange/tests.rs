@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 use tine_http::chunked::{ChunkedDecoder, ChunkedError, Output};
 use tine_http::response::AddedHeaders;
-use tine_http::response_head::ResponseHead;
+use tine_http::response_head::UpstreamHead;
 
 /// A client side that records what the exchange emits, as values.
 #[derive(Default)]
@@ -68,7 +68,7 @@ impl Downstream for Recorder {
         self.continued = true;
     }
 
-    fn emit_head(&mut self, head: &ResponseHead<'_, '_>, _added: &AddedHeaders, _draining: bool) -> Output {
+    fn emit_head(&mut self, head: &UpstreamHead<'_, '_>, _added: &AddedHeaders, _draining: bool) -> Output {
         let names = head.headers.iter().map(|h| h.name.to_ascii_lowercase()).collect();
         self.head = Some((head.code, names));
         Output::Raw
