@@ -76,13 +76,14 @@ fn workers_run_as_the_configured_user_through_reload_and_upgrade() {
     // checkout is (a 0700 directory would refuse it the binary itself).
     let ops_binary = server.dir.path().join("tine-ops");
     std::fs::copy(env!("CARGO_BIN_EXE_tine"), &ops_binary).unwrap();
-    let as_ops_tool = std::process::Command::new(&ops_binary)
-        .args(["stats", "--json", "--stats-path"])
-        .arg(&server.stats_path)
-        .uid(NOBODY + 1000)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let as_ops_tool = run_fresh_copy(|| {
+        std::process::Command::new(&ops_binary)
+            .args(["stats", "--json", "--stats-path"])
+            .arg(&server.stats_path)
+            .uid(NOBODY + 1000)
+            .gid(NOBODY)
+            .output()
+    });
     assert!(as_ops_tool.status.success(), "a member of the group reads the stats: {:?}", as_ops_tool);
 
     // Reload and USR1 still work from the master, and new workers drop too.
@@ -195,4 +196,20 @@ fn logs_in_a_directory_the_workers_user_writes_never_hand_over_another_file() {
     untouched("after a hard link");
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
+}
+
+/// Runs a binary copied a moment ago. Another test thread that forked while
+/// the copy's write descriptor was open holds it until its child execs, and
+/// until then exec fails with ETXTBSY; that passes by itself, so the run is
+/// tried again, a bounded number of times.
+fn run_fresh_copy(run: impl Fn() -> std::io::Result<std::process::Output>) -> std::process::Output {
+    for _ in 0..100 {
+        match run() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the copied binary stayed busy for a second");
 }
