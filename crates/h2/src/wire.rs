@@ -1,0 +1,78 @@
+//! The engine's transport: two byte queues in memory. The session feeds
+//! the inbound one from the client's socket and drains the outbound one to
+//! it; the engine reads and writes them through tokio's I/O traits, and a
+//! read with nothing queued is pending until the session feeds more.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[derive(Default)]
+struct Queues {
+    inbound: VecDeque<u8>,
+    /// The client closed its side: once `inbound` is read, end of stream.
+    inbound_closed: bool,
+    outbound: Vec<u8>,
+}
+
+/// Both queues of one connection, shared by the session's handle and the
+/// engine's transport (one thread: a worker is one).
+#[derive(Clone, Default)]
+pub struct Wire(Rc<RefCell<Queues>>);
+
+impl Wire {
+    pub(crate) fn io(&self) -> WireIo {
+        WireIo(self.clone())
+    }
+
+    pub(crate) fn push_inbound(&self, bytes: &[u8]) {
+        self.0.borrow_mut().inbound.extend(bytes);
+    }
+
+    pub(crate) fn close_inbound(&self) {
+        self.0.borrow_mut().inbound_closed = true;
+    }
+
+    pub(crate) fn take_outbound(&self, out: &mut Vec<u8>) {
+        out.append(&mut self.0.borrow_mut().outbound);
+    }
+}
+
+/// The engine's end of the wire.
+pub(crate) struct WireIo(Wire);
+
+impl AsyncRead for WireIo {
+    fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut q = self.0 .0.borrow_mut();
+        if q.inbound.is_empty() {
+            // Nothing read at all is the end of stream, once the client closed.
+            return if q.inbound_closed { Poll::Ready(Ok(())) } else { Poll::Pending };
+        }
+        let n = buf.remaining().min(q.inbound.len());
+        let (front, back) = q.inbound.as_slices();
+        let from_front = n.min(front.len());
+        buf.put_slice(&front[..from_front]);
+        buf.put_slice(&back[..n - from_front]);
+        q.inbound.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for WireIo {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.0 .0.borrow_mut().outbound.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
