@@ -2,6 +2,10 @@
 //! keep one request from being read as two (RFC 9112 section 6.3) and extracts
 //! what the handlers need, borrowing from the read buffer instead of copying.
 
+mod http2;
+
+pub use http2::{request_from_http2, Http2Head};
+
 use crate::HttpError;
 
 /// Most headers a request may carry; more is answered with 431.
@@ -42,6 +46,8 @@ pub struct Limits {
 pub enum Version {
     Http10,
     Http11,
+    /// A stream of an HTTP/2 connection.
+    Http2,
 }
 
 /// A parsed request head, the same whatever protocol carried it (method,
