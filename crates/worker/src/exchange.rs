@@ -365,7 +365,7 @@ impl Exchange {
                     ctx.pool.put_read(buf);
                 }
                 self.at.report(ctx, false);
-                self.failure(Status::GATEWAY_TIMEOUT, Some(up), false)
+                Next::Fail { status: Status::GATEWAY_TIMEOUT, upstream: Some(up), close: false }
             }
             Stage::Tunnel(up, t) => {
                 t.recycle(&mut ctx.proxy.pipes);
@@ -441,10 +441,6 @@ impl Exchange {
         }
     }
 
-    fn failure(&self, status: Status, upstream: Option<UpConn>, close: bool) -> Next {
-        Next::Fail { status, upstream, close }
-    }
-
     /// An exchange that ended: whatever its stage still holds goes back (an
     /// upstream connection is closed), then its buffers and its box.
     fn retire(mut self: Box<Self>, ctx: &mut Ctx) {
@@ -478,7 +474,7 @@ impl Exchange {
                 Next::Go(Stage::Connecting(up))
             }
             Connected::Failed => Next::Go(Stage::Pick),
-            Connected::NoServer => self.failure(Status::BAD_GATEWAY, None, false),
+            Connected::NoServer => Next::Fail { status: Status::BAD_GATEWAY, upstream: None, close: false },
         }
     }
 
@@ -555,7 +551,7 @@ impl Exchange {
                 Err(e) => {
                     log::info!("client request body refused: {e}");
                     ctx.stats.count_rejection(crate::context::Rejection::Body);
-                    return self.failure(Status::BAD_REQUEST, Some(up), false);
+                    return Next::Fail { status: Status::BAD_REQUEST, upstream: Some(up), close: false };
                 }
             }
         }
@@ -666,7 +662,7 @@ impl Exchange {
     fn bad_response(&mut self, up: UpConn, why: BadResponse, ctx: &mut Ctx) -> Next {
         log::warn!("upstream {}: {why}", self.at.server_name(ctx));
         self.at.count_failure(ctx);
-        self.failure(Status::BAD_GATEWAY, Some(up), true)
+        Next::Fail { status: Status::BAD_GATEWAY, upstream: Some(up), close: true }
     }
 
     /// The client's head is emitted; decide how the body travels, starting
@@ -939,7 +935,7 @@ impl Exchange {
             self.sent = 0;
             return Next::Go(Stage::Pick);
         }
-        self.failure(Status::BAD_GATEWAY, None, false)
+        Next::Fail { status: Status::BAD_GATEWAY, upstream: None, close: false }
     }
 
     /// A 101 answered the upgrade: the exchange becomes a tunnel.
@@ -947,8 +943,8 @@ impl Exchange {
         let Some(tunnel) = Tunnel::open(client, &up, &mut self.to_upstream, ctx) else {
             return Next::Close { reason: CloseReason::Error, upstream: Some(up) };
         };
+        // The breaker heard of the 101 in begin_response.
         let idle = self.at.config(ctx).io_timeout;
-        self.at.report(ctx, true);
         client.arm(ctx, idle);
         Next::Go(Stage::Tunnel(up, tunnel))
     }
