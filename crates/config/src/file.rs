@@ -15,6 +15,7 @@ struct RawFile {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     tls_listen: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
+    http2: Option<RawHttp2>,
     proxy_protocol: Option<RawProxyProtocol>,
     health_path: Option<Spanned<String>>,
     admin_hosts: Option<Vec<Spanned<String>>>,
@@ -50,6 +51,18 @@ struct RawTls {
     unknown_name: Option<Spanned<String>>,
     session_tickets: Option<bool>,
     ticket_key_rotation: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp2 {
+    enabled: Option<bool>,
+    h2c: Option<bool>,
+    max_concurrent_streams: Option<Spanned<i64>>,
+    initial_window_size: Option<Spanned<i64>>,
+    max_header_list_size: Option<Spanned<i64>>,
+    max_pending_resets: Option<Spanned<i64>>,
+    max_stream_errors: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +468,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     parse_timeouts(&raw, &at, &mut config)?;
     parse_limits(&raw, &at, &mut config)?;
     parse_cache_and_compression(&raw, &at, &mut config)?;
+    parse_http2(&raw, &at, &mut config)?;
     parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
     check_tls_users(&raw, &at, &config)?;
     parse_tcp(&raw, &at, &mut config)?;
@@ -647,6 +661,35 @@ fn parse_cache_and_compression(raw: &RawFile, at: &Locator, config: &mut Config)
         if let Some(v) = &c.gzip_level {
             z.gzip_level = at.in_range(v, "gzip_level", 1, 9)? as u32;
         }
+    }
+    Ok(())
+}
+
+/// `[http2]`.
+fn parse_http2(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
+    let Some(h) = &raw.http2 else { return Ok(()) };
+    let c = &mut config.http2;
+    if let Some(v) = h.enabled {
+        c.enabled = v;
+    }
+    if let Some(v) = h.h2c {
+        c.h2c = v;
+    }
+    if let Some(v) = &h.max_concurrent_streams {
+        c.max_concurrent_streams = at.in_range(v, "max_concurrent_streams", 1, 1 << 16)? as u32;
+    }
+    if let Some(v) = &h.initial_window_size {
+        // RFC 9113 section 6.5.2: at most 2^31-1.
+        c.initial_window_size = at.in_range(v, "initial_window_size", 1024, (1 << 31) - 1)? as u32;
+    }
+    if let Some(v) = &h.max_header_list_size {
+        c.max_header_list_size = at.in_range(v, "max_header_list_size", 1024, 1 << 24)? as u32;
+    }
+    if let Some(v) = &h.max_pending_resets {
+        c.max_pending_resets = at.in_range(v, "max_pending_resets", 1, 1 << 16)? as u32;
+    }
+    if let Some(v) = &h.max_stream_errors {
+        c.max_stream_errors = at.in_range(v, "max_stream_errors", 1, 1 << 20)? as u32;
     }
     Ok(())
 }

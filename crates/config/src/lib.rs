@@ -8,11 +8,13 @@
 
 mod duration;
 mod file;
+pub mod http2;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod static_site;
 pub mod tcp;
 pub mod tls;
+pub use http2::Http2;
 pub use proxy_protocol::ProxyProtocol;
 pub use static_site::{Compression, ErrorPage, Redirect, StaticSite, TryFile};
 pub use tcp::TcpOptions;
@@ -51,6 +53,8 @@ pub struct Config {
     pub certificates: Vec<Certificate>,
     /// The `[tls]` table.
     pub tls: Tls,
+    /// The `[http2]` table.
+    pub http2: Http2,
     /// The `[proxy_protocol]` table.
     pub proxy_protocol: ProxyProtocol,
     /// A path that public listeners answer as the health check (the admin
@@ -166,6 +170,7 @@ impl Default for Config {
             tls_listen: Vec::new(),
             certificates: Vec::new(),
             tls: Tls::default(),
+            http2: Http2::default(),
             proxy_protocol: ProxyProtocol::default(),
             health_path: None,
             admin_hosts: Vec::new(),

@@ -19,10 +19,11 @@
 
 #![forbid(unsafe_code)]
 
+mod stream;
 mod wire;
 
-pub use h2::server::SendResponse;
-pub use h2::{Reason, RecvStream, SendStream};
+pub use h2::Reason;
+pub use stream::{Accepted, BodyChunk, RequestBody, Responder, StreamGone};
 pub use wire::Wire;
 
 use bytes::Bytes;
@@ -75,10 +76,6 @@ impl ConnectionError {
         self.0.reason()
     }
 }
-
-/// A request the engine has accepted: its head, its body stream, and where
-/// its response goes.
-pub type Accepted = (http::Request<RecvStream>, SendResponse<Bytes>);
 
 /// Where a server connection stands.
 enum State {
@@ -150,13 +147,34 @@ impl ServerConnection {
                 State::Open(conn) => {
                     return match conn.poll_accept(&mut cx) {
                         Poll::Pending => Polled::Idle,
-                        Poll::Ready(Some(Ok(accepted))) => Polled::Request(Box::new(accepted)),
+                        Poll::Ready(Some(Ok((request, respond)))) => {
+                            Polled::Request(Box::new(Accepted::new(request, respond)))
+                        }
                         Poll::Ready(Some(Err(e))) => self.end(Err(e.into())),
                         Poll::Ready(None) => self.end(Ok(())),
                     }
                 }
                 State::Ended => return Polled::Idle,
             }
+        }
+    }
+
+    /// Bytes the client sent that the engine has not read yet: more are
+    /// read from the socket only once these are.
+    pub fn unread_input(&self) -> usize {
+        self.wire.inbound_len()
+    }
+
+    /// Bytes the engine wrote that the session has not taken yet.
+    pub fn has_output(&self) -> bool {
+        self.wire.outbound_len() > 0
+    }
+
+    /// Ends the connection at once with GOAWAY(`reason`): the streams
+    /// under way end with it.
+    pub fn abrupt_shutdown(&mut self, reason: Reason) {
+        if let State::Open(conn) = &mut self.state {
+            conn.abrupt_shutdown(reason);
         }
     }
 

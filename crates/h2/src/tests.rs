@@ -96,13 +96,17 @@ fn a_request_and_its_response_cross_with_no_runtime() {
     let send = pair.send.as_mut().unwrap();
     let (mut response, _) = send.send_request(get("/x?y=1"), true).unwrap();
     pair.turns(4);
-    let (req, mut respond) = pair.accepted.pop().expect("the server accepted the request");
-    assert_eq!(req.method(), "GET");
-    assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/x?y=1");
-    assert_eq!(req.uri().authority().unwrap().as_str(), "a.test");
+    let mut accepted = pair.accepted.pop().expect("the server accepted the request");
+    assert_eq!(accepted.head.method, "GET");
+    assert_eq!(accepted.head.uri.path_and_query().unwrap().as_str(), "/x?y=1");
+    assert_eq!(accepted.head.uri.authority().unwrap().as_str(), "a.test");
+    assert!(accepted.body.is_end_stream());
     let head = http::Response::builder().status(200).header("x-a", "1").body(()).unwrap();
-    let mut body = respond.send_response(head, false).unwrap();
-    body.send_data(Bytes::from_static(b"hello"), true).unwrap();
+    let respond = &mut accepted.responder;
+    respond.send_head(head, false).unwrap();
+    assert!(respond.writable(5) >= 5, "the default window has room");
+    respond.send_data(Bytes::from_static(b"hello"), true).unwrap();
+    assert!(respond.is_done());
     pair.turns(4);
     let Poll::Ready(Ok(resp)) = Pin::new(&mut response).poll(&mut cx()) else { panic!("no response") };
     assert_eq!(resp.status(), 200);
@@ -140,12 +144,11 @@ fn a_request_body_larger_than_the_window_arrives_as_the_server_reads_it() {
             upload.send_data(Bytes::from(vec![b'u'; n]), sent + n == total).unwrap();
             sent += n;
         }
-        if let Some((req, _)) = pair.accepted.last_mut() {
-            let body = req.body_mut();
-            while let Poll::Ready(Some(Ok(chunk))) = body.poll_data(&mut cx()) {
+        if let Some(accepted) = pair.accepted.last_mut() {
+            while let BodyChunk::Data(chunk) = accepted.body.next_chunk() {
                 received += chunk.len();
-                // Reading is what opens the window again.
-                body.flow_control().release_capacity(chunk.len()).unwrap();
+                // Passing it on is what opens the window again.
+                accepted.body.release(chunk.len());
             }
         }
         if received == total {

@@ -11,6 +11,11 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Bytes the engine may have written and the session not yet taken before
+/// its writes wait: what a client that reads slowly can make a connection
+/// hold beyond the streams' own buffers.
+const OUTBOUND_LIMIT: usize = 64 * 1024;
+
 #[derive(Default)]
 struct Queues {
     inbound: VecDeque<u8>,
@@ -40,6 +45,14 @@ impl Wire {
     pub(crate) fn take_outbound(&self, out: &mut Vec<u8>) {
         out.append(&mut self.0.borrow_mut().outbound);
     }
+
+    pub(crate) fn inbound_len(&self) -> usize {
+        self.0.borrow().inbound.len()
+    }
+
+    pub(crate) fn outbound_len(&self) -> usize {
+        self.0.borrow().outbound.len()
+    }
 }
 
 /// The engine's end of the wire.
@@ -64,8 +77,15 @@ impl AsyncRead for WireIo {
 
 impl AsyncWrite for WireIo {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.0 .0.borrow_mut().outbound.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        let mut q = self.0 .0.borrow_mut();
+        let room = OUTBOUND_LIMIT.saturating_sub(q.outbound.len());
+        if room == 0 {
+            // The session polls again once it has written some out.
+            return Poll::Pending;
+        }
+        let n = room.min(buf.len());
+        q.outbound.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -26,8 +26,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tine_config::{Config, TlsVersion};
 
-/// The only application protocol tine speaks over TLS.
+/// HTTP/1.1's ALPN name.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+/// HTTP/2's ALPN name (over TLS).
+pub const ALPN_H2: &[u8] = b"h2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -65,6 +67,18 @@ impl std::fmt::Debug for TlsContext {
 /// The crypto provider every TLS configuration of tine uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// What TLS listeners offer by ALPN, most preferred first: `h2` when
+/// `[http2]` is enabled, and `http/1.1`. A client that offers neither
+/// still gets HTTP/1.1 (rustls agrees on nothing rather than refusing).
+fn http_alpn(config: &Config) -> Vec<Vec<u8>> {
+    let mut offered = Vec::with_capacity(2);
+    if config.http2.enabled {
+        offered.push(ALPN_H2.to_vec());
+    }
+    offered.push(ALPN_HTTP_1_1.to_vec());
+    offered
 }
 
 /// Certificates expiring within this are warned about.
@@ -135,7 +149,7 @@ impl TlsContext {
             Ok(Arc::new(server))
         };
         Ok(TlsContext {
-            https: build(vec![ALPN_HTTP_1_1.to_vec()])?,
+            https: build(http_alpn(config))?,
             stream: build(Vec::new())?,
             certificates: Arc::new(certificates),
         })
