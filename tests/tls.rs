@@ -170,13 +170,15 @@ fn tls_versions_and_alpn() {
     let both =
         Client::new(ClientOptions { alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()], ..Default::default() });
     let s = both.connect(addr, Some("a.test")).unwrap();
-    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]), "h2 is never chosen");
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]), "h2 is preferred");
     let h2_only = Client::new(ClientOptions { alpn: vec![b"h2".to_vec()], ..Default::default() });
-    assert!(h2_only.connect(addr, Some("a.test")).is_err(), "no protocol in common");
+    assert_eq!(h2_only.connect(addr, Some("a.test")).unwrap().conn.alpn_protocol(), Some(&b"h2"[..]));
+    let other = Client::new(ClientOptions { alpn: vec![b"spdy/3.1".to_vec()], ..Default::default() });
+    assert!(other.connect(addr, Some("a.test")).is_err(), "no protocol in common");
     let no_alpn = Client::new(ClientOptions { alpn: Vec::new(), ..Default::default() });
     assert!(no_alpn.get(addr, Some("a.test"), "/missing").starts_with(b"HTTP/1.1 404"));
     server.wait_until("versions counted", |s| {
-        s["total"]["tls_v1_2"] == 1 && s["total"]["tls_v1_3"] == 3 && s["total"]["tls_failed_protocol"] == 1
+        s["total"]["tls_v1_2"] == 1 && s["total"]["tls_v1_3"] == 4 && s["total"]["tls_failed_protocol"] == 1
     });
 
     let strict = tls_server(1, &certificate_toml(&a, true), "[tls]\nmin_version = \"1.3\"\n");

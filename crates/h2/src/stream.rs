@@ -91,6 +91,11 @@ impl Responder {
         Ok(())
     }
 
+    /// Nothing of the final response was sent yet.
+    pub fn at_head(&self) -> bool {
+        matches!(self.sending, Sending::Head(_))
+    }
+
     /// The head is sent and the body not yet ended.
     pub fn in_body(&self) -> bool {
         matches!(self.sending, Sending::Body(_))

@@ -91,7 +91,7 @@ impl ChunkedDecoder {
             self.state = self.step(input[i])?;
             i += 1;
             if self.state == State::Done && self.output == Output::Chunked {
-                out.extend_from_slice(b"0\r\n\r\n");
+                out.extend_from_slice(LAST_CHUNK);
             }
         }
         Ok(i)
@@ -104,12 +104,7 @@ impl ChunkedDecoder {
         match self.output {
             Output::Discard => {}
             Output::Raw => out.extend_from_slice(data),
-            Output::Chunked => {
-                push_hex(out, data.len() as u64);
-                out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(data);
-                out.extend_from_slice(b"\r\n");
-            }
+            Output::Chunked => push_chunk(out, data),
         }
     }
 
@@ -238,6 +233,18 @@ fn hex_value(b: u8) -> u8 {
         _ => b - b'A' + 10,
     }
 }
+
+/// Writes `data` as one chunk of chunked coding (not empty: an empty chunk
+/// ends the body).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    push_hex(out, data.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and the empty trailer section that end a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 fn push_hex(out: &mut Vec<u8>, v: u64) {
     let mut digits = [0u8; 16];

@@ -71,20 +71,12 @@ pub fn client_response_head(
     client: ClientSide,
     added: &crate::response::AddedHeaders,
 ) {
-    let add = resp.code >= 200 && resp.code != 101;
-    let listed = connection_listed(resp.headers);
     out.extend_from_slice(b"HTTP/1.1 ");
     crate::response::push_u64(out, u64::from(resp.code));
     out.push(b' ');
     out.extend_from_slice(resp.reason);
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let replaced = add && added.replaces(h.name.as_bytes());
-        if !dropped(h.name.as_bytes(), &listed) && !replaced {
-            push_header(out, h.name.as_bytes(), h.value);
-        }
-    }
-    if add {
+    if end_to_end_fields(resp, added, |name, value| push_header(out, name.as_bytes(), value)) {
         out.extend_from_slice(added.lines());
     }
     match resp.body {
@@ -95,9 +87,8 @@ pub fn client_response_head(
         }
         // An HTTP/1.0 client gets the decoded body, ended by the close.
         ResponseBody::Chunked if !client.http10 => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        // HEAD and 304 describe the body a GET would get.
-        ResponseBody::None if resp.code != 204 && resp.code >= 200 => {
-            if let Some(n) = resp.content_length {
+        ResponseBody::None => {
+            if let Some(n) = described_length(resp) {
                 out.extend_from_slice(b"Content-Length: ");
                 crate::response::push_u64(out, n);
                 out.extend_from_slice(b"\r\n");
@@ -117,6 +108,56 @@ pub fn client_response_head(
     } else {
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// The upstream's final response head as an HTTP/2 client gets it: the
+/// status and the end-to-end fields, with the body's length where it is
+/// known; the engine frames the rest (no Connection, no chunked coding).
+pub fn client_response_fields(
+    head: &mut crate::message::ResponseHead,
+    resp: &UpstreamHead<'_, '_>,
+    added: &crate::response::AddedHeaders,
+) {
+    head.reset(crate::response::Status(resp.code));
+    let fields = &mut head.fields;
+    if end_to_end_fields(resp, added, |name, value| {
+        fields.push(name, value);
+    }) {
+        fields.push_lines(added.lines());
+    }
+    let length = match resp.body {
+        ResponseBody::Length(n) => Some(n),
+        ResponseBody::None => described_length(resp),
+        ResponseBody::Chunked | ResponseBody::UntilClose => None,
+    };
+    if let Some(n) = length {
+        fields.push_u64("Content-Length", n);
+    }
+}
+
+/// Passes each of the upstream's fields that crosses to the client to
+/// `push`; true when the route's `added` fields go after them (a final
+/// response), having replaced the upstream's of the same names.
+fn end_to_end_fields<'b>(
+    resp: &UpstreamHead<'_, 'b>,
+    added: &crate::response::AddedHeaders,
+    mut push: impl FnMut(&str, &'b [u8]),
+) -> bool {
+    let add = resp.code >= 200 && resp.code != 101;
+    let listed = connection_listed(resp.headers);
+    for h in resp.headers.iter() {
+        let replaced = add && added.replaces(h.name.as_bytes());
+        if !dropped(h.name.as_bytes(), &listed) && !replaced {
+            push(h.name, h.value);
+        }
+    }
+    add
+}
+
+/// The length a bodiless response describes: HEAD and 304 tell the body a
+/// GET would get.
+fn described_length(resp: &UpstreamHead<'_, '_>) -> Option<u64> {
+    (resp.code != 204 && resp.code >= 200).then_some(resp.content_length).flatten()
 }
 
 /// Writes `ip` as text; IPv4 without the formatting machinery, since every

@@ -25,6 +25,7 @@
 //! turn the close into a reset that destroys the response in flight.
 
 mod client_io;
+mod http2;
 mod proxied;
 mod stream;
 
@@ -84,6 +85,8 @@ pub enum Phase {
     /// An exchange with an upstream server (see exchange.rs, and proxied.rs
     /// for this connection's side of it).
     Proxy(Box<Exchange>),
+    /// An HTTP/2 connection: its engine and its streams (see http2.rs).
+    Http2(Box<http2::Http2Session>),
     /// A `[[stream]]` connection relayed raw to its upstream (see stream.rs).
     Stream(Box<stream::StreamRelay>),
     /// The write side is shut; the client's leftover input is drained for a
@@ -100,18 +103,19 @@ pub enum AfterHandshake {
     Stream(usize),
 }
 
-/// The protocols an HTTP session can speak, by their ALPN names. Only
-/// HTTP/1.1 exists (and is all that tine offers); a client that offered no
-/// ALPN speaks it too.
+/// The protocols an HTTP session can speak, by their ALPN names; a client
+/// that offered no ALPN speaks HTTP/1.1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
+    Http2,
 }
 
 impl Protocol {
     pub fn from_alpn(alpn: Option<&[u8]>) -> Option<Protocol> {
         match alpn {
             None | Some(b"http/1.1") => Some(Protocol::Http1),
+            Some(b"h2") => Some(Protocol::Http2),
             Some(_) => None,
         }
     }
@@ -195,9 +199,14 @@ impl Conn {
     }
 
     /// The deadline of exchange `index` (an HTTP/1.1 connection's one
-    /// exchange shares the connection's own, index 0), for the timer wheel.
+    /// exchange shares the connection's own, index 0; an HTTP/2
+    /// connection's streams have their own), for the timer wheel.
     pub fn timer(&mut self, index: u32) -> Option<&mut Deadline> {
-        (index == 0).then_some(&mut self.io.timer)
+        match (index, &mut self.phase) {
+            (0, _) => Some(&mut self.io.timer),
+            (_, Phase::Http2(session)) => session.timer(index),
+            _ => None,
+        }
     }
 
     /// True when the connection is between requests with nothing buffered.
@@ -225,18 +234,20 @@ impl Conn {
     /// An event for the upstream connection that exchange `index` of this
     /// connection holds (an HTTP/1.1 connection has one at a time).
     pub fn on_upstream_event(&mut self, index: u32, peer_closed: bool) {
-        debug_assert_eq!(index, 0);
-        if let Phase::Proxy(exchange) = &mut self.phase {
-            if peer_closed {
-                exchange.note_upstream_fin();
-            }
+        match &mut self.phase {
+            Phase::Proxy(exchange) if peer_closed => exchange.note_upstream_fin(),
+            Phase::Http2(session) => session.on_upstream_event(index, peer_closed),
+            _ => {}
         }
     }
 
-    /// The connection's deadline passed: usually it closes, but an upstream
-    /// exchange may move on to another server or answer 504.
-    pub fn on_deadline(&mut self, ctx: &mut Ctx) -> Outcome {
+    /// The deadline of exchange `index` passed: usually the connection
+    /// closes, but an upstream exchange may move on to another server or
+    /// answer 504, and an HTTP/2 stream's deadline is the stream's alone.
+    pub fn on_deadline(&mut self, index: u32, ctx: &mut Ctx) -> Outcome {
         match std::mem::replace(&mut self.phase, Phase::ReadHead) {
+            Phase::Http2(session) if index > 0 => self.http2_stream_deadline(session, index, ctx),
+            Phase::Http2(session) => self.http2_deadline(session, ctx),
             Phase::Proxy(exchange) => self.proxy_deadline(exchange, ctx),
             Phase::Stream(relay) => self.stream_deadline(relay, ctx),
             Phase::ProxyHeader { .. } => {
@@ -272,10 +283,17 @@ impl Conn {
 
     /// A graceful stop began: an idle connection may still send one more request
     /// (it will be answered with `Connection: close`) within the grace period.
-    pub fn start_grace(&mut self, ctx: &mut Ctx) {
+    /// An HTTP/2 connection is told GOAWAY at once: true when it must be
+    /// driven for that to go out.
+    pub fn start_grace(&mut self, ctx: &mut Ctx) -> bool {
+        if let Phase::Http2(session) = &mut self.phase {
+            session.start_grace();
+            return true;
+        }
         if self.is_idle() {
             self.io.arm(ctx, ctx.timers.timeouts.keepalive_grace);
         }
+        false
     }
 
     /// Before the connection is dropped: logs a response cut short, ends any
@@ -287,6 +305,7 @@ impl Conn {
         match std::mem::replace(&mut self.phase, Phase::ReadHead) {
             Phase::Proxy(exchange) => exchange.abandon(ctx),
             Phase::Stream(relay) => self.release_stream(relay, ctx),
+            Phase::Http2(mut session) => session.release(ctx, self.io.peer),
             _ => {}
         }
         self.release_buffers(ctx);
@@ -349,6 +368,7 @@ impl Conn {
                 Phase::ReadHead => self.read_head(ctx),
                 Phase::Send(sending) => self.send(sending, ctx, &mut budget),
                 Phase::Proxy(exchange) => self.drive_proxy(exchange, ctx, &mut budget),
+                Phase::Http2(session) => self.drive_http2(session, ctx),
                 Phase::Stream(relay) => self.drive_stream(relay, ctx, &mut budget),
                 Phase::Linger { drained } => self.linger(drained),
             };
@@ -491,6 +511,7 @@ impl Conn {
         match (then, protocol) {
             (AfterHandshake::Stream(stream), _) => self.start_stream(stream, ctx),
             (AfterHandshake::Http, Some(Protocol::Http1)) => self.phase = Phase::ReadHead,
+            (AfterHandshake::Http, Some(Protocol::Http2)) => self.start_http2(&[], ctx),
             (AfterHandshake::Http, None) => {
                 log::warn!("connection {:?}: ALPN agreed on a protocol tine does not serve", self.io.id);
                 return Some(Outcome::Close(CloseReason::Error));
@@ -550,6 +571,21 @@ impl Conn {
                 return false;
             }
         };
+        if self.may_speak_h2c(ctx) {
+            let seen = buf.filled();
+            let n = seen.len().min(http2::PREFACE.len());
+            if seen[..n] == http2::PREFACE[..n] {
+                if n == http2::PREFACE.len() {
+                    self.start_http2(seen, ctx);
+                    buf.consume(usize::MAX);
+                    self.io.rbuf = Some(buf);
+                    return true;
+                }
+                // Part of the preface: wait for the rest.
+                self.io.rbuf = Some(buf);
+                return false;
+            }
+        }
         let mut slots = tine_http::request::field_slots();
         let answered = match parse_request(buf.filled(), &mut slots, &ctx.http.limits) {
             Ok(Some(req)) => {
@@ -576,37 +612,31 @@ impl Conn {
         }
         self.client_closes = !req.http1.keep_alive;
         self.io.http10 = req.version == Version::Http10;
-        let routed = if self.admin {
-            Routed::Admin
-        } else if is_health_check(req, ctx) {
-            Routed::Health
-        } else {
-            route(req, self.io.transport.is_tls(), ctx)
-        };
-        if let Routed::Proxy { route, group } = routed {
-            ctx.stats.slot.requests.fetch_add(1, Relaxed);
-            let https = self.io.transport.is_tls();
-            let exchange = Exchange::new(req, route, group, self.io.peer.map(|p| p.ip()), https, ctx);
-            if ctx.access_log.is_some() {
-                self.io.access = Some(PendingEntry::capture(req, 0));
-            }
-            self.io.keep_alive = req.http1.keep_alive && !ctx.draining;
-            self.phase = Phase::Proxy(exchange);
-            // An end of stream seen before this request was read
-            // is the client's half-close, not a change of mind.
-            self.io.client_fin = false;
-            return;
-        }
-        let head = &mut self.io.head;
-        let started = match routed {
-            Routed::Admin => crate::admin::respond(req, ctx, head),
-            Routed::Health => crate::admin::health(req, ctx, head),
-            other => start_response(req, other, ctx, head),
-        };
+        let answer = answer(req, self.arrival(), ctx, &mut self.io.head);
         if ctx.access_log.is_some() {
             self.io.access = Some(PendingEntry::capture(req, 0));
         }
-        self.begin_send(ctx, started);
+        match answer {
+            Answer::Proxy(exchange) => {
+                self.io.keep_alive = req.http1.keep_alive && !ctx.draining;
+                self.phase = Phase::Proxy(exchange);
+                // An end of stream seen before this request was read
+                // is the client's half-close, not a change of mind.
+                self.io.client_fin = false;
+            }
+            Answer::Reply(started) => self.begin_send(ctx, started),
+        }
+    }
+
+    /// A plain connection's first bytes may be the HTTP/2 preface (h2c with
+    /// prior knowledge, when configured; never on the admin listener).
+    fn may_speak_h2c(&self, ctx: &Ctx) -> bool {
+        ctx.http.h2c && self.served == 0 && !self.admin && !self.io.transport.is_tls()
+    }
+
+    /// What routing needs to know of the connection a request came on.
+    fn arrival(&self) -> Arrival {
+        Arrival { admin: self.admin, tls: self.io.transport.is_tls(), peer: self.io.peer.map(|p| p.ip()) }
     }
 
     /// Reads more of the client's input into the buffer (none is held while
@@ -870,6 +900,45 @@ enum Routed {
     /// The target does not normalise (not a path, a bad escape, `..` above
     /// the root): 400, and never proxied, whatever its text starts with.
     BadTarget(HttpError),
+}
+
+/// How a request is answered, decided once for every protocol.
+enum Answer {
+    /// By an exchange with an upstream.
+    Proxy(Box<Exchange>),
+    /// By a reply of tine's own, its head built in the head given.
+    Reply(Started),
+}
+
+/// What routing needs to know of the connection a request came on.
+#[derive(Clone, Copy)]
+struct Arrival {
+    /// The admin listener's.
+    admin: bool,
+    tls: bool,
+    peer: Option<std::net::IpAddr>,
+}
+
+/// Routes a request once and starts its answer: the one place, for
+/// HTTP/1.1 and HTTP/2 alike, where a request becomes an exchange or a
+/// reply (its head into `head`).
+fn answer(req: &Request<'_>, arrival: Arrival, ctx: &mut Ctx, head: &mut ResponseHead) -> Answer {
+    let routed = if arrival.admin {
+        Routed::Admin
+    } else if is_health_check(req, ctx) {
+        Routed::Health
+    } else {
+        route(req, arrival.tls, ctx)
+    };
+    if let Routed::Proxy { route, group } = routed {
+        ctx.stats.slot.requests.fetch_add(1, Relaxed);
+        return Answer::Proxy(Exchange::new(req, route, group, arrival.peer, arrival.tls, ctx));
+    }
+    Answer::Reply(match routed {
+        Routed::Admin => crate::admin::respond(req, ctx, head),
+        Routed::Health => crate::admin::health(req, ctx, head),
+        other => start_response(req, other, ctx, head),
+    })
 }
 
 /// Whether a public listener's request is the configured health check

@@ -86,6 +86,10 @@ pub struct Http {
     pub health_path: Option<String>,
     /// Host names the admin listener answers besides IP literals and localhost.
     pub admin_hosts: Vec<String>,
+    /// What each HTTP/2 connection advertises and holds its client to.
+    pub http2: tine_h2::Settings,
+    /// Plain listeners take HTTP/2 with prior knowledge.
+    pub h2c: bool,
 }
 
 /// The reverse proxy and the TCP relay: upstream groups with their pools,

@@ -252,7 +252,10 @@ impl<'a> EventLoop<'a> {
         }
         for id in self.conns.ids() {
             if let Some(conn) = self.conns.get_mut(id) {
-                conn.start_grace(&mut self.ctx);
+                if conn.start_grace(&mut self.ctx) {
+                    let outcome = conn.drive(&mut self.ctx);
+                    self.settle(id, outcome);
+                }
             }
         }
     }
@@ -426,7 +429,7 @@ impl<'a> EventLoop<'a> {
             let Some(conn) = self.conns.get_mut(due.conn) else { continue };
             let Some(timer) = conn.timer(due.index) else { continue };
             if self.ctx.timers.wheel.came_due(timer, due, self.ctx.clock.now) {
-                let outcome = conn.on_deadline(&mut self.ctx);
+                let outcome = conn.on_deadline(due.index, &mut self.ctx);
                 self.settle(due.conn, outcome);
             }
         }

@@ -708,12 +708,12 @@ impl Exchange {
                 if have as u64 == n {
                     Ok((BodyRelay::None, have))
                 } else {
-                    body_relay(&up, Some(n - have as u64), &mut ctx.proxy.pipes).map(|r| (r, have))
+                    body_relay(client, &up, Some(n - have as u64), &mut ctx.proxy.pipes).map(|r| (r, have))
                 }
             }
             response_head::ResponseBody::UntilClose => {
                 client.emit_body(early);
-                body_relay(&up, None, &mut ctx.proxy.pipes).map(|r| (r, early.len()))
+                body_relay(client, &up, None, &mut ctx.proxy.pipes).map(|r| (r, early.len()))
             }
         };
         let early_len = early.len();
@@ -971,9 +971,14 @@ impl Exchange {
 
 /// How a body of known length (`left` bytes more) or one that runs until
 /// the upstream closes travels: spliced where the upstream has a plain
-/// socket, else copied.
-fn body_relay(up: &UpConn, left: Option<u64>, pipes: &mut PipePool) -> Result<BodyRelay, ()> {
-    match up.splice_socket() {
+/// socket and the client takes a splice, else copied.
+fn body_relay(
+    client: &impl Downstream,
+    up: &UpConn,
+    left: Option<u64>,
+    pipes: &mut PipePool,
+) -> Result<BodyRelay, ()> {
+    match up.splice_socket().filter(|_| client.takes_splice()) {
         Some(from) => pipes
             .take()
             .map(|pipe| BodyRelay::Spliced { relay: Relay::new(pipe, left), from })

@@ -180,6 +180,8 @@ pub(crate) fn worker_context<'a>(
             https_port,
             health_path: config.health_path.clone(),
             admin_hosts: config.admin_hosts.clone(),
+            http2: http2_settings(&config.http2),
+            h2c: config.http2.h2c,
         },
         proxy: context::Proxy {
             upstreams: upstream::Upstreams::new(&config.upstreams),
@@ -275,4 +277,16 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), WorkerError> {
         return Err(WorkerError::Privileges("root could be regained after the drop".into()));
     }
     Ok(())
+}
+
+/// What each HTTP/2 connection advertises and holds its client to.
+fn http2_settings(c: &tine_config::Http2) -> tine_h2::Settings {
+    tine_h2::Settings {
+        max_concurrent_streams: c.max_concurrent_streams,
+        initial_window_size: c.initial_window_size,
+        max_header_list_size: c.max_header_list_size,
+        max_pending_accept_reset_streams: c.max_pending_resets as usize,
+        max_local_error_reset_streams: c.max_stream_errors as usize,
+        ..tine_h2::Settings::default()
+    }
 }

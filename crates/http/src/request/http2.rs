@@ -43,6 +43,12 @@ pub fn request_from_http2<'b>(head: Http2Head<'b>, limits: &Limits) -> Result<Re
     if !origin_form {
         return Err(HttpError::BadRequest("missing or invalid :path"));
     }
+    if target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(HttpError::BadRequest("space or control byte in :path"));
+    }
+    if head.method.is_empty() || !head.method.bytes().all(crate::chunked::is_tchar) {
+        return Err(HttpError::BadRequest("invalid :method"));
+    }
     if target.len() > limits.uri_bytes {
         return Err(HttpError::UriTooLong);
     }
@@ -84,6 +90,14 @@ fn refuse_http1_fields(fields: &[httparse::Header<'_>]) -> Result<(), HttpError>
         let name = field.name;
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(HttpError::BadRequest("uppercase field name in an HTTP/2 request"));
+        }
+        // RFC 9113 section 8.2.1: what would split or end a line of an
+        // HTTP/1.1 head must never reach one (downgrade smuggling).
+        if name.is_empty() || !name.bytes().all(crate::chunked::is_tchar) {
+            return Err(HttpError::BadRequest("invalid field name in an HTTP/2 request"));
+        }
+        if field.value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n')) {
+            return Err(HttpError::BadRequest("CR, LF or NUL in an HTTP/2 field value"));
         }
         if CONNECTION_SPECIFIC.contains(&name) {
             return Err(HttpError::BadRequest("connection-specific field in an HTTP/2 request"));
@@ -136,6 +150,27 @@ mod tests {
         let twice = [field("content-length", b"5"), field("content-length", b"6")];
         let open = Http2Head { end_stream: false, ..head("POST", b"/", &twice) };
         assert!(request_from_http2(open, &LIMITS).is_err());
+    }
+
+    #[test]
+    fn bytes_that_would_split_an_http1_head_are_refused() {
+        for bad in [
+            field("x-a", b"1\r\nx-b: 2"),
+            field("x-a", b"1\nx-b: 2"),
+            field("x-a", b"a\0b"),
+            field("x a", b"1"),
+            field("", b"1"),
+            field("x:a", b"1"),
+        ] {
+            let fields = [bad];
+            assert!(request_from_http2(head("GET", b"/", &fields), &LIMITS).is_err(), "{bad:?}");
+        }
+        for path in [&b"/a b"[..], b"/a\r\nb", b"/a\0"] {
+            assert!(request_from_http2(head("GET", path, &[]), &LIMITS).is_err(), "{path:?}");
+        }
+        for method in ["G T", "GET\r\n", ""] {
+            assert!(request_from_http2(head(method, b"/", &[]), &LIMITS).is_err(), "{method:?}");
+        }
     }
 
     #[test]

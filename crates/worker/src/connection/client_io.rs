@@ -168,6 +168,10 @@ impl Downstream for ClientIo {
         Ok(taken)
     }
 
+    fn takes_splice(&self) -> bool {
+        true
+    }
+
     fn relay_body(
         &mut self,
         relay: &mut Relay,

@@ -53,10 +53,10 @@ const GET: &[u8] = b"GET /a?b=1 HTTP/1.1\r\nHost: front.test\r\nUser-Agent: t\r\
 const OK_HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello";
 
 #[test]
-fn alpn_chooses_http1_or_nothing() {
+fn alpn_chooses_the_session() {
     assert_eq!(Protocol::from_alpn(None), Some(Protocol::Http1));
     assert_eq!(Protocol::from_alpn(Some(b"http/1.1")), Some(Protocol::Http1));
-    assert_eq!(Protocol::from_alpn(Some(b"h2")), None);
+    assert_eq!(Protocol::from_alpn(Some(b"h2")), Some(Protocol::Http2));
     assert_eq!(Protocol::from_alpn(Some(b"")), None);
 }
 
@@ -362,10 +362,10 @@ fn a_connect_that_times_out_moves_on_and_a_head_that_times_out_is_a_504() {
     client.send(GET);
     assert_eq!(turn(&mut conn, &mut ctx), Outcome::Wait);
     assert!(slow.output_text().is_empty() && second.output_text().is_empty());
-    assert_eq!(conn.on_deadline(&mut ctx), Outcome::Wait);
+    assert_eq!(conn.on_deadline(0, &mut ctx), Outcome::Wait);
     assert!(second.output_text().starts_with("GET "), "the next server has the request");
     // The response head does not come in time.
-    assert_eq!(conn.on_deadline(&mut ctx), Outcome::Wait);
+    assert_eq!(conn.on_deadline(0, &mut ctx), Outcome::Wait);
     let got = client.output_text();
     assert!(got.starts_with("HTTP/1.1 504 "), "{got}");
     assert_eq!(open_to(&ctx, 0) + open_to(&ctx, 1), 0, "both upstream connections are closed");

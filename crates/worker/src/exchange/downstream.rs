@@ -61,6 +61,11 @@ pub trait Downstream {
     /// many input bytes belong to the body.
     fn emit_chunked(&mut self, decoder: &mut ChunkedDecoder, input: &[u8]) -> Result<usize, ChunkedError>;
 
+    /// Response bodies may reach this client by splice (a socket of its
+    /// own, written by nothing else meanwhile); else they are copied
+    /// through [`Downstream::emit_body`].
+    fn takes_splice(&self) -> bool;
+
     /// Moves response body bytes straight from the upstream socket to the
     /// client through `relay` (a failed source is the upstream, a failed
     /// destination the client).

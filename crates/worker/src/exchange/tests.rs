@@ -82,6 +82,10 @@ impl Downstream for Recorder {
         decoder.decode(input, &mut self.body)
     }
 
+    fn takes_splice(&self) -> bool {
+        true
+    }
+
     fn relay_body(&mut self, _: &mut Relay, _: RawFd, _: &mut usize) -> Result<Pump, RelayError> {
         unreachable!("a scripted upstream has no socket to splice")
     }
