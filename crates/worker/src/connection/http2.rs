@@ -78,10 +78,12 @@ impl Http2Session {
     }
 
     /// The client sent something, or took something: the streams that
-    /// wait on it (a window to open, body bytes to come) try again.
+    /// wait on it (a window to open, body bytes to come) try again, and so
+    /// do streams it reset, so that what they hold (an upstream connection)
+    /// is let go at once rather than at their deadline.
     fn wake_streams_waiting_on_client(&mut self) {
         for stream in self.streams.iter_mut().flatten() {
-            stream.wake |= stream.io.waits_on_client;
+            stream.wake |= stream.io.waits_on_client || stream.io.responder.was_reset();
         }
     }
 

@@ -1,0 +1,406 @@
+//! HTTP/2 to clients, end to end: the real binary on loopback, spoken to by
+//! a raw HTTP/2 client (tests/common/h2.rs) over h2c, and by curl over TLS.
+//! Every route works as over HTTP/1.1; each defence is driven by a hostile
+//! client while another client is served, and the upstream is watched for
+//! anything it should not have seen.
+
+mod common;
+
+use common::h2::{self, Client, End, RST_STREAM};
+use common::{recording_upstream, wait_for, Server};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+/// A server with h2c on its plain listener; `extra` is TOML that goes
+/// before the `[http2]` table.
+fn h2c_server(extra: &str, http2: &str) -> Server {
+    Server::builder().config(&format!("{extra}\n[http2]\nh2c = true\n{http2}\n")).start()
+}
+
+fn proxy_to(upstream: SocketAddr) -> String {
+    format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n\n\
+         [[route]]\npath = \"/api/\"\nupstream = \"app\"\n\n\
+         [[route]]\npath = \"/\"\nroot = \"{{root}}\"\n"
+    )
+}
+
+/// An upstream that reads each request whole (a Content-Length or chunked
+/// body) and answers with what it received: every request's bytes are kept.
+fn body_upstream() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let Some(end) = request_end(&buf) else {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let request: Vec<u8> = buf.drain(..end).collect();
+                    record.lock().unwrap().extend_from_slice(&request);
+                    let answer = format!("received {} bytes", request.len());
+                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Where the first request in `buf` ends, once it is all there.
+fn request_end(buf: &[u8]) -> Option<usize> {
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+    if text.contains("transfer-encoding: chunked") {
+        return buf[head..].windows(5).position(|w| w == b"0\r\n\r\n").map(|p| head + p + 5);
+    }
+    let length = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    (buf.len() >= head + length).then_some(head + length)
+}
+
+#[test]
+fn static_files_over_h2c_as_over_http1() {
+    let server = h2c_server("", "");
+    server.write_file("a.txt", b"hello world");
+    let big = common::pseudo_random(1 << 20, 7);
+    server.write_file("big.bin", &big);
+    let mut c = Client::connect(server.addr, &[]);
+
+    let r = c.get(1, "/a.txt");
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello world"[..]));
+    assert_eq!(r.header("content-length"), Some("11"));
+    assert!(r.header("date").is_some(), "tine's own replies are dated");
+    assert!(r.header("connection").is_none(), "no connection-specific field over HTTP/2");
+    let etag = r.header("etag").unwrap().to_string();
+
+    c.request(3, "GET", "/a.txt", &[("range", "bytes=0-4")], true);
+    let r = c.response(3);
+    assert_eq!((r.status, &r.body[..]), (206, &b"hello"[..]));
+    assert_eq!(r.header("content-range"), Some("bytes 0-4/11"));
+
+    c.request(5, "GET", "/a.txt", &[("if-none-match", &etag)], true);
+    let r = c.response(5);
+    assert_eq!((r.status, r.body.len()), (304, 0));
+
+    c.request(7, "HEAD", "/a.txt", &[], true);
+    let r = c.response(7);
+    assert_eq!((r.status, r.body.len(), r.header("content-length")), (200, 0, Some("11")));
+
+    assert_eq!(c.get(9, "/missing").status, 404);
+
+    // A mebibyte through the default 64 KiB windows, opened as it arrives.
+    let r = c.get(11, "/big.bin");
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "the file arrives whole and in order");
+}
+
+#[test]
+fn many_streams_on_one_connection_are_served_together() {
+    let (upstream, _) = body_upstream();
+    let server = h2c_server(&proxy_to(upstream), "");
+    let big = common::pseudo_random(300_000, 3);
+    server.write_file("big.bin", &big);
+    server.write_file("small.txt", b"small");
+    let mut c = Client::connect(server.addr, &[]);
+    let streams: Vec<u32> = (0..30).map(|i| 1 + 2 * i).collect();
+    for (i, &id) in streams.iter().enumerate() {
+        let path = match i % 3 {
+            0 => "/big.bin",
+            1 => "/small.txt",
+            _ => "/api/x",
+        };
+        c.request(id, "GET", path, &[], true);
+    }
+    let responses = c.responses(&streams);
+    for (i, r) in responses.iter().enumerate() {
+        assert_eq!(r.status, 200, "stream {}: {r:?}", streams[i]);
+        match i % 3 {
+            0 => assert!(r.body == big, "stream {}: the whole file", streams[i]),
+            1 => assert_eq!(r.body, b"small"),
+            _ => assert!(r.body.starts_with(b"received "), "{:?}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+}
+
+#[test]
+fn proxied_requests_reach_an_http1_upstream_as_http1() {
+    let (upstream, seen) = body_upstream();
+    let server = h2c_server(&proxy_to(upstream), "");
+    let mut c = Client::connect(server.addr, &[]);
+
+    c.request(1, "GET", "/api/a?b=1", &[("cookie", "a=1"), ("cookie", "b=2"), ("x-custom", "v")], true);
+    let r = c.response(1);
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-length").is_some());
+    let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+    assert!(text.starts_with("GET /api/a?b=1 HTTP/1.1\r\n"), "{text}");
+    assert!(text.contains("Host: a.test\r\n"), ":authority becomes Host: {text}");
+    assert!(text.contains("cookie: a=1; b=2\r\n"), "cookie crumbs joined: {text}");
+    assert!(text.contains("x-custom: v\r\n"), "{text}");
+    seen.lock().unwrap().clear();
+
+    // A body of undeclared length is chunked for the HTTP/1.1 hop.
+    c.request(3, "POST", "/api/upload", &[], false);
+    c.frame(h2::DATA, 0, 3, b"hello ");
+    c.frame(h2::DATA, h2::END_STREAM, 3, b"world");
+    let r = c.response(3);
+    assert_eq!(r.status, 200, "{r:?}");
+    let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"), "{text:?}");
+    seen.lock().unwrap().clear();
+
+    // A declared length goes as Content-Length, the body as it came.
+    c.request(5, "POST", "/api/upload", &[("content-length", "4")], false);
+    c.frame(h2::DATA, h2::END_STREAM, 5, b"abcd");
+    assert_eq!(c.response(5).status, 200);
+    let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("Content-Length: 4\r\n") && text.ends_with("\r\n\r\nabcd"), "{text:?}");
+}
+
+#[test]
+fn a_request_body_larger_than_the_window_is_streamed_upstream() {
+    let (upstream, seen) = body_upstream();
+    let server = h2c_server(&proxy_to(upstream), "initial_window_size = 16384");
+    let mut c = Client::connect(server.addr, &[]);
+    let body = common::pseudo_random(200_000, 9);
+    c.request(1, "POST", "/api/up", &[("content-length", "200000")], false);
+    // Send as the server's windows allow: each WINDOW_UPDATE is room.
+    let mut window: i64 = 16_384;
+    let mut conn_window: i64 = 65_535;
+    let mut sent = 0;
+    while sent < body.len() {
+        let room = window.min(conn_window).min(16_384) as usize;
+        if room == 0 {
+            let f = c.next_frame().expect("the server opens the window");
+            if f.kind == h2::WINDOW_UPDATE {
+                let n = i64::from(u32::from_be_bytes(f.payload[..4].try_into().unwrap()));
+                if f.stream == 0 {
+                    conn_window += n;
+                } else {
+                    window += n;
+                }
+            }
+            continue;
+        }
+        let n = room.min(body.len() - sent);
+        let end = if sent + n == body.len() { h2::END_STREAM } else { 0 };
+        c.frame(h2::DATA, end, 1, &body[sent..sent + n]);
+        sent += n;
+        window -= n as i64;
+        conn_window -= n as i64;
+    }
+    let r = c.response(1);
+    assert_eq!(r.status, 200, "{r:?}");
+    let recorded = seen.lock().unwrap().clone();
+    assert!(recorded.ends_with(&body), "the body arrives whole upstream");
+}
+
+#[test]
+fn a_rapid_reset_flood_is_cut_off_and_never_reaches_the_upstream() {
+    let (upstream, seen) = recording_upstream();
+    let server = h2c_server(&proxy_to(upstream), "max_pending_resets = 10");
+    server.write_file("a.txt", b"fine");
+    let mut attacker = Client::connect(server.addr, &[]);
+    let mut burst = Vec::new();
+    for i in 0..500u32 {
+        let id = 1 + 2 * i;
+        let block = attacker.block(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/api/reset-me"),
+            (":authority", "a.test"),
+        ]);
+        burst.extend(h2::encode_frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, id, &block));
+        burst.extend(h2::encode_frame(RST_STREAM, 0, id, &h2::CANCEL.to_be_bytes()));
+    }
+    attacker.write(&burst);
+    assert_eq!(attacker.until_end(), End::GoAway(h2::ENHANCE_YOUR_CALM));
+    let mut other = Client::connect(server.addr, &[]);
+    assert_eq!(other.get(1, "/a.txt").status, 200, "another client is served");
+    let upstream_saw: usize =
+        seen.lock().unwrap().iter().map(|c| c.windows(8).filter(|w| w == b"reset-me").count()).sum();
+    assert!(
+        upstream_saw <= 2,
+        "streams reset before they were taken up never go upstream: {upstream_saw} did"
+    );
+}
+
+/// A malformed request was refused: its stream reset, answered 400, or
+/// the whole connection ended with an error.
+fn refused(r: &h2::Response, c: &Client) -> bool {
+    r.reset.is_some() || r.status == 400 || matches!(c.ended, Some(End::GoAway(code)) if code != h2::NO_ERROR)
+}
+
+#[test]
+fn fields_that_would_smuggle_into_http1_never_reach_the_upstream() {
+    let (upstream, seen) = recording_upstream();
+    let server = h2c_server(&proxy_to(upstream), "");
+    let mut c = Client::connect(server.addr, &[]);
+    let base = |c: &mut Client| {
+        c.block(&[(":method", "GET"), (":scheme", "http"), (":path", "/api/s"), (":authority", "a.test")])
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("CR LF in a value", h2::raw_literal(b"x-a", b"1\r\nx-smuggled: 1")),
+        ("LF in a value", h2::raw_literal(b"x-a", b"1\nx-smuggled: 1")),
+        ("NUL in a value", h2::raw_literal(b"x-a", b"1\0x-smuggled")),
+        ("an upper-case name", h2::raw_literal(b"X-Smuggled", b"1")),
+        ("a space in a name", h2::raw_literal(b"x smuggled", b"1")),
+        ("a connection field", h2::raw_literal(b"connection", b"x-smuggled")),
+        ("transfer-encoding", h2::raw_literal(b"transfer-encoding", b"chunked")),
+        ("a repeated :path", h2::raw_literal(b":path", b"/x-smuggled")),
+        ("an empty name", h2::raw_literal(b"", b"x-smuggled")),
+    ];
+    for (i, (case, field)) in cases.iter().enumerate() {
+        let id = 1 + 2 * i as u32;
+        let mut block = base(&mut c);
+        block.extend_from_slice(field);
+        c.frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, id, &block);
+        let r = c.response(id);
+        assert!(refused(&r, &c), "{case}: refused, got {r:?} and {:?}", c.ended);
+        if c.ended.is_some() {
+            c = Client::connect(server.addr, &[]);
+        }
+    }
+    // A :path with a space, sent raw.
+    let mut block = h2::raw_literal(b":method", b"GET");
+    block.extend(h2::raw_literal(b":scheme", b"http"));
+    block.extend(h2::raw_literal(b":path", b"/api/s x-smuggled"));
+    block.extend(h2::raw_literal(b":authority", b"a.test"));
+    let mut c = Client::connect(server.addr, &[]);
+    c.frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, 1, &block);
+    let r = c.response(1);
+    assert!(refused(&r, &c), ":path with a space: refused, got {r:?}");
+    // A Content-Length the DATA disagrees with.
+    let mut c = Client::connect(server.addr, &[]);
+    c.request(1, "POST", "/api/s", &[("content-length", "3")], false);
+    c.frame(h2::DATA, h2::END_STREAM, 1, b"x-smuggled");
+    let r = c.response(1);
+    assert!(refused(&r, &c), "content-length disagreeing with DATA: refused, got {r:?}");
+
+    let mut ok = Client::connect(server.addr, &[]);
+    assert_eq!(ok.get(1, "/api/fine").status, 200, "a clean request still goes through");
+    let all: Vec<u8> = seen.lock().unwrap().concat();
+    let text = String::from_utf8_lossy(&all);
+    assert!(!text.contains("smuggled"), "nothing of a refused request reached the upstream: {text}");
+}
+
+/// An upstream that takes connections and never answers.
+fn silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    addr
+}
+
+#[test]
+fn streams_past_the_limit_are_refused_and_the_connection_goes_on() {
+    let server = h2c_server(&proxy_to(silent_upstream()), "max_concurrent_streams = 2");
+    server.write_file("a.txt", b"fine");
+    let mut c = Client::connect(server.addr, &[]);
+    c.settle();
+    // Two streams that wait on the upstream, then a third.
+    c.request(1, "GET", "/api/wait", &[], true);
+    c.request(3, "GET", "/api/wait", &[], true);
+    c.request(5, "GET", "/a.txt", &[], true);
+    let refused = c.response(5);
+    assert_eq!(refused.reset, Some(h2::REFUSED_STREAM), "{refused:?}");
+    server.wait_until("two exchanges under way", |s| s["upstreams"][0]["active"] == 2);
+    c.frame(RST_STREAM, 0, 1, &h2::CANCEL.to_be_bytes());
+    c.frame(RST_STREAM, 0, 3, &h2::CANCEL.to_be_bytes());
+    assert_eq!(c.get(7, "/a.txt").status, 200, "the connection stays usable");
+    // The streams the client reset let their upstream connections go at
+    // once, not at their deadline.
+    server.wait_until("the reset exchanges ended", |s| {
+        s["upstreams"][0]["active"] == 0 && s["upstreams"][0]["open"] == 0
+    });
+}
+
+#[test]
+fn a_continuation_flood_ends_the_connection() {
+    let server = h2c_server("", "max_header_list_size = 16384");
+    server.write_file("a.txt", b"fine");
+    let mut c = Client::connect(server.addr, &[]);
+    let block =
+        c.block(&[(":method", "GET"), (":scheme", "http"), (":path", "/a.txt"), (":authority", "a.test")]);
+    let mut flood = h2::encode_frame(h2::HEADERS, h2::END_STREAM, 1, &block);
+    let filler = h2::raw_literal(b"x-filler", &[b'f'; 200]);
+    for _ in 0..5_000 {
+        flood.extend(h2::encode_frame(h2::CONTINUATION, 0, 1, &filler));
+    }
+    c.write(&flood);
+    let end = c.until_end();
+    assert!(matches!(end, End::GoAway(code) if code != h2::NO_ERROR) || end == End::Closed, "{end:?}");
+    let mut other = Client::connect(server.addr, &[]);
+    assert_eq!(other.get(1, "/a.txt").status, 200, "another client is served");
+}
+
+#[test]
+fn a_stream_whose_window_stays_shut_is_reset() {
+    let server = h2c_server("[timeouts]\nsend = \"1s\"\n", "");
+    server.write_file("big.bin", &common::pseudo_random(500_000, 1));
+    server.write_file("a.txt", b"fine");
+    // The client's windows are shut from the start and never open.
+    let mut c = Client::connect(server.addr, &[(0x4, 0)]);
+    c.request(1, "GET", "/big.bin", &[], true);
+    let reset = loop {
+        let f = c.next_frame().expect("the server resets the stalled stream");
+        if f.kind == RST_STREAM && f.stream == 1 {
+            break f.error_code();
+        }
+    };
+    assert_eq!(reset, h2::CANCEL);
+    // The client opens its windows: the connection serves it again.
+    c.frame(h2::SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
+    assert_eq!(c.get(3, "/a.txt").status, 200, "the connection goes on");
+}
+
+#[test]
+fn a_reload_tells_http2_clients_goaway_and_their_streams_finish() {
+    let server = h2c_server("", "");
+    server.write_file("a.txt", b"fine");
+    let mut c = Client::connect(server.addr, &[]);
+    assert_eq!(c.get(1, "/a.txt").status, 200);
+    server.signal(libc::SIGHUP);
+    assert_eq!(c.until_end(), End::GoAway(h2::NO_ERROR));
+    let mut fresh = Client::connect(server.addr, &[]);
+    assert_eq!(fresh.get(1, "/a.txt").status, 200, "the new workers serve");
+}
+
+#[test]
+fn access_log_lines_say_http2() {
+    let server =
+        Server::builder().config("access_log = \"{root}/../access.log\"\n[http2]\nh2c = true\n").start();
+    server.write_file("a.txt", b"fine");
+    let mut c = Client::connect(server.addr, &[]);
+    assert_eq!(c.get(1, "/a.txt").status, 200);
+    let log = server.dir.path().join("access.log");
+    wait_for("the access line", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("\"GET /a.txt HTTP/2.0\" 200 4")
+    });
+}
+
+#[test]
+fn without_h2c_the_preface_is_a_bad_http1_request() {
+    let server = Server::start(1);
+    let answer = common::exchange_raw(server.addr, h2::PREFACE);
+    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 4") || answer.starts_with(b"HTTP/1.1 5"));
+}
