@@ -33,6 +33,9 @@ const CONNECTION_SPECIFIC: [&str; 5] =
 
 /// The request an HTTP/2 stream carries, or why it is malformed.
 pub fn request_from_http2<'b>(head: Http2Head<'b>, limits: &Limits) -> Result<Request<'b>, HttpError> {
+    if head.method.eq_ignore_ascii_case("CONNECT") && head.authority.is_none() {
+        return Err(HttpError::BadRequest("CONNECT without :authority"));
+    }
     if head.method.eq_ignore_ascii_case("CONNECT") {
         // Extended CONNECT (RFC 8441) is not offered, and a tunnel to an
         // arbitrary authority is no job of a front end.
@@ -99,6 +102,10 @@ fn refuse_http1_fields(fields: &[httparse::Header<'_>]) -> Result<(), HttpError>
         if field.value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n')) {
             return Err(HttpError::BadRequest("CR, LF or NUL in an HTTP/2 field value"));
         }
+        let padded = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+        if padded(field.value.first()) || padded(field.value.last()) {
+            return Err(HttpError::BadRequest("whitespace around an HTTP/2 field value"));
+        }
         if CONNECTION_SPECIFIC.contains(&name) {
             return Err(HttpError::BadRequest("connection-specific field in an HTTP/2 request"));
         }
@@ -161,6 +168,8 @@ mod tests {
             field("x a", b"1"),
             field("", b"1"),
             field("x:a", b"1"),
+            field("x-a", b" 1"),
+            field("x-a", b"1\t"),
         ] {
             let fields = [bad];
             assert!(request_from_http2(head("GET", b"/", &fields), &LIMITS).is_err(), "{bad:?}");

@@ -25,10 +25,11 @@ use crate::transport::Transport;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use stream::{StreamIo, Work};
+use stream::{Drained, StreamIo, Work};
 use tine_h2::{Accepted, Polled, Reason, ServerConnection};
 use tine_http::message::ResponseHead;
 use tine_http::request::{request_from_http2, Body, Http2Head, Method};
+use tine_http::HttpError;
 
 /// The connection preface of HTTP/2 with prior knowledge (RFC 9113
 /// section 3.4): how an h2c connection starts on a plain listener.
@@ -352,6 +353,13 @@ impl Conn {
                 if ctx.access_log.is_some() {
                     io.access = Some(PendingEntry::malformed(request_line.as_bytes(), 0));
                 }
+                if let HttpError::BadRequest(_) = e {
+                    // RFC 9113 section 8.1.1: a malformed request is a
+                    // stream error; nothing of it is answered or passed on.
+                    io.log_status(e.status().0);
+                    io.responder.reset(Reason::PROTOCOL_ERROR);
+                    return Work::Done;
+                }
                 let to = ReplyTo { head_request: io.head_request, route: &crate::responses::NO_ROUTE };
                 let body = error_page(e.status(), &to, None, &mut self.io.head);
                 return start_reply(io, &self.io.head, body, ctx);
@@ -403,12 +411,28 @@ impl Conn {
         let mut budget = super::SEND_BUDGET;
         loop {
             stream.io.waits_on_client = false;
-            let driven = match std::mem::replace(&mut stream.work, Work::Send { file: None }) {
+            let driven = match std::mem::replace(&mut stream.work, Work::Done) {
                 Work::Proxy(exchange) => exchange.drive(&mut stream.io, ctx, &mut budget),
+                Work::Done => return Step::Finished,
+                Work::Drain { mut left } => {
+                    return match stream.io.drain(&mut left) {
+                        Drained::Done => Step::Finished,
+                        Drained::More => {
+                            stream.io.waits_on_client = true;
+                            stream.work = Work::Drain { left };
+                            Step::Waiting
+                        }
+                    };
+                }
                 Work::Send { mut file } => {
                     let before = stream.io.sent;
                     return match stream.io.send_rest(&mut file) {
-                        Ok(true) => Step::Finished,
+                        Ok(true) if stream.io.body.is_end_stream() || stream.io.gone => Step::Finished,
+                        Ok(true) => {
+                            stream.work = Work::Drain { left: ctx.http.discard_body_bytes.max(1) };
+                            stream.io.arm(ctx, ctx.timers.timeouts.header);
+                            continue;
+                        }
                         Ok(false) if stream.io.gone => Step::Finished,
                         Ok(false) => {
                             if stream.io.sent > before {
@@ -513,13 +537,14 @@ impl Conn {
     ) -> Outcome {
         if let Some(slot) = (index as usize).checked_sub(1).filter(|&i| i < s.streams.len()) {
             if let Some(stream) = s.streams[slot].as_mut() {
-                let step = match std::mem::replace(&mut stream.work, Work::Send { file: None }) {
+                let step = match std::mem::replace(&mut stream.work, Work::Done) {
                     Work::Proxy(exchange) => {
                         let driven = exchange.on_deadline(&mut stream.io, ctx);
                         stream.wake = true;
                         self.after_stream_exchange(stream, driven, ctx)
                     }
-                    Work::Send { .. } => {
+                    Work::Done => Some(Step::Finished),
+                    Work::Send { .. } | Work::Drain { .. } => {
                         log::debug!(
                             "connection {:?}: a stream's window stayed shut; resetting it",
                             self.io.id

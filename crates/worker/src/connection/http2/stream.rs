@@ -70,6 +70,12 @@ pub(super) enum Work {
     /// The rest of a response goes out: what `StreamIo::pending` holds,
     /// then `file` if any, then the end of the stream.
     Send { file: Option<FileBody> },
+    /// The response is out and the request body still coming: it is read
+    /// and dropped (`left` bytes more at most), so that the stream ends
+    /// as the protocol says and its framing is still checked.
+    Drain { left: u64 },
+    /// Nothing more: the stream was reset.
+    Done,
 }
 
 /// A stream's client side: its request body, its responder, the response
@@ -104,8 +110,9 @@ pub(super) struct StreamIo {
 
 impl StreamIo {
     /// Hands the engine what the windows allow of the pending bytes; true
-    /// when none are left.
-    fn push_pending(&mut self) -> bool {
+    /// when none are left. `last`: nothing follows them, so the frame that
+    /// carries the last of them ends the stream.
+    fn push_pending(&mut self, last: bool) -> bool {
         while !self.pending.is_empty() {
             let room = self.responder.writable(self.pending.len());
             if room == 0 {
@@ -113,7 +120,7 @@ impl StreamIo {
             }
             let n = room.min(self.pending.len());
             let data = Bytes::copy_from_slice(&self.pending[..n]);
-            if self.responder.send_data(data, false).is_err() {
+            if self.responder.send_data(data, last && n == self.pending.len()).is_err() {
                 self.gone = true;
                 return false;
             }
@@ -143,7 +150,8 @@ impl StreamIo {
             chunk.truncate(n);
             file.offset += n as u64;
             self.sent += n as u64;
-            if self.responder.send_data(Bytes::from(chunk), false).is_err() {
+            let end = file.offset == file.end;
+            if self.responder.send_data(Bytes::from(chunk), end).is_err() {
                 self.gone = true;
                 return Ok(false);
             }
@@ -154,7 +162,7 @@ impl StreamIo {
     /// Sends the rest of the response: pending bytes, the file, then the
     /// end of the stream. `Ok(true)` when the stream is done.
     pub(super) fn send_rest(&mut self, file: &mut Option<FileBody>) -> io::Result<bool> {
-        if !self.push_pending() {
+        if !self.push_pending(file.is_none()) {
             return Ok(false);
         }
         if let Some(f) = file.as_mut() {
@@ -186,6 +194,25 @@ impl StreamIo {
         Work::Send { file }
     }
 
+    /// Reads and drops what comes of the request body after the response.
+    pub(super) fn drain(&mut self, left: &mut u64) -> Drained {
+        loop {
+            match self.body.next_chunk() {
+                BodyChunk::Data(data) => {
+                    self.body.release(data.len());
+                    *left = left.saturating_sub(data.len() as u64);
+                    if *left == 0 {
+                        // Enough: the client is told to stop sending.
+                        self.responder.reset(Reason::NO_ERROR);
+                        return Drained::Done;
+                    }
+                }
+                BodyChunk::End | BodyChunk::Broken => return Drained::Done,
+                BodyChunk::Pending => return Drained::More,
+            }
+        }
+    }
+
     /// Ends the stream with a reset (an exchange that broke mid-response,
     /// a deadline), dropping what it held.
     pub(super) fn reset(&mut self, reason: Reason) {
@@ -208,6 +235,14 @@ impl StreamIo {
             self.unread.extend_from_slice(data);
         }
     }
+}
+
+/// Where draining a request body stands.
+pub(super) enum Drained {
+    /// More may come.
+    More,
+    /// The body ended, broke, or was cut off.
+    Done,
 }
 
 fn no_splice() -> RelayError {
@@ -335,7 +370,7 @@ impl Downstream for StreamIo {
     }
 
     fn flush(&mut self, _ctx: &mut Ctx) -> Option<Outcome> {
-        if self.push_pending() {
+        if self.push_pending(false) {
             return None;
         }
         if self.gone {
