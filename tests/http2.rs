@@ -107,6 +107,13 @@ fn static_files_over_h2c_as_over_http1() {
     let r = c.get(11, "/big.bin");
     assert_eq!(r.status, 200);
     assert!(r.body == big, "the file arrives whole and in order");
+    server.wait_until("the connection and its requests counted", |s| {
+        s["total"]["http2_connections"] == 1
+            && s["total"]["http2_active"] == 1
+            && s["total"]["http2_requests"] == 6
+    });
+    drop(c);
+    server.wait_until("the connection gone from the gauge", |s| s["total"]["http2_active"] == 0);
 }
 
 #[test]
@@ -231,6 +238,7 @@ fn a_rapid_reset_flood_is_cut_off_and_never_reaches_the_upstream() {
     }
     attacker.write(&burst);
     assert_eq!(attacker.until_end(), End::GoAway(h2::ENHANCE_YOUR_CALM));
+    server.wait_until("the GOAWAY counted as abuse", |s| s["total"]["http2_goaway_calm"] == 1);
     let mut other = Client::connect(server.addr, &[]);
     assert_eq!(other.get(1, "/a.txt").status, 200, "another client is served");
     let upstream_saw: usize =
@@ -332,6 +340,7 @@ fn streams_past_the_limit_are_refused_and_the_connection_goes_on() {
     server.wait_until("the reset exchanges ended", |s| {
         s["upstreams"][0]["active"] == 0 && s["upstreams"][0]["open"] == 0
     });
+    server.wait_until("the client's resets counted", |s| s["total"]["http2_client_resets"] == 2);
 }
 
 #[test]
@@ -368,6 +377,9 @@ fn a_stream_whose_window_stays_shut_is_reset() {
         }
     };
     assert_eq!(reset, h2::CANCEL);
+    server.wait_until("the stall counted", |s| {
+        s["total"]["http2_stalled"] == 1 && s["total"]["http2_tine_resets"] == 1
+    });
     // The client opens its windows: the connection serves it again.
     c.frame(h2::SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
     assert_eq!(c.get(3, "/a.txt").status, 200, "the connection goes on");

@@ -26,7 +26,7 @@ SLOT = ["pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_
         "bytes_received", "bytes_sent", "bytes_sent_sendfile", "timeouts", "parse_errors", "closed_by_reset",
         "cpu_time_us", "rss_bytes", "latency_us_sum"]
 SLOT_INFO = {"pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_ms"}
-GAUGES = {"active", "rss_bytes"}
+GAUGES = {"active", "rss_bytes", "http2_active"}
 UPSTREAM = ["requests", "failures", "timeouts", "pool_hits", "pool_misses", "open", "down", "bytes_spliced",
             "bytes_copied", "active", "responses", "response_us_sum"]
 UPSTREAM_GAUGES = {"open", "down", "active"}
@@ -43,7 +43,10 @@ SAMPLED_RTT_OFFSET = 552
 SLOT_AFTER_RTT = {"rejected_malformed": 808, "rejected_target": 816, "rejected_uri_too_long": 824,
                   "rejected_head_too_large": 832, "rejected_version": 840, "rejected_not_implemented": 848,
                   "proxy_headers": 856, "proxy_refused_untrusted": 864, "proxy_refused_missing": 872,
-                  "proxy_refused_malformed": 880, "proxy_refused_timeout": 888, "tls_failed_no_common": 896}
+                  "proxy_refused_malformed": 880, "proxy_refused_timeout": 888, "tls_failed_no_common": 896,
+                  "http2_connections": 904, "http2_active": 912, "http2_requests": 920, "http2_client_resets": 928,
+                  "http2_tine_resets": 936, "http2_stalled": 944, "http2_goaway_graceful": 952,
+                  "http2_goaway_calm": 960, "http2_goaway_error": 968}
 
 
 class Invalid(Exception):

@@ -75,6 +75,13 @@ impl ConnectionError {
     pub fn reason(&self) -> Option<Reason> {
         self.0.reason()
     }
+
+    /// The code of the GOAWAY the server sent to end the connection (the
+    /// client broke the protocol, or abused it), as opposed to one the
+    /// client sent or a broken transport.
+    pub fn sent_goaway(&self) -> Option<Reason> {
+        (self.0.is_go_away() && !self.0.is_remote()).then(|| self.0.reason()).flatten()
+    }
 }
 
 /// Where a server connection stands.

@@ -1,5 +1,5 @@
-//! The gauges of a slot (`active`, and per upstream server `open`, `active`
-//! and `down`) are shared by the slot's worker and any older worker of the
+//! The gauges of a slot (`active`, `http2_active`, and per upstream server
+//! `open`, `active` and `down`) are shared by the slot's worker and any older worker of the
 //! slot still draining after a reload or an upgrade, each adding its own
 //! connections and taking them away again. A worker that dies without taking
 //! its part away (SIGKILL, a watchdog kill, a crash) would leave it in the
@@ -23,6 +23,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// Words per upstream server in a share: open, active, down.
 const PER_UPSTREAM: usize = 3;
+/// Words for the slot's own gauges, before the upstream servers': active,
+/// http2_active.
+const SLOT_WORDS: usize = 2;
 
 /// A gauge of an upstream server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,8 +35,9 @@ pub enum UpstreamGauge {
     Down = 2,
 }
 
-/// One worker's part of its slot's gauges: word 0 is `active`, then
-/// [`PER_UPSTREAM`] words per entry of the region's upstream table.
+/// One worker's part of its slot's gauges: word 0 is `active`, word 1
+/// `http2_active`, then [`PER_UPSTREAM`] words per entry of the region's
+/// upstream table.
 pub struct GaugeShare {
     map: MmapMut,
 }
@@ -41,7 +45,7 @@ pub struct GaugeShare {
 impl GaugeShare {
     /// A zeroed share with room for `upstream_capacity` servers.
     pub fn new(upstream_capacity: usize) -> io::Result<Self> {
-        let words = 1 + PER_UPSTREAM * upstream_capacity;
+        let words = SLOT_WORDS + PER_UPSTREAM * upstream_capacity;
         let fd = nix::sys::memfd::memfd_create(c"tine-gauge-share", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .map_err(io::Error::from)?;
         let file = File::from(fd);
@@ -78,8 +82,9 @@ impl GaugeShare {
             }
         };
         take(&region.slot(slot).active, &words[0]);
+        take(&region.slot(slot).http2_active, &words[1]);
         for (server, stats) in region.upstream_stats(slot).iter().enumerate() {
-            let base = 1 + PER_UPSTREAM * server;
+            let base = SLOT_WORDS + PER_UPSTREAM * server;
             let Some(entry) = words.get(base..base + PER_UPSTREAM) else { break };
             take(&stats.open, &entry[UpstreamGauge::Open as usize]);
             take(&stats.active, &entry[UpstreamGauge::Active as usize]);
@@ -109,6 +114,12 @@ impl<'a> Gauges<'a> {
         self.share.bump(0, delta);
     }
 
+    /// HTTP/2 connections opened (positive) or closed (negative).
+    pub fn http2_connections(&self, delta: i64) {
+        self.slot.http2_active.fetch_add(delta as u64, Relaxed);
+        self.share.bump(1, delta);
+    }
+
     /// A gauge of the server at `index` of the upstream table.
     pub fn upstream(&self, index: usize, gauge: UpstreamGauge, delta: i64) {
         let Some(stats) = self.upstreams.get(index) else { return };
@@ -118,7 +129,7 @@ impl<'a> Gauges<'a> {
             UpstreamGauge::Down => &stats.down,
         };
         target.fetch_add(delta as u64, Relaxed);
-        self.share.bump(1 + PER_UPSTREAM * index + gauge as usize, delta);
+        self.share.bump(SLOT_WORDS + PER_UPSTREAM * index + gauge as usize, delta);
     }
 }
 
@@ -138,6 +149,8 @@ mod tests {
         let new_hand = Gauges::new(region.slot(0), region.upstream_stats(0), &new);
         old_hand.connections(3);
         old_hand.connections(-1);
+        old_hand.http2_connections(2);
+        new_hand.http2_connections(1);
         old_hand.upstream(0, UpstreamGauge::Open, 2);
         old_hand.upstream(0, UpstreamGauge::Down, 1);
         new_hand.connections(5);
@@ -146,6 +159,7 @@ mod tests {
         assert_eq!(region.slot(0).active.load(Relaxed), 7);
         old.give_back(&region, 0);
         assert_eq!(region.slot(0).active.load(Relaxed), 5);
+        assert_eq!(region.slot(0).http2_active.load(Relaxed), 1);
         let up = &region.upstream_stats(0)[0];
         assert_eq!((up.open.load(Relaxed), up.active.load(Relaxed), up.down.load(Relaxed)), (1, 1, 0));
         // Given back once: a second reap of the same share changes nothing.

@@ -325,6 +325,15 @@ section! {
         proxy_refused_malformed: Counter = "connections refused for a malformed or oversized PROXY protocol header",
         proxy_refused_timeout: Counter = "connections whose PROXY protocol header did not arrive within [proxy_protocol] timeout",
         tls_failed_no_common: Counter = "TLS handshakes refused because the client offered no cipher suite, signature scheme or key-exchange group the certificates can serve",
+        http2_connections: Counter = "connections that spoke HTTP/2 (ALPN h2, or the preface on an h2c listener)",
+        http2_active: Gauge = "HTTP/2 connections open now",
+        http2_requests: Counter = "the part of requests that came on HTTP/2 streams (the rest came over HTTP/1.x)",
+        http2_client_resets: Counter = "HTTP/2 streams the client reset (RST_STREAM) after tine took them up, before their response ended",
+        http2_tine_resets: Counter = "HTTP/2 streams tine reset: a malformed request (PROTOCOL_ERROR), a response cut short, a window shut past the send timeout",
+        http2_stalled: Counter = "the part of http2_tine_resets whose window stayed shut past the send timeout (a zero-window stall)",
+        http2_goaway_graceful: Counter = "HTTP/2 connections tine ended with GOAWAY(NO_ERROR): a reload, upgrade or drain, or an idle timeout",
+        http2_goaway_calm: Counter = "HTTP/2 connections tine ended with GOAWAY(ENHANCE_YOUR_CALM) for abuse: too many streams reset by the client (Rapid Reset) or by tine, a CONTINUATION flood",
+        http2_goaway_error: Counter = "HTTP/2 connections tine ended with GOAWAY for another protocol error (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, COMPRESSION_ERROR, ...)",
     }
 }
 
@@ -465,7 +474,7 @@ const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
-const _: () = assert!(SLOT_SIZE == 960);
+const _: () = assert!(SLOT_SIZE == 1024);
 const _: () = assert!(MASTER_SIZE.is_multiple_of(64));
 const _: () = assert!(HOST_SIZE.is_multiple_of(64));
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);

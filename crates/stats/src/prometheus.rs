@@ -58,6 +58,15 @@ fn slot_metric(name: &str) -> Option<(&'static str, f64, Option<Label>)> {
         "proxy_refused_missing" => ("proxy_protocol_refused", 1.0, Some(("reason", "missing"))),
         "proxy_refused_malformed" => ("proxy_protocol_refused", 1.0, Some(("reason", "malformed"))),
         "proxy_refused_timeout" => ("proxy_protocol_refused", 1.0, Some(("reason", "timeout"))),
+        "http2_connections" => ("http2_connections", 1.0, None),
+        "http2_active" => ("http2_connections_active", 1.0, None),
+        "http2_requests" => ("http2_requests", 1.0, None),
+        "http2_client_resets" => ("http2_stream_resets", 1.0, Some(("by", "client"))),
+        "http2_tine_resets" => ("http2_stream_resets", 1.0, Some(("by", "tine"))),
+        "http2_stalled" => ("http2_stalled_streams", 1.0, None),
+        "http2_goaway_graceful" => ("http2_goaways", 1.0, Some(("reason", "graceful"))),
+        "http2_goaway_calm" => ("http2_goaways", 1.0, Some(("reason", "enhance_your_calm"))),
+        "http2_goaway_error" => ("http2_goaways", 1.0, Some(("reason", "protocol_error"))),
         _ => return None,
     })
 }

@@ -194,6 +194,7 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     out.push_str(&path_line(s));
     out.push_str(&refused_line(s));
     out.push_str(&tls_lines(s));
+    out.push_str(&http2_line(s));
     out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
     out
@@ -235,6 +236,30 @@ fn refused_line(s: &Snapshot) -> String {
         v("rejected_head_too_large"),
         v("rejected_version"),
         v("rejected_not_implemented")
+    )
+}
+
+/// HTTP/2 connections, their streams' resets and their GOAWAYs, when any
+/// client ever spoke HTTP/2.
+fn http2_line(s: &Snapshot) -> String {
+    let t = s.totals();
+    let v = |name: &str| t.get(name).unwrap_or(0);
+    if v("http2_connections") == 0 {
+        return String::new();
+    }
+    let share = 100.0 * v("http2_requests") as f64 / v("requests").max(1) as f64;
+    format!(
+        "http2: connections {} (open {}), requests {} ({share:.0}% of all); streams reset by clients {}, \
+         by tine {} (stalled {}); GOAWAY graceful {}, abuse {}, protocol error {}\n",
+        v("http2_connections"),
+        v("http2_active"),
+        v("http2_requests"),
+        v("http2_client_resets"),
+        v("http2_tine_resets"),
+        v("http2_stalled"),
+        v("http2_goaway_graceful"),
+        v("http2_goaway_calm"),
+        v("http2_goaway_error"),
     )
 }
 

@@ -288,6 +288,7 @@ impl Conn {
     pub fn start_grace(&mut self, ctx: &mut Ctx) -> bool {
         if let Phase::Http2(session) = &mut self.phase {
             session.start_grace();
+            ctx.stats.slot.http2_goaway_graceful.fetch_add(1, Relaxed);
             return true;
         }
         if self.is_idle() {

@@ -84,7 +84,7 @@ impl Http2Session {
     /// is let go at once rather than at their deadline.
     fn wake_streams_waiting_on_client(&mut self) {
         for stream in self.streams.iter_mut().flatten() {
-            stream.wake |= stream.io.waits_on_client || stream.io.responder.was_reset();
+            stream.wake |= stream.io.waits_on_client || stream.io.was_reset_by_client();
         }
     }
 
@@ -115,6 +115,7 @@ impl Http2Session {
     /// The connection closes: every stream's exchange is abandoned, its
     /// deadline removed and its line logged.
     pub fn release(&mut self, ctx: &mut Ctx, peer: Option<SocketAddr>) {
+        ctx.stats.gauges.http2_connections(-1);
         for slot in 0..self.streams.len() {
             if let Some(stream) = self.streams[slot].take() {
                 finish(stream, ctx, peer);
@@ -129,11 +130,33 @@ impl Http2Session {
 /// its deadline disarmed and its access-log line written.
 fn finish(mut stream: Stream, ctx: &mut Ctx, peer: Option<SocketAddr>) {
     ctx.timers.wheel.disarm(&mut stream.io.timer);
+    let slot = ctx.stats.slot;
+    if stream.io.client_reset {
+        slot.http2_client_resets.fetch_add(1, Relaxed);
+    } else if stream.io.tine_reset {
+        slot.http2_tine_resets.fetch_add(1, Relaxed);
+    }
     if let Work::Proxy(exchange) = stream.work {
         exchange.abandon(ctx);
     }
     if let (Some(entry), Some(log)) = (stream.io.access.take(), ctx.access_log.as_mut()) {
         entry.write(log, ctx.clock.unix_secs, peer.map(|p| p.ip()), stream.io.bytes_sent());
+    }
+}
+
+/// Counts a GOAWAY tine sent because of the client: abuse (too many
+/// resets, a CONTINUATION flood) or another protocol error. Graceful ones
+/// are counted where tine decides on them.
+fn count_goaway(sent: Option<Reason>, ctx: &Ctx) {
+    let slot = ctx.stats.slot;
+    match sent {
+        Some(Reason::NO_ERROR) | None => {}
+        Some(Reason::ENHANCE_YOUR_CALM) => {
+            slot.http2_goaway_calm.fetch_add(1, Relaxed);
+        }
+        Some(_) => {
+            slot.http2_goaway_error.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -149,6 +172,8 @@ impl Conn {
     /// The connection speaks HTTP/2 from now on; `early` is what was read
     /// of it already (an h2c preface read as a request head).
     pub(super) fn start_http2(&mut self, early: &[u8], ctx: &mut Ctx) {
+        ctx.stats.slot.http2_connections.fetch_add(1, Relaxed);
+        ctx.stats.gauges.http2_connections(1);
         let mut engine = ServerConnection::new(&ctx.http.http2);
         engine.receive(early);
         let local = tine_net::sys::local_addr(self.io.transport.socket()).ok();
@@ -272,6 +297,7 @@ impl Conn {
                         Ok(()) => CloseReason::Done,
                         Err(e) => {
                             log::debug!("connection {:?}: {e}", self.io.id);
+                            count_goaway(e.sent_goaway(), ctx);
                             if e.reason().is_some() {
                                 CloseReason::Error
                             } else {
@@ -307,6 +333,8 @@ impl Conn {
             sent: 0,
             waits_on_client: false,
             gone: false,
+            client_reset: false,
+            tine_reset: false,
             access: None,
             timer: Default::default(),
             head_request: parts.method == http::Method::HEAD,
@@ -349,7 +377,6 @@ impl Conn {
             Err(e) => {
                 log::debug!("connection {:?}: malformed HTTP/2 request: {e}", self.io.id);
                 ctx.stats.count_rejection(Rejection::Head(e));
-                ctx.stats.slot.requests.fetch_add(1, Relaxed);
                 if ctx.access_log.is_some() {
                     io.access = Some(PendingEntry::malformed(request_line.as_bytes(), 0));
                 }
@@ -357,7 +384,7 @@ impl Conn {
                     // RFC 9113 section 8.1.1: a malformed request is a
                     // stream error; nothing of it is answered or passed on.
                     io.log_status(e.status().0);
-                    io.responder.reset(Reason::PROTOCOL_ERROR);
+                    io.reset(Reason::PROTOCOL_ERROR);
                     return Work::Done;
                 }
                 let to = ReplyTo { head_request: io.head_request, route: &crate::responses::NO_ROUTE };
@@ -365,6 +392,7 @@ impl Conn {
                 return start_reply(io, &self.io.head, body, ctx);
             }
         };
+        ctx.stats.slot.http2_requests.fetch_add(1, Relaxed);
         io.chunked_body = req.body == Body::Chunked;
         io.head_request = req.method == Method::Head;
         if ctx.access_log.is_some() {
@@ -549,6 +577,7 @@ impl Conn {
                             "connection {:?}: a stream's window stayed shut; resetting it",
                             self.io.id
                         );
+                        ctx.stats.slot.http2_stalled.fetch_add(1, Relaxed);
                         stream.io.reset(Reason::CANCEL);
                         Some(Step::Finished)
                     }
@@ -569,6 +598,7 @@ impl Conn {
     pub(super) fn http2_deadline(&mut self, mut s: Box<Http2Session>, ctx: &mut Ctx) -> Outcome {
         let idle = s.open_streams() == 0 && self.io.wpos == self.io.wbuf.len();
         s.engine.abrupt_shutdown(Reason::NO_ERROR);
+        ctx.stats.slot.http2_goaway_graceful.fetch_add(1, Relaxed);
         s.engine.poll();
         let _ = self.write_engine_output(&mut s, ctx);
         self.phase = Phase::Http2(s);

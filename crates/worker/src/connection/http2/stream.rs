@@ -102,6 +102,11 @@ pub(super) struct StreamIo {
     pub(super) waits_on_client: bool,
     /// The client reset the stream (or the connection broke under it).
     pub(super) gone: bool,
+    /// The client reset the stream with RST_STREAM.
+    pub(super) client_reset: bool,
+    /// tine reset the stream for a failure (not the NO_ERROR that tells a
+    /// client to stop sending a body nobody reads).
+    pub(super) tine_reset: bool,
     pub(super) access: Option<Box<PendingEntry>>,
     pub(super) timer: Deadline,
     /// The request was HEAD: tine's own replies send no body.
@@ -203,7 +208,7 @@ impl StreamIo {
                     *left = left.saturating_sub(data.len() as u64);
                     if *left == 0 {
                         // Enough: the client is told to stop sending.
-                        self.responder.reset(Reason::NO_ERROR);
+                        self.reset(Reason::NO_ERROR);
                         return Drained::Done;
                     }
                 }
@@ -216,6 +221,9 @@ impl StreamIo {
     /// Ends the stream with a reset (an exchange that broke mid-response,
     /// a deadline), dropping what it held.
     pub(super) fn reset(&mut self, reason: Reason) {
+        if !self.responder.is_done() && reason != Reason::NO_ERROR {
+            self.tine_reset = true;
+        }
         self.responder.reset(reason);
         self.pending = Vec::new();
         self.unread = Vec::new();
@@ -224,6 +232,15 @@ impl StreamIo {
     /// The response body bytes that went out, for the access log.
     pub(super) fn bytes_sent(&self) -> u64 {
         self.sent.min(self.body_len)
+    }
+
+    /// The client reset the stream (noted once, when first seen).
+    pub(super) fn was_reset_by_client(&mut self) -> bool {
+        if !self.gone && self.responder.was_reset() {
+            self.gone = true;
+            self.client_reset = true;
+        }
+        self.gone
     }
 
     /// Frames one DATA payload for the exchange: as it is when the body's
@@ -310,10 +327,7 @@ impl Downstream for StreamIo {
     }
 
     fn take_end_of_stream(&mut self) -> bool {
-        if !self.gone && self.responder.was_reset() {
-            self.gone = true;
-        }
-        self.gone
+        self.was_reset_by_client()
     }
 
     fn has_left(&self) -> bool {
