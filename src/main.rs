@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use tine_config::{Config, Overrides, Source};
 
 #[derive(Parser)]
-#[command(name = "tine", version, about = "A pre-fork HTTP/1.1 front end for Linux")]
+#[command(name = "tine", version, about = "A pre-fork HTTP/1.1 and HTTP/2 front end for Linux")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
