@@ -416,3 +416,90 @@ fn without_h2c_the_preface_is_a_bad_http1_request() {
     let answer = common::exchange_raw(server.addr, h2::PREFACE);
     assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 4") || answer.starts_with(b"HTTP/1.1 5"));
 }
+
+/// A TLS server with a certificate for a.test (and `extra` TOML), and its
+/// TLS address.
+fn tls_server(dir: &std::path::Path, extra: &str) -> (Server, SocketAddr) {
+    use common::tls::{certificate_toml, make_cert, tls_addr, Alg};
+    let cert = make_cert(dir, "a", &["a.test"], Alg::Ecdsa);
+    let config = format!("tls_listen = [\"127.0.0.1:0\"]\n{extra}\n{}", certificate_toml(&cert, true));
+    let server = Server::builder().config(&config).start();
+    let addr = tls_addr(&server);
+    (server, addr)
+}
+
+#[test]
+fn curl_speaks_http2_over_tls_to_static_and_proxied_routes() {
+    let (upstream, _) = body_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = tls_server(dir.path(), &proxy_to(upstream));
+    server.write_file("a.txt", b"static over h2");
+    let curl = |path: &str, extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-k", "--http2", "-w", "\n%{http_version} %{http_code}"])
+            .arg("--resolve")
+            .arg(format!("a.test:{}:127.0.0.1", addr.port()))
+            .args(extra)
+            .arg(format!("https://a.test:{}{path}", addr.port()))
+            .output()
+            .expect("curl runs (bash .ci/run installs it)");
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(curl("/a.txt", &[]), "static over h2\n2 200");
+    let proxied = curl("/api/x", &["--data-binary", "abc"]);
+    assert!(proxied.starts_with("received ") && proxied.ends_with("\n2 200"), "{proxied}");
+    assert!(curl("/a.txt", &["--http1.1"]).ends_with("\n1.1 200"), "HTTP/1.1 is still offered");
+    server.wait_until("both HTTP/2 connections counted", |s| s["total"]["http2_connections"] == 2);
+}
+
+#[test]
+fn chromium_loads_a_page_of_many_assets_over_http2() {
+    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let ready = std::path::Path::new("/usr/bin/chromium").exists()
+        && browser.join("node_modules/playwright-core").exists();
+    assert!(
+        ready || std::env::var_os("CI").is_none(),
+        "chromium and playwright-core: bash .ci/run installs them"
+    );
+    if !ready {
+        eprintln!(
+            "SKIPPED: needs /usr/bin/chromium and tests/browser/node_modules (bash .ci/run installs them)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = tls_server(dir.path(), "");
+    let mut page = String::from(
+        "<!doctype html><title>assets</title><link rel=\"icon\" href=\"data:,\"><script>window.loaded = 0</script>\n",
+    );
+    for i in 0..40 {
+        let svg = format!(
+            "<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'><text y='9'>{i}</text></svg>"
+        );
+        server.write_file(&format!("img/{i}.svg"), svg.as_bytes());
+        page.push_str(&format!("<img src=\"/img/{i}.svg\" width=\"10\" height=\"10\">\n"));
+    }
+    for i in 0..10 {
+        server.write_file(&format!("js/{i}.js"), b"window.loaded += 1;\n");
+        page.push_str(&format!("<script src=\"/js/{i}.js\"></script>\n"));
+    }
+    server.write_file("index.html", page.as_bytes());
+    let out = std::process::Command::new("node")
+        .arg(browser.join("page_h2.mjs"))
+        .arg(format!("https://a.test:{}/index.html", addr.port()))
+        .arg(format!("MAP a.test 127.0.0.1:{}", addr.port()))
+        .output()
+        .expect("node runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["page"], "h2", "{report}");
+    let assets = report["assets"].as_array().unwrap();
+    assert_eq!(assets.len(), 50, "{report}");
+    assert!(assets.iter().all(|p| p == "h2"), "every asset over h2: {report}");
+    assert_eq!((report["images"].as_u64(), report["scripts"].as_u64()), (Some(40), Some(10)), "{report}");
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    server.wait_until("the page and its assets on one HTTP/2 connection", |s| {
+        s["total"]["http2_connections"] == 1 && s["total"]["http2_requests"] == 51
+    });
+}
