@@ -44,7 +44,8 @@ SCENARIOS = [  # name, file, size, connections option
     ("1KiB-close", "1k.bin", 1024, "connections"),
 ]
 # Proxy scenarios: the server under test proxies every request, over a
-# keep-alive pool, to one backend (nginx serving the files, on the CPU that is
+# keep-alive pool (1024 idle connections kept by each server, more than any
+# scenario has requests in flight), to one backend (nginx serving the files, on the CPU that is
 # not the proxy's); only the proxy's CPU is measured.
 PROXY_SCENARIOS = [
     ("proxy-1KiB", "1k.bin", 1024, "connections"),
@@ -75,11 +76,24 @@ COMPRESSED_SCENARIOS = [
     ("gzip-100KiB", "app.js", 100 * 1024, "connections"),
 ]
 ACCEPT_ENCODING = {"compressed-100KiB": "br, gzip", "gzip-100KiB": "gzip"}
-ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS + COMPRESSED_SCENARIOS
+# HTTP/2 over TLS (ALPN h2; both servers on the same ECDSA certificate as
+# the HTTPS scenarios, nginx with `http2` on its listener), loaded by h2load
+# with 10 streams per connection. h2-proxy-1KiB proxies to the HTTP/1.1
+# backend as the proxy scenarios do. h2-idle holds that many idle HTTP/2
+# connections (preface and SETTINGS exchanged) and reports the server's
+# memory per connection.
+H2_SCENARIOS = [
+    ("h2-1KiB", "1k.bin", 1024, "connections"),
+    ("h2-64KiB", "64k.bin", 64 * 1024, "connections"),
+    ("h2-proxy-1KiB", "1k.bin", 1024, "connections"),
+    ("h2-idle", "1k.bin", 1024, ("idle", 1000)),
+]
+H2_STREAMS = 10
+ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS + COMPRESSED_SCENARIOS + H2_SCENARIOS
 
 
 def ensure_tools():
-    missing = [p for t, p in [("wrk", "wrk"), ("nginx", "nginx-light")]
+    missing = [p for t, p in [("wrk", "wrk"), ("nginx", "nginx-light"), ("h2load", "nghttp2-client")]
                if shutil.which(t) is None and not os.path.exists("/usr/sbin/" + t)]
     if not missing:
         return
@@ -156,23 +170,23 @@ def make_certificate(work):
 
 
 class Server:
-    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None, tls=None):
+    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None, tls=None, http2=False):
         """With `tls` (cert, key), `port` is an HTTPS port (plain HTTP moves to another)."""
         self.kind, self.port = kind, port
         http_port = free_port() if tls else port
         if kind == "tine":
             cmd = [TINE, "serve", "--root", f"{work}/www", "--listen", f"127.0.0.1:{http_port}",
                    "--workers", str(workers), "--stats-path", f"{work}/tine.stats", "--pid-file", f"{work}/tine.pid"]
+            config = ""
             if tls:
-                conf = f"{work}/tine-tls.toml"
-                with open(conf, "w") as f:
-                    f.write(f'tls_listen = ["127.0.0.1:{port}"]\n[[certificate]]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n')
-                cmd += ["--config", conf]
+                config += f'tls_listen = ["127.0.0.1:{port}"]\n[[certificate]]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n'
             if backend:
-                conf = f"{work}/tine-proxy.toml"
+                config += (f'[[upstream]]\nname = "backend"\nservers = ["127.0.0.1:{backend}"]\nkeepalive = 1024\n'
+                           f'[[route]]\npath = "/"\nupstream = "backend"\n')
+            if config:
+                conf = f"{work}/tine.toml"
                 with open(conf, "w") as f:
-                    f.write(f'[[upstream]]\nname = "backend"\nservers = ["127.0.0.1:{backend}"]\nkeepalive = 128\n'
-                            f'[[route]]\npath = "/"\nupstream = "backend"\n')
+                    f.write(config)
                 cmd += ["--config", conf]
         else:
             affinity = cpu_mask or " ".join("0" * (workers - 1 - i) + "1" + "0" * i for i in range(workers))
@@ -184,10 +198,10 @@ class Server:
                         f"proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
                         f"proxy_set_header X-Forwarded-Proto $scheme; "
                         f"proxy_set_header X-Forwarded-Host $host; }}" if backend else "")
-            upstream = f"upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}" if backend else ""
+            upstream = f"upstream backend {{ server 127.0.0.1:{backend}; keepalive 1024; }}" if backend else ""
             # nginx 1.22 leaves TLS 1.3 out by default: both versions, and
             # tickets (its default), for a fair anchor.
-            ssl = (f"listen 127.0.0.1:{port} ssl reuseport backlog=4096 deferred; "
+            ssl = (f"listen 127.0.0.1:{port} ssl{' http2' if http2 else ''} reuseport backlog=4096 deferred; "
                    f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; "
                    f"ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;" if tls else "")
             conf = f"{work}/{name}.conf"
@@ -214,7 +228,8 @@ http {{
 """)
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
             cmd = [nginx, "-c", conf, "-p", work, "-g", "daemon off;"]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=raise_nofile)
         wait_port(port)
         end = time.time() + 10
         while len(children(self.proc.pid)) < workers and time.time() < end:
@@ -315,10 +330,71 @@ def measure_handshakes(server, scenario, args, workers):
             "rss_bytes": rss_bytes(pids), "per_conn_bytes": 0, "connections": 2}
 
 
+def h2load(port, path, connections, seconds, threads, cpus, batch=False):
+    cmd = ["h2load", "-D", str(seconds), "-c", str(connections), "-m", str(H2_STREAMS), "-t", str(threads),
+           f"https://127.0.0.1:{port}/{path}"]
+    if cpus:
+        cmd = ["taskset", "-c", cpus] + cmd
+    if batch:
+        cmd = ["chrt", "--batch", "0"] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
+                         preexec_fn=raise_nofile).stdout
+    r = {"requests": 0, "errors": 0, "rps": 0.0, "mbit": 0.0, "mean_us": 0.0, "p99_us": 0.0}
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if m:
+        r["requests"] = int(m.group(1))
+        r["errors"] = int(m.group(2)) + int(m.group(3))
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s, ([\d.]+)(B|KB|MB|GB)/s", out)
+    if m:
+        r["rps"] = float(m.group(1))
+        r["mbit"] = float(m.group(2)) * {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}[m.group(3)] * 8 / 1e6
+    m = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if m:
+        r["mean_us"] = to_us(m.group(1))
+    m = re.search(r"status codes: (\d+) 2xx", out)
+    if m and r["requests"]:
+        r["errors"] += r["requests"] - int(m.group(1))
+    return r
+
+
+def measure_idle_h2(server, count):
+    """Opens `count` HTTP/2 connections (TLS, ALPN h2, preface and SETTINGS
+    both ways) and leaves them idle: the server's memory per connection."""
+    import socket
+    import ssl
+    pids = server.pids()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    before = rss_bytes(pids)
+    held = []
+    try:
+        for _ in range(count):
+            s = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
+            if s.selected_alpn_protocol() != "h2":
+                sys.exit("the server did not agree to h2")
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            s.recv(4096)
+            held.append(s)
+        time.sleep(1)
+        after = rss_bytes(pids)
+    finally:
+        for s in held:
+            s.close()
+    return {"requests": count, "errors": 0, "rps": 0.0, "mbit": 0.0, "mean_us": 0.0, "p99_us": 0.0,
+            "cpu_us_per_req": 0.0, "rss_bytes": after, "per_conn_bytes": max(0, after - before) / count,
+            "connections": count}
+
+
 def measure(server, scenario, args, workers):
     name, path, size, conn_opt = scenario
+    if isinstance(conn_opt, tuple) and conn_opt[0] == "idle":
+        return measure_idle_h2(server, conn_opt[1])
     if isinstance(conn_opt, tuple):
         return measure_handshakes(server, scenario, args, workers)
+    if name.startswith("h2-"):
+        return measure_h2(server, scenario, args, workers)
     connections = getattr(args, conn_opt)
     https = name.startswith("https-")
     pinned = workers == 1
@@ -349,6 +425,24 @@ def measure(server, scenario, args, workers):
     r["connections"] = connections
     if name in ACCEPT_ENCODING:
         r["content_encoding"], r["body_bytes"] = r_encoding
+    return r
+
+
+def measure_h2(server, scenario, args, workers):
+    name, path, _, conn_opt = scenario
+    connections = getattr(args, conn_opt)
+    pinned = workers == 1
+    cpus = "1" if pinned and os.cpu_count() > 1 else None
+    threads = 1 if pinned else 2
+    h2load(server.port, path, min(connections, 16), 1, threads, cpus, args.batch_load)  # warm up
+    pids = server.pids()
+    cpu0 = cpu_ns(pids)
+    r = h2load(server.port, path, connections, args.duration, threads, cpus, args.batch_load)
+    cpu1 = cpu_ns(pids)
+    r["cpu_us_per_req"] = (cpu1 - cpu0) / 1000 / r["requests"] if r["requests"] else 0.0
+    r["rss_bytes"] = rss_bytes(pids)
+    r["per_conn_bytes"] = 0
+    r["connections"] = connections
     return r
 
 
@@ -421,7 +515,7 @@ def main():
         for round_ in range(args.repeat):
             for workers in args.workers:
                 for scenario in [s for s in ALL_SCENARIOS if s[0] in args.scenarios]:
-                    proxy = scenario[0].startswith("proxy-")
+                    proxy = "proxy-" in scenario[0]
                     if proxy and workers != 1:
                         continue  # the proxy comparison runs with one pinned worker
                     backend = Server("nginx", work, 1, free_port(), cpu_mask="10") if proxy else None
@@ -429,9 +523,10 @@ def main():
                         for pid in backend.pids():
                             subprocess.run(["chrt", "--batch", "--pid", "0", str(pid)], check=True)
                     for kind in args.servers:  # alternate servers within each scenario
-                        tls = cert if scenario in TLS_SCENARIOS else None
+                        http2 = scenario in H2_SCENARIOS
+                        tls = cert if scenario in TLS_SCENARIOS or http2 else None
                         server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None,
-                                        tls=tls)
+                                        tls=tls, http2=http2)
                         try:
                             r = measure(server, scenario, args, workers)
                         finally:
@@ -488,7 +583,7 @@ def report(results, args, runs=()):
                     continue
                 vals = [f"{r['rps']:.0f}", f"{r['mbit']:.0f}", f"{r['mean_us']:.0f}us", f"{r['p99_us']:.0f}us",
                         f"{r['cpu_us_per_req']:.2f}", f"{r['rss_bytes'] / 2**20:.1f}",
-                        f"{r['per_conn_bytes']:.0f}" if "10k" in name else "-", str(r["errors"])]
+                        f"{r['per_conn_bytes']:.0f}" if "10k" in name or "idle" in name else "-", str(r["errors"])]
                 print(f"{name:<16}{workers:>8} {kind:<8}" + "".join(f"{v:>11}" for v in vals))
             if "tine" in rows and "nginx" in rows:
                 t, n = rows["tine"], rows["nginx"]
@@ -496,7 +591,8 @@ def report(results, args, runs=()):
                 vals = [ratio(t["rps"], n["rps"]), ratio(t["mbit"], n["mbit"]), ratio(t["mean_us"], n["mean_us"]),
                         ratio(t["p99_us"], n["p99_us"]), ratio(t["cpu_us_per_req"], n["cpu_us_per_req"]),
                         ratio(t["rss_bytes"], n["rss_bytes"]),
-                        ratio(t["per_conn_bytes"], n["per_conn_bytes"]) if "10k" in name else "-", ""]
+                        ratio(t["per_conn_bytes"], n["per_conn_bytes"]) if "10k" in name or "idle" in name else "-",
+                        ""]
                 print(f"{'':<16}{'':>8} {'ratio':<8}" + "".join(f"{v:>11}" for v in vals))
                 per_round = sorted(
                     a["rps"] / b["rps"]

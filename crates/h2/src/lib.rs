@@ -177,6 +177,12 @@ impl ServerConnection {
         self.wire.outbound_len() > 0
     }
 
+    /// Gives back what the byte queues hold while empty (an idle
+    /// connection).
+    pub fn shrink(&mut self) {
+        self.wire.shrink();
+    }
+
     /// Ends the connection at once with GOAWAY(`reason`): the streams
     /// under way end with it.
     pub fn abrupt_shutdown(&mut self, reason: Reason) {

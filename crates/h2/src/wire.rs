@@ -43,7 +43,25 @@ impl Wire {
     }
 
     pub(crate) fn take_outbound(&self, out: &mut Vec<u8>) {
-        out.append(&mut self.0.borrow_mut().outbound);
+        let mut q = self.0.borrow_mut();
+        if out.is_empty() && out.capacity() < q.outbound.capacity() {
+            // Hand over the queue's buffer rather than copy it.
+            std::mem::swap(out, &mut q.outbound);
+        } else {
+            out.append(&mut q.outbound);
+        }
+    }
+
+    /// Gives back the memory of queues that are empty: an idle connection
+    /// holds none.
+    pub(crate) fn shrink(&self) {
+        let mut q = self.0.borrow_mut();
+        if q.inbound.is_empty() {
+            q.inbound = VecDeque::new();
+        }
+        if q.outbound.is_empty() {
+            q.outbound = Vec::new();
+        }
     }
 
     pub(crate) fn inbound_len(&self) -> usize {

@@ -69,6 +69,19 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How much leftover input a closing connection drains at most.
 const LINGER_BYTES: u64 = 1 << 20;
 
+/// When a connection wants to be driven for an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drive {
+    Now,
+    /// Once the turn's events are all dispatched: an HTTP/2 connection
+    /// whose streams' upstreams answered in one batch frames all their
+    /// responses and writes them to the client at once. `first`: it was
+    /// not already waiting for the batch to end.
+    AfterBatch {
+        first: bool,
+    },
+}
+
 /// What the connection is doing; a phase's own data lives in its variant.
 pub enum Phase {
     /// A listener behind a load balancer: the PROXY protocol header comes
@@ -232,13 +245,15 @@ impl Conn {
     }
 
     /// An event for the upstream connection that exchange `index` of this
-    /// connection holds (an HTTP/1.1 connection has one at a time).
-    pub fn on_upstream_event(&mut self, index: u32, peer_closed: bool) {
+    /// connection holds (an HTTP/1.1 connection has one at a time); says
+    /// when the connection wants to be driven for it.
+    pub fn on_upstream_event(&mut self, index: u32, peer_closed: bool) -> Drive {
         match &mut self.phase {
             Phase::Proxy(exchange) if peer_closed => exchange.note_upstream_fin(),
-            Phase::Http2(session) => session.on_upstream_event(index, peer_closed),
+            Phase::Http2(session) => return session.on_upstream_event(index, peer_closed),
             _ => {}
         }
+        Drive::Now
     }
 
     /// The deadline of exchange `index` passed: usually the connection

@@ -3,7 +3,7 @@
 //! expires deadlines from the timer wheel and stamps the heartbeat. Read this
 //! file top to bottom to see everything a worker does.
 
-use crate::connection::{CloseReason, Conn, Outcome};
+use crate::connection::{CloseReason, Conn, Drive, Outcome};
 use crate::context::Ctx;
 use crate::slab::Slab;
 use crate::token::{ConnId, ExchangeId, Token};
@@ -202,7 +202,15 @@ impl<'a> EventLoop<'a> {
             return Ok(None);
         };
         if let Some(index) = exchange {
-            conn.on_upstream_event(index, event.peer_closed());
+            match conn.on_upstream_event(index, event.peer_closed()) {
+                Drive::Now => {}
+                Drive::AfterBatch { first } => {
+                    if first {
+                        self.ready.push(id);
+                    }
+                    return Ok(None);
+                }
+            }
         } else if event.readable() {
             conn.mark_readable();
             if event.peer_closed() {

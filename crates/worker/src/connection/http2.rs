@@ -14,7 +14,7 @@
 
 mod stream;
 
-use super::{answer, Answer, Arrival, Conn, Phase};
+use super::{answer, Answer, Arrival, Conn, Drive, Phase};
 use crate::access::PendingEntry;
 use crate::context::{Ctx, Rejection};
 use crate::exchange::{Downstream, Driven, Ended};
@@ -68,6 +68,8 @@ pub struct Http2Session {
     addresses: Option<(SocketAddr, SocketAddr)>,
     /// Some stream yielded: the connection is driven again next turn.
     yielded: bool,
+    /// The connection waits to be driven at the end of the turn's events.
+    scheduled: bool,
     /// The engine ended the connection; it closes once its output is out.
     ended: Option<CloseReason>,
 }
@@ -97,14 +99,17 @@ impl Http2Session {
         self.stream_mut(index).map(|s| &mut s.io.timer)
     }
 
-    /// An event for the upstream connection of stream `index`.
-    pub fn on_upstream_event(&mut self, index: u32, peer_closed: bool) {
+    /// An event for the upstream connection of stream `index`: the stream
+    /// is driven once the turn's events are dispatched, with every other
+    /// stream of the connection that had one.
+    pub fn on_upstream_event(&mut self, index: u32, peer_closed: bool) -> Drive {
         if let Some(stream) = self.stream_mut(index) {
             stream.wake = true;
             if let (Work::Proxy(exchange), true) = (&mut stream.work, peer_closed) {
                 exchange.note_upstream_fin();
             }
         }
+        Drive::AfterBatch { first: !std::mem::replace(&mut self.scheduled, true) }
     }
 
     /// A graceful stop: GOAWAY now, the streams under way finish.
@@ -184,11 +189,10 @@ impl Conn {
             next: 0,
             addresses: self.io.peer.zip(local),
             yielded: false,
+            scheduled: false,
             ended: None,
         };
-        if self.io.wbuf.capacity() == 0 {
-            self.io.wbuf = ctx.pool.write_buf();
-        }
+        // The engine's output queue lends its buffer to the socket's writes.
         self.io.wbuf.clear();
         self.io.wpos = 0;
         self.phase = Phase::Http2(Box::new(session));
@@ -199,6 +203,7 @@ impl Conn {
     /// rounds are spent.
     pub(super) fn drive_http2(&mut self, mut s: Box<Http2Session>, ctx: &mut Ctx) -> Option<Outcome> {
         s.yielded = false;
+        s.scheduled = false;
         for _ in 0..ROUNDS {
             let read = match self.read_into_engine(&mut s, ctx) {
                 Ok(n) => n,
@@ -234,7 +239,7 @@ impl Conn {
     /// The connection stops until `outcome`, its own deadline set for what
     /// it waits on: a client that does not read what was written, an idle
     /// connection, or nothing (its streams have deadlines of their own).
-    fn http2_paused(&mut self, s: Box<Http2Session>, outcome: Outcome, ctx: &mut Ctx) -> Option<Outcome> {
+    fn http2_paused(&mut self, mut s: Box<Http2Session>, outcome: Outcome, ctx: &mut Ctx) -> Option<Outcome> {
         if !matches!(outcome, Outcome::Close(_)) {
             if self.io.wpos < self.io.wbuf.len() {
                 self.io.arm(ctx, ctx.timers.timeouts.send);
@@ -242,6 +247,11 @@ impl Conn {
                 let idle =
                     if ctx.draining { ctx.timers.timeouts.keepalive_grace } else { ctx.timers.timeouts.idle };
                 self.io.arm(ctx, idle);
+                // Nothing in flight: an idle connection holds no buffer of ours.
+                if !s.engine.has_output() && s.engine.unread_input() == 0 {
+                    s.engine.shrink();
+                    self.release_buffers(ctx);
+                }
             } else {
                 ctx.timers.wheel.disarm(&mut self.io.timer);
             }
