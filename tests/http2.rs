@@ -503,3 +503,76 @@ fn chromium_loads_a_page_of_many_assets_over_http2() {
         s["total"]["http2_connections"] == 1 && s["total"]["http2_requests"] == 51
     });
 }
+
+#[test]
+fn every_kind_of_route_answers_over_http2() {
+    let (upstream, _) = body_upstream();
+    let config = format!(
+        "root = \"{{root}}\"\nhealth_path = \"/healthz\"\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n\
+             [[upstream]]\nname = \"down\"\nservers = [\"127.0.0.1:1\"]\n\
+             [[route]]\npath = \"/old/\"\nredirect_prefix = \"/new/\"\nredirect_status = 308\n\
+             [[route]]\npath = \"/api/\"\nupstream = \"app\"\nheaders = {{ X-Frame-Options = \"DENY\" }}\n\
+             [[route]]\npath = \"/down/\"\nupstream = \"down\"\nerror_pages = {{ 502 = \"/oops.html\" }}\n\
+             [[route]]\npath = \"/\"\nroot = \"{{root}}\"\nprecompressed = true\n\
+             try_files = [\"$uri\", \"/index.html\"]\nheaders = {{ Cache-Control = \"no-cache\" }}\n\
+             error_pages = {{ 404 = \"/missing.html\" }}\n\
+             [http2]\nh2c = true\n"
+    );
+    // Error pages are read as the configuration loads.
+    let server = Server::builder().config(&config).start_with(|dir| {
+        std::fs::write(dir.join("www/oops.html"), b"upstream trouble").unwrap();
+        std::fs::write(dir.join("www/missing.html"), b"not here").unwrap();
+    });
+    server.write_file("index.html", b"shell");
+    server.write_file("app.js", b"plain js");
+    server.write_file("app.js.gz", b"gzipped js");
+    let mut c = Client::connect(server.addr, &[]);
+    let mut id = 1;
+    let mut ask = |c: &mut Client, method: &str, path: &str, extra: &[(&str, &str)]| {
+        c.request(id, method, path, extra, true);
+        let r = c.response(id);
+        id += 2;
+        r
+    };
+    let r = ask(&mut c, "GET", "/healthz", &[]);
+    assert_eq!(r.status, 200, "health_path: {r:?}");
+    let r = ask(&mut c, "GET", "/old/page?x=1", &[]);
+    assert_eq!((r.status, r.header("location")), (308, Some("/new/page?x=1")));
+    let r = ask(&mut c, "GET", "/api/x", &[]);
+    assert_eq!((r.status, r.header("x-frame-options")), (200, Some("DENY")), "{r:?}");
+    let r = ask(&mut c, "GET", "/down/x", &[]);
+    assert_eq!((r.status, &r.body[..]), (502, &b"upstream trouble"[..]), "the route's error page");
+    let r = ask(&mut c, "GET", "/app.js", &[("accept-encoding", "gzip")]);
+    assert_eq!((r.header("content-encoding"), &r.body[..]), (Some("gzip"), &b"gzipped js"[..]));
+    assert_eq!(r.header("cache-control"), Some("no-cache"), "the route's headers");
+    let r = ask(&mut c, "GET", "/settings/profile", &[]);
+    assert_eq!((r.status, &r.body[..]), (200, &b"shell"[..]), "try_files");
+    let r = ask(&mut c, "DELETE", "/app.js", &[]);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+}
+
+#[test]
+fn a_stream_whose_client_reads_nothing_does_not_hold_up_the_others() {
+    let server = h2c_server("", "");
+    let big = common::pseudo_random(400_000, 5);
+    server.write_file("big.bin", &big);
+    server.write_file("small.txt", b"small");
+    // Every stream's window starts shut; the connection's is wide open.
+    let mut c = Client::connect(server.addr, &[(0x4, 0)]);
+    c.frame(h2::WINDOW_UPDATE, 0, 0, &(1u32 << 30).to_be_bytes());
+    c.request(1, "GET", "/big.bin", &[], true);
+    c.request(3, "GET", "/big.bin", &[], true);
+    // Stream 3's reader reads: its window opens as its data comes (the
+    // client helper opens it by each DATA frame's size, and here by the
+    // whole file first); stream 1's stays shut.
+    c.frame(h2::WINDOW_UPDATE, 0, 3, &(big.len() as u32).to_be_bytes());
+    let r = c.response(3);
+    assert!(r.status == 200 && r.body == big, "stream 3 is served whole while stream 1 waits");
+    c.request(5, "GET", "/small.txt", &[], true);
+    c.frame(h2::WINDOW_UPDATE, 0, 5, &100u32.to_be_bytes());
+    assert_eq!(c.response(5).body, b"small", "and so is a new stream");
+    c.frame(h2::WINDOW_UPDATE, 0, 1, &(big.len() as u32).to_be_bytes());
+    let r = c.response(1);
+    assert!(r.body == big, "stream 1 goes on once its reader reads");
+}

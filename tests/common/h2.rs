@@ -78,6 +78,8 @@ pub struct Client {
     inbox: Vec<u8>,
     /// Frames read while waiting for something else.
     pub seen: Vec<Frame>,
+    /// Frames of streams nobody asked about yet, kept for when one does.
+    unclaimed: Vec<Frame>,
     pub ended: Option<End>,
 }
 
@@ -93,6 +95,7 @@ impl Client {
             decoder: loona_hpack::Decoder::new(),
             inbox: Vec::new(),
             seen: Vec::new(),
+            unclaimed: Vec::new(),
             ended: None,
         };
         client.write(PREFACE);
@@ -194,11 +197,21 @@ impl Client {
     pub fn responses(&mut self, streams: &[u32]) -> Vec<Response> {
         let mut responses: Vec<Response> = streams.iter().map(|_| Response::default()).collect();
         let mut done = vec![false; streams.len()];
+        let (earlier, later): (Vec<Frame>, Vec<Frame>) =
+            std::mem::take(&mut self.unclaimed).into_iter().partition(|f| streams.contains(&f.stream));
+        self.unclaimed = later;
+        let mut earlier = earlier.into_iter();
         while done.contains(&false) {
-            let Some(frame) = self.next_frame() else { break };
-            let Some(i) = streams.iter().position(|&s| s == frame.stream).filter(|&i| !done[i]) else {
+            let Some(frame) = earlier.next().or_else(|| self.next_frame()) else { break };
+            let Some(i) = streams.iter().position(|&s| s == frame.stream) else {
+                if frame.stream != 0 {
+                    self.unclaimed.push(frame);
+                }
                 continue;
             };
+            if done[i] {
+                continue;
+            }
             let response = &mut responses[i];
             match frame.kind {
                 HEADERS => {
