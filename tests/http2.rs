@@ -576,3 +576,90 @@ fn a_stream_whose_client_reads_nothing_does_not_hold_up_the_others() {
     let r = c.response(1);
     assert!(r.body == big, "stream 1 goes on once its reader reads");
 }
+
+/// Writes `frame` `count` times on a clone of the client's socket from
+/// another thread, never reading; returns how many were written before the
+/// server stopped taking them (closed, or stopped reading for 3 s).
+fn flood_in_background(c: &Client, frame: Vec<u8>, count: usize) -> std::thread::JoinHandle<usize> {
+    let mut w = c.socket.try_clone().unwrap();
+    w.set_write_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    std::thread::spawn(move || {
+        let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 1000).collect();
+        let mut sent = 0;
+        while sent < count && w.write_all(&batch).is_ok() {
+            sent += 1000;
+        }
+        sent
+    })
+}
+
+#[test]
+fn ping_and_settings_floods_are_answered_at_the_clients_pace_and_a_client_that_never_reads_is_closed() {
+    let server = h2c_server("[timeouts]\nsend = \"1s\"\n", "");
+    server.write_file("a.txt", b"fine");
+    for (name, kind, frame) in [
+        ("PING", h2::PING, h2::encode_frame(h2::PING, 0, 0, &[0; 8])),
+        ("SETTINGS", h2::SETTINGS, h2::encode_frame(h2::SETTINGS, 0, 0, &[])),
+    ] {
+        // A client that reads gets an answer to each, and its connection goes on.
+        let mut reader = Client::connect(server.addr, &[]);
+        let writer = flood_in_background(&reader, frame.clone(), 20_000);
+        let mut answers = 0;
+        while answers < 20_000 {
+            let f = reader.next_frame().expect("answers keep coming");
+            answers += usize::from(f.kind == kind && f.flags & h2::ACK != 0);
+        }
+        assert_eq!(writer.join().unwrap(), 20_000, "{name}");
+        assert_eq!(reader.get(1, "/a.txt").status, 200, "{name}: the connection goes on");
+        // One that never reads what it asked for: the server stops reading
+        // it (its answers wait on the socket, not in memory), and closes it
+        // once it has not read for the send timeout.
+        let silent = Client::connect(server.addr, &[]);
+        let flood = flood_in_background(&silent, frame, 10_000_000);
+        let mut other = Client::connect(server.addr, &[]);
+        assert_eq!(other.get(1, "/a.txt").status, 200, "{name}: another client is served meanwhile");
+        assert!(flood.join().unwrap() < 10_000_000, "{name}: the flood was cut off");
+    }
+    server
+        .wait_until("the silent clients closed as timeouts", |s| s["total"]["timeouts"].as_u64() >= Some(2));
+}
+
+#[test]
+fn an_empty_data_flood_and_an_hpack_bomb_end_the_connection_as_abuse() {
+    let server = h2c_server("", "");
+    server.write_file("a.txt", b"fine");
+    let mut c = Client::connect(server.addr, &[]);
+    c.request(1, "POST", "/a.txt", &[], false);
+    let _flood = flood_in_background(&c, h2::encode_frame(h2::DATA, 0, 1, &[]), 100_000);
+    assert_eq!(c.until_end(), End::GoAway(h2::ENHANCE_YOUR_CALM), "empty DATA flood");
+
+    // One 4000-byte field put in the dynamic table, then referenced by a
+    // one-byte index again and again: 2000 references decode to 8 MB.
+    let mut c = Client::connect(server.addr, &[]);
+    let mut block =
+        c.block(&[(":method", "GET"), (":scheme", "http"), (":path", "/a.txt"), (":authority", "a.test")]);
+    let big = "x".repeat(4000);
+    block.extend(c.block(&[("x-bomb", big.as_str())]));
+    block.extend(std::iter::repeat_n(0xbe, 2000)); // index 62: the newest dynamic entry
+    c.frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, 1, &block[..block.len().min(16_000)]);
+    let r = c.response(1);
+    assert_eq!((r.status, &c.ended), (0, &Some(End::GoAway(h2::ENHANCE_YOUR_CALM))), "HPACK bomb: {r:?}");
+
+    let mut other = Client::connect(server.addr, &[]);
+    assert_eq!(other.get(1, "/a.txt").status, 200, "another client is served");
+    server.wait_until("both counted as abuse", |s| s["total"]["http2_goaway_calm"] == 2);
+}
+
+#[test]
+fn window_update_and_priority_floods_change_nothing() {
+    let server = h2c_server("", "");
+    server.write_file("a.txt", b"fine");
+    for frame in [
+        h2::encode_frame(h2::WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes()),
+        h2::encode_frame(h2::PRIORITY, 0, 3, &[0, 0, 0, 0, 16]),
+    ] {
+        let mut c = Client::connect(server.addr, &[]);
+        assert_eq!(flood_in_background(&c, frame, 100_000).join().unwrap(), 100_000);
+        assert_eq!(c.get(5, "/a.txt").status, 200, "the same connection still answers");
+    }
+}
