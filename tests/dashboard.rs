@@ -67,13 +67,15 @@ fn upstream() -> SocketAddr {
     addr
 }
 
-/// Requests on new connections (so that both workers get some) until `stop`.
+/// Requests on new connections (so that both workers get some) until
+/// `stop`; the fifth client asks for a route whose client limit refuses it.
 fn load(addr: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Vec<std::thread::JoinHandle<()>> {
-    (0..4)
+    (0..5)
         .map(|i| {
             let (stop, done) = (stop.clone(), done.clone());
             std::thread::spawn(move || {
-                let path = if i % 2 == 0 { "/index.html" } else { "/api/items" };
+                let path =
+                    ["/index.html", "/api/items", "/index.html", "/api/items", "/limited/index.html"][i];
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(mut s) = TcpStream::connect(addr) else { continue };
                     let request =
@@ -99,8 +101,10 @@ fn the_dashboard_shows_load_a_respawn_and_a_stopped_server() {
     let mut server = Server::builder()
         .config(&format!(
             "admin_listen = \"127.0.0.1:0\"\n\
+             [[client_limit]]\nname = \"scrapers\"\nrate = \"1r/m\"\n\
              [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
              [[route]]\npath = \"/api/\"\nupstream = \"app\"\n\
+             [[route]]\npath = \"/limited/\"\nroot = \"{{root}}\"\nclient_limits = [\"scrapers\"]\n\
              [[route]]\npath = \"/\"\nroot = \"{{root}}\"\n",
             upstream()
         ))

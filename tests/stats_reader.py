@@ -30,6 +30,7 @@ GAUGES = {"active", "rss_bytes", "http2_active"}
 UPSTREAM = ["requests", "failures", "timeouts", "pool_hits", "pool_misses", "open", "down", "bytes_spliced",
             "bytes_copied", "active", "responses", "response_us_sum"]
 UPSTREAM_GAUGES = {"open", "down", "active"}
+LIMIT = ["checked", "delayed", "refused", "connections_refused", "evictions"]
 STATES = ["empty", "starting", "running", "draining", "dead", "backoff", "retired"]
 LATENCY_OFFSET, LATENCY_BUCKETS = 184, 32
 # Fields after the histogram, with their offsets in the slot.
@@ -165,8 +166,48 @@ def read(path):
             raise Invalid("certificate table")
         certificates = certificate_table(m, certificates_offset, certificate_capacity, certificate_entry_size)
 
+    (limit_capacity,) = struct.unpack_from("=I", m, 172)
+    (limits_offset,) = struct.unpack_from("=Q", m, 176)
+    (limit_entry_size,) = struct.unpack_from("=I", m, 188)
+    client_limits = []
+    if limits_offset:
+        if limits_offset % 64 or limit_entry_size != 64 \
+                or limits_offset + limit_capacity * (64 + slot_count * limit_entry_size) > len(m):
+            raise Invalid("client limit section")
+        entries = limits_offset + limit_capacity * 64
+        for index, name, keys, max_keys in limit_infos(m, limits_offset, limit_capacity):
+            entry = {"name": name, "keys": keys, "max_keys": max_keys}
+            for j, field in enumerate(LIMIT):
+                entry[field] = sum(u64(entries + (s * limit_capacity + index) * limit_entry_size + 8 * j)
+                                   for s in range(slot_count)) % (1 << 64)
+            client_limits.append(entry)
+
     return {"master": master, "host": host, "listeners": listeners, "total": total, "workers": workers,
-            "upstreams": upstreams, "certificates": certificates}
+            "upstreams": upstreams, "certificates": certificates, "client_limits": client_limits}
+
+
+def limit_infos(m, offset, capacity):
+    """Each client limit in use: (index, name, keys in use, keys its table
+    holds), under the same sequence lock as the upstream names; an entry
+    with an empty name is not in use."""
+    give_up = time.time() + 1
+    while time.time() < give_up:
+        (before,) = struct.unpack_from("=Q", m, 144)
+        if before % 2:
+            time.sleep(0.001)
+            continue
+        (count,) = struct.unpack_from("=I", m, 184)
+        infos = []
+        for i in range(min(count, capacity)):
+            e = offset + i * 64
+            name = m[e:e + 48].split(b"\0")[0].decode("ascii", "replace")
+            keys, max_keys = struct.unpack_from("=2Q", m, e + 48)
+            if name:
+                infos.append((i, name, keys, max_keys))
+        (after,) = struct.unpack_from("=Q", m, 144)
+        if after == before:
+            return infos
+    return []
 
 
 def certificate_table(m, offset, capacity, size):

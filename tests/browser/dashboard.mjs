@@ -48,6 +48,8 @@ try {
   await page.waitForFunction(() => document.querySelector("#latency").textContent.includes("ms"), null, wait);
   await page.waitForFunction(() => [...document.querySelectorAll("#upstreams tbody tr")]
     .some((r) => r.textContent.includes("up") && !r.textContent.includes("—")), null, wait);
+  // The client limit's refusals show in its row.
+  await page.waitForFunction(() => Number(document.querySelector('#limits tbody tr[data-limit="scrapers"]')?.dataset.refused) > 0, null, wait);
   const pids = await page.$$eval("#workers tbody tr", (rows) => rows.map((r) => r.dataset.pid));
   await page.screenshot({ path: `${shots}/dashboard-load.png`, fullPage: true });
   console.log("load-seen " + pids.join(" "));

@@ -42,6 +42,22 @@ struct RawFile {
     route: Vec<RawRoute>,
     #[serde(default)]
     stream: Vec<RawStream>,
+    #[serde(default)]
+    client_limit: Vec<RawClientLimit>,
+    client_limits: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientLimit {
+    name: Spanned<String>,
+    key: Option<Spanned<String>>,
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
+    delay: Option<bool>,
+    connections: Option<Spanned<i64>>,
+    status: Option<Spanned<i64>>,
+    max_keys: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +146,7 @@ struct RawRoute {
     redirect: Option<Spanned<String>>,
     redirect_prefix: Option<Spanned<String>>,
     redirect_status: Option<Spanned<i64>>,
+    client_limits: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +486,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     parse_limits(&raw, &at, &mut config)?;
     parse_cache_and_compression(&raw, &at, &mut config)?;
     parse_http2(&raw, &at, &mut config)?;
+    parse_client_limits(&raw, &at, &mut config)?;
     parse_proxy(&raw, &at, &relative_to_file, &mut config)?;
     check_tls_users(&raw, &at, &config)?;
     parse_tcp(&raw, &at, &mut config)?;
@@ -694,6 +712,109 @@ fn parse_http2(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), C
     Ok(())
 }
 
+/// `[[client_limit]]` and the top level's `client_limits`.
+fn parse_client_limits(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
+    for l in &raw.client_limit {
+        let limit = parse_client_limit(l, at, &config.client_limits)?;
+        config.client_limits.push(limit);
+    }
+    config.global_client_limits = limit_indices(at, raw.client_limits.as_deref(), &config.client_limits)?;
+    for (i, limit) in config.client_limits.iter().enumerate() {
+        if limit.connections > 0 && !config.global_client_limits.contains(&i) {
+            return Err(ConfigError::File {
+                file: at.file.to_owned(),
+                message: format!(
+                    "client_limit {:?} limits connections, which are counted at accept: name it in the \
+                     top-level client_limits",
+                    limit.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn parse_client_limit(
+    l: &RawClientLimit,
+    at: &Locator,
+    known: &[crate::ClientLimit],
+) -> Result<crate::ClientLimit, ConfigError> {
+    let name = at.check(&l.name, |n| {
+        let valid = !n.is_empty()
+            && n.len() < tine_limits::region::NAME_SIZE
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid {
+            Err(format!("client_limit name {n:?} must be 1 to 47 letters, digits, - or _"))
+        } else if known.iter().any(|k| &k.name == n) {
+            Err(format!("client_limit name {n:?} is used twice"))
+        } else {
+            Ok(n.clone())
+        }
+    })?;
+    let key = match &l.key {
+        Some(k) => at.check(k, |k| crate::client_limit::KeySource::parse(k))?,
+        None => crate::client_limit::KeySource::Address { v4_prefix: 32, v6_prefix: 128 },
+    };
+    let burst = l.burst.as_ref().map_or(Ok(0), |b| at.in_range(b, "burst", 0, 1_000_000))? as u32;
+    let delay = l.delay.unwrap_or(false);
+    let rate = match &l.rate {
+        Some(r) => Some(at.check(r, |r| crate::client_limit::parse_rate(r, burst, delay))?),
+        None => None,
+    };
+    let connections =
+        l.connections.as_ref().map_or(Ok(0), |c| at.in_range(c, "connections", 0, 1_000_000))? as u32;
+    if rate.is_none() && connections == 0 {
+        return Err(
+            at.error(l.name.span(), format!("client_limit {name:?} needs a rate, connections, or both"))
+        );
+    }
+    if connections > 0 && !key.known_at_accept() {
+        let span = l.key.as_ref().map_or(l.name.span(), |k| k.span());
+        return Err(at.error(
+            span,
+            "connections are counted at accept, before any header: the key must be an address",
+        ));
+    }
+    Ok(crate::ClientLimit {
+        name,
+        key,
+        rate,
+        connections,
+        status: match &l.status {
+            None => 429,
+            Some(s) => at.check(s, |&s| match s {
+                400 | 403 | 404 | 429 | 503 => Ok(s as u16),
+                _ => Err(format!("status must be 429, 503, 403, 404 or 400, not {s}")),
+            })?,
+        },
+        max_keys: l.max_keys.as_ref().map_or(Ok(crate::client_limit::DEFAULT_MAX_KEYS as i64), |m| {
+            at.in_range(m, "max_keys", 8, tine_limits::region::MAX_KEYS as i64)
+        })? as usize,
+    })
+}
+
+/// Limit names as indices into `limits`, each named once.
+fn limit_indices(
+    at: &Locator,
+    names: Option<&[Spanned<String>]>,
+    limits: &[crate::ClientLimit],
+) -> Result<Vec<usize>, ConfigError> {
+    let mut indices = Vec::new();
+    for name in names.unwrap_or_default() {
+        let i = at.check(name, |n| {
+            limits
+                .iter()
+                .position(|l| &l.name == n)
+                .ok_or_else(|| format!("no [[client_limit]] is named {n:?}"))
+        })?;
+        if indices.contains(&i) {
+            return Err(at.error(name.span(), format!("client_limit {:?} is named twice", name.get_ref())));
+        }
+        indices.push(i);
+    }
+    Ok(indices)
+}
+
 /// `[tcp]` and its per-listener tables.
 fn parse_tcp(raw: &RawFile, at: &Locator, config: &mut Config) -> Result<(), ConfigError> {
     if let Some(tcp) = &raw.tcp {
@@ -895,10 +1016,27 @@ fn parse_proxy(
                 at.error(name.span(), format!("no [[upstream]] is named {:?}", name.get_ref()))
             })
         };
+    let limits = &config.client_limits;
     let routes = raw
         .route
         .iter()
-        .map(|r| parse_route(r, at, relative_to_file, &upstream_index, &config.root))
+        .map(|r| {
+            let mut route = parse_route(r, at, relative_to_file, &upstream_index, &config.root)?;
+            route.client_limits = limit_indices(at, r.client_limits.as_deref(), limits)?;
+            if let Some(&i) = route.client_limits.iter().find(|&&i| limits[i].connections > 0) {
+                let names = r.client_limits.as_deref().unwrap_or_default();
+                let span = names.iter().find(|n| n.get_ref() == &limits[i].name).map_or(0..0, |n| n.span());
+                return Err(at.error(
+                    span,
+                    format!(
+                        "client_limit {:?} limits connections, which are counted at accept: name it in the \
+                         top-level client_limits, not on a route",
+                        limits[i].name
+                    ),
+                ));
+            }
+            Ok(route)
+        })
         .collect::<Result<_, _>>()?;
     config.routes = routes;
     for s in &raw.stream {
@@ -1020,7 +1158,7 @@ fn parse_route(
         .iter()
         .map(|(status, page)| at.check(page, |p| load_error_page(status, p, &pages_root)))
         .collect::<Result<_, _>>()?;
-    Ok(Route { host, path, handler, redirect_to_https, headers, error_pages })
+    Ok(Route { host, path, handler, redirect_to_https, headers, error_pages, client_limits: Vec::new() })
 }
 
 #[cfg(test)]

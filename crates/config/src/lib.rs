@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client_limit;
 mod duration;
 mod file;
 pub mod http2;
@@ -14,6 +15,7 @@ pub mod proxy_protocol;
 pub mod static_site;
 pub mod tcp;
 pub mod tls;
+pub use client_limit::ClientLimit;
 pub use http2::Http2;
 pub use proxy_protocol::ProxyProtocol;
 pub use static_site::{Compression, ErrorPage, Redirect, StaticSite, TryFile};
@@ -95,6 +97,11 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Raw TCP relays.
     pub streams: Vec<Stream>,
+    /// `[[client_limit]]`s, by index; routes and `client_limits` refer to them.
+    pub client_limits: Vec<ClientLimit>,
+    /// The limits (indices into `client_limits`) every request and
+    /// connection on a public listener is held to.
+    pub global_client_limits: Vec<usize>,
     /// What the `[tcp]` table sets, for every listener.
     pub tcp: TcpOptions,
     /// `[tcp.listener."ADDRESS"]` overrides, by configured listen address.
@@ -205,6 +212,8 @@ impl Default for Config {
             upstreams: Vec::new(),
             routes: Vec::new(),
             streams: Vec::new(),
+            client_limits: Vec::new(),
+            global_client_limits: Vec::new(),
             tcp: TcpOptions::default(),
             tcp_listeners: Vec::new(),
             source: None,
@@ -318,6 +327,7 @@ impl Config {
                 redirect_to_https: false,
                 headers: Vec::new(),
                 error_pages: Vec::new(),
+                client_limits: Vec::new(),
             }]
         } else {
             self.routes.clone()

@@ -119,6 +119,9 @@ pub struct Route {
     pub headers: Vec<(String, String)>,
     /// Pages answering the errors tine itself gives on this route, by status.
     pub error_pages: Vec<(u16, crate::ErrorPage)>,
+    /// The route's `client_limits` (indices into `Config::client_limits`),
+    /// checked once the request is routed here.
+    pub client_limits: Vec<usize>,
 }
 
 /// A TCP listener whose connections are relayed raw to an upstream group.
@@ -171,6 +174,7 @@ mod tests {
             redirect_to_https: false,
             headers: Vec::new(),
             error_pages: Vec::new(),
+            client_limits: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! [`upgrade`] the hand-over to a new binary, [`pid_file`] and [`paths`] the
 //! files it leaves for operators.
 
+pub mod client_limits;
 pub mod master_cycle;
 pub mod notify;
 pub mod paths;

@@ -118,6 +118,8 @@ struct Master {
     retiring: Vec<Retiring>,
     /// Each live worker's part of its slot's gauges, given back when it is reaped.
     gauge_shares: Vec<(Pid, GaugeShare)>,
+    /// `[[client_limit]]`: the shared table and each worker's holds.
+    client_limits: crate::client_limits::ClientLimits,
     upgrade: Option<upgrade::Pending>,
     /// Set when this master came from an upgrade: where to say "ready".
     tell_old_master: Option<OwnedFd>,
@@ -216,6 +218,8 @@ impl Master {
             }
         };
         publish_certificates(&region, tls.as_ref());
+        let client_limits =
+            crate::client_limits::ClientLimits::start(config, &region).map_err(MasterError::Other)?;
         let pid_file = PidFile::write(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(port)))?;
         tine_worker::name_process("tine: master");
         announce_listeners(config, &listeners, &[]);
@@ -240,6 +244,7 @@ impl Master {
             slots: Vec::new(),
             retiring: Vec::new(),
             gauge_shares: Vec::new(),
+            client_limits,
             upgrade: None,
             tell_old_master: inherited.ready,
             phase: Phase::Running,
@@ -398,6 +403,7 @@ impl Master {
         }
         let before = self.listeners.addrs();
         let retired = bind_listeners(&mut self.listeners, &config, count).map_err(|e| e.to_string())?;
+        self.client_limits.apply(&config, &self.region)?;
         announce_listeners(&config, &self.listeners, &before);
         if !self.region.set_upstream_names(&upstream_names(&config)) {
             log::warn!("more upstream servers than the stats region has room for: restart to count them all");
@@ -629,6 +635,7 @@ impl Master {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
+            self.client_limits.worker_gone(pid);
             if let Some(index) = self.slots.iter().position(|s| s.pid == Some(pid)) {
                 self.give_back_gauges(pid, index);
                 self.on_worker_exit(index, pid, &how);
@@ -705,6 +712,14 @@ impl Master {
             if slot.pid.is_some() || slot.respawn_at.is_none_or(|at| at > now) {
                 continue;
             }
+            let limits = match self.client_limits.for_worker(&self.launch.config) {
+                Ok(limits) => limits,
+                Err(e) => {
+                    log::error!("worker {index}: {e}; retrying in a second");
+                    self.slots[index].respawn_at = Some(now + Duration::from_secs(1));
+                    continue;
+                }
+            };
             let spec = Spawn {
                 slot: index,
                 cpu: slot.cpu,
@@ -714,10 +729,20 @@ impl Master {
                 region: &self.region,
                 tls: self.tls.as_ref(),
                 run_as: self.run_as.as_ref(),
+                client_limits: limits.as_ref().map(|(region, holds)| {
+                    tine_worker::client_limits::LimitsInit {
+                        region,
+                        stats_index: self.client_limits.stats_index(),
+                        holds,
+                    }
+                }),
             };
             match spawn_worker(spec) {
                 Ok((pid, share)) => {
                     self.gauge_shares.push((pid, share));
+                    if let Some((region, holds)) = limits {
+                        self.client_limits.track(pid, holds, region);
+                    }
                     let slot = &mut self.slots[index];
                     slot.pid = Some(pid);
                     slot.started = now;
@@ -766,6 +791,7 @@ impl Master {
             .chain(self.retiring.iter().map(|r| (r.slot, r.pid.as_raw())))
             .collect();
         self.sampler.sample(&self.region, &workers);
+        self.client_limits.sample(&self.region);
         self.tell_systemd(workers.len());
         if self.tls.is_some() {
             match self.tickets.rotate_if_due(self.launch.config.tls.ticket_key_rotation) {
@@ -810,6 +836,7 @@ impl Master {
         self.region.set_state(RegionState::Stopped);
         self.pid_file.remove();
         let _ = std::fs::remove_file(self.region.path());
+        self.client_limits.remove();
         log::info!("master {} stopped", std::process::id());
     }
 }

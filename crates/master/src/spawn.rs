@@ -26,6 +26,8 @@ pub struct Spawn<'a> {
     pub tls: Option<&'a tine_tls::TlsContext>,
     /// Who the worker drops to once set up.
     pub run_as: Option<&'a crate::privileges::RunAs>,
+    /// The client limits' table, when the configuration has limits.
+    pub client_limits: Option<tine_worker::client_limits::LimitsInit<'a>>,
 }
 
 /// Forks a worker for `spec.slot` and returns its pid, with the share of the
@@ -64,6 +66,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<(Pid, GaugeShare), MasterError> {
                 tls: spec.tls,
                 run_as: spec.run_as.map(|r| (r.uid.as_raw(), r.gid.as_raw())),
                 gauge_share: &share,
+                client_limits: spec.client_limits,
             };
             let code = match std::panic::catch_unwind(AssertUnwindSafe(|| tine_worker::run(init))) {
                 Ok(Ok(_)) | Ok(Err(WorkerError::Orphaned(_))) => 0,

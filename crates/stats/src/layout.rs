@@ -75,6 +75,13 @@ pub struct Header {
     pub certificate_count: AtomicU32,
     pub certificate_capacity: u32,
     pub certificate_entry_size: u32,
+    /// Room for client limits in the limits section (0 in regions that
+    /// predate it), where it starts, entries in use (under
+    /// `upstream_names_seq`), and bytes per per-slot entry.
+    pub limit_capacity: u32,
+    pub limits_offset: u64,
+    pub limit_count: AtomicU32,
+    pub limit_entry_size: u32,
 }
 
 /// Lifecycle of the whole region, as stored in [`Header::state`].
@@ -410,6 +417,26 @@ section! {
     }
 }
 
+/// Client limits the limits section has room for.
+pub const LIMIT_CAPACITY: usize = 32;
+/// Bytes per client limit's description: its name (NUL-padded, 48 bytes),
+/// then two words the master writes: keys in use, and the keys its table
+/// holds.
+pub const LIMIT_INFO_SIZE: usize = 64;
+/// Bytes of a limit's name in its description.
+pub const LIMIT_NAME_SIZE: usize = 48;
+
+section! {
+    /// One worker's counters for one `[[client_limit]]`.
+    LimitStats / LimitFields / LIMIT_FIELDS {
+        checked: Counter = "requests checked against the limit's rate",
+        delayed: Counter = "the part of checked that waited for their turn (delay = true)",
+        refused: Counter = "the part of checked refused for going over the rate and the burst",
+        connections_refused: Counter = "connections closed at accept because their key had `connections` open",
+        evictions: Counter = "keys that still owed pushed out of the limit's full table by a new key",
+    }
+}
+
 /// The host section: fields, then INTERFACE_CAPACITY interface entries.
 #[repr(C, align(64))]
 pub struct Host {
@@ -436,6 +463,7 @@ pub const SLOT_SIZE: usize = std::mem::size_of::<Slot>();
 pub const HOST_SIZE: usize = std::mem::size_of::<Host>();
 pub const INTERFACE_ENTRY_SIZE: usize = std::mem::size_of::<InterfaceEntry>();
 pub const UPSTREAM_ENTRY_SIZE: usize = std::mem::size_of::<UpstreamStats>();
+pub const LIMIT_ENTRY_SIZE: usize = std::mem::size_of::<LimitStats>();
 
 /// Where each section lives for a region with this many slots and listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -446,6 +474,7 @@ pub struct Offsets {
     pub slots: usize,
     pub upstreams: usize,
     pub certificates: usize,
+    pub limits: usize,
     pub total: usize,
 }
 
@@ -460,8 +489,9 @@ impl Offsets {
             upstreams + upstream_capacity * (UPSTREAM_NAME_SIZE + slot_count * UPSTREAM_ENTRY_SIZE),
             64,
         );
-        let total = certificates + CERTIFICATE_CAPACITY * CERTIFICATE_ENTRY_SIZE;
-        Offsets { master, host, listeners, slots, upstreams, certificates, total }
+        let limits = round_up(certificates + CERTIFICATE_CAPACITY * CERTIFICATE_ENTRY_SIZE, 64);
+        let total = limits + LIMIT_CAPACITY * (LIMIT_INFO_SIZE + slot_count * LIMIT_ENTRY_SIZE);
+        Offsets { master, host, listeners, slots, upstreams, certificates, limits, total }
     }
 }
 
@@ -472,6 +502,8 @@ fn round_up(n: usize, to: usize) -> usize {
 // The ABI promises these; a change here is a layout change.
 const _: () = assert!(HEADER_SIZE == 192);
 const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
+const _: () = assert!(LIMIT_ENTRY_SIZE == 64);
+const _: () = assert!(std::mem::offset_of!(Header, limits_offset) == 176);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
 const _: () = assert!(SLOT_SIZE == 1024);

@@ -3,7 +3,9 @@
 //! `worker` label per slot. `tine stats --prometheus` and the admin listener's
 //! `/metrics` both print this.
 
-use crate::layout::{Kind, HOST_FIELDS, LATENCY_BUCKETS, MASTER_FIELDS, SLOT_FIELDS, UPSTREAM_FIELDS};
+use crate::layout::{
+    Kind, HOST_FIELDS, LATENCY_BUCKETS, LIMIT_FIELDS, MASTER_FIELDS, SLOT_FIELDS, UPSTREAM_FIELDS,
+};
 use crate::snapshot::{SlotValues, Snapshot};
 use crate::view::Liveness;
 use std::fmt::Write;
@@ -135,8 +137,38 @@ pub fn render(s: &Snapshot, worker: Option<usize>) -> String {
     histogram(&mut out, &slots);
     certificates(&mut out, s);
     upstreams(&mut out, s);
+    client_limits(&mut out, s);
     host(&mut out, s);
     out
+}
+
+/// `tine_client_limit_*{limit="NAME"}`: each limit's counters over every
+/// worker, and the master's count of its keys.
+fn client_limits(out: &mut String, s: &Snapshot) {
+    if s.limits.is_empty() {
+        return;
+    }
+    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+    for (i, f) in LIMIT_FIELDS.iter().enumerate() {
+        let name = format!("client_limit_{}", f.name);
+        family(out, &name, "counter", f.help);
+        for l in &s.limits {
+            let _ = writeln!(out, "tine_{name}_total{{limit=\"{}\"}} {}", label(&l.name), l.fields.get(i));
+        }
+    }
+    family(
+        out,
+        "client_limit_keys",
+        "gauge",
+        "keys that still owe a rate debt or hold connections, sampled by the master once a second",
+    );
+    for l in &s.limits {
+        let _ = writeln!(out, "tine_client_limit_keys{{limit=\"{}\"}} {}", label(&l.name), l.keys);
+    }
+    family(out, "client_limit_max_keys", "gauge", "keys the limit's table holds");
+    for l in &s.limits {
+        let _ = writeln!(out, "tine_client_limit_max_keys{{limit=\"{}\"}} {}", label(&l.name), l.max_keys);
+    }
 }
 
 fn certificates(out: &mut String, s: &Snapshot) {

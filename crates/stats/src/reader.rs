@@ -119,6 +119,19 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), ReadError> {
             return Err(ReadError::Corrupt("certificate table"));
         }
     }
+    if h.limits_offset != 0 {
+        let section = (h.limit_capacity as u64).saturating_mul(
+            crate::layout::LIMIT_INFO_SIZE as u64
+                + (h.slot_count as u64).saturating_mul(h.limit_entry_size as u64),
+        );
+        if h.limits_offset % 64 != 0
+            || h.limit_entry_size as usize != crate::layout::LIMIT_ENTRY_SIZE
+            || h.limit_count.load(std::sync::atomic::Ordering::Relaxed) > h.limit_capacity
+            || h.limits_offset.checked_add(section).is_none_or(|end| end > bytes.len() as u64)
+        {
+            return Err(ReadError::Corrupt("client limit section"));
+        }
+    }
     if (h.listener_entry_size as usize) < LISTENER_ENTRY_SIZE {
         return Err(ReadError::Corrupt("listener entry size"));
     }

@@ -42,6 +42,7 @@ pub fn json(s: &Snapshot, worker: Option<usize>) -> Value {
             "not_after_unix": c.not_after_unix,
             "expires_in_seconds": c.expires_in(s.taken_unix_ms),
         })).collect::<Vec<_>>(),
+        "client_limits": s.limits,
         "listeners": s.listeners,
         "total": total,
         "workers": workers,
@@ -195,6 +196,7 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     out.push_str(&refused_line(s));
     out.push_str(&tls_lines(s));
     out.push_str(&http2_line(s));
+    out.push_str(&limit_lines(s));
     out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
     out
@@ -261,6 +263,21 @@ fn http2_line(s: &Snapshot) -> String {
         v("http2_goaway_calm"),
         v("http2_goaway_error"),
     )
+}
+
+/// A line per `[[client_limit]]`.
+fn limit_lines(s: &Snapshot) -> String {
+    let mut out = String::new();
+    for l in &s.limits {
+        let f = &l.fields;
+        let _ = writeln!(
+            out,
+            "client limit {}: checked {}, delayed {}, refused {}; connections refused {}; keys {} of {}, \
+             evictions {}",
+            l.name, f.checked, f.delayed, f.refused, f.connections_refused, l.keys, l.max_keys, f.evictions
+        );
+    }
+    out
 }
 
 /// TLS handshakes and their failures, when anything was ever TLS.

@@ -3,8 +3,8 @@
 //! picture, which monotonic counters do not need.
 
 use crate::layout::{
-    HostFields, Kind, MasterFields, RegionState, SlotFields, SlotState, UpstreamFields, LATENCY_BUCKETS,
-    SLOT_FIELDS, UPSTREAM_FIELDS,
+    HostFields, Kind, LimitFields, MasterFields, RegionState, SlotFields, SlotState, UpstreamFields,
+    LATENCY_BUCKETS, LIMIT_FIELDS, SLOT_FIELDS, UPSTREAM_FIELDS,
 };
 use crate::view::{interface_name, Liveness, RegionView};
 use serde::Serialize;
@@ -55,6 +55,20 @@ pub struct UpstreamTotals {
     pub fields: UpstreamFields,
 }
 
+/// One client limit's counters, summed over every worker slot, with the
+/// master's sample of its table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LimitTotals {
+    pub name: String,
+    /// Keys that still owe something (a rate debt or connections open), as
+    /// the master last counted them.
+    pub keys: u64,
+    /// Keys the table holds.
+    pub max_keys: u64,
+    #[serde(flatten)]
+    pub fields: LimitFields,
+}
+
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub path: String,
@@ -70,6 +84,8 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamTotals>,
     /// The TLS certificates served, with their expiry.
     pub certificates: Vec<CertificateExpiry>,
+    /// The `[[client_limit]]`s in force.
+    pub limits: Vec<LimitTotals>,
     pub slots: Vec<SlotValues>,
     pub taken_unix_ms: u64,
 }
@@ -153,6 +169,7 @@ impl Snapshot {
                     CertificateExpiry { name: name.to_string(), file: file.to_string(), not_after_unix }
                 })
                 .collect(),
+            limits: limit_totals(reader),
             slots,
             taken_unix_ms: crate::unix_millis(),
         }
@@ -200,6 +217,26 @@ impl Snapshot {
             .collect();
         Totals { values }
     }
+}
+
+/// Every limit in use with its counters summed over the slots.
+fn limit_totals(reader: &impl RegionView) -> Vec<LimitTotals> {
+    reader
+        .limits()
+        .into_iter()
+        .map(|(index, name, keys, max_keys)| {
+            let mut sum = vec![0u64; LIMIT_FIELDS.len()];
+            for slot in 0..reader.slot_count() {
+                if let Some(entry) = reader.limit_stats(slot).get(index) {
+                    let values = entry.load();
+                    for (i, s) in sum.iter_mut().enumerate() {
+                        *s = s.wrapping_add(values.get(i));
+                    }
+                }
+            }
+            LimitTotals { name, keys, max_keys, fields: LimitFields::from_values(&sum) }
+        })
+        .collect()
 }
 
 #[cfg(test)]

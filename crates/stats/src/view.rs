@@ -3,7 +3,10 @@
 //! initialised) to hold a complete region, and everything else follows from the
 //! offsets in the header.
 
-use crate::layout::{Header, Host, InterfaceEntry, MasterSection, RegionState, Slot, UpstreamStats};
+use crate::layout::{
+    Header, Host, InterfaceEntry, LimitStats, MasterSection, RegionState, Slot, UpstreamStats,
+    LIMIT_INFO_SIZE, LIMIT_NAME_SIZE,
+};
 use crate::{pid_alive, unix_millis};
 use std::path::Path;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
@@ -159,6 +162,81 @@ pub trait RegionView {
                 words,
             )
         }
+    }
+
+    /// Every client limit's description as atomic words, [`LIMIT_INFO_SIZE`]
+    /// bytes each (none in a region that predates the section).
+    fn limit_infos(&self) -> Vec<&[AtomicU64]> {
+        let h = self.header();
+        if h.limits_offset == 0 {
+            return Vec::new();
+        }
+        let words = h.limit_capacity as usize * LIMIT_INFO_SIZE / 8;
+        // SAFETY: validate() checked that the section lies inside the mapping,
+        // 64-byte aligned; shared memory is only ever accessed through atomics.
+        let all = unsafe {
+            std::slice::from_raw_parts(
+                self.bytes().as_ptr().add(h.limits_offset as usize) as *const AtomicU64,
+                words,
+            )
+        };
+        all.chunks_exact(LIMIT_INFO_SIZE / 8).collect()
+    }
+
+    /// The client limits in use, `(index, name, keys in use, keys the table
+    /// holds)`, copied under the sequence lock as the upstream names are.
+    fn limits(&self) -> Vec<(usize, String, u64, u64)> {
+        let h = self.header();
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let before = h.upstream_names_seq.load(Relaxed);
+            fence(Acquire);
+            if before.is_multiple_of(2) {
+                let count = h.limit_count.load(Relaxed).min(h.limit_capacity) as usize;
+                let copied: Vec<Vec<u64>> = self
+                    .limit_infos()
+                    .iter()
+                    .take(count)
+                    .map(|info| info.iter().map(|w| w.load(Relaxed)).collect())
+                    .collect();
+                fence(Acquire);
+                if h.upstream_names_seq.load(Relaxed) == before {
+                    return copied
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, words)| {
+                            let text: Vec<u8> =
+                                words[..LIMIT_NAME_SIZE / 8].iter().flat_map(|w| w.to_ne_bytes()).collect();
+                            let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+                            let name = String::from_utf8_lossy(&text[..end]).into_owned();
+                            let keys = words[LIMIT_NAME_SIZE / 8];
+                            (!name.is_empty()).then(|| (i, name, keys, words[LIMIT_NAME_SIZE / 8 + 1]))
+                        })
+                        .collect();
+                }
+            }
+            if std::time::Instant::now() > give_up {
+                return Vec::new();
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// One slot's client-limit entries (limit_capacity of them; none in a
+    /// region that predates the section).
+    fn limit_stats(&self, slot: usize) -> &[LimitStats] {
+        let h = self.header();
+        if h.limits_offset == 0 || slot >= h.slot_count as usize {
+            return &[];
+        }
+        let capacity = h.limit_capacity as usize;
+        let at = h.limits_offset as usize
+            + capacity * LIMIT_INFO_SIZE
+            + slot * capacity * h.limit_entry_size as usize;
+        // SAFETY: validate() checked the section lies inside the mapping with
+        // entries of exactly LimitStats' size on 64-byte boundaries; the
+        // entries are made only of atomics.
+        unsafe { std::slice::from_raw_parts(self.bytes().as_ptr().add(at) as *const LimitStats, capacity) }
     }
 
     /// One slot's upstream entries (upstream_capacity of them).

@@ -5,7 +5,9 @@ use crate::layout::{
     Header, Offsets, RegionState, ENDIAN_CHECK, HEADER_SIZE, HOST_SIZE, INTERFACE_CAPACITY, LAYOUT_VERSION,
     LISTENER_ENTRY_SIZE, MAGIC, MASTER_SIZE, SLOT_SIZE, UPSTREAM_ENTRY_SIZE, UPSTREAM_NAME_SIZE,
 };
-use crate::layout::{CERTIFICATE_CAPACITY, CERTIFICATE_ENTRY_SIZE};
+use crate::layout::{
+    CERTIFICATE_CAPACITY, CERTIFICATE_ENTRY_SIZE, LIMIT_CAPACITY, LIMIT_ENTRY_SIZE, LIMIT_NAME_SIZE,
+};
 use crate::ownership;
 use crate::reader::{validate, ReadError};
 use crate::unix_millis;
@@ -169,6 +171,9 @@ impl Region {
         header.certificates_offset = offsets.certificates as u64;
         header.certificate_capacity = CERTIFICATE_CAPACITY as u32;
         header.certificate_entry_size = CERTIFICATE_ENTRY_SIZE as u32;
+        header.limits_offset = offsets.limits as u64;
+        header.limit_capacity = LIMIT_CAPACITY as u32;
+        header.limit_entry_size = LIMIT_ENTRY_SIZE as u32;
         header.listeners_offset = offsets.listeners as u64;
         header.slots_offset = offsets.slots as u64;
         header.total_size = offsets.total as u64;
@@ -250,6 +255,44 @@ impl Region {
         h.certificate_count.store(certificates.len() as u32, Ordering::Relaxed);
         h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
         true
+    }
+
+    /// Describes the client limits: entry i names the limit counted under
+    /// index i of every slot's limit entries (None: no limit uses it now),
+    /// with the keys its table holds. Under the same sequence lock as the
+    /// upstream names; false, describing none, when they do not fit (or
+    /// the region predates the section).
+    pub fn set_limits(&self, limits: &[Option<(String, u64)>]) -> bool {
+        let h = self.header();
+        if limits.len() > h.limit_capacity as usize {
+            return false;
+        }
+        let seq = h.upstream_names_seq.load(Ordering::Relaxed);
+        h.upstream_names_seq.store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (i, info) in self.limit_infos().iter().enumerate() {
+            let (name, max_keys) = limits.get(i).cloned().flatten().unwrap_or_default();
+            let text = &name.as_bytes()[..name.len().min(LIMIT_NAME_SIZE - 1)];
+            for (k, word) in info[..LIMIT_NAME_SIZE / 8].iter().enumerate() {
+                let mut bytes = [0u8; 8];
+                let from = (k * 8).min(text.len());
+                let part = &text[from..(from + 8).min(text.len())];
+                bytes[..part.len()].copy_from_slice(part);
+                word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+            }
+            info[LIMIT_NAME_SIZE / 8].store(0, Ordering::Relaxed);
+            info[LIMIT_NAME_SIZE / 8 + 1].store(max_keys, Ordering::Relaxed);
+        }
+        h.limit_count.store(limits.len() as u32, Ordering::Relaxed);
+        h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
+        true
+    }
+
+    /// The master's sample of a limit's keys in use.
+    pub fn set_limit_keys(&self, index: usize, keys: u64) {
+        if let Some(info) = self.limit_infos().get(index) {
+            info[LIMIT_NAME_SIZE / 8].store(keys, Ordering::Relaxed);
+        }
     }
 
     pub fn set_state(&self, state: RegionState) {

@@ -2,7 +2,7 @@
 //! field of every section must appear in it at its real offset, and nothing
 //! else may.
 
-use tine_stats::layout::{Field, HOST_FIELDS, MASTER_FIELDS, SLOT_FIELDS, UPSTREAM_FIELDS};
+use tine_stats::layout::{Field, HOST_FIELDS, LIMIT_FIELDS, MASTER_FIELDS, SLOT_FIELDS, UPSTREAM_FIELDS};
 
 fn documented(section: &str) -> Vec<(usize, String)> {
     let doc =
@@ -36,6 +36,11 @@ fn master_fields_match_the_document() {
 #[test]
 fn upstream_fields_match_the_document() {
     assert_eq!(documented("upstream"), actual(UPSTREAM_FIELDS));
+}
+
+#[test]
+fn client_limit_fields_match_the_document() {
+    assert_eq!(documented("limit"), actual(LIMIT_FIELDS));
 }
 
 #[test]
@@ -92,6 +97,10 @@ fn header_offsets_match_the_document() {
         (offset_of!(Header, certificate_count), "certificate_count".into()),
         (offset_of!(Header, certificate_capacity), "certificate_capacity".into()),
         (offset_of!(Header, certificate_entry_size), "certificate_entry_size".into()),
+        (offset_of!(Header, limit_capacity), "limit_capacity".into()),
+        (offset_of!(Header, limits_offset), "limits_offset".into()),
+        (offset_of!(Header, limit_count), "limit_count".into()),
+        (offset_of!(Header, limit_entry_size), "limit_entry_size".into()),
     ];
     assert_eq!(std::mem::size_of::<Header>(), 192);
     assert_eq!(documented("header"), expected);

@@ -32,6 +32,7 @@ mod stream;
 pub use crate::exchange::Exchange;
 
 use crate::access::PendingEntry;
+use crate::client_limits::{Check, ConnHolds, Refusal};
 use crate::context::{Ctx, Rejection};
 use crate::exchange::Downstream;
 pub use crate::framing::{plan_framing, reply_to, Discard, DiscardError, Started};
@@ -105,6 +106,10 @@ pub enum Phase {
     /// The write side is shut; the client's leftover input is drained for a
     /// moment so that it does not turn the close into a reset.
     Linger { drained: u64 },
+    /// A request a client limit holds back (`delay = true`): its head waits
+    /// in the read buffer until the connection's deadline, when it is
+    /// answered.
+    Delayed,
 }
 
 /// What a TLS connection becomes once its handshake completes.
@@ -192,6 +197,10 @@ pub struct Conn {
     served: u64,
     /// When the connection last went idle between requests.
     idle_since: Instant,
+    /// The request in the buffer waited out a client limit's delay.
+    limits_passed: bool,
+    /// What the connection counts against client limits of connections.
+    limit_holds: ConnHolds,
 }
 
 impl Conn {
@@ -206,6 +215,8 @@ impl Conn {
             request_started: None,
             served: 0,
             idle_since: ctx.clock.now,
+            limits_passed: false,
+            limit_holds: ConnHolds::default(),
         };
         conn.io.arm(ctx, ctx.timers.timeouts.header);
         conn
@@ -269,6 +280,12 @@ impl Conn {
                 ctx.stats.slot.proxy_refused_timeout.fetch_add(1, Relaxed);
                 Outcome::Close(CloseReason::Timeout)
             }
+            Phase::Delayed => {
+                // The delay is over: the held request is answered now,
+                // without being counted again.
+                self.limits_passed = true;
+                self.drive(ctx)
+            }
             other => {
                 self.phase = other;
                 Outcome::Close(self.timeout_reason(ctx.draining))
@@ -317,6 +334,7 @@ impl Conn {
     /// gives the buffers back.
     pub fn release(&mut self, ctx: &mut Ctx) {
         ctx.timers.wheel.disarm(&mut self.io.timer);
+        ctx.client_limits.release(std::mem::take(&mut self.limit_holds));
         self.log_access(ctx);
         match std::mem::replace(&mut self.phase, Phase::ReadHead) {
             Phase::Proxy(exchange) => exchange.abandon(ctx),
@@ -387,11 +405,21 @@ impl Conn {
                 Phase::Http2(session) => self.drive_http2(session, ctx),
                 Phase::Stream(relay) => self.drive_stream(relay, ctx, &mut budget),
                 Phase::Linger { drained } => self.linger(drained),
+                Phase::Delayed => {
+                    self.phase = Phase::Delayed;
+                    Some(Outcome::Wait)
+                }
             };
             if let Some(outcome) = step {
                 return outcome;
             }
         }
+    }
+
+    /// What the connection counted against client limits at accept, given
+    /// back when it closes.
+    pub fn hold_limits(&mut self, holds: ConnHolds) {
+        self.limit_holds = holds;
     }
 
     /// Starts the connection with a PROXY protocol header to read (a
@@ -450,6 +478,14 @@ impl Conn {
                 ctx.stats.slot.bytes_received.fetch_add(len as u64, Relaxed);
                 if let Some(client) = client {
                     self.io.peer = Some(client);
+                    // Behind a balancer, connections count against the
+                    // client it names, now that it is known.
+                    if ctx.client_limits.counts_connections() {
+                        match ctx.client_limits.admit_connection(client.ip()) {
+                            Some(holds) => self.limit_holds = holds,
+                            None => return Some(Outcome::Close(CloseReason::Done)),
+                        }
+                    }
                 }
                 // Bytes after the header were left in place: read them now.
                 self.io.readable = n > len || self.io.readable;
@@ -606,8 +642,9 @@ impl Conn {
         let answered = match parse_request(buf.filled(), &mut slots, &ctx.http.limits) {
             Ok(Some(req)) => {
                 let head_len = req.http1.head_len;
-                self.start_request(&req, ctx);
-                buf.consume(head_len);
+                if self.start_request(&req, ctx) {
+                    buf.consume(head_len);
+                }
                 true
             }
             Err(e) => {
@@ -621,14 +658,21 @@ impl Conn {
     }
 
     /// Routes a request once and starts its answer: an exchange with an
-    /// upstream, or a reply of tine's own on its way out.
-    fn start_request(&mut self, req: &Request<'_>, ctx: &mut Ctx) {
+    /// upstream, or a reply of tine's own on its way out. False when a
+    /// client limit holds it back: its head stays in the buffer, to be
+    /// answered when the delay is over.
+    fn start_request(&mut self, req: &Request<'_>, ctx: &mut Ctx) -> bool {
+        let answer = answer(req, self.arrival(), ctx, &mut self.io.head);
+        if let Answer::Wait(wait) = answer {
+            self.phase = Phase::Delayed;
+            self.io.arm(ctx, wait);
+            return false;
+        }
         if self.io.wbuf.capacity() == 0 {
             self.io.wbuf = ctx.pool.write_buf();
         }
         self.client_closes = !req.http1.keep_alive;
         self.io.http10 = req.version == Version::Http10;
-        let answer = answer(req, self.arrival(), ctx, &mut self.io.head);
         if ctx.access_log.is_some() {
             self.io.access = Some(PendingEntry::capture(req, 0));
         }
@@ -641,7 +685,9 @@ impl Conn {
                 self.io.client_fin = false;
             }
             Answer::Reply(started) => self.begin_send(ctx, started),
+            Answer::Wait(_) => {}
         }
+        true
     }
 
     /// A plain connection's first bytes may be the HTTP/2 preface (h2c with
@@ -651,8 +697,13 @@ impl Conn {
     }
 
     /// What routing needs to know of the connection a request came on.
-    fn arrival(&self) -> Arrival {
-        Arrival { admin: self.admin, tls: self.io.transport.is_tls(), peer: self.io.peer.map(|p| p.ip()) }
+    fn arrival(&mut self) -> Arrival {
+        Arrival {
+            admin: self.admin,
+            tls: self.io.transport.is_tls(),
+            peer: self.io.peer.map(|p| p.ip()),
+            limits_passed: std::mem::take(&mut self.limits_passed),
+        }
     }
 
     /// Reads more of the client's input into the buffer (none is held while
@@ -916,6 +967,20 @@ enum Routed {
     /// The target does not normalise (not a path, a bad escape, `..` above
     /// the root): 400, and never proxied, whatever its text starts with.
     BadTarget(HttpError),
+    /// Refused by a `[[client_limit]]`: its status, with Retry-After.
+    Limited(Refusal),
+}
+
+impl Routed {
+    /// The route a request was routed to, if any.
+    fn route(self) -> Option<usize> {
+        match self {
+            Routed::Proxy { route, .. } | Routed::Static { route, .. } | Routed::Redirect { route } => {
+                Some(route)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// How a request is answered, decided once for every protocol.
@@ -924,6 +989,9 @@ enum Answer {
     Proxy(Box<Exchange>),
     /// By a reply of tine's own, its head built in the head given.
     Reply(Started),
+    /// Not yet: a client limit with `delay = true` holds the request this
+    /// long, after which it is answered again (`Arrival::limits_passed`).
+    Wait(std::time::Duration),
 }
 
 /// What routing needs to know of the connection a request came on.
@@ -933,6 +1001,9 @@ struct Arrival {
     admin: bool,
     tls: bool,
     peer: Option<std::net::IpAddr>,
+    /// The request was counted against its client limits already (it
+    /// waited out a delay they asked for).
+    limits_passed: bool,
 }
 
 /// Routes a request once and starts its answer: the one place, for
@@ -946,6 +1017,10 @@ fn answer(req: &Request<'_>, arrival: Arrival, ctx: &mut Ctx, head: &mut Respons
     } else {
         route(req, arrival.tls, ctx)
     };
+    let routed = match check_client_limits(req, arrival, routed, ctx) {
+        Ok(routed) => routed,
+        Err(wait) => return Answer::Wait(wait),
+    };
     if let Routed::Proxy { route, group } = routed {
         ctx.stats.slot.requests.fetch_add(1, Relaxed);
         return Answer::Proxy(Exchange::new(req, route, group, arrival.peer, arrival.tls, ctx));
@@ -955,6 +1030,25 @@ fn answer(req: &Request<'_>, arrival: Arrival, ctx: &mut Ctx, head: &mut Respons
         Routed::Health => crate::admin::health(req, ctx, head),
         other => start_response(req, other, ctx, head),
     })
+}
+
+/// Counts a public request (not the health check) against the top-level
+/// client limits and its route's: routed as before, refused, or to wait.
+fn check_client_limits(
+    req: &Request<'_>,
+    arrival: Arrival,
+    routed: Routed,
+    ctx: &mut Ctx,
+) -> Result<Routed, std::time::Duration> {
+    if arrival.admin || arrival.limits_passed || routed == Routed::Health {
+        return Ok(routed);
+    }
+    let route_limits = routed.route().map_or(&[][..], |r| &ctx.http.routes[r].client_limits[..]);
+    match ctx.client_limits.check_request(route_limits, arrival.peer, req.fields) {
+        Check::Pass => Ok(routed),
+        Check::Delay(wait) => Err(wait),
+        Check::Refuse(refusal) => Ok(Routed::Limited(refusal)),
+    }
 }
 
 /// Whether a public listener's request is the configured health check
@@ -1048,6 +1142,10 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, head: &mut R
     };
     let body = match (req.method, routed) {
         (_, Routed::BadTarget(_)) => refuse(ctx, Rejection::Target, head),
+        (_, Routed::Limited(r)) => {
+            let retry_after = r.retry_after_secs.to_string();
+            error_page(Status(r.status), &to, Some(("Retry-After", retry_after.as_bytes())), head)
+        }
         (_, Routed::ToHttps) => match https_location(req, ctx.http.https_port) {
             Some(location) => {
                 error_page(Status::PERMANENT_REDIRECT, &to, Some(("Location", &location)), head)

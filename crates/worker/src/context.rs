@@ -40,6 +40,8 @@ pub struct Ctx<'a> {
     pub tls: Option<tine_tls::TlsContext>,
     /// Which listeners take a PROXY protocol header, and from whom.
     pub proxy_headers: ProxyHeaders,
+    /// `[[client_limit]]`: the shared table and this worker's counters.
+    pub client_limits: crate::client_limits::ClientLimits<'a>,
 }
 
 /// `[proxy_protocol]` as the worker applies it.

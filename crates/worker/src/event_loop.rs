@@ -360,11 +360,30 @@ impl<'a> EventLoop<'a> {
         proxy_header: bool,
     ) {
         let admin = role == ListenerRole::Admin;
+        let trusted = proxy_header && peer.is_some_and(|p| self.ctx.proxy_headers.settings.trusts(p.ip()));
+        // Connections count against client limits before a byte is read;
+        // behind a trusted balancer, once its header names the client.
+        let mut limit_holds = None;
+        if matches!(role, ListenerRole::Http | ListenerRole::Https)
+            && !trusted
+            && self.ctx.client_limits.counts_connections()
+        {
+            if let Some(peer) = peer {
+                match self.ctx.client_limits.admit_connection(peer.ip()) {
+                    Some(holds) => limit_holds = Some(holds),
+                    // Dropping the descriptor closes the connection.
+                    None => return,
+                }
+            }
+        }
         let raw = fd.as_raw_fd();
         let transport = match self.client_transport(fd, role) {
             Ok(t) => t,
             Err(e) => {
                 log::error!("cannot start TLS on a new connection: {e}");
+                if let Some(holds) = limit_holds {
+                    self.ctx.client_limits.release(holds);
+                }
                 return;
             }
         };
@@ -374,11 +393,13 @@ impl<'a> EventLoop<'a> {
         self.ctx.stats.slot.accepted.fetch_add(1, Relaxed);
         self.ctx.stats.gauges.connections(1);
         let Some(conn) = self.conns.get_mut(id) else { return };
+        if let Some(holds) = limit_holds {
+            conn.hold_limits(holds);
+        }
         let outcome = match role {
             ListenerRole::Stream(stream) => conn.begin_stream(stream, &mut self.ctx),
             ListenerRole::Http | ListenerRole::Https | ListenerRole::Admin => {
                 if proxy_header {
-                    let trusted = peer.is_some_and(|p| self.ctx.proxy_headers.settings.trusts(p.ip()));
                     conn.expect_proxy_header(trusted, &mut self.ctx);
                 }
                 conn.mark_readable();

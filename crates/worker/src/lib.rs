@@ -10,6 +10,7 @@
 pub mod access;
 pub mod admin;
 pub mod buffer_pool;
+pub mod client_limits;
 pub mod connection;
 pub mod context;
 pub mod counters;
@@ -64,6 +65,8 @@ pub struct WorkerInit<'a> {
     pub run_as: Option<(u32, u32)>,
     /// This worker's own part of its slot's gauges.
     pub gauge_share: &'a tine_stats::GaugeShare,
+    /// The client limits' shared table, when the configuration has limits.
+    pub client_limits: Option<client_limits::LimitsInit<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +98,13 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
     }
     let signals = worker_signals()?;
     let config = init.config;
-    let shared =
-        Shared { region: init.region, slot: init.slot, gauge_share: init.gauge_share, tls: init.tls };
+    let shared = Shared {
+        region: init.region,
+        slot: init.slot,
+        gauge_share: init.gauge_share,
+        tls: init.tls,
+        client_limits: init.client_limits,
+    };
     let ctx = worker_context(config, shared, https_port(&init))?;
 
     init.region.slot(init.slot).heartbeat_unix_ms.store(tine_stats::unix_millis(), Relaxed);
@@ -130,6 +138,7 @@ pub(crate) struct Shared<'a> {
     pub slot: usize,
     pub gauge_share: &'a tine_stats::GaugeShare,
     pub tls: Option<&'a tine_tls::TlsContext>,
+    pub client_limits: Option<client_limits::LimitsInit<'a>>,
 }
 
 /// The context every connection of a worker shares, built from the
@@ -211,6 +220,12 @@ pub(crate) fn worker_context<'a>(
                 .into_iter()
                 .map(|(a, r)| config.expects_proxy_header(a, r))
                 .collect(),
+        },
+        client_limits: match shared.client_limits {
+            Some(init) => {
+                client_limits::ClientLimits::new(config, init, shared.region.limit_stats(shared.slot))
+            }
+            None => client_limits::ClientLimits::none(),
         },
     })
 }

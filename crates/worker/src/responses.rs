@@ -183,6 +183,7 @@ fn page_for(status: Status) -> &'static str {
         414 => page!("414", "URI Too Long"),
         416 => page!("416", "Range Not Satisfiable"),
         421 => page!("421", "Misdirected Request"),
+        429 => page!("429", "Too Many Requests"),
         431 => page!("431", "Request Header Fields Too Large"),
         500 => page!("500", "Internal Server Error"),
         501 => page!("501", "Not Implemented"),

@@ -213,7 +213,13 @@ impl World {
     }
 
     pub fn ctx(&self) -> Ctx<'_> {
-        let shared = crate::Shared { region: &self.region, slot: 0, gauge_share: &self.share, tls: None };
+        let shared = crate::Shared {
+            region: &self.region,
+            slot: 0,
+            gauge_share: &self.share,
+            tls: None,
+            client_limits: None,
+        };
         crate::worker_context(&self.config, shared, None).unwrap()
     }
 }

@@ -349,12 +349,26 @@ impl Conn {
             timer: Default::default(),
             head_request: parts.method == http::Method::HEAD,
         };
-        let work = self.answer_stream(&parts, &mut io, ctx);
+        let work = match self.answer_stream(&parts, &mut io, ctx, false) {
+            Ok(work) => work,
+            Err(wait) => {
+                io.arm(ctx, wait);
+                Work::Waiting(Box::new(parts))
+            }
+        };
         s.streams[slot] = Some(Stream { io, work, wake: true });
     }
 
-    /// Routes a stream's request and starts its answer.
-    fn answer_stream(&mut self, parts: &http::request::Parts, io: &mut StreamIo, ctx: &mut Ctx) -> Work {
+    /// Routes a stream's request and starts its answer; Err when a client
+    /// limit holds it back for that long (`limits_passed`: it has waited
+    /// already, and is not counted again).
+    fn answer_stream(
+        &mut self,
+        parts: &http::request::Parts,
+        io: &mut StreamIo,
+        ctx: &mut Ctx,
+        limits_passed: bool,
+    ) -> Result<Work, std::time::Duration> {
         let mut fields = Vec::with_capacity(parts.headers.len());
         let mut cookie = Vec::new();
         for (name, value) in parts.headers.iter() {
@@ -395,24 +409,29 @@ impl Conn {
                     // stream error; nothing of it is answered or passed on.
                     io.log_status(e.status().0);
                     io.reset(Reason::PROTOCOL_ERROR);
-                    return Work::Done;
+                    return Ok(Work::Done);
                 }
                 let to = ReplyTo { head_request: io.head_request, route: &crate::responses::NO_ROUTE };
                 let body = error_page(e.status(), &to, None, &mut self.io.head);
-                return start_reply(io, &self.io.head, body, ctx);
+                return Ok(start_reply(io, &self.io.head, body, ctx));
             }
         };
+        let arrival = Arrival { admin: false, limits_passed, ..self.arrival() };
+        let answered = answer(&req, arrival, ctx, &mut self.io.head);
+        if let Answer::Wait(wait) = answered {
+            return Err(wait);
+        }
         ctx.stats.slot.http2_requests.fetch_add(1, Relaxed);
         io.chunked_body = req.body == Body::Chunked;
         io.head_request = req.method == Method::Head;
         if ctx.access_log.is_some() {
             io.access = Some(PendingEntry::capture(&req, 0));
         }
-        let arrival = Arrival { admin: false, ..self.arrival() };
-        match answer(&req, arrival, ctx, &mut self.io.head) {
+        Ok(match answered {
             Answer::Proxy(exchange) => Work::Proxy(exchange),
             Answer::Reply(started) => start_reply(io, &self.io.head, started.body, ctx),
-        }
+            Answer::Wait(_) => Work::Done,
+        })
     }
 
     /// Drives the streams that can move, each once per round, starting
@@ -452,6 +471,10 @@ impl Conn {
             let driven = match std::mem::replace(&mut stream.work, Work::Done) {
                 Work::Proxy(exchange) => exchange.drive(&mut stream.io, ctx, &mut budget),
                 Work::Done => return Step::Finished,
+                Work::Waiting(parts) => {
+                    stream.work = Work::Waiting(parts);
+                    return Step::Waiting;
+                }
                 Work::Drain { mut left } => {
                     return match stream.io.drain(&mut left) {
                         Drained::Done => Step::Finished,
@@ -582,6 +605,18 @@ impl Conn {
                         self.after_stream_exchange(stream, driven, ctx)
                     }
                     Work::Done => Some(Step::Finished),
+                    Work::Waiting(parts) => {
+                        // The delay is over: answered now, not counted again.
+                        stream.work = match self.answer_stream(&parts, &mut stream.io, ctx, true) {
+                            Ok(work) => work,
+                            Err(_) => {
+                                stream.io.reset(Reason::INTERNAL_ERROR);
+                                Work::Done
+                            }
+                        };
+                        stream.wake = true;
+                        None
+                    }
                     Work::Send { .. } | Work::Drain { .. } => {
                         log::debug!(
                             "connection {:?}: a stream's window stayed shut; resetting it",

@@ -76,6 +76,9 @@ pub(super) enum Work {
     Drain { left: u64 },
     /// Nothing more: the stream was reset.
     Done,
+    /// Not answered yet: a client limit (`delay = true`) holds the request
+    /// until the stream's deadline, when it is routed again.
+    Waiting(Box<http::request::Parts>),
 }
 
 /// A stream's client side: its request body, its responder, the response
