@@ -89,7 +89,19 @@ H2_SCENARIOS = [
     ("h2-idle", "1k.bin", 1024, ("idle", 1000)),
 ]
 H2_STREAMS = 10
-ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS + COMPRESSED_SCENARIOS + H2_SCENARIOS
+# Per-client limits, 1 KiB over keep-alive from one address. limited-1KiB:
+# a limit on every request that never triggers (tine: a [[client_limit]] of
+# 1,000,000 r/s with that burst; nginx: limit_req at the same rate, nodelay),
+# to set beside 1KiB without one. refused-1KiB: a limit of 1 r/m, so that all
+# but the first request are refused with 429 (nginx: limit_req_status 429,
+# its refusals logged at info, below its error_log level, as tine logs at
+# most ten a second).
+LIMIT_SCENARIOS = [
+    ("limited-1KiB", "1k.bin", 1024, "connections"),
+    ("refused-1KiB", "1k.bin", 1024, "connections"),
+]
+LIMIT_RATES = {"limited-1KiB": (1_000_000, "s", 1_000_000), "refused-1KiB": (1, "m", 0)}
+ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS + COMPRESSED_SCENARIOS + H2_SCENARIOS + LIMIT_SCENARIOS
 
 
 def ensure_tools():
@@ -170,8 +182,9 @@ def make_certificate(work):
 
 
 class Server:
-    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None, tls=None, http2=False):
-        """With `tls` (cert, key), `port` is an HTTPS port (plain HTTP moves to another)."""
+    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None, tls=None, http2=False, limit=None):
+        """With `tls` (cert, key), `port` is an HTTPS port (plain HTTP moves to another); with
+        `limit` (count, unit, burst), every request is held to that rate per client address."""
         self.kind, self.port = kind, port
         http_port = free_port() if tls else port
         if kind == "tine":
@@ -180,6 +193,9 @@ class Server:
             config = ""
             if tls:
                 config += f'tls_listen = ["127.0.0.1:{port}"]\n[[certificate]]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n'
+            if limit:
+                config = (f'client_limits = ["bench"]\n{config}[[client_limit]]\nname = "bench"\n'
+                          f'rate = "{limit[0]}r/{limit[1]}"\nburst = {limit[2]}\n')
             if backend:
                 config += (f'[[upstream]]\nname = "backend"\nservers = ["127.0.0.1:{backend}"]\nkeepalive = 1024\n'
                            f'[[route]]\npath = "/"\nupstream = "backend"\n')
@@ -204,6 +220,12 @@ class Server:
             ssl = (f"listen 127.0.0.1:{port} ssl{' http2' if http2 else ''} reuseport backlog=4096 deferred; "
                    f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; "
                    f"ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;" if tls else "")
+            zone = (f"limit_req_zone $binary_remote_addr zone=bench:10m rate={limit[0]}r/{limit[1]};"
+                    if limit else "")
+            # nginx takes no burst=0: leaving burst out means none.
+            burst = f" burst={limit[2]} nodelay" if limit and limit[2] else ""
+            limit_req = (f"limit_req zone=bench{burst}; limit_req_status 429; "
+                         f"limit_req_log_level info;" if limit else "")
             conf = f"{work}/{name}.conf"
             with open(conf, "w") as f:
                 f.write(f"""
@@ -223,7 +245,8 @@ http {{
     types {{ application/javascript js; }}
     gzip_static on; gzip on; gzip_vary on; gzip_comp_level 6; gzip_types application/javascript;
     {upstream}
-    server {{ listen 127.0.0.1:{http_port} reuseport backlog=4096 deferred; {ssl} root {work}/www; {location} }}
+    {zone}
+    server {{ listen 127.0.0.1:{http_port} reuseport backlog=4096 deferred; {ssl} root {work}/www; {limit_req} {location} }}
 }}
 """)
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -526,7 +549,7 @@ def main():
                         http2 = scenario in H2_SCENARIOS
                         tls = cert if scenario in TLS_SCENARIOS or http2 else None
                         server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None,
-                                        tls=tls, http2=http2)
+                                        tls=tls, http2=http2, limit=LIMIT_RATES.get(scenario[0]))
                         try:
                             r = measure(server, scenario, args, workers)
                         finally:
@@ -604,6 +627,12 @@ def report(results, args, runs=()):
                 if len(per_round) > 1:
                     print(f"{'':<16}{'':>8} {'':<8}   req/s ratio by round: "
                           + ", ".join(f"{x:.2f}x" for x in per_round))
+            plain = {r["server"]: r for r in results if r["scenario"] == "1KiB" and r["workers"] == workers}
+            if name == "limited-1KiB":
+                for kind in args.servers:
+                    if kind in rows and kind in plain and plain[kind]["cpu_us_per_req"]:
+                        print(f"{'':<16}{'':>8} {kind:<8}   CPU per request with the limit / without (1KiB): "
+                              f"{rows[kind]['cpu_us_per_req'] / plain[kind]['cpu_us_per_req']:.3f}x")
 
 
 if __name__ == "__main__":
