@@ -186,39 +186,27 @@ def read(path):
             "upstreams": upstreams, "certificates": certificates, "client_limits": client_limits}
 
 
-def limit_infos(m, offset, capacity):
-    """Each client limit in use: (index, name, keys in use, keys its table
-    holds), under the same sequence lock as the upstream names; an entry
-    with an empty name is not in use."""
+def under_seq(m, read, empty):
+    """`read(m)` under the header's sequence lock (offset 144): a copy counts
+    only if the sequence was even and unchanged around it; `empty` from a
+    master that stopped in the middle of a rewrite."""
     give_up = time.time() + 1
     while time.time() < give_up:
         (before,) = struct.unpack_from("=Q", m, 144)
         if before % 2:
             time.sleep(0.001)
             continue
-        (count,) = struct.unpack_from("=I", m, 184)
-        infos = []
-        for i in range(min(count, capacity)):
-            e = offset + i * 64
-            name = m[e:e + 48].split(b"\0")[0].decode("ascii", "replace")
-            keys, max_keys = struct.unpack_from("=2Q", m, e + 48)
-            if name:
-                infos.append((i, name, keys, max_keys))
+        copy = read(m)
         (after,) = struct.unpack_from("=Q", m, 144)
         if after == before:
-            return infos
-    return []
+            return copy
+    return empty
 
 
 def certificate_table(m, offset, capacity, size):
     """The certificates (notAfter, then `NAME FILE`), under the same sequence
     lock as the upstream names."""
-    give_up = time.time() + 1
-    while time.time() < give_up:
-        (before,) = struct.unpack_from("=Q", m, 144)
-        if before % 2:
-            time.sleep(0.001)
-            continue
+    def read(m):
         (count,) = struct.unpack_from("=I", m, 160)
         table = []
         for c in range(min(count, capacity)):
@@ -228,28 +216,34 @@ def certificate_table(m, offset, capacity, size):
             name, _, file = text.partition(" ")
             table.append({"name": name, "file": file, "not_after_unix": not_after,
                           "expires_in_seconds": not_after - int(time.time())})
-        (after,) = struct.unpack_from("=Q", m, 144)
-        if after == before:
-            return table
-    return []
+        return table
+    return under_seq(m, read, [])
+
+
+def limit_infos(m, offset, capacity):
+    """Each client limit in use: (index, name, keys in use, keys its table
+    holds), under the same sequence lock as the upstream names; an entry
+    with an empty name is not in use."""
+    def read(m):
+        (count,) = struct.unpack_from("=I", m, 184)
+        infos = []
+        for i in range(min(count, capacity)):
+            e = offset + i * 64
+            name = m[e:e + 48].split(b"\0")[0].decode("ascii", "replace")
+            keys, max_keys = struct.unpack_from("=2Q", m, e + 48)
+            if name:
+                infos.append((i, name, keys, max_keys))
+        return infos
+    return under_seq(m, read, [])
 
 
 def upstream_names(m, offset, capacity, size):
-    """The upstream names under the header's sequence lock (offset 144): a
-    copy counts only if the sequence was even and unchanged around it."""
-    give_up = time.time() + 1
-    while time.time() < give_up:
-        (before,) = struct.unpack_from("=Q", m, 144)
-        if before % 2:
-            time.sleep(0.001)
-            continue
+    """The upstream names, under the header's sequence lock."""
+    def read(m):
         (count,) = struct.unpack_from("=I", m, 128)
-        names = [m[offset + u * size:offset + (u + 1) * size].split(b"\0")[0].decode("ascii", "replace")
-                 for u in range(min(count, capacity))]
-        (after,) = struct.unpack_from("=Q", m, 144)
-        if after == before:
-            return names
-    return []  # a master that stopped in the middle of a rewrite: names unknown
+        return [m[offset + u * size:offset + (u + 1) * size].split(b"\0")[0].decode("ascii", "replace")
+                for u in range(min(count, capacity))]
+    return under_seq(m, read, [])
 
 
 def live(pid, state, heartbeat_ms):

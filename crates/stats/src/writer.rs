@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 // create_new is O_CREAT|O_EXCL, which never follows a symlink at the path.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Why a region could not be created or adopted.
 #[derive(Debug, thiserror::Error)]
@@ -206,24 +206,14 @@ impl Region {
         if names.len() > h.upstream_capacity as usize {
             return false;
         }
-        let seq = h.upstream_names_seq.load(Ordering::Relaxed);
-        h.upstream_names_seq.store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        let per_name = h.upstream_name_size as usize / 8;
-        let words = self.upstream_name_words(names.len());
-        for (name, entry) in names.iter().zip(words.chunks_exact(per_name)) {
-            // NUL-padded, with at least one NUL at the end.
-            let text = &name.as_bytes()[..name.len().min(per_name * 8 - 1)];
-            for (k, word) in entry.iter().enumerate() {
-                let mut bytes = [0u8; 8];
-                let from = (k * 8).min(text.len());
-                let part = &text[from..(from + 8).min(text.len())];
-                bytes[..part.len()].copy_from_slice(part);
-                word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        self.rewrite_under_seq(|| {
+            let per_name = h.upstream_name_size as usize / 8;
+            let words = self.upstream_name_words(names.len());
+            for (name, entry) in names.iter().zip(words.chunks_exact(per_name)) {
+                store_text(entry, name);
             }
-        }
-        h.upstream_count.store(names.len() as u32, Ordering::Relaxed);
-        h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
+            h.upstream_count.store(names.len() as u32, Ordering::Relaxed);
+        });
         true
     }
 
@@ -236,24 +226,15 @@ impl Region {
         if certificates.len() > h.certificate_capacity as usize {
             return false;
         }
-        let seq = h.upstream_names_seq.load(Ordering::Relaxed);
-        h.upstream_names_seq.store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        let per_entry = h.certificate_entry_size as usize / 8;
-        let words = self.certificate_words(certificates.len());
-        for ((name, not_after), entry) in certificates.iter().zip(words.chunks_exact(per_entry)) {
-            entry[0].store(*not_after as u64, Ordering::Relaxed);
-            let text = &name.as_bytes()[..name.len().min((per_entry - 1) * 8 - 1)];
-            for (k, word) in entry[1..].iter().enumerate() {
-                let mut bytes = [0u8; 8];
-                let from = (k * 8).min(text.len());
-                let part = &text[from..(from + 8).min(text.len())];
-                bytes[..part.len()].copy_from_slice(part);
-                word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        self.rewrite_under_seq(|| {
+            let per_entry = h.certificate_entry_size as usize / 8;
+            let words = self.certificate_words(certificates.len());
+            for ((name, not_after), entry) in certificates.iter().zip(words.chunks_exact(per_entry)) {
+                entry[0].store(*not_after as u64, Ordering::Relaxed);
+                store_text(&entry[1..], name);
             }
-        }
-        h.certificate_count.store(certificates.len() as u32, Ordering::Relaxed);
-        h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
+            h.certificate_count.store(certificates.len() as u32, Ordering::Relaxed);
+        });
         true
     }
 
@@ -267,25 +248,28 @@ impl Region {
         if limits.len() > h.limit_capacity as usize {
             return false;
         }
+        self.rewrite_under_seq(|| {
+            for (i, info) in self.limit_infos().iter().enumerate() {
+                let (name, max_keys) = limits.get(i).cloned().flatten().unwrap_or_default();
+                store_text(&info[..LIMIT_NAME_SIZE / 8], &name);
+                info[LIMIT_NAME_SIZE / 8].store(0, Ordering::Relaxed);
+                info[LIMIT_NAME_SIZE / 8 + 1].store(max_keys, Ordering::Relaxed);
+            }
+            h.limit_count.store(limits.len() as u32, Ordering::Relaxed);
+        });
+        true
+    }
+
+    /// Runs `write` under the header's sequence lock (odd while writing),
+    /// so a reader copying what it writes meanwhile sees the odd value or a
+    /// changed one and copies again.
+    fn rewrite_under_seq(&self, write: impl FnOnce()) {
+        let h = self.header();
         let seq = h.upstream_names_seq.load(Ordering::Relaxed);
         h.upstream_names_seq.store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        for (i, info) in self.limit_infos().iter().enumerate() {
-            let (name, max_keys) = limits.get(i).cloned().flatten().unwrap_or_default();
-            let text = &name.as_bytes()[..name.len().min(LIMIT_NAME_SIZE - 1)];
-            for (k, word) in info[..LIMIT_NAME_SIZE / 8].iter().enumerate() {
-                let mut bytes = [0u8; 8];
-                let from = (k * 8).min(text.len());
-                let part = &text[from..(from + 8).min(text.len())];
-                bytes[..part.len()].copy_from_slice(part);
-                word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
-            }
-            info[LIMIT_NAME_SIZE / 8].store(0, Ordering::Relaxed);
-            info[LIMIT_NAME_SIZE / 8 + 1].store(max_keys, Ordering::Relaxed);
-        }
-        h.limit_count.store(limits.len() as u32, Ordering::Relaxed);
+        write();
         h.upstream_names_seq.store((seq | 1).wrapping_add(1), Ordering::Release);
-        true
     }
 
     /// The master's sample of a limit's keys in use.
@@ -319,6 +303,19 @@ impl RegionView for Region {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Stores `text` into `words` with atomics, NUL-padded, cut short so that
+/// at least one NUL ends it.
+fn store_text(words: &[AtomicU64], text: &str) {
+    let text = &text.as_bytes()[..text.len().min((words.len() * 8).saturating_sub(1))];
+    for (k, word) in words.iter().enumerate() {
+        let mut bytes = [0u8; 8];
+        let from = (k * 8).min(text.len());
+        let part = &text[from..(from + 8).min(text.len())];
+        bytes[..part.len()].copy_from_slice(part);
+        word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
     }
 }
 
