@@ -28,7 +28,9 @@ SLOT = ["pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_
 SLOT_INFO = {"pid", "cpu", "state", "generation", "started_unix_ms", "heartbeat_unix_ms"}
 GAUGES = {"active", "rss_bytes", "http2_active"}
 UPSTREAM = ["requests", "failures", "timeouts", "pool_hits", "pool_misses", "open", "down", "bytes_spliced",
-            "bytes_copied", "active", "responses", "response_us_sum"]
+            "bytes_copied", "active", "responses", "response_us_sum", "tls_handshakes", "tls_resumed", "tls_failed",
+            "tls_verify_expired", "tls_verify_unknown_issuer", "tls_verify_name", "tls_verify_other",
+            "h2_connections", "h2_streams", "h2_goaways", "h2_resets"]
 UPSTREAM_GAUGES = {"open", "down", "active"}
 LIMIT = ["checked", "delayed", "refused", "connections_refused", "evictions"]
 STATES = ["empty", "starting", "running", "draining", "dead", "backoff", "retired"]
@@ -78,7 +80,7 @@ def read(path):
         raise Invalid("section sizes")
     if host_size < 128 + interface_capacity * 64:
         raise Invalid("host section size")
-    if upstream_entry_size != 128 or upstream_count > upstream_capacity:
+    if upstream_entry_size < 128 or upstream_entry_size % 64 or upstream_count > upstream_capacity:
         raise Invalid("upstream section")
     upstream_bytes = upstream_capacity * (upstream_name_size + slot_count * upstream_entry_size)
     for off, size in [(master_offset, master_size), (host_offset, host_size), (upstreams_offset, upstream_bytes),
@@ -150,6 +152,8 @@ def read(path):
         entry = {"name": name}
         entries = upstreams_offset + upstream_capacity * upstream_name_size
         for j, name in enumerate(UPSTREAM):
+            if 8 * j + 8 > upstream_entry_size:
+                break  # appended after this region was written
             total_u = sum(u64(entries + (s * upstream_capacity + u) * upstream_entry_size + 8 * j)
                           for s in range(slot_count)) % (1 << 64)
             if name in UPSTREAM_GAUGES and total_u >= 1 << 63:

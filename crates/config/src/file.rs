@@ -1,7 +1,10 @@
 //! The TOML file format. Values are read with their spans so that every error,
 //! from a syntax slip to a root that does not exist, names file:line:column.
 
-use crate::proxy::{Balance, Handler, HostHeader, Route, Stream, Upstream, UpstreamAddr, UpstreamServer};
+use crate::proxy::{
+    Balance, Handler, HostHeader, Route, Stream, Upstream, UpstreamAddr, UpstreamProtocol, UpstreamServer,
+    UpstreamTls,
+};
 use crate::{check_root, check_workers, parse_duration, parse_listen, Config, ConfigError, Workers};
 use serde::Deserialize;
 use std::ops::Range;
@@ -115,6 +118,13 @@ struct RawUpstream {
     underscores_in_headers: Option<bool>,
     proxy_protocol: Option<Spanned<String>>,
     tcp: Option<Spanned<RawTcp>>,
+    tls: Option<Spanned<bool>>,
+    tls_server_name: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<String>>,
+    tls_verify: Option<Spanned<bool>>,
+    tls_certificate: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1007,7 +1017,15 @@ fn parse_proxy(
     config: &mut Config,
 ) -> Result<(), ConfigError> {
     for u in &raw.upstream {
-        let upstream = parse_upstream(u, at, &config.upstreams)?;
+        let mut upstream = parse_upstream(u, at, &config.upstreams)?;
+        upstream.tls = upstream_tls(u, at, relative_to_file)?;
+        upstream.protocol = upstream_protocol(u, at, upstream.tls.is_some())?;
+        if let Some(p) = u.protocol.as_ref().filter(|_| upstream.protocol.is_http2()) {
+            return Err(at.error(
+                p.span(),
+                "HTTP/2 to upstreams is not available in this build: use protocol = \"http1\"",
+            ));
+        }
         config.upstreams.push(upstream);
     }
     let upstream_index =
@@ -1117,6 +1135,74 @@ fn parse_upstream(u: &RawUpstream, at: &Locator, known: &[Upstream]) -> Result<U
             None => crate::TcpOptions::production_defaults(),
             Some(raw) => crate::TcpOptions::production_defaults().overlaid(&upstream_tcp(at, raw)?),
         },
+        tls: None,
+        protocol: UpstreamProtocol::Http1,
+    })
+}
+
+/// An `[[upstream]]`'s `tls` and `tls_*` keys: None without `tls = true`,
+/// when no other `tls_*` key may be set.
+fn upstream_tls(
+    u: &RawUpstream,
+    at: &Locator,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    let on = u.tls.as_ref().is_some_and(|t| *t.get_ref());
+    let strings = [
+        ("tls_server_name", &u.tls_server_name),
+        ("tls_ca", &u.tls_ca),
+        ("tls_certificate", &u.tls_certificate),
+        ("tls_key", &u.tls_key),
+    ];
+    if !on {
+        if let Some((key, span)) = strings
+            .iter()
+            .find_map(|(k, v)| v.as_ref().map(|v| (k, v.span())))
+            .or_else(|| u.tls_verify.as_ref().map(|v| (&"tls_verify", v.span())))
+        {
+            return Err(at.error(span, format!("{key} applies only with tls = true")));
+        }
+        return Ok(None);
+    }
+    for (key, value) in &strings {
+        if let Some(v) = value.as_ref().filter(|v| v.get_ref().is_empty()) {
+            return Err(at.error(v.span(), format!("{key} is empty")));
+        }
+    }
+    let client_certificate = match (&u.tls_certificate, &u.tls_key) {
+        (Some(c), Some(k)) => Some((relative_to_file(c.get_ref()), relative_to_file(k.get_ref()))),
+        (None, None) => None,
+        (Some(c), None) => return Err(at.error(c.span(), "tls_certificate needs tls_key (its private key)")),
+        (None, Some(k)) => {
+            return Err(at.error(k.span(), "tls_key needs tls_certificate (the chain it signs for)"))
+        }
+    };
+    Ok(Some(UpstreamTls {
+        server_name: u
+            .tls_server_name
+            .as_ref()
+            .map_or_else(|| u.name.get_ref().clone(), |n| n.get_ref().clone()),
+        ca: u.tls_ca.as_ref().map(|c| relative_to_file(c.get_ref())),
+        verify: u.tls_verify.as_ref().is_none_or(|v| *v.get_ref()),
+        client_certificate,
+    }))
+}
+
+/// An `[[upstream]]`'s `protocol`, which must agree with its `tls`.
+fn upstream_protocol(u: &RawUpstream, at: &Locator, tls: bool) -> Result<UpstreamProtocol, ConfigError> {
+    let Some(p) = &u.protocol else { return Ok(UpstreamProtocol::Http1) };
+    at.check(p, |p| match (p.as_str(), tls) {
+        ("http1", _) => Ok(UpstreamProtocol::Http1),
+        ("h2", true) => Ok(UpstreamProtocol::H2),
+        ("h2", false) => {
+            Err("protocol = \"h2\" is HTTP/2 over TLS: set tls = true, or use \"h2c\" for cleartext"
+                .to_string())
+        }
+        ("h2c", false) => Ok(UpstreamProtocol::H2c),
+        ("h2c", true) => {
+            Err("protocol = \"h2c\" is cleartext HTTP/2: with tls = true use \"h2\"".to_string())
+        }
+        (other, _) => Err(format!("protocol must be \"http1\", \"h2\" or \"h2c\", not {other:?}")),
     })
 }
 

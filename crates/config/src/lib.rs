@@ -24,7 +24,8 @@ pub use tls::{Certificate, Tls, TlsVersion, UnknownName};
 
 pub use duration::parse_duration;
 pub use proxy::{
-    Balance, Handler, HostHeader, ProxyVersion, Route, Stream, Upstream, UpstreamAddr, UpstreamServer,
+    Balance, Handler, HostHeader, ProxyVersion, Route, Stream, Upstream, UpstreamAddr, UpstreamProtocol,
+    UpstreamServer, UpstreamTls,
 };
 
 use std::net::SocketAddr;
@@ -311,9 +312,12 @@ impl Config {
             && !pp.skip.contains(&addr)
     }
 
-    /// True when something terminates TLS: an HTTPS listener or a TLS stream.
+    /// True when something speaks TLS: an HTTPS listener, a TLS stream, or an
+    /// upstream group reached over TLS.
     pub fn uses_tls(&self) -> bool {
-        !self.tls_listen.is_empty() || self.streams.iter().any(|s| s.tls)
+        !self.tls_listen.is_empty()
+            || self.streams.iter().any(|s| s.tls)
+            || self.upstreams.iter().any(|u| u.tls.is_some())
     }
 
     /// The routes requests are matched against: the configured ones, or one

@@ -77,6 +77,42 @@ pub struct Upstream {
     /// A PROXY protocol header this group's servers get first on every
     /// connection, naming the client.
     pub send_proxy: Option<ProxyVersion>,
+    /// TLS to the group's servers (`tls = true`); None: cleartext.
+    pub tls: Option<UpstreamTls>,
+    /// The protocol spoken to the servers.
+    pub protocol: UpstreamProtocol,
+}
+
+/// How tine speaks TLS to an upstream group's servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Sent as SNI and verified against the server's certificate.
+    pub server_name: String,
+    /// PEM certificates trusted to issue the servers' certificates; None:
+    /// the system's trust store.
+    pub ca: Option<PathBuf>,
+    /// Verify the server's certificate (false only for testing).
+    pub verify: bool,
+    /// A client certificate chain and its key, for servers that require
+    /// mutual TLS.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+}
+
+/// The protocol spoken to an upstream group's servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a connection per exchange under way, kept alive in the pool.
+    Http1,
+    /// HTTP/2 over TLS (ALPN h2): exchanges multiplexed as streams.
+    H2,
+    /// HTTP/2 in cleartext with prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_http2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
+    }
 }
 
 /// The PROXY protocol version sent to upstream servers.

@@ -414,6 +414,17 @@ section! {
         active: Gauge = "this worker's exchanges with the server under way (requests, tunnels): what least_conn compares",
         responses: Counter = "final response heads received from the server",
         response_us_sum: Counter = "microseconds from picking the server to its final response head, summed over `responses` (connect, send and the server's think time)",
+        tls_handshakes: Counter = "TLS handshakes completed with the server (tls = true)",
+        tls_resumed: Counter = "the part of tls_handshakes that resumed an earlier session",
+        tls_failed: Counter = "TLS handshakes with the server that failed for a reason other than its certificate: an alert, a protocol error, nothing in common, a close",
+        tls_verify_expired: Counter = "handshakes refused because the server's certificate has expired or is not valid yet",
+        tls_verify_unknown_issuer: Counter = "handshakes refused because the server's certificate is not issued by a trusted CA (tls_ca, or the system's store)",
+        tls_verify_name: Counter = "handshakes refused because the server's certificate is not valid for tls_server_name",
+        tls_verify_other: Counter = "handshakes refused for another fault of the server's certificate (bad signature, revoked, unsuitable, malformed)",
+        h2_connections: Counter = "HTTP/2 connections opened to the server (protocol = \"h2\" or \"h2c\")",
+        h2_streams: Counter = "exchanges carried to the server as HTTP/2 streams",
+        h2_goaways: Counter = "GOAWAY frames from the server: its connection drained, new exchanges went to a new one",
+        h2_resets: Counter = "HTTP/2 streams to the server reset: by tine for a client that went away or a deadline, or by the server",
     }
 }
 
@@ -501,7 +512,7 @@ fn round_up(n: usize, to: usize) -> usize {
 
 // The ABI promises these; a change here is a layout change.
 const _: () = assert!(HEADER_SIZE == 192);
-const _: () = assert!(UPSTREAM_ENTRY_SIZE == 128);
+const _: () = assert!(UPSTREAM_ENTRY_SIZE == 192);
 const _: () = assert!(LIMIT_ENTRY_SIZE == 64);
 const _: () = assert!(std::mem::offset_of!(Header, limits_offset) == 176);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));

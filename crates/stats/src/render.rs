@@ -351,6 +351,28 @@ fn upstream_lines(s: &Snapshot) -> String {
             f.bytes_spliced,
             f.bytes_copied
         );
+        let refused =
+            f.tls_verify_expired + f.tls_verify_unknown_issuer + f.tls_verify_name + f.tls_verify_other;
+        if f.tls_handshakes + refused + f.tls_failed > 0 {
+            let _ = writeln!(
+                out,
+                "  tls: handshakes {} (resumed {}), certificate refused: expired {}, unknown issuer {}, wrong name {}, other {}; failed {}",
+                f.tls_handshakes,
+                f.tls_resumed,
+                f.tls_verify_expired,
+                f.tls_verify_unknown_issuer,
+                f.tls_verify_name,
+                f.tls_verify_other,
+                f.tls_failed
+            );
+        }
+        if f.h2_connections > 0 {
+            let _ = writeln!(
+                out,
+                "  http/2: connections {}, streams {}, goaways received {}, streams reset {}",
+                f.h2_connections, f.h2_streams, f.h2_goaways, f.h2_resets
+            );
+        }
     }
     out
 }

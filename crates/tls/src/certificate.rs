@@ -131,7 +131,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     tine_fs::read_regular(path, PEM_FILE_LIMIT).map_err(|e| TlsError::file(path, format!("cannot read: {e}")))
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(path)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -142,7 +142,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path)?;
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| TlsError::file(path, format!("no usable PEM private key (PKCS#8, SEC1 or PKCS#1): {e}")))

@@ -7,18 +7,22 @@
 //!   can verify);
 //! - [`ticket_keys`]: the session-ticket key ring the master shares with its
 //!   workers, so that a ticket from one worker resumes on any other;
-//! - [`TlsContext`]: the rustls server configurations a worker uses, built
-//!   once by the master (on start and reload) and inherited across fork.
+//! - [`upstream`]: the rustls client configurations for upstream groups
+//!   reached over TLS, and how a refused server certificate is classified;
+//! - [`TlsContext`]: the rustls configurations a worker uses, built once by
+//!   the master (on start and reload) and inherited across fork.
 //!
 //! The crypto provider is aws-lc-rs: docs/architecture.md says why.
 
 pub mod certificate;
 pub mod resolver;
 pub mod ticket_keys;
+pub mod upstream;
 
 pub use certificate::{Inspection, LoadedCertificate};
 pub use rustls;
 pub use ticket_keys::{SharedTicketer, TicketKeyRing};
+pub use upstream::{UpstreamClient, VerifyFailure};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, ProducesTickets, ServerConfig};
@@ -56,6 +60,9 @@ pub struct TlsContext {
     pub stream: Arc<ServerConfig>,
     /// What was loaded, for statistics (expiry) and `tine check`.
     pub certificates: Arc<Vec<LoadedCertificate>>,
+    /// Per upstream group, by index: its client configuration when it is
+    /// reached over TLS.
+    pub upstreams: Arc<Vec<Option<UpstreamClient>>>,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -92,6 +99,14 @@ impl TlsContext {
     pub fn warnings(&self, config: &Config, now_unix: i64) -> Vec<String> {
         let mut warnings: Vec<String> =
             self.certificates.iter().flat_map(|c| c.warnings(now_unix, EXPIRY_WARNING_SECS)).collect();
+        for u in &config.upstreams {
+            if u.tls.as_ref().is_some_and(|t| !t.verify) {
+                warnings.push(format!(
+                    "upstream {}: tls_verify = false accepts any certificate, so anyone on the path can pose as its servers; for testing only",
+                    u.name
+                ));
+            }
+        }
         if !config.tls_listen.is_empty() {
             let mut hosts: Vec<&str> = config.routes.iter().filter_map(|r| r.host.as_deref()).collect();
             hosts.dedup();
@@ -152,6 +167,7 @@ impl TlsContext {
             https: build(http_alpn(config))?,
             stream: build(Vec::new())?,
             certificates: Arc::new(certificates),
+            upstreams: Arc::new(upstream::load_all(&config.upstreams, &provider)?),
         })
     }
 }

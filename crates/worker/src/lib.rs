@@ -193,7 +193,7 @@ pub(crate) fn worker_context<'a>(
             h2c: config.http2.h2c,
         },
         proxy: context::Proxy {
-            upstreams: upstream::Upstreams::new(&config.upstreams),
+            upstreams: upstream::Upstreams::new(&config.upstreams, shared.tls),
             streams: config.streams.clone(),
             pipes: Default::default(),
         },

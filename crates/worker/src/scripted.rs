@@ -179,7 +179,7 @@ impl UpstreamIo for ScriptedUpstream {
         self.0.recv(buf)
     }
 
-    fn peek(&self) -> Peek {
+    fn peek(&mut self) -> Peek {
         self.0.peek()
     }
 

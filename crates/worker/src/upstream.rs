@@ -18,8 +18,10 @@
 //! One sweep closes the connections idle past keepalive_timeout. Nothing
 //! here is shared between workers.
 
+mod tls;
 mod transport;
 
+pub use tls::TlsUpstream;
 pub use transport::{TcpUpstream, UpstreamIo};
 
 use crate::counters::Counters;
@@ -64,6 +66,8 @@ struct Idle {
 pub struct UpConn {
     io: UpstreamTransport,
     link: LinkId,
+    /// How far a new connection got towards carrying requests.
+    pub opening: Opening,
     /// The last read from the connection left nothing behind it (a short
     /// read, or nothing to read): whatever arrives later raises an event of
     /// its own. False once bytes were spliced from it, which may stop short
@@ -71,7 +75,27 @@ pub struct UpConn {
     drained: bool,
 }
 
+/// How far a new upstream connection got towards carrying requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// The non-blocking connect is under way.
+    Connecting,
+    /// Connected (and the PROXY protocol header sent): the TLS handshake
+    /// is under way.
+    Establishing,
+    Open,
+}
+
 impl UpConn {
+    /// For a connection over TLS whose handshake completed: whether it
+    /// resumed an earlier session.
+    pub fn tls_resumed(&self) -> Option<bool> {
+        match &self.io {
+            UpstreamTransport::Tls(t) => Some(t.resumed()),
+            _ => None,
+        }
+    }
+
     /// Bytes were spliced from the socket: whether more wait behind them
     /// is not known.
     pub fn spliced(&mut self) {
@@ -82,6 +106,7 @@ impl UpConn {
 /// The transport of an upstream connection.
 enum UpstreamTransport {
     Tcp(TcpUpstream),
+    Tls(Box<TlsUpstream>),
     #[cfg(test)]
     Scripted(crate::scripted::ScriptedUpstream),
 }
@@ -90,6 +115,7 @@ macro_rules! each {
     ($self:ident, $t:ident => $e:expr) => {
         match &$self.io {
             UpstreamTransport::Tcp($t) => $e,
+            UpstreamTransport::Tls($t) => $e,
             #[cfg(test)]
             UpstreamTransport::Scripted($t) => $e,
         }
@@ -97,6 +123,7 @@ macro_rules! each {
     (mut $self:ident, $t:ident => $e:expr) => {
         match &mut $self.io {
             UpstreamTransport::Tcp($t) => $e,
+            UpstreamTransport::Tls($t) => $e,
             #[cfg(test)]
             UpstreamTransport::Scripted($t) => $e,
         }
@@ -106,6 +133,10 @@ macro_rules! each {
 impl UpstreamIo for UpConn {
     fn connect_status(&self) -> io::Result<bool> {
         each!(self, t => t.connect_status())
+    }
+
+    fn establish(&mut self) -> io::Result<bool> {
+        each!(mut self, t => t.establish())
     }
 
     fn send(&mut self, buf: &[u8], more: bool) -> io::Result<usize> {
@@ -121,8 +152,8 @@ impl UpstreamIo for UpConn {
         read
     }
 
-    fn peek(&self) -> Peek {
-        each!(self, t => t.peek())
+    fn peek(&mut self) -> Peek {
+        each!(mut self, t => t.peek())
     }
 
     fn shutdown_write(&mut self) {
@@ -147,6 +178,8 @@ pub struct Group {
     pub servers: Vec<Server>,
     /// Index of this group's first server in the stats region's upstream table.
     pub stats_base: usize,
+    /// How connections to the servers speak TLS, for a group reached over it.
+    pub tls: Option<tine_tls::UpstreamClient>,
 }
 
 #[derive(Default)]
@@ -188,11 +221,14 @@ pub struct Connection {
 }
 
 impl Upstreams {
-    pub fn new(configs: &[Upstream]) -> Self {
+    /// The groups of `configs`; `tls` holds the client configurations of
+    /// those reached over TLS.
+    pub fn new(configs: &[Upstream], tls: Option<&tine_tls::TlsContext>) -> Self {
         let mut base = 0;
         let groups = configs
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let servers = c
                     .servers
                     .iter()
@@ -208,7 +244,8 @@ impl Upstreams {
                         idle: Vec::new(),
                     })
                     .collect::<Vec<_>>();
-                let group = Group { config: c.clone(), stats_base: base, servers };
+                let tls = tls.and_then(|t| t.upstreams.get(i).cloned().flatten());
+                let group = Group { config: c.clone(), stats_base: base, servers, tls };
                 base += c.servers.len();
                 group
             })
@@ -295,7 +332,7 @@ impl Upstreams {
             }
         };
         while let Some(i) = reusable(&s.idle) {
-            let c = s.idle.swap_remove(i);
+            let mut c = s.idle.swap_remove(i);
             // Anything waiting (bytes nobody asked for, the server's close)
             // would be read as the next response. The pool looked when the
             // connection came back (see release), and what arrived since
@@ -329,7 +366,8 @@ impl Upstreams {
             s.open += 1;
             stats.gauges.upstream(index, UpstreamGauge::Open, 1);
             let io = UpstreamTransport::Scripted(crate::scripted::ScriptedUpstream(peer));
-            return Ok(Connection { conn: UpConn { io, link, drained: true }, reused: false });
+            let conn = UpConn { io, link, opening: Opening::Connecting, drained: true };
+            return Ok(Connection { conn, reused: false });
         }
         let tcp = TcpUpstream::connect(&target, &g.config.tcp)?;
         let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
@@ -337,10 +375,20 @@ impl Upstreams {
             self.links.remove(link.0);
             return Err(e);
         }
-        let io = UpstreamTransport::Tcp(tcp);
+        let io = match &g.tls {
+            None => UpstreamTransport::Tcp(tcp),
+            Some(client) => match TlsUpstream::new(tcp, client) {
+                Ok(tls) => UpstreamTransport::Tls(Box::new(tls)),
+                Err(e) => {
+                    self.links.remove(link.0);
+                    return Err(e);
+                }
+            },
+        };
         s.open += 1;
         stats.gauges.upstream(index, UpstreamGauge::Open, 1);
-        Ok(Connection { conn: UpConn { io, link, drained: true }, reused: false })
+        let conn = UpConn { io, link, opening: Opening::Connecting, drained: true };
+        Ok(Connection { conn, reused: false })
     }
 
     /// An event came for upstream connection `link`: the exchange that holds
@@ -400,7 +448,7 @@ impl Upstreams {
 
     /// Keeps a connection whose exchange for client connection `owner`
     /// completed cleanly, or closes it when the pool is full.
-    pub fn release(&mut self, conn: UpConn, owner: ConnId, now: Instant, stats: &Counters<'_>) {
+    pub fn release(&mut self, mut conn: UpConn, owner: ConnId, now: Instant, stats: &Counters<'_>) {
         // Bytes left behind the response would answer the next request. A
         // connection whose last read emptied it is known clean (what comes
         // later raises an event); one that may not have been (a spliced

@@ -6,7 +6,7 @@
 
 use super::Downstream;
 use crate::context::Ctx;
-use crate::upstream::{Health, UpConn, UpstreamIo, Wanted};
+use crate::upstream::{Health, Opening, UpConn, UpstreamIo, Wanted};
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -128,23 +128,75 @@ impl Attempt {
     }
 
     /// Whether a connection just taken is ready to carry the client's bytes:
-    /// a new one once its connect completed and, for a group that asks, the
-    /// PROXY protocol header went out first.
+    /// a new one once its connect completed, the PROXY protocol header went
+    /// out first (for a group that asks), and its TLS handshake (for a group
+    /// reached over TLS) is complete.
     pub fn connection_ready(&self, client: &impl Downstream, conn: &mut UpConn, ctx: &Ctx) -> Ready {
         if self.reused {
             return Ready::Yes;
         }
-        match conn.connect_status() {
-            Ok(true) => {}
-            Ok(false) => return Ready::NotYet,
-            Err(_) => return Ready::Failed,
-        }
-        if let Some(version) = self.config(ctx).send_proxy {
-            if send_proxy_header(version, client, conn).is_err() {
-                return Ready::Failed;
+        loop {
+            match conn.opening {
+                Opening::Connecting => {
+                    match conn.connect_status() {
+                        Ok(true) => {}
+                        Ok(false) => return Ready::NotYet,
+                        Err(_) => return Ready::Failed,
+                    }
+                    if let Some(version) = self.config(ctx).send_proxy {
+                        if send_proxy_header(version, client, conn).is_err() {
+                            return Ready::Failed;
+                        }
+                    }
+                    conn.opening = Opening::Establishing;
+                }
+                Opening::Establishing => match conn.establish() {
+                    Ok(true) => {
+                        self.count_established(conn, ctx);
+                        conn.opening = Opening::Open;
+                    }
+                    Ok(false) => return Ready::NotYet,
+                    Err(e) => {
+                        self.count_refused_handshake(&e, ctx);
+                        return Ready::Failed;
+                    }
+                },
+                Opening::Open => return Ready::Yes,
             }
         }
-        Ready::Yes
+    }
+
+    /// A TLS handshake with the server completed.
+    fn count_established(&self, conn: &UpConn, ctx: &Ctx) {
+        let (Some(resumed), Some(st)) = (conn.tls_resumed(), self.stats(ctx)) else { return };
+        st.tls_handshakes.fetch_add(1, Relaxed);
+        if resumed {
+            st.tls_resumed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A TLS handshake with the server failed: counted by why, and said in
+    /// the log (the caller counts the server's failure).
+    fn count_refused_handshake(&self, error: &io::Error, ctx: &Ctx) {
+        let refused = error.get_ref().and_then(|e| e.downcast_ref::<tine_tls::rustls::Error>());
+        let class = refused.and_then(tine_tls::VerifyFailure::of);
+        let server = self.server_name(ctx);
+        let name = &self.config(ctx).name;
+        match class {
+            Some(class) => {
+                log::warn!("upstream {name} ({server}): TLS handshake refused: {}: {error}", class.describe())
+            }
+            None => log::warn!("upstream {name} ({server}): TLS handshake failed: {error}"),
+        }
+        let Some(st) = self.stats(ctx) else { return };
+        let counter = match class {
+            None => &st.tls_failed,
+            Some(tine_tls::VerifyFailure::Expired) => &st.tls_verify_expired,
+            Some(tine_tls::VerifyFailure::UnknownIssuer) => &st.tls_verify_unknown_issuer,
+            Some(tine_tls::VerifyFailure::NameMismatch) => &st.tls_verify_name,
+            Some(tine_tls::VerifyFailure::Other) => &st.tls_verify_other,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// Sends what is queued for the upstream; progress restarts io_timeout

@@ -1,9 +1,9 @@
 //! The upstream seam: everything the proxy exchange and the stream relay do
 //! to an upstream connection goes through [`UpstreamIo`]. [`TcpUpstream`]
 //! is plain TCP (or a Unix socket): system calls straight on the socket,
-//! which a relay may splice to and from. TLS and HTTP/2 upstreams are
-//! further implementations of the same seam; one without a socket to
-//! splice has its bodies copied.
+//! which a relay may splice to and from. [`super::tls::TlsUpstream`] is
+//! TLS over it; a connection without a socket to splice has its bodies
+//! copied.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -15,14 +15,22 @@ pub trait UpstreamIo {
     /// way); an error is the connect's failure.
     fn connect_status(&self) -> io::Result<bool>;
 
+    /// Drives what the connection needs, once connected, before it carries
+    /// a request (a TLS handshake); `Ok(true)` once done, `Ok(false)` while
+    /// it waits for the socket.
+    fn establish(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+
     /// Writes to the upstream; `more` says further bytes follow at once.
     fn send(&mut self, buf: &[u8], more: bool) -> io::Result<usize>;
 
     /// Reads what the upstream sent. `Ok(0)` is its end of stream.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// What waits from the upstream, without taking it.
-    fn peek(&self) -> Peek;
+    /// What waits from the upstream, without taking it (a transport that
+    /// decrypts takes in records, but no plaintext).
+    fn peek(&mut self) -> Peek;
 
     /// No more bytes go to the upstream (a tunnel's client half-closed).
     fn shutdown_write(&mut self);
@@ -62,7 +70,7 @@ impl UpstreamIo for TcpUpstream {
         sys::recv(self.fd.as_raw_fd(), buf)
     }
 
-    fn peek(&self) -> Peek {
+    fn peek(&mut self) -> Peek {
         sys::peek(self.fd.as_raw_fd())
     }
 
