@@ -49,7 +49,8 @@ SLOT_AFTER_RTT = {"rejected_malformed": 808, "rejected_target": 816, "rejected_u
                   "proxy_refused_malformed": 880, "proxy_refused_timeout": 888, "tls_failed_no_common": 896,
                   "http2_connections": 904, "http2_active": 912, "http2_requests": 920, "http2_client_resets": 928,
                   "http2_tine_resets": 936, "http2_stalled": 944, "http2_goaway_graceful": 952,
-                  "http2_goaway_calm": 960, "http2_goaway_error": 968}
+                  "http2_goaway_calm": 960, "http2_goaway_error": 968,
+                        "grpc_ok": 976, "grpc_cancelled": 984, "grpc_unknown": 992, "grpc_invalid_argument": 1000, "grpc_deadline_exceeded": 1008, "grpc_not_found": 1016, "grpc_already_exists": 1024, "grpc_permission_denied": 1032, "grpc_resource_exhausted": 1040, "grpc_failed_precondition": 1048, "grpc_aborted": 1056, "grpc_out_of_range": 1064, "grpc_unimplemented": 1072, "grpc_internal": 1080, "grpc_unavailable": 1088, "grpc_data_loss": 1096, "grpc_unauthenticated": 1104, "grpc_by_tine": 1112}
 
 
 class Invalid(Exception):

@@ -1020,10 +1020,14 @@ fn parse_proxy(
         let mut upstream = parse_upstream(u, at, &config.upstreams)?;
         upstream.tls = upstream_tls(u, at, relative_to_file)?;
         upstream.protocol = upstream_protocol(u, at, upstream.tls.is_some())?;
-        if let Some(p) = u.protocol.as_ref().filter(|_| upstream.protocol.is_http2()) {
+        if let Some(p) = u
+            .proxy_protocol
+            .as_ref()
+            .filter(|_| upstream.protocol.is_http2() && upstream.send_proxy.is_some())
+        {
             return Err(at.error(
                 p.span(),
-                "HTTP/2 to upstreams is not available in this build: use protocol = \"http1\"",
+                "proxy_protocol cannot go with protocol = \"h2\" or \"h2c\": one HTTP/2 connection carries the requests of many clients, and a PROXY header names one",
             ));
         }
         config.upstreams.push(upstream);

@@ -1,5 +1,6 @@
-//! The HTTP/2 engine wrapper: the `h2` crate's server connection, run inside
-//! tine's synchronous event loop.
+//! The HTTP/2 engine wrapper: the `h2` crate's server connection (clients
+//! to tine) and client connection (tine to upstreams), run inside tine's
+//! synchronous event loop.
 //!
 //! `h2` is written for async runtimes, but it does no I/O of its own: it
 //! reads and writes through `AsyncRead`/`AsyncWrite` and is otherwise a
@@ -19,9 +20,11 @@
 
 #![forbid(unsafe_code)]
 
+mod client;
 mod stream;
 mod wire;
 
+pub use client::{ClientConnection, ClientSettings, ClientStream, Head, OpenError, Readiness};
 pub use h2::Reason;
 pub use stream::{Accepted, BodyChunk, RequestBody, Responder, StreamGone};
 pub use wire::Wire;

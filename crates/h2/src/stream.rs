@@ -8,7 +8,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use std::task::{Context, Poll, Waker};
 
-fn cx() -> Context<'static> {
+pub(crate) fn cx() -> Context<'static> {
     Context::from_waker(Waker::noop())
 }
 
@@ -121,6 +121,14 @@ impl Responder {
         if end {
             self.sending = Sending::Done;
         }
+        Ok(())
+    }
+
+    /// Ends the stream with trailers after the body (gRPC's status).
+    pub fn send_trailers(&mut self, trailers: http::HeaderMap) -> Result<(), StreamGone> {
+        let Sending::Body(body) = &mut self.sending else { return Ok(()) };
+        body.send_trailers(trailers)?;
+        self.sending = Sending::Done;
         Ok(())
     }
 

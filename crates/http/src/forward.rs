@@ -256,6 +256,54 @@ pub fn upstream_request_head(out: &mut Vec<u8>, req: &Request<'_>, fwd: &Forward
     }
 }
 
+/// The request's fields as an upstream reached over HTTP/2 gets them,
+/// passed to `push` as (lowercase name, value): the end-to-end fields as for
+/// HTTP/1.1, `X-Forwarded-*`, a declared body length, and `te: trailers`
+/// when the client said it takes trailers (gRPC needs it end to end). No
+/// Host (the caller sends it as `:authority`), and nothing else that frames
+/// or names a connection: HTTP/2 frames the body itself.
+pub fn upstream_h2_fields(req: &Request<'_>, fwd: &Forwarding<'_>, mut push: impl FnMut(&[u8], &[u8])) {
+    let all = req.fields;
+    let listed = connection_listed(all);
+    let mut forwarded_for: Vec<u8> = Vec::with_capacity(64);
+    let mut trailers = false;
+    for h in all {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            forwarded_for.extend_from_slice(h.value);
+            forwarded_for.extend_from_slice(b", ");
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"te") {
+            trailers |=
+                h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            continue;
+        }
+        if dropped(name, &listed) || (!fwd.underscores && name.contains(&b'_')) {
+            continue;
+        }
+        push(name, h.value);
+    }
+    if let Some(peer) = fwd.peer {
+        push_ip(&mut forwarded_for, peer);
+    } else if forwarded_for.ends_with(b", ") {
+        forwarded_for.truncate(forwarded_for.len() - 2);
+    }
+    push(b"x-forwarded-for", &forwarded_for);
+    push(b"x-forwarded-proto", if fwd.https { b"https" } else { b"http" });
+    if let Some(client_host) = req.host {
+        push(b"x-forwarded-host", client_host);
+    }
+    if let Body::Length(n) = req.body {
+        let mut length = Vec::with_capacity(20);
+        crate::response::push_u64(&mut length, n);
+        push(b"content-length", &length);
+    }
+    if trailers {
+        push(b"te", b"trailers");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -341,6 +341,24 @@ section! {
         http2_goaway_graceful: Counter = "HTTP/2 connections tine ended with GOAWAY(NO_ERROR): a reload, upgrade or drain, or an idle timeout",
         http2_goaway_calm: Counter = "HTTP/2 connections tine ended with GOAWAY(ENHANCE_YOUR_CALM) for abuse: too many streams reset by the client (Rapid Reset) or by tine, a CONTINUATION flood",
         http2_goaway_error: Counter = "HTTP/2 connections tine ended with GOAWAY for another protocol error (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, COMPRESSION_ERROR, ...)",
+        grpc_ok: Counter = "gRPC responses with grpc-status 0 (OK), from the upstream or from tine",
+        grpc_cancelled: Counter = "gRPC responses with grpc-status 1 (CANCELLED), from the upstream or from tine",
+        grpc_unknown: Counter = "gRPC responses with grpc-status 2 (UNKNOWN), from the upstream or from tine",
+        grpc_invalid_argument: Counter = "gRPC responses with grpc-status 3 (INVALID_ARGUMENT), from the upstream or from tine",
+        grpc_deadline_exceeded: Counter = "gRPC responses with grpc-status 4 (DEADLINE_EXCEEDED), from the upstream or from tine",
+        grpc_not_found: Counter = "gRPC responses with grpc-status 5 (NOT_FOUND), from the upstream or from tine",
+        grpc_already_exists: Counter = "gRPC responses with grpc-status 6 (ALREADY_EXISTS), from the upstream or from tine",
+        grpc_permission_denied: Counter = "gRPC responses with grpc-status 7 (PERMISSION_DENIED), from the upstream or from tine",
+        grpc_resource_exhausted: Counter = "gRPC responses with grpc-status 8 (RESOURCE_EXHAUSTED), from the upstream or from tine",
+        grpc_failed_precondition: Counter = "gRPC responses with grpc-status 9 (FAILED_PRECONDITION), from the upstream or from tine",
+        grpc_aborted: Counter = "gRPC responses with grpc-status 10 (ABORTED), from the upstream or from tine",
+        grpc_out_of_range: Counter = "gRPC responses with grpc-status 11 (OUT_OF_RANGE), from the upstream or from tine",
+        grpc_unimplemented: Counter = "gRPC responses with grpc-status 12 (UNIMPLEMENTED), from the upstream or from tine",
+        grpc_internal: Counter = "gRPC responses with grpc-status 13 (INTERNAL), from the upstream or from tine",
+        grpc_unavailable: Counter = "gRPC responses with grpc-status 14 (UNAVAILABLE), from the upstream or from tine",
+        grpc_data_loss: Counter = "gRPC responses with grpc-status 15 (DATA_LOSS), from the upstream or from tine",
+        grpc_unauthenticated: Counter = "gRPC responses with grpc-status 16 (UNAUTHENTICATED), from the upstream or from tine",
+        grpc_by_tine: Counter = "the part of the grpc_* counters that tine answered itself (no upstream, a timeout): UNAVAILABLE or DEADLINE_EXCEEDED in a trailers-only response",
     }
 }
 
@@ -517,7 +535,7 @@ const _: () = assert!(LIMIT_ENTRY_SIZE == 64);
 const _: () = assert!(std::mem::offset_of!(Header, limits_offset) == 176);
 const _: () = assert!(SLOT_SIZE.is_multiple_of(64));
 // Fields appended after the histogram live in the slot's former padding.
-const _: () = assert!(SLOT_SIZE == 1024);
+const _: () = assert!(SLOT_SIZE == 1152);
 const _: () = assert!(MASTER_SIZE.is_multiple_of(64));
 const _: () = assert!(HOST_SIZE.is_multiple_of(64));
 const _: () = assert!(INTERFACE_ENTRY_SIZE == 64);

@@ -29,7 +29,85 @@ pub enum Rejection {
     Body,
 }
 
+/// The status codes of gRPC (grpc-status), as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum GrpcStatus {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcStatus {
+    /// The status a `grpc-status` value names; one that is not a number
+    /// of the protocol counts as UNKNOWN.
+    pub fn parse(value: &[u8]) -> GrpcStatus {
+        let code = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u16>().ok());
+        match code.unwrap_or(2) {
+            0 => GrpcStatus::Ok,
+            1 => GrpcStatus::Cancelled,
+            3 => GrpcStatus::InvalidArgument,
+            4 => GrpcStatus::DeadlineExceeded,
+            5 => GrpcStatus::NotFound,
+            6 => GrpcStatus::AlreadyExists,
+            7 => GrpcStatus::PermissionDenied,
+            8 => GrpcStatus::ResourceExhausted,
+            9 => GrpcStatus::FailedPrecondition,
+            10 => GrpcStatus::Aborted,
+            11 => GrpcStatus::OutOfRange,
+            12 => GrpcStatus::Unimplemented,
+            13 => GrpcStatus::Internal,
+            14 => GrpcStatus::Unavailable,
+            15 => GrpcStatus::DataLoss,
+            16 => GrpcStatus::Unauthenticated,
+            _ => GrpcStatus::Unknown,
+        }
+    }
+}
+
 impl Counters<'_> {
+    /// A gRPC response ended with `status`; `by_tine`: tine answered it.
+    pub fn count_grpc(&self, status: GrpcStatus, by_tine: bool) {
+        let s = self.slot;
+        let counter = match status {
+            GrpcStatus::Ok => &s.grpc_ok,
+            GrpcStatus::Cancelled => &s.grpc_cancelled,
+            GrpcStatus::Unknown => &s.grpc_unknown,
+            GrpcStatus::InvalidArgument => &s.grpc_invalid_argument,
+            GrpcStatus::DeadlineExceeded => &s.grpc_deadline_exceeded,
+            GrpcStatus::NotFound => &s.grpc_not_found,
+            GrpcStatus::AlreadyExists => &s.grpc_already_exists,
+            GrpcStatus::PermissionDenied => &s.grpc_permission_denied,
+            GrpcStatus::ResourceExhausted => &s.grpc_resource_exhausted,
+            GrpcStatus::FailedPrecondition => &s.grpc_failed_precondition,
+            GrpcStatus::Aborted => &s.grpc_aborted,
+            GrpcStatus::OutOfRange => &s.grpc_out_of_range,
+            GrpcStatus::Unimplemented => &s.grpc_unimplemented,
+            GrpcStatus::Internal => &s.grpc_internal,
+            GrpcStatus::Unavailable => &s.grpc_unavailable,
+            GrpcStatus::DataLoss => &s.grpc_data_loss,
+            GrpcStatus::Unauthenticated => &s.grpc_unauthenticated,
+        };
+        counter.fetch_add(1, Relaxed);
+        if by_tine {
+            s.grpc_by_tine.fetch_add(1, Relaxed);
+        }
+    }
+
     /// A refused request: counted in parse_errors and by its reason.
     pub fn count_rejection(&self, why: Rejection) {
         use tine_http::HttpError;

@@ -54,6 +54,8 @@ pub struct EventLoop<'a> {
     ready: Vec<ConnId>,
     /// Deadlines that came due this turn (a connection's, or one of its exchanges').
     expired: Vec<ExchangeId>,
+    /// Exchanges an upstream connection's event wakes (reused each time).
+    woken: Vec<ExchangeId>,
     /// Scratch list of idle keep-alive connections, oldest first once sorted.
     reclaimable: Vec<(Instant, ConnId)>,
     drain_deadline: Option<Instant>,
@@ -89,6 +91,7 @@ impl<'a> EventLoop<'a> {
             events: Vec::with_capacity(512),
             ready: Vec::new(),
             expired: Vec::new(),
+            woken: Vec::new(),
             reclaimable: Vec::new(),
             drain_deadline: None,
             next_housekeeping: ctx_now,
@@ -182,36 +185,32 @@ impl<'a> EventLoop<'a> {
     }
 
     fn dispatch(&mut self, event: Event) -> io::Result<Option<Exit>> {
-        let (id, exchange) = match Token::decode(event.token()) {
+        let id = match Token::decode(event.token()) {
             Token::Signals => return self.on_signals(),
             Token::Listener(i) => {
                 self.accept_batch(i as usize);
                 return Ok(None);
             }
-            Token::Client(id) => (id, None),
-            // An upstream connection: the exchange that holds it is driven
-            // by its client connection; the pool deals with a pooled one.
+            Token::Client(id) => id,
+            // An upstream connection: the exchanges it serves (one for an
+            // HTTP/1.1 connection, every stream's for an HTTP/2 one) are
+            // driven by their client connections; the pool deals with a
+            // pooled one.
             Token::Upstream(link) => {
-                match self.ctx.proxy.upstreams.link_event(link, event.readable(), &self.ctx.stats) {
-                    Some(exchange) => (exchange.conn, Some(exchange.index)),
-                    None => return Ok(None),
+                let mut woken = std::mem::take(&mut self.woken);
+                let stats = &self.ctx.stats;
+                self.ctx.proxy.upstreams.link_event(link, event.readable(), stats, &mut woken);
+                for exchange in woken.drain(..) {
+                    self.wake_exchange(exchange, event.peer_closed());
                 }
+                self.woken = woken;
+                return Ok(None);
             }
         };
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(None);
         };
-        if let Some(index) = exchange {
-            match conn.on_upstream_event(index, event.peer_closed()) {
-                Drive::Now => {}
-                Drive::AfterBatch { first } => {
-                    if first {
-                        self.ready.push(id);
-                    }
-                    return Ok(None);
-                }
-            }
-        } else if event.readable() {
+        if event.readable() {
             conn.mark_readable();
             if event.peer_closed() {
                 conn.mark_client_fin();
@@ -220,6 +219,24 @@ impl<'a> EventLoop<'a> {
         let outcome = conn.drive(&mut self.ctx);
         self.settle(id, outcome);
         Ok(None)
+    }
+
+    /// An event of its upstream connection for `exchange`: its client
+    /// connection drives it now, or after the batch (an HTTP/2 session
+    /// gathers its streams' wake-ups).
+    fn wake_exchange(&mut self, exchange: ExchangeId, peer_closed: bool) {
+        let Some(conn) = self.conns.get_mut(exchange.conn) else { return };
+        match conn.on_upstream_event(exchange.index, peer_closed) {
+            Drive::Now => {}
+            Drive::AfterBatch { first } => {
+                if first {
+                    self.ready.push(exchange.conn);
+                }
+                return;
+            }
+        }
+        let outcome = conn.drive(&mut self.ctx);
+        self.settle(exchange.conn, outcome);
     }
 
     fn on_signals(&mut self) -> io::Result<Option<Exit>> {

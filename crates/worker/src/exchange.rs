@@ -37,6 +37,7 @@
 
 mod attempt;
 mod downstream;
+mod h2;
 #[cfg(test)]
 mod tests;
 mod tunnel;
@@ -60,6 +61,7 @@ use tine_http::forward::{self, Forwarding};
 use tine_http::request::{Body, Method, Request, MAX_HEADERS};
 use tine_http::response::Status;
 use tine_http::response_head::{self, Asked, BadResponse, UpstreamHead};
+use tine_stats::layout::UpstreamStats;
 use tunnel::{relay_failure, Side};
 
 /// Interim (1xx) responses accepted before the final one; an upstream that
@@ -81,20 +83,34 @@ enum Stage {
     AwaitHead(UpConn, Option<ReadBuf>),
     Respond(UpConn, BodyRelay),
     Tunnel(UpConn, Tunnel),
+    /// The whole exchange as a stream on a shared HTTP/2 connection.
+    H2(Box<h2::H2Stage>),
 }
 
 impl Stage {
     /// Waiting on the upstream with nothing of a response under way: what a
     /// client that goes away abandons.
     fn waiting(&self) -> bool {
-        matches!(self, Stage::Pick | Stage::Connecting(_) | Stage::SendHead(_) | Stage::AwaitHead(..))
+        match self {
+            Stage::H2(h) => h.waiting(),
+            stage => matches!(
+                stage,
+                Stage::Pick | Stage::Connecting(_) | Stage::SendHead(_) | Stage::AwaitHead(..)
+            ),
+        }
     }
 
     /// Gives back the buffers and pipes the stage holds; returns its upstream
-    /// connection, if it has one, for the caller to close or keep.
-    fn dismantle(self, ctx: &mut Ctx) -> Option<UpConn> {
+    /// connection, if it has one, for the caller to close or keep. An
+    /// HTTP/2 stream still open is reset (counted in `st`), and its shared
+    /// connection let go.
+    fn dismantle(self, ctx: &mut Ctx, st: Option<&UpstreamStats>) -> Option<UpConn> {
         match self {
             Stage::Pick => None,
+            Stage::H2(h) => {
+                h.dismantle(ctx, st);
+                None
+            }
             Stage::Connecting(up) | Stage::SendHead(up) | Stage::SendBody(up) => Some(up),
             Stage::AwaitHead(up, buf) => {
                 if let Some(buf) = buf {
@@ -122,6 +138,8 @@ enum Next {
     Pause(Stage, Outcome),
     /// The response is complete; its upstream connection may be kept.
     Complete(UpConn),
+    /// The response is complete, on a stream of a shared connection.
+    Done,
     /// The server failed (refused, reset, closed early): try again where the
     /// request allows it, else 502.
     ServerFailed { upstream: Option<UpConn>, after_sending: bool },
@@ -294,9 +312,15 @@ impl Exchange {
             HostHeader::Upstream => config.name.as_bytes(),
         };
         let fwd = Forwarding { host, peer, underscores: config.underscores_in_headers, https };
-        forward::upstream_request_head(&mut head, req, &fwd);
+        let (stage, chunks) = if config.protocol.is_http2() {
+            // HTTP/2 frames the body itself: a chunked one is decoded.
+            (Stage::H2(Box::new(h2_stage(req, &fwd, config.tls.is_some()))), Output::Raw)
+        } else {
+            forward::upstream_request_head(&mut head, req, &fwd);
+            (Stage::Pick, Output::Chunked)
+        };
         recycled(Exchange {
-            stage: Stage::Pick,
+            stage,
             at: Attempt::new(group),
             route: Some(route),
             idempotent: matches!(req.method_text, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
@@ -305,7 +329,7 @@ impl Exchange {
             request_body: match req.body {
                 Body::None => RequestBody::None,
                 Body::Length(n) => RequestBody::Length(n),
-                Body::Chunked => RequestBody::Chunked(ChunkedDecoder::new(Output::Chunked)),
+                Body::Chunked => RequestBody::Chunked(ChunkedDecoder::new(chunks)),
             },
             continue_pending: req.expect_continue && req.body.has_bytes(),
             response_started: false,
@@ -355,7 +379,8 @@ impl Exchange {
                     st.timeouts.fetch_add(1, Relaxed);
                 }
                 log::warn!("upstream {}: connect timed out", self.at.server_name(ctx));
-                Next::ServerFailed { upstream: stage.dismantle(ctx), after_sending: false }
+                let st = self.at.stats(ctx);
+                Next::ServerFailed { upstream: stage.dismantle(ctx, st), after_sending: false }
             }
             Stage::AwaitHead(up, buf) if !self.response_started => {
                 if let Some(st) = self.at.stats(ctx) {
@@ -371,7 +396,11 @@ impl Exchange {
                 t.recycle(&mut ctx.proxy.pipes);
                 Next::Close { reason: CloseReason::Done, upstream: Some(up) }
             }
-            stage => Next::Close { reason: CloseReason::Timeout, upstream: stage.dismantle(ctx) },
+            Stage::H2(h) => h2::h2_deadline_next(&mut self, h, ctx),
+            stage => {
+                let st = self.at.stats(ctx);
+                Next::Close { reason: CloseReason::Timeout, upstream: stage.dismantle(ctx, st) }
+            }
         };
         self.settle(next, client, ctx)
     }
@@ -392,6 +421,7 @@ impl Exchange {
             Stage::AwaitHead(up, buf) => self.await_head(client, up, buf, ctx),
             Stage::Respond(up, body) => self.respond(client, up, body, ctx, budget),
             Stage::Tunnel(up, t) => self.tunnel(client, up, t, ctx, budget),
+            Stage::H2(h) => self.h2_advance(client, h, ctx, budget),
         }
     }
 
@@ -410,6 +440,10 @@ impl Exchange {
                 }
                 Next::Complete(up) => {
                     self.complete(client, up, ctx);
+                    return Driven::Ended(Ended::Complete);
+                }
+                Next::Done => {
+                    self.retire(ctx);
                     return Driven::Ended(Ended::Complete);
                 }
                 Next::ServerFailed { upstream, after_sending } => {
@@ -444,7 +478,8 @@ impl Exchange {
     /// An exchange that ended: whatever its stage still holds goes back (an
     /// upstream connection is closed), then its buffers and its box.
     fn retire(mut self: Box<Self>, ctx: &mut Ctx) {
-        if let Some(up) = std::mem::replace(&mut self.stage, Stage::Pick).dismantle(ctx) {
+        let st = self.at.stats(ctx);
+        if let Some(up) = std::mem::replace(&mut self.stage, Stage::Pick).dismantle(ctx, st) {
             close_upstream(ctx, up);
         }
         self.at.end_active(ctx);
@@ -985,6 +1020,25 @@ fn body_relay(
             .map_err(|_| ()),
         None => Ok(BodyRelay::Copied { left }),
     }
+}
+
+/// The HTTP/2 stage of a request: its head as an HTTP/2 upstream gets it.
+fn h2_stage(req: &Request<'_>, fwd: &Forwarding<'_>, tls: bool) -> h2::H2Stage {
+    let method = http::Method::from_bytes(req.method_text.as_bytes()).unwrap_or(http::Method::GET);
+    let mut uri = http::Uri::builder().scheme(if tls { "https" } else { "http" });
+    if let Ok(authority) = http::uri::Authority::try_from(fwd.host) {
+        uri = uri.authority(authority);
+    }
+    let uri = uri.path_and_query(req.origin_target).build().unwrap_or_default();
+    let mut fields = http::HeaderMap::with_capacity(req.fields.len() + 4);
+    forward::upstream_h2_fields(req, fwd, |name, value| {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value))
+        {
+            fields.append(name, value);
+        }
+    });
+    h2::H2Stage::new(method, uri, fields)
 }
 
 /// What a final response head decided, kept once the head's borrow ends.

@@ -52,6 +52,13 @@ impl<T> Slab<T> {
         id
     }
 
+    pub fn get(&self, id: ConnId) -> Option<&T> {
+        self.entries
+            .get(id.index() as usize)
+            .filter(|e| e.generation == id.generation())
+            .and_then(|e| e.value.as_ref())
+    }
+
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut T> {
         self.entries
             .get_mut(id.index() as usize)

@@ -18,9 +18,11 @@
 //! One sweep closes the connections idle past keepalive_timeout. Nothing
 //! here is shared between workers.
 
+mod h2;
 mod tls;
 mod transport;
 
+pub use h2::H2Ready;
 pub use tls::TlsUpstream;
 pub use transport::{TcpUpstream, UpstreamIo};
 
@@ -51,6 +53,9 @@ pub struct Server {
     /// A probe request is under way after the server was out.
     probing: bool,
     idle: Vec<Idle>,
+    /// HTTP/2 connections to the server (protocol = "h2" or "h2c"), each
+    /// carrying exchanges of any client.
+    h2: Vec<LinkId>,
 }
 
 /// An idle keep-alive connection in the pool.
@@ -92,6 +97,14 @@ impl UpConn {
     pub fn tls_resumed(&self) -> Option<bool> {
         match &self.io {
             UpstreamTransport::Tls(t) => Some(t.resumed()),
+            _ => None,
+        }
+    }
+
+    /// The protocol agreed by ALPN (over TLS).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match &self.io {
+            UpstreamTransport::Tls(t) => t.alpn_protocol(),
             _ => None,
         }
     }
@@ -171,6 +184,8 @@ struct Link {
     server: usize,
     /// The exchange that holds it; None while pooled.
     user: Option<ExchangeId>,
+    /// An HTTP/2 connection, which the pool keeps while exchanges use it.
+    h2: Option<Box<h2::H2Conn>>,
 }
 
 pub struct Group {
@@ -242,6 +257,7 @@ impl Upstreams {
                         down_until: None,
                         probing: false,
                         idle: Vec::new(),
+                        h2: Vec::new(),
                     })
                     .collect::<Vec<_>>();
                 let tls = tls.and_then(|t| t.upstreams.get(i).cloned().flatten());
@@ -356,63 +372,67 @@ impl Upstreams {
         if let Some(st) = stat {
             st.pool_misses.fetch_add(1, Relaxed);
         }
-        let target = match &s.addr {
-            UpstreamAddr::Tcp(a) => ConnectTo::Tcp(*a),
-            UpstreamAddr::Unix(p) => ConnectTo::Unix(p),
-        };
         #[cfg(test)]
         if let Some(peer) = self.scripted.pop_front() {
-            let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
+            let link = LinkId(self.links.insert(Link { group, server, user: Some(owner), h2: None }));
             s.open += 1;
             stats.gauges.upstream(index, UpstreamGauge::Open, 1);
             let io = UpstreamTransport::Scripted(crate::scripted::ScriptedUpstream(peer));
             let conn = UpConn { io, link, opening: Opening::Connecting, drained: true };
             return Ok(Connection { conn, reused: false });
         }
-        let tcp = TcpUpstream::connect(&target, &g.config.tcp)?;
-        let link = LinkId(self.links.insert(Link { group, server, user: Some(owner) }));
-        if let Err(e) = epoll.add(tcp.fd(), Token::Upstream(link).encode(), tine_net::Interest::CONNECTION) {
-            self.links.remove(link.0);
-            return Err(e);
-        }
-        let io = match &g.tls {
-            None => UpstreamTransport::Tcp(tcp),
-            Some(client) => match TlsUpstream::new(tcp, client) {
-                Ok(tls) => UpstreamTransport::Tls(Box::new(tls)),
-                Err(e) => {
-                    self.links.remove(link.0);
-                    return Err(e);
-                }
-            },
+        let link = LinkId(self.links.insert(Link { group, server, user: Some(owner), h2: None }));
+        let g = &self.groups[group];
+        let conn = match open_transport(&g.servers[server].addr, g, link, epoll) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.links.remove(link.0);
+                return Err(e);
+            }
         };
+        let s = &mut self.groups[group].servers[server];
         s.open += 1;
         stats.gauges.upstream(index, UpstreamGauge::Open, 1);
-        let conn = UpConn { io, link, opening: Opening::Connecting, drained: true };
         Ok(Connection { conn, reused: false })
     }
 
-    /// An event came for upstream connection `link`: the exchange that holds
-    /// it, which handles it; or, for a pooled one, its
-    /// server closed it or sent what nobody asked for (`trouble`: readable or
-    /// hung up), so it is closed now rather than found broken by a request.
-    pub fn link_event(&mut self, link: LinkId, trouble: bool, stats: &Counters<'_>) -> Option<ExchangeId> {
-        let l = self.links.get_mut(link.0)?;
-        if l.user.is_some() || !trouble {
-            return l.user;
+    /// An event came for upstream connection `link`: the exchanges to wake
+    /// go to `wake`. For an HTTP/1.1 connection, the exchange that holds it;
+    /// or, for a pooled one, its server closed it or sent what nobody asked
+    /// for (`trouble`: readable or hung up), so it is closed now rather than
+    /// found broken by a request. For an HTTP/2 connection, its bytes move
+    /// and every exchange it carries is woken.
+    pub fn link_event(
+        &mut self,
+        link: LinkId,
+        trouble: bool,
+        stats: &Counters<'_>,
+        wake: &mut Vec<ExchangeId>,
+    ) {
+        let Some(l) = self.links.get_mut(link.0) else { return };
+        if l.h2.is_some() {
+            self.h2_event(link, stats, wake);
+            return;
+        }
+        if let Some(user) = l.user {
+            wake.push(user);
+            return;
+        }
+        if !trouble {
+            return;
         }
         let (group, server) = (l.group, l.server);
         let g = &mut self.groups[group];
         let s = &mut g.servers[server];
-        let i = s.idle.iter().position(|c| c.conn.link == link)?;
+        let Some(i) = s.idle.iter().position(|c| c.conn.link == link) else { return };
         // The event may be the last edge of the response just read: only
         // what is there now counts.
         if s.idle[i].conn.peek() == Peek::Nothing {
-            return None;
+            return;
         }
         s.idle.swap_remove(i);
         self.links.remove(link.0);
         closed(s, stats, g.stats_base + server, 1);
-        None
     }
 
     /// Client connection `owner` closed: the idle connections it left in
@@ -433,6 +453,7 @@ impl Upstreams {
     /// Closes the idle connections that have been idle for the group's
     /// keepalive_timeout.
     pub fn close_expired(&mut self, now: Instant, stats: &Counters<'_>) {
+        self.close_idle_h2(now, stats);
         for g in &mut self.groups {
             let timeout = g.config.keepalive_timeout;
             for (i, s) in g.servers.iter_mut().enumerate() {
@@ -508,6 +529,7 @@ impl Upstreams {
     /// The worker stops: its idle connections close, and the gauges it added
     /// to (open connections, servers it holds out) lose its share.
     pub fn close_all(&mut self, stats: &Counters<'_>) {
+        self.close_all_h2(stats);
         for g in &mut self.groups {
             for (i, s) in g.servers.iter_mut().enumerate() {
                 let index = g.stats_base + i;
@@ -523,6 +545,56 @@ impl Upstreams {
     pub fn group_of_stats(&self, group: usize, server: usize) -> usize {
         self.groups[group].stats_base + server
     }
+}
+
+/// A new connection to `addr` for group `g` under `link`: a non-blocking
+/// connect registered with `epoll`, TLS on it for a group reached over TLS.
+fn open_transport(
+    addr: &UpstreamAddr,
+    g: &Group,
+    link: LinkId,
+    epoll: &tine_net::Epoll,
+) -> io::Result<UpConn> {
+    let target = match addr {
+        UpstreamAddr::Tcp(a) => ConnectTo::Tcp(*a),
+        UpstreamAddr::Unix(p) => ConnectTo::Unix(p),
+    };
+    let tcp = TcpUpstream::connect(&target, &g.config.tcp)?;
+    epoll.add(tcp.fd(), Token::Upstream(link).encode(), tine_net::Interest::CONNECTION)?;
+    let io = match &g.tls {
+        None => UpstreamTransport::Tcp(tcp),
+        Some(client) => UpstreamTransport::Tls(Box::new(TlsUpstream::new(tcp, client)?)),
+    };
+    Ok(UpConn { io, link, opening: Opening::Connecting, drained: true })
+}
+
+/// A TLS handshake with a server completed: counted in its entry `st`.
+pub fn tls_established(conn: &UpConn, st: Option<&tine_stats::layout::UpstreamStats>) {
+    let (Some(resumed), Some(st)) = (conn.tls_resumed(), st) else { return };
+    st.tls_handshakes.fetch_add(1, Relaxed);
+    if resumed {
+        st.tls_resumed.fetch_add(1, Relaxed);
+    }
+}
+
+/// A TLS handshake with a server failed: counted in its entry `st` by why,
+/// and said in the log (`who` names the server).
+pub fn tls_refused(error: &io::Error, st: Option<&tine_stats::layout::UpstreamStats>, who: &str) {
+    let refused = error.get_ref().and_then(|e| e.downcast_ref::<tine_tls::rustls::Error>());
+    let class = refused.and_then(tine_tls::VerifyFailure::of);
+    match class {
+        Some(class) => log::warn!("upstream {who}: TLS handshake refused: {}: {error}", class.describe()),
+        None => log::warn!("upstream {who}: TLS handshake failed: {error}"),
+    }
+    let Some(st) = st else { return };
+    let counter = match class {
+        None => &st.tls_failed,
+        Some(tine_tls::VerifyFailure::Expired) => &st.tls_verify_expired,
+        Some(tine_tls::VerifyFailure::UnknownIssuer) => &st.tls_verify_unknown_issuer,
+        Some(tine_tls::VerifyFailure::NameMismatch) => &st.tls_verify_name,
+        Some(tine_tls::VerifyFailure::Other) => &st.tls_verify_other,
+    };
+    counter.fetch_add(1, Relaxed);
 }
 
 /// Closes the idle connections `which` selects, with their links; how many.

@@ -161,6 +161,11 @@ impl Downstream for ClientIo {
         self.body_len += bytes.len() as u64;
     }
 
+    fn emit_trailers(&mut self, _trailers: &http::HeaderMap) {
+        // HTTP/1.1 clients of a proxy rarely ask for trailers (TE:
+        // trailers) and gRPC never comes this way: the body ends without.
+    }
+
     fn emit_chunked(&mut self, decoder: &mut ChunkedDecoder, input: &[u8]) -> Result<usize, ChunkedError> {
         let before = self.wbuf.len();
         let taken = decoder.decode(input, &mut self.wbuf)?;

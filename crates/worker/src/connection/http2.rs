@@ -17,6 +17,7 @@ mod stream;
 use super::{answer, Answer, Arrival, Conn, Drive, Phase};
 use crate::access::PendingEntry;
 use crate::context::{Ctx, Rejection};
+use crate::counters::GrpcStatus;
 use crate::exchange::{Downstream, Driven, Ended};
 use crate::outcome::{client_io, CloseReason, Outcome};
 use crate::responses::{error_page, ReplyTo};
@@ -338,6 +339,8 @@ impl Conn {
             body,
             unread: Vec::new(),
             responder,
+            trailers: None,
+            grpc: is_grpc(&parts.headers),
             pending: Vec::new(),
             body_len: 0,
             sent: 0,
@@ -534,6 +537,10 @@ impl Conn {
                 stream.io.arm(ctx, ctx.timers.timeouts.send);
                 None
             }
+            Driven::Ended(Ended::Failed(failure)) if stream.io.grpc && !stream.io.has_pending_output() => {
+                stream.work = grpc_failure(&mut stream.io, failure.status, ctx);
+                None
+            }
             Driven::Ended(Ended::Failed(failure)) if !stream.io.has_pending_output() => {
                 let route = failure.route.map_or(&crate::responses::NO_ROUTE, |r| &ctx.http.route_replies[r]);
                 let to = ReplyTo { head_request: failure.head_request, route };
@@ -656,6 +663,42 @@ impl Conn {
 
 /// Starts tine's own reply on a stream (its head in `head`): counted,
 /// logged with its status, and sent as the windows open.
+/// A gRPC request: `content-type: application/grpc`, alone or with a
+/// subtype (`+proto`, `+json`).
+fn is_grpc(fields: &http::HeaderMap) -> bool {
+    fields.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+') | Some(b';'))
+    })
+}
+
+/// What tine answers a gRPC request whose exchange failed before any
+/// response: a status the client library understands, in a trailers-only
+/// response (HTTP 200, as Envoy answers), never an HTML page. A timeout is
+/// DEADLINE_EXCEEDED; anything else (no server, a refused connect, a broken
+/// stream) UNAVAILABLE, which clients may retry.
+fn grpc_failure(io: &mut StreamIo, status: tine_http::Status, ctx: &mut Ctx) -> Work {
+    let (code, message) = match status.0 {
+        504 => (GrpcStatus::DeadlineExceeded, "tine: the upstream did not answer in time"),
+        400 => (GrpcStatus::Internal, "tine: the request body was malformed"),
+        _ => (GrpcStatus::Unavailable, "tine: no upstream server is available"),
+    };
+    let mut head = http::Response::new(());
+    let fields = head.headers_mut();
+    fields.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    fields.insert("grpc-status", http::HeaderValue::from(code as u16));
+    fields.insert("grpc-message", http::HeaderValue::from_static(message));
+    ctx.stats.count_response(tine_http::Status::OK);
+    ctx.stats.count_grpc(code, true);
+    io.log_status(200);
+    if io.responder.send_head(head, true).is_err() {
+        io.gone = true;
+    }
+    Work::Done
+}
+
 fn start_reply(
     io: &mut StreamIo,
     head: &ResponseHead,

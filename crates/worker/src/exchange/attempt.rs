@@ -6,7 +6,7 @@
 
 use super::Downstream;
 use crate::context::Ctx;
-use crate::upstream::{Health, Opening, UpConn, UpstreamIo, Wanted};
+use crate::upstream::{tls_established, tls_refused, Health, Opening, UpConn, UpstreamIo, Wanted};
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -127,6 +127,43 @@ impl Attempt {
         }
     }
 
+    /// For an HTTP/2 group: picks a server of the group not yet tried and a
+    /// connection to it the pool shares (one that takes another stream, or a
+    /// new one). `None`: every server was tried or is out; `Err`: the
+    /// connect failed at once (counted against the server), pick again.
+    pub fn link_next(
+        &mut self,
+        client: &mut impl Downstream,
+        ctx: &mut Ctx,
+    ) -> Option<Result<crate::token::LinkId, ()>> {
+        self.end_active(ctx);
+        let server = ctx.proxy.upstreams.pick(self.group, self.tried, ctx.clock.now)?;
+        self.server = server;
+        self.picked_at = ctx.clock.now;
+        self.begin_active(ctx);
+        if server < 64 {
+            self.tried |= 1 << server;
+        }
+        let stats = self.stats(ctx);
+        match ctx.proxy.upstreams.h2_link(self.group, server, client.owner(), &ctx.stats, &ctx.epoll) {
+            Ok((link, reused)) => {
+                self.reused = reused;
+                if let Some(st) = stats {
+                    st.requests.fetch_add(1, Relaxed);
+                }
+                Some(Ok(link))
+            }
+            Err(e) => {
+                log::warn!("upstream {}: connect: {e}", self.server_name(ctx));
+                if let Some(st) = stats {
+                    st.failures.fetch_add(1, Relaxed);
+                }
+                self.report(ctx, false);
+                Some(Err(()))
+            }
+        }
+    }
+
     /// Whether a connection just taken is ready to carry the client's bytes:
     /// a new one once its connect completed, the PROXY protocol header went
     /// out first (for a group that asks), and its TLS handshake (for a group
@@ -152,51 +189,19 @@ impl Attempt {
                 }
                 Opening::Establishing => match conn.establish() {
                     Ok(true) => {
-                        self.count_established(conn, ctx);
+                        tls_established(conn, self.stats(ctx));
                         conn.opening = Opening::Open;
                     }
                     Ok(false) => return Ready::NotYet,
                     Err(e) => {
-                        self.count_refused_handshake(&e, ctx);
+                        let who = format!("{} ({})", self.config(ctx).name, self.server_name(ctx));
+                        tls_refused(&e, self.stats(ctx), &who);
                         return Ready::Failed;
                     }
                 },
                 Opening::Open => return Ready::Yes,
             }
         }
-    }
-
-    /// A TLS handshake with the server completed.
-    fn count_established(&self, conn: &UpConn, ctx: &Ctx) {
-        let (Some(resumed), Some(st)) = (conn.tls_resumed(), self.stats(ctx)) else { return };
-        st.tls_handshakes.fetch_add(1, Relaxed);
-        if resumed {
-            st.tls_resumed.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// A TLS handshake with the server failed: counted by why, and said in
-    /// the log (the caller counts the server's failure).
-    fn count_refused_handshake(&self, error: &io::Error, ctx: &Ctx) {
-        let refused = error.get_ref().and_then(|e| e.downcast_ref::<tine_tls::rustls::Error>());
-        let class = refused.and_then(tine_tls::VerifyFailure::of);
-        let server = self.server_name(ctx);
-        let name = &self.config(ctx).name;
-        match class {
-            Some(class) => {
-                log::warn!("upstream {name} ({server}): TLS handshake refused: {}: {error}", class.describe())
-            }
-            None => log::warn!("upstream {name} ({server}): TLS handshake failed: {error}"),
-        }
-        let Some(st) = self.stats(ctx) else { return };
-        let counter = match class {
-            None => &st.tls_failed,
-            Some(tine_tls::VerifyFailure::Expired) => &st.tls_verify_expired,
-            Some(tine_tls::VerifyFailure::UnknownIssuer) => &st.tls_verify_unknown_issuer,
-            Some(tine_tls::VerifyFailure::NameMismatch) => &st.tls_verify_name,
-            Some(tine_tls::VerifyFailure::Other) => &st.tls_verify_other,
-        };
-        counter.fetch_add(1, Relaxed);
     }
 
     /// Sends what is queued for the upstream; progress restarts io_timeout

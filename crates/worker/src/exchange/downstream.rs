@@ -1,7 +1,7 @@
 //! The exchange's view of its client: the narrow interface a protocol
 //! session implements so that one copy of the proxy exchange serves it.
 //! An HTTP/1.1 connection implements it with its own framing (`Connection`,
-//! chunked bodies, a 100 Continue line); an HTTP/2 stream will implement it
+//! chunked bodies, a 100 Continue line); an HTTP/2 stream implements it
 //! with frames. Nothing here names a connection's fields.
 
 use crate::context::Ctx;
@@ -56,6 +56,10 @@ pub trait Downstream {
 
     /// Response body bytes, as they are.
     fn emit_body(&mut self, bytes: &[u8]);
+
+    /// Trailers after the response body (an HTTP/2 upstream's, gRPC's
+    /// status); a session that cannot carry them leaves them out.
+    fn emit_trailers(&mut self, trailers: &http::HeaderMap);
 
     /// Response body bytes of a chunked body, through `decoder`; returns how
     /// many input bytes belong to the body.

@@ -96,6 +96,11 @@ pub(super) struct StreamIo {
     pub(super) responder: Responder,
     /// Response body bytes not yet handed to the engine.
     pub(super) pending: Vec<u8>,
+    /// Trailers to end the response with, once the body is out.
+    pub(super) trailers: Option<http::HeaderMap>,
+    /// The request is gRPC (`content-type: application/grpc...`): what tine
+    /// answers itself is a gRPC status, not a page.
+    pub(super) grpc: bool,
     /// Body bytes the response sends in all, for the access log.
     pub(super) body_len: u64,
     /// Body bytes handed to the engine so far.
@@ -170,7 +175,7 @@ impl StreamIo {
     /// Sends the rest of the response: pending bytes, the file, then the
     /// end of the stream. `Ok(true)` when the stream is done.
     pub(super) fn send_rest(&mut self, file: &mut Option<FileBody>) -> io::Result<bool> {
-        if !self.push_pending(file.is_none()) {
+        if !self.push_pending(file.is_none() && self.trailers.is_none()) {
             return Ok(false);
         }
         if let Some(f) = file.as_mut() {
@@ -179,7 +184,12 @@ impl StreamIo {
             }
         }
         *file = None;
-        if self.responder.in_body() && self.responder.send_data(Bytes::new(), true).is_err() {
+        let ended = match self.trailers.take() {
+            Some(trailers) if self.responder.in_body() => self.responder.send_trailers(trailers),
+            _ if self.responder.in_body() => self.responder.send_data(Bytes::new(), true),
+            _ => Ok(()),
+        };
+        if ended.is_err() {
             self.gone = true;
         }
         Ok(true)
@@ -361,6 +371,10 @@ impl Downstream for StreamIo {
     fn emit_body(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
         self.body_len += bytes.len() as u64;
+    }
+
+    fn emit_trailers(&mut self, trailers: &http::HeaderMap) {
+        self.trailers = Some(trailers.clone());
     }
 
     fn emit_chunked(&mut self, decoder: &mut ChunkedDecoder, input: &[u8]) -> Result<usize, ChunkedError> {
