@@ -1,7 +1,9 @@
 """A real gRPC server and client (grpcio) for tests/grpc.rs, on raw bytes
-(no generated code): `server EVENTS_FILE` serves on 127.0.0.1 and prints its
-port; `client ADDRESS CASE` runs one case against ADDRESS (tine) and exits 0
-when it saw what it must, printing what it saw either way.
+(no generated code): `server EVENTS_FILE [tls CERT KEY] [max-age MS]` serves
+on 127.0.0.1 (over TLS with CERT and KEY; sending GOAWAY to connections
+older than MS) and prints its port; `client ADDRESS CASE` runs one case
+against ADDRESS (tine) and exits 0 when it saw what it must, printing what
+it saw either way.
 
 Methods (service t.T): Unary echoes; ServerStream answers N (the request,
 in ASCII) messages; ClientStream answers how many messages and bytes came;
@@ -19,7 +21,7 @@ import grpc
 SERVICE = "t.T"
 
 
-def server(events_path):
+def server(events_path, options):
     events = open(events_path, "a", buffering=1)
 
     def unary(request, context):
@@ -70,9 +72,18 @@ def server(events_path):
     }
     from concurrent import futures
 
-    s = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server_options = []
+    if "max-age" in options:
+        age = int(options[options.index("max-age") + 1])
+        server_options += [("grpc.max_connection_age_ms", age), ("grpc.max_connection_age_grace_ms", 10000)]
+    s = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=server_options)
     s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = s.add_insecure_port("127.0.0.1:0")
+    if "tls" in options:
+        at = options.index("tls")
+        cert, key = open(options[at + 1], "rb").read(), open(options[at + 2], "rb").read()
+        port = s.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = s.add_insecure_port("127.0.0.1:0")
     s.start()
     print(port, flush=True)
     # Until the test kills it, or its stdin closes.
@@ -142,6 +153,18 @@ def client(address, case):
                 call.cancel()
                 break
         expect(seen == 50, "50 messages before cancelling")
+    elif case == "parallel":
+        unary = method(channel, "unary_unary", "Unary")
+        calls = [unary.future(b"call %d" % i, timeout=30) for i in range(100)]
+        got = [c.result() for c in calls]
+        expect(got == [b"call %d" % i for i in range(100)], "100 calls at once, each its own answer")
+    elif case == "paced":
+        # Calls spread over more than the server's connection age: it says
+        # GOAWAY meanwhile, and every call must still be answered.
+        unary = method(channel, "unary_unary", "Unary")
+        for i in range(12):
+            expect(unary(b"paced %d" % i, timeout=10) == b"paced %d" % i, "paced call %d" % i)
+            time.sleep(0.15)
     elif case == "unavailable":
         try:
             method(channel, "unary_unary", "Unary")(b"hello", timeout=10)
@@ -162,6 +185,6 @@ def client(address, case):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        server(sys.argv[2])
+        server(sys.argv[2], sys.argv[3:])
     else:
         client(sys.argv[2], sys.argv[3])

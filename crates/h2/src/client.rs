@@ -55,6 +55,8 @@ pub struct ClientConnection {
     wire: Wire,
     /// The server sent GOAWAY, or the connection failed: no new stream.
     closing: bool,
+    /// The server sent GOAWAY.
+    goaway: bool,
 }
 
 /// Whether a new stream may be opened now.
@@ -88,7 +90,7 @@ impl ClientConnection {
             .max_send_buffer_size(settings.max_send_buffer_size);
         let io = wire.io();
         let handshake: Handshake = Box::pin(async move { builder.handshake::<_, Bytes>(io).await });
-        ClientConnection { state: State::Handshake(handshake), wire, closing: false }
+        ClientConnection { state: State::Handshake(handshake), wire, closing: false, goaway: false }
     }
 
     /// Bytes the server sent.
@@ -138,7 +140,18 @@ impl ClientConnection {
     fn end(&mut self, result: Result<(), ConnectionError>) -> Result<(), ConnectionError> {
         self.state = State::Ended;
         self.closing = true;
+        // tine never ends an upstream connection by GOAWAY itself: a clean
+        // end is the server's GOAWAY and close.
+        self.goaway |= match &result {
+            Ok(()) => true,
+            Err(e) => e.0.is_go_away() && e.0.is_remote(),
+        };
         result
+    }
+
+    /// The server said GOAWAY.
+    pub fn goaway_received(&self) -> bool {
+        self.goaway
     }
 
     /// Whether a stream may be opened now.
@@ -152,8 +165,9 @@ impl ClientConnection {
         match send.poll_ready(&mut cx()) {
             Poll::Ready(Ok(())) => Readiness::Ready,
             Poll::Pending => Readiness::NotYet,
-            Poll::Ready(Err(_)) => {
+            Poll::Ready(Err(e)) => {
                 self.closing = true;
+                self.goaway |= e.is_go_away() && e.is_remote();
                 Readiness::Closed
             }
         }

@@ -222,12 +222,12 @@ impl Exchange {
         loop {
             let sent = match self.h2_send_body(client, &mut h, ctx) {
                 Ok(moved) => moved,
-                Err(stop) => return stop.into(),
+                Err(stop) => return self.h2_stop(h, stop),
             };
             let received = self.h2_receive(client, &mut h, ctx, budget);
             ctx.proxy.upstreams.h2_flush(link, &ctx.stats);
             match received {
-                Flow::Stop(stop) => return stop.into(),
+                Flow::Stop(stop) => return self.h2_stop(h, stop),
                 Flow::Retry { refused } => return self.h2_retry(h, ctx, refused),
                 Flow::Moved if *budget == 0 => return Next::Pause(Stage::H2(h), Outcome::Yield),
                 Flow::Moved => {}
@@ -239,6 +239,14 @@ impl Exchange {
                 Flow::Idle => return Next::Pause(Stage::H2(h), Outcome::Wait),
             }
         }
+    }
+
+    /// The stream's work ends: the stage stays for the exchange to take
+    /// apart as it retires (an unfinished stream reset, the connection let
+    /// go), whichever way it ended.
+    fn h2_stop(&mut self, h: Box<H2Stage>, stop: Stop) -> Next {
+        self.stage = Stage::H2(h);
+        stop.into()
     }
 
     /// Picks a server and a connection to it (shared, or a new one).
@@ -338,9 +346,7 @@ impl Exchange {
                         }
                         Err(e) => match client_io(e) {
                             None => continue,
-                            Some(Outcome::Close(reason)) => {
-                                return Err(Stop::Close(reason))
-                            }
+                            Some(Outcome::Close(reason)) => return Err(Stop::Close(reason)),
                             Some(_) => return Ok(moved),
                         },
                     }

@@ -83,7 +83,9 @@ impl H2Conn {
                 }
                 self.broken = true;
             }
-            if !self.broken && self.engine.is_closing() && !self.goaway_counted {
+            // A GOAWAY shows as the connection refusing new streams.
+            let _ = self.engine.readiness();
+            if self.engine.goaway_received() && !self.goaway_counted {
                 self.goaway_counted = true;
                 if let Some(st) = stats.upstreams.get(index) {
                     st.h2_goaways.fetch_add(1, Relaxed);
