@@ -101,7 +101,21 @@ LIMIT_SCENARIOS = [
     ("refused-1KiB", "1k.bin", 1024, "connections"),
 ]
 LIMIT_RATES = {"limited-1KiB": (1_000_000, "s", 1_000_000), "refused-1KiB": (1, "m", 0)}
-ALL_SCENARIOS = SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS + COMPRESSED_SCENARIOS + H2_SCENARIOS + LIMIT_SCENARIOS
+# Upstreams over TLS and gRPC. proxy-https-1KiB: wrk over plain HTTP to the
+# proxy, which proxies to an nginx backend over HTTPS (a certificate for
+# bench.test from a CA both proxies verify against; keep-alive pools; nginx with
+# proxy_ssl_session_reuse on). grpc-unary: h2load over h2c with a 5-byte
+# gRPC message and te: trailers, POST /t.T/Unary, to the proxy (tine: an h2c
+# upstream; nginx: grpc_pass with a keep-alive upstream), to the grpcio
+# server of tests/grpc_peer.py on the other CPU, which echoes it with its
+# trailers.
+UPSTREAM_SCENARIOS = [
+    ("proxy-https-1KiB", "1k.bin", 1024, "connections"),
+    ("grpc-unary", "t.T/Unary", 5, "connections"),
+]
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x05hello"
+ALL_SCENARIOS = (SCENARIOS + PROXY_SCENARIOS + TLS_SCENARIOS + COMPRESSED_SCENARIOS + H2_SCENARIOS + LIMIT_SCENARIOS
+                 + UPSTREAM_SCENARIOS)
 
 
 def ensure_tools():
@@ -172,6 +186,21 @@ def rss_bytes(pids):
     return total
 
 
+def make_backend_certificate(work):
+    """A CA and a leaf for bench.test signed by it, for an HTTPS backend that
+    the proxies verify (WebPKI takes no self-signed leaf as its own anchor)."""
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
+        "-subj", "/CN=bench CA", "-keyout", f"{work}/ca.key", "-out", f"{work}/ca.pem")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=bench.test",
+        "-keyout", f"{work}/backend.key", "-out", f"{work}/backend.csr")
+    with open(f"{work}/backend.ext", "w") as f:
+        f.write("subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", f"{work}/backend.csr", "-CA", f"{work}/ca.pem", "-CAkey", f"{work}/ca.key",
+        "-CAcreateserial", "-days", "30", "-extfile", f"{work}/backend.ext", "-out", f"{work}/backend.pem")
+    return f"{work}/backend.pem", f"{work}/backend.key"
+
+
 def make_certificate(work):
     """A self-signed ECDSA P-256 certificate both servers use."""
     cert, key = f"{work}/cert.pem", f"{work}/key.pem"
@@ -182,10 +211,13 @@ def make_certificate(work):
 
 
 class Server:
-    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None, tls=None, http2=False, limit=None):
+    def __init__(self, kind, work, workers, port, backend=None, cpu_mask=None, tls=None, http2=False, limit=None,
+                 upstream="http"):
         """With `tls` (cert, key), `port` is an HTTPS port (plain HTTP moves to another); with
-        `limit` (count, unit, burst), every request is held to that rate per client address."""
-        self.kind, self.port = kind, port
+        `limit` (count, unit, burst), every request is held to that rate per client address.
+        `upstream` is how the backend is spoken to: "http", "https" (verified against the
+        bench certificate) or "grpc" (h2c; the listener then speaks h2c too)."""
+        self.kind, self.port, self.work = kind, port, work
         http_port = free_port() if tls else port
         if kind == "tine":
             cmd = [TINE, "serve", "--root", f"{work}/www", "--listen", f"127.0.0.1:{http_port}",
@@ -197,8 +229,12 @@ class Server:
                 config = (f'client_limits = ["bench"]\n{config}[[client_limit]]\nname = "bench"\n'
                           f'rate = "{limit[0]}r/{limit[1]}"\nburst = {limit[2]}\n')
             if backend:
-                config += (f'[[upstream]]\nname = "backend"\nservers = ["127.0.0.1:{backend}"]\nkeepalive = 1024\n'
-                           f'[[route]]\npath = "/"\nupstream = "backend"\n')
+                config += f'[[upstream]]\nname = "backend"\nservers = ["127.0.0.1:{backend}"]\nkeepalive = 1024\n'
+                if upstream == "https":
+                    config += f'tls = true\ntls_server_name = "bench.test"\ntls_ca = "{work}/ca.pem"\n'
+                if upstream == "grpc":
+                    config = '[http2]\nh2c = true\n' + config + 'protocol = "h2c"\n'
+                config += '[[route]]\npath = "/"\nupstream = "backend"\n'
             if config:
                 conf = f"{work}/tine.toml"
                 with open(conf, "w") as f:
@@ -209,11 +245,19 @@ class Server:
             name = f"nginx-{port}"
             # The same work as tine's proxy: keep-alive upstream connections,
             # the client's Host, and the X-Forwarded-* headers tine adds.
-            location = (f"location / {{ proxy_pass http://backend; proxy_http_version 1.1; "
+            scheme = "https" if upstream == "https" else "http"
+            reuse = (f"proxy_ssl_session_reuse on; proxy_ssl_verify on; proxy_ssl_name bench.test; "
+                     f"proxy_ssl_server_name on; proxy_ssl_trusted_certificate {work}/ca.pem; "
+                     if upstream == "https" else "")
+            location = (f"location / {{ proxy_pass {scheme}://backend; {reuse}proxy_http_version 1.1; "
                         f"proxy_set_header Connection \"\"; proxy_set_header Host $host; "
                         f"proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
                         f"proxy_set_header X-Forwarded-Proto $scheme; "
                         f"proxy_set_header X-Forwarded-Host $host; }}" if backend else "")
+            if upstream == "grpc":
+                location = ("location / { grpc_pass grpc://backend; grpc_set_header X-Forwarded-For "
+                            "$proxy_add_x_forwarded_for; }")
+            h2c = " http2" if upstream == "grpc" else ""
             upstream = f"upstream backend {{ server 127.0.0.1:{backend}; keepalive 1024; }}" if backend else ""
             # nginx 1.22 leaves TLS 1.3 out by default: both versions, and
             # tickets (its default), for a fair anchor.
@@ -246,7 +290,7 @@ http {{
     gzip_static on; gzip on; gzip_vary on; gzip_comp_level 6; gzip_types application/javascript;
     {upstream}
     {zone}
-    server {{ listen 127.0.0.1:{http_port} reuseport backlog=4096 deferred; {ssl} root {work}/www; {limit_req} {location} }}
+    server {{ listen 127.0.0.1:{http_port}{h2c} reuseport backlog=4096 deferred; {ssl} root {work}/www; {limit_req} {location} }}
 }}
 """)
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -269,6 +313,24 @@ http {{
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class GrpcBackend:
+    """The grpcio server of tests/grpc_peer.py on CPU 1 (the proxy has CPU 0)."""
+
+    def __init__(self, work):
+        cmd = ["taskset", "-c", "1" if os.cpu_count() > 1 else "0", "python3", f"{ROOT}/tests/grpc_peer.py",
+               "server", f"{work}/grpc-events"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.port = int(self.proc.stdout.readline())
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.kill()
+        self.proc.wait()
 
 
 def wrk(port, path, connections, seconds, threads, cpus, batch=False, close=False, https=False, headers=()):
@@ -353,9 +415,9 @@ def measure_handshakes(server, scenario, args, workers):
             "rss_bytes": rss_bytes(pids), "per_conn_bytes": 0, "connections": 2}
 
 
-def h2load(port, path, connections, seconds, threads, cpus, batch=False):
+def h2load(port, path, connections, seconds, threads, cpus, batch=False, extra=(), scheme="https"):
     cmd = ["h2load", "-D", str(seconds), "-c", str(connections), "-m", str(H2_STREAMS), "-t", str(threads),
-           f"https://127.0.0.1:{port}/{path}"]
+           *extra, f"{scheme}://127.0.0.1:{port}/{path}"]
     if cpus:
         cmd = ["taskset", "-c", cpus] + cmd
     if batch:
@@ -416,8 +478,8 @@ def measure(server, scenario, args, workers):
         return measure_idle_h2(server, conn_opt[1])
     if isinstance(conn_opt, tuple):
         return measure_handshakes(server, scenario, args, workers)
-    if name.startswith("h2-"):
-        return measure_h2(server, scenario, args, workers)
+    if name.startswith("h2-") or name == "grpc-unary":
+        return measure_h2(server, scenario, args, workers, server.work)
     connections = getattr(args, conn_opt)
     https = name.startswith("https-")
     pinned = workers == 1
@@ -451,16 +513,23 @@ def measure(server, scenario, args, workers):
     return r
 
 
-def measure_h2(server, scenario, args, workers):
+def measure_h2(server, scenario, args, workers, work=None):
     name, path, _, conn_opt = scenario
     connections = getattr(args, conn_opt)
     pinned = workers == 1
     cpus = "1" if pinned and os.cpu_count() > 1 else None
     threads = 1 if pinned else 2
-    h2load(server.port, path, min(connections, 16), 1, threads, cpus, args.batch_load)  # warm up
+    extra, scheme = (), "https"
+    if name == "grpc-unary":
+        body = f"{work}/grpc-message"
+        with open(body, "wb") as f:
+            f.write(GRPC_MESSAGE)
+        extra = ("-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers")
+        scheme = "http"
+    h2load(server.port, path, min(connections, 16), 1, threads, cpus, args.batch_load, extra, scheme)  # warm up
     pids = server.pids()
     cpu0 = cpu_ns(pids)
-    r = h2load(server.port, path, connections, args.duration, threads, cpus, args.batch_load)
+    r = h2load(server.port, path, connections, args.duration, threads, cpus, args.batch_load, extra, scheme)
     cpu1 = cpu_ns(pids)
     r["cpu_us_per_req"] = (cpu1 - cpu0) / 1000 / r["requests"] if r["requests"] else 0.0
     r["rss_bytes"] = rss_bytes(pids)
@@ -538,10 +607,17 @@ def main():
         for round_ in range(args.repeat):
             for workers in args.workers:
                 for scenario in [s for s in ALL_SCENARIOS if s[0] in args.scenarios]:
-                    proxy = "proxy-" in scenario[0]
+                    upstream = {"proxy-https-1KiB": "https", "grpc-unary": "grpc"}.get(scenario[0], "http")
+                    proxy = "proxy-" in scenario[0] or upstream == "grpc"
                     if proxy and workers != 1:
                         continue  # the proxy comparison runs with one pinned worker
-                    backend = Server("nginx", work, 1, free_port(), cpu_mask="10") if proxy else None
+                    if upstream == "grpc":
+                        backend = GrpcBackend(work)
+                    elif proxy:
+                        backend = Server("nginx", work, 1, free_port(), cpu_mask="10",
+                                         tls=make_backend_certificate(work) if upstream == "https" else None)
+                    else:
+                        backend = None
                     if backend and args.batch_load:
                         for pid in backend.pids():
                             subprocess.run(["chrt", "--batch", "--pid", "0", str(pid)], check=True)
@@ -549,7 +625,7 @@ def main():
                         http2 = scenario in H2_SCENARIOS
                         tls = cert if scenario in TLS_SCENARIOS or http2 else None
                         server = Server(kind, work, workers, free_port(), backend=backend.port if backend else None,
-                                        tls=tls, http2=http2, limit=LIMIT_RATES.get(scenario[0]))
+                                        tls=tls, http2=http2, limit=LIMIT_RATES.get(scenario[0]), upstream=upstream)
                         try:
                             r = measure(server, scenario, args, workers)
                         finally:

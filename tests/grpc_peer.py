@@ -49,13 +49,16 @@ def server(events_path, options):
         return b"too late"
 
     def stream_until_cancelled(request, context):
-        i = 0
-        while context.is_active() and i < 100000:
+        # The RPC's end, whenever it comes (a cancelled generator is never
+        # resumed): cancelled unless every tick went.
+        done = []
+        context.add_callback(lambda: None if done else events.write("cancelled stream\n"))
+        for i in range(100000):
+            if not context.is_active():
+                return
             yield b"tick %d" % i
-            i += 1
             time.sleep(0.001)
-        if i < 100000:
-            events.write("cancelled stream\n")
+        done.append(True)
 
     def status(request, context):
         code_name, message = request.decode().split(" ", 1)

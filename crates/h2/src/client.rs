@@ -12,7 +12,7 @@ use h2::client::{Connection, ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 /// What tine asks of an upstream server's HTTP/2 connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,11 +188,19 @@ impl ClientConnection {
     }
 
     /// Opens a stream with the request head `head`; `end`: no body follows.
-    /// Call only when [`ClientConnection::readiness`] said `Ready`.
-    pub fn open_stream(&mut self, head: http::Request<()>, end: bool) -> Result<ClientStream, OpenError> {
+    /// Call only when [`ClientConnection::readiness`] said `Ready`. The
+    /// engine wakes `waker` when something happens to the stream (a frame
+    /// for it, window for its body, a reset, the connection's end), so its
+    /// owner is driven for its own stream's events only.
+    pub fn open_stream(
+        &mut self,
+        head: http::Request<()>,
+        end: bool,
+        waker: Waker,
+    ) -> Result<ClientStream, OpenError> {
         let State::Open { send, .. } = &mut self.state else { return Err(OpenError::Closed) };
         match send.send_request(head, end) {
-            Ok((response, body)) => Ok(ClientStream { response: Response::Head(response), body }),
+            Ok((response, body)) => Ok(ClientStream { response: Response::Head(response), body, waker }),
             Err(e) => {
                 if e.is_go_away() || e.is_io() {
                     self.closing = true;
@@ -229,6 +237,7 @@ pub enum Head {
 pub struct ClientStream {
     response: Response,
     body: SendStream<Bytes>,
+    waker: Waker,
 }
 
 impl ClientStream {
@@ -236,7 +245,7 @@ impl ClientStream {
     /// by the engine).
     pub fn poll_head(&mut self) -> Head {
         let Response::Head(future) = &mut self.response else { return Head::Pending };
-        match Pin::new(future).poll(&mut cx()) {
+        match Pin::new(future).poll(&mut Context::from_waker(&self.waker)) {
             Poll::Pending => Head::Pending,
             Poll::Ready(Ok(response)) => {
                 let (parts, body) = response.into_parts();
@@ -264,7 +273,7 @@ impl ClientStream {
     /// window shut until they are [`ClientStream::release`]d.
     pub fn next_chunk(&mut self) -> BodyChunk {
         let Response::Body(body) = &mut self.response else { return BodyChunk::End };
-        match body.poll_data(&mut cx()) {
+        match body.poll_data(&mut Context::from_waker(&self.waker)) {
             Poll::Ready(Some(Ok(data))) => BodyChunk::Data(data),
             Poll::Ready(None) => BodyChunk::End,
             Poll::Pending => BodyChunk::Pending,
@@ -284,7 +293,7 @@ impl ClientStream {
     /// `Ok(None)` for none, `Err` for a stream that broke.
     pub fn trailers(&mut self) -> Poll<Result<Option<http::HeaderMap>, StreamGone>> {
         let Response::Body(body) = &mut self.response else { return Poll::Ready(Ok(None)) };
-        match body.poll_trailers(&mut cx()) {
+        match body.poll_trailers(&mut Context::from_waker(&self.waker)) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
                 self.response = Response::Done;
@@ -297,7 +306,7 @@ impl ClientStream {
     /// `want`; 0: wait for a WINDOW_UPDATE).
     pub fn writable(&mut self, want: usize) -> usize {
         self.body.reserve_capacity(want);
-        let _ = self.body.poll_capacity(&mut cx());
+        let _ = self.body.poll_capacity(&mut Context::from_waker(&self.waker));
         self.body.capacity()
     }
 
@@ -321,7 +330,7 @@ impl ClientStream {
 
     /// The server reset the stream (with the code it gave).
     pub fn reset_by_server(&mut self) -> Option<Reason> {
-        match self.body.poll_reset(&mut cx()) {
+        match self.body.poll_reset(&mut Context::from_waker(&self.waker)) {
             Poll::Ready(Ok(reason)) => Some(reason),
             _ => None,
         }

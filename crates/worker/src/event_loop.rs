@@ -126,7 +126,7 @@ impl<'a> EventLoop<'a> {
         loop {
             // The turn's own clock is late by the turn's work, a few
             // microseconds: a tick that much late is fine, a clock read is saved.
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && !crate::upstream::any_woken() {
                 self.ctx.timers.wheel.until_next_tick(self.ctx.clock.now)
             } else {
                 0
@@ -148,7 +148,10 @@ impl<'a> EventLoop<'a> {
                     }
                 }
             }
+            self.wake_streams();
             self.drive_ready();
+            self.wake_streams();
+            self.ctx.proxy.upstreams.write_h2(&self.ctx.stats);
             self.expire_deadlines();
             self.housekeeping();
             self.maybe_resume_accepting()?;
@@ -219,6 +222,22 @@ impl<'a> EventLoop<'a> {
         let outcome = conn.drive(&mut self.ctx);
         self.settle(id, outcome);
         Ok(None)
+    }
+
+    /// Drives the exchanges whose HTTP/2 upstream streams the engine woke
+    /// (as it ran for another exchange, or for its connection's event).
+    fn wake_streams(&mut self) {
+        let mut woken = std::mem::take(&mut self.woken);
+        for _ in 0..8 {
+            crate::upstream::take_woken(&mut woken);
+            if woken.is_empty() {
+                break;
+            }
+            for exchange in woken.drain(..) {
+                self.wake_exchange(exchange, false);
+            }
+        }
+        self.woken = woken;
     }
 
     /// An event of its upstream connection for `exchange`: its client

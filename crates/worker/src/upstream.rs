@@ -22,7 +22,7 @@ mod h2;
 mod tls;
 mod transport;
 
-pub use h2::H2Ready;
+pub use h2::{any_woken, take_woken, H2Ready};
 pub use tls::TlsUpstream;
 pub use transport::{TcpUpstream, UpstreamIo};
 
@@ -101,6 +101,13 @@ impl UpConn {
         }
     }
 
+    /// A read that comes back short has taken all the socket held. Not
+    /// over TLS: a short read of plaintext may leave records unread on
+    /// the socket, whose readiness was already reported.
+    pub fn short_read_drains(&self) -> bool {
+        !matches!(self.io, UpstreamTransport::Tls(_))
+    }
+
     /// The protocol agreed by ALPN (over TLS).
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         match &self.io {
@@ -159,7 +166,7 @@ impl UpstreamIo for UpConn {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let read = each!(mut self, t => t.recv(buf));
         self.drained = match &read {
-            Ok(n) => *n < buf.len(),
+            Ok(n) => *n < buf.len() && self.short_read_drains(),
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         };
         read
@@ -202,6 +209,8 @@ pub struct Upstreams {
     pub groups: Vec<Group>,
     /// Every open upstream connection, busy or pooled.
     links: Slab<Link>,
+    /// HTTP/2 connections whose exchanges queued frames this turn.
+    h2_dirty: Vec<LinkId>,
     /// Scripted servers that the next new connections reach, in order,
     /// instead of a socket (unit tests).
     #[cfg(test)]

@@ -279,11 +279,14 @@ impl Exchange {
     ) -> bool {
         let end = self.request_body.done();
         let request = h.request();
-        let opened = match ctx.proxy.upstreams.h2_engine(link) {
-            Some(engine) => engine.open_stream(request, end).map_err(|e| log::debug!("HTTP/2 upstream: {e}")),
-            None => Err(()),
+        let owner = client.owner();
+        let stream = match ctx.proxy.upstreams.h2_open(link, owner, request, end) {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::debug!("HTTP/2 upstream: {e}");
+                return false;
+            }
         };
-        let Ok(stream) = opened else { return false };
         h.stream = Some(stream);
         h.request_ended = end;
         if let Some(st) = self.at.stats(ctx) {

@@ -10,6 +10,12 @@
 //! one, and closes once they are done. An idle connection closes after
 //! keepalive_timeout, like a pooled HTTP/1.1 one.
 //!
+//! Wake-ups are per stream: each stream is opened with a waker that names
+//! its exchange ([`stream_waker`]), which the engine wakes for that stream's
+//! frames, window and reset; an event on the connection wakes only those,
+//! plus the exchanges still waiting for a stream (the connection opening,
+//! or at its limit). The loop takes the woken ones with [`take_woken`].
+//!
 //! The engine (tine-h2's client) runs over bytes this module moves: what the
 //! socket (plain or TLS) delivers is fed to it whole, and what it wrote goes
 //! out as the socket takes it (what is left waits for the socket's next
@@ -31,6 +37,44 @@ use super::transport::UpstreamIo;
 thread_local! {
     /// The worker's buffer for bytes read from upstream HTTP/2 connections.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+    /// Exchanges whose streams the engine woke, for the loop to drive.
+    static WOKEN: RefCell<Vec<ExchangeId>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Wakes one exchange: what the engine calls when its stream can move.
+struct StreamWaker(ExchangeId);
+
+impl std::task::Wake for StreamWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        // A worker is one thread: the engine wakes on it, as it runs.
+        WOKEN.with(|w| w.borrow_mut().push(self.0));
+    }
+}
+
+/// The waker a stream of exchange `id` is opened with.
+pub fn stream_waker(id: ExchangeId) -> std::task::Waker {
+    std::task::Waker::from(std::sync::Arc::new(StreamWaker(id)))
+}
+
+/// Moves the exchanges woken since the last call onto `out` (each once).
+pub fn take_woken(out: &mut Vec<ExchangeId>) {
+    WOKEN.with(|w| {
+        let mut w = w.borrow_mut();
+        for id in w.drain(..) {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    });
+}
+
+/// Some exchange was woken and not yet taken.
+pub fn any_woken() -> bool {
+    WOKEN.with(|w| !w.borrow().is_empty())
 }
 
 /// An HTTP/2 connection to an upstream server and the exchanges it carries.
@@ -42,6 +86,9 @@ pub(super) struct H2Conn {
     out_pos: usize,
     /// Exchanges with a stream on it, or waiting for it to open one.
     users: Vec<ExchangeId>,
+    /// The part of `users` without a stream yet: woken by every event
+    /// (the others by their streams' wakers).
+    waiting: Vec<ExchangeId>,
     /// It failed (connect, handshake, the socket, a protocol error): its
     /// streams fail, and it closes once they have let go.
     broken: bool,
@@ -51,6 +98,14 @@ pub(super) struct H2Conn {
     idle_since: Instant,
     /// ALPN must have agreed on h2 (over TLS).
     needs_alpn: bool,
+}
+
+/// Whether a connection's advance reads its socket: on its own events
+/// only; an exchange that queued frames just has them written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Read,
+    WriteOnly,
 }
 
 /// Whether a stream can be opened on a connection now.
@@ -66,7 +121,7 @@ impl H2Conn {
     /// Runs the connection as far as the socket allows: its opening
     /// (connect, TLS handshake, ALPN), then bytes both ways through the
     /// engine. Statistics and log lines name server `index` of `name`.
-    fn advance(&mut self, stats: &Counters<'_>, index: usize, name: &str) {
+    fn advance(&mut self, input: Input, stats: &Counters<'_>, index: usize, name: &str) {
         if self.broken {
             return;
         }
@@ -74,9 +129,9 @@ impl H2Conn {
             return;
         }
         loop {
-            let got = self.read_in();
+            let more = input == Input::Read && self.read_in();
             let ended = self.engine.poll();
-            let wrote = self.write_out();
+            self.write_out();
             if let Some(result) = ended {
                 if let Err(e) = result {
                     log::warn!("upstream {name}: HTTP/2 connection failed: {e}");
@@ -91,7 +146,7 @@ impl H2Conn {
                     st.h2_goaways.fetch_add(1, Relaxed);
                 }
             }
-            if self.broken || (!got && !wrote) {
+            if self.broken || !more {
                 return;
             }
         }
@@ -136,34 +191,32 @@ impl H2Conn {
         }
     }
 
-    /// Feeds the engine what the socket holds; true when anything came.
+    /// Feeds the engine what the socket holds, a read at a time; true when
+    /// more may wait (the last read filled the buffer, or over TLS, did not
+    /// reach the socket's end): the caller reads again once the engine has
+    /// taken this.
     fn read_in(&mut self) -> bool {
-        let mut got = false;
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             loop {
                 match self.conn.recv(&mut scratch) {
                     Ok(0) => {
                         self.engine.server_closed();
-                        return;
+                        return false;
                     }
                     Ok(n) => {
                         self.engine.receive(&scratch[..n]);
-                        got = true;
-                        if n < scratch.len() {
-                            return;
-                        }
+                        return n == scratch.len() || !self.conn.short_read_drains();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => {
                         self.engine.server_closed();
-                        return;
+                        return false;
                     }
                 }
             }
-        });
-        got
+        })
     }
 
     /// Writes what the engine framed as the socket takes it; true when
@@ -189,7 +242,12 @@ impl H2Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wrote,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
+                    // The engine hears the connection is gone, so that its
+                    // streams fail (and wake their exchanges) rather than
+                    // wait for frames that will never come.
                     self.broken = true;
+                    self.engine.server_closed();
+                    let _ = self.engine.poll();
                     return wrote;
                 }
             }
@@ -226,6 +284,7 @@ impl Upstreams {
         if let Some(link) = existing {
             if let Some(c) = self.links.get_mut(link.0).and_then(|l| l.h2.as_deref_mut()) {
                 c.users.push(owner);
+                c.waiting.push(owner);
             }
             if let Some(st) = stat {
                 st.pool_hits.fetch_add(1, Relaxed);
@@ -251,6 +310,7 @@ impl Upstreams {
             out: Vec::new(),
             out_pos: 0,
             users: vec![owner],
+            waiting: vec![owner],
             broken: false,
             goaway_counted: false,
             idle_since: Instant::now(),
@@ -270,7 +330,7 @@ impl Upstreams {
     /// on the way).
     pub fn h2_ready(&mut self, link: LinkId, stats: &Counters<'_>) -> H2Ready {
         let Some((c, index, name)) = self.h2_conn(link) else { return H2Ready::Failed };
-        c.advance(stats, index, name);
+        c.advance(Input::WriteOnly, stats, index, name);
         if c.broken {
             return H2Ready::Failed;
         }
@@ -284,16 +344,50 @@ impl Upstreams {
         }
     }
 
-    /// The engine of `link`, to open a stream on.
-    pub fn h2_engine(&mut self, link: LinkId) -> Option<&mut ClientConnection> {
-        self.links.get_mut(link.0)?.h2.as_deref_mut().map(|c| &mut c.engine)
+    /// Opens a stream for exchange `owner` on `link` (which said it is
+    /// ready), woken from then on by its own events.
+    pub fn h2_open(
+        &mut self,
+        link: LinkId,
+        owner: ExchangeId,
+        head: http::Request<()>,
+        end: bool,
+    ) -> Result<tine_h2::ClientStream, tine_h2::OpenError> {
+        let Some(c) = self.links.get_mut(link.0).and_then(|l| l.h2.as_deref_mut()) else {
+            return Err(tine_h2::OpenError::Closed);
+        };
+        let stream = c.engine.open_stream(head, end, stream_waker(owner))?;
+        c.waiting.retain(|&w| w != owner);
+        Ok(stream)
     }
 
-    /// Moves the frames exchanges queued on `link` to its socket.
-    pub fn h2_flush(&mut self, link: LinkId, stats: &Counters<'_>) {
-        if let Some((c, index, name)) = self.h2_conn(link) {
-            c.advance(stats, index, name);
+    /// Runs the engine of `link` for the frames an exchange queued (and the
+    /// window it grants); they reach the socket with the other streams'
+    /// when the turn ends ([`Upstreams::write_h2`]): one write for many.
+    pub fn h2_flush(&mut self, link: LinkId, _stats: &Counters<'_>) {
+        let Some(c) = self.links.get_mut(link.0).and_then(|l| l.h2.as_deref_mut()) else { return };
+        if c.broken || c.conn.opening != Opening::Open {
+            return;
         }
+        let _ = c.engine.poll();
+        if !self.h2_dirty.contains(&link) {
+            self.h2_dirty.push(link);
+        }
+    }
+
+    /// Writes what the turn's exchanges queued on their connections.
+    pub fn write_h2(&mut self, stats: &Counters<'_>) {
+        let mut dirty = std::mem::take(&mut self.h2_dirty);
+        for link in dirty.drain(..) {
+            if let Some((c, index, name)) = self.h2_conn(link) {
+                c.advance(Input::WriteOnly, stats, index, name);
+                if c.broken {
+                    // The write failed: every exchange on it hears so now.
+                    WOKEN.with(|w| w.borrow_mut().extend_from_slice(&c.users));
+                }
+            }
+        }
+        self.h2_dirty = dirty;
     }
 
     /// Exchange `owner` is done with `link`: a connection that is broken or
@@ -302,6 +396,7 @@ impl Upstreams {
         let Some(l) = self.links.get_mut(link.0) else { return };
         let Some(c) = l.h2.as_deref_mut() else { return };
         c.users.retain(|&u| u != owner);
+        c.waiting.retain(|&u| u != owner);
         if c.users.is_empty() {
             c.idle_since = now;
             if c.retired() {
@@ -310,12 +405,14 @@ impl Upstreams {
         }
     }
 
-    /// An event on an HTTP/2 link: its bytes move, and every exchange it
-    /// carries is woken (`wake`).
+    /// An event on an HTTP/2 link: its bytes move; the exchanges waiting
+    /// for a stream on it are woken (`wake`), and those with one as the
+    /// engine wakes them (every one, when the connection broke).
     pub(super) fn h2_event(&mut self, link: LinkId, stats: &Counters<'_>, wake: &mut Vec<ExchangeId>) {
         let Some((c, index, name)) = self.h2_conn(link) else { return };
-        c.advance(stats, index, name);
-        wake.extend_from_slice(&c.users);
+        c.advance(Input::Read, stats, index, name);
+        wake.extend_from_slice(if c.broken { &c.users } else { &c.waiting });
+        take_woken(wake);
         if c.users.is_empty() && c.retired() {
             self.close_h2(link, stats);
         }
