@@ -101,11 +101,10 @@ impl UpConn {
         }
     }
 
-    /// A read that comes back short has taken all the socket held. Not
-    /// over TLS: a short read of plaintext may leave records unread on
-    /// the socket, whose readiness was already reported.
-    pub fn short_read_drains(&self) -> bool {
-        !matches!(self.io, UpstreamTransport::Tls(_))
+    /// The last read took all there was (see `drained`): whatever comes
+    /// next raises an event.
+    pub fn drained(&self) -> bool {
+        self.drained
     }
 
     /// The protocol agreed by ALPN (over TLS).
@@ -165,9 +164,10 @@ impl UpstreamIo for UpConn {
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let read = each!(mut self, t => t.recv(buf));
-        self.drained = match &read {
-            Ok(n) => *n < buf.len() && self.short_read_drains(),
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        self.drained = match (&read, &mut self.io) {
+            (Ok(n), UpstreamTransport::Tls(t)) => *n < buf.len() && t.drained(),
+            (Ok(n), _) => *n < buf.len(),
+            (Err(e), _) => e.kind() == io::ErrorKind::WouldBlock,
         };
         read
     }

@@ -206,7 +206,7 @@ impl H2Conn {
                     }
                     Ok(n) => {
                         self.engine.receive(&scratch[..n]);
-                        return n == scratch.len() || !self.conn.short_read_drains();
+                        return !self.conn.drained();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -25,6 +25,9 @@ pub struct TlsUpstream {
     conn: ClientConnection,
     /// The server closed its side of the TCP connection.
     eof: bool,
+    /// The last read from the socket took all it held (came back short,
+    /// or would block): its next bytes raise an event of their own.
+    spent: bool,
 }
 
 impl TlsUpstream {
@@ -34,11 +37,17 @@ impl TlsUpstream {
         let mut conn = ClientConnection::new(client.config.clone(), client.server_name.clone())
             .map_err(io::Error::other)?;
         conn.set_buffer_limit(Some(QUEUED_RECORDS_LIMIT));
-        Ok(TlsUpstream { tcp, conn, eof: false })
+        Ok(TlsUpstream { tcp, conn, eof: false, spent: false })
     }
 
     pub fn fd(&self) -> RawFd {
         self.tcp.fd()
+    }
+
+    /// The socket has nothing more to read now (see `spent`), and rustls
+    /// holds no plaintext: whatever comes next raises an event.
+    pub fn drained(&mut self) -> bool {
+        self.spent && self.conn.process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() == 0)
     }
 
     /// The handshake resumed an earlier session.
@@ -70,7 +79,10 @@ impl TlsUpstream {
         if self.eof {
             return Ok(false);
         }
-        match self.conn.read_tls(&mut Socket(self.tcp.fd())) {
+        let mut socket = Reading { fd: self.tcp.fd(), short: false };
+        let read = self.conn.read_tls(&mut socket);
+        self.spent = socket.short;
+        match read {
             Ok(0) => {
                 self.eof = true;
                 Ok(false)
@@ -87,20 +99,32 @@ impl TlsUpstream {
                     _ => Ok(true),
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.spent = true;
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
 }
 
-/// The socket as rustls reads and writes records.
-struct Socket(RawFd);
+/// The socket as rustls reads records from it, noting whether a read came
+/// back short (the socket then held no more).
+struct Reading {
+    fd: RawFd,
+    short: bool,
+}
 
-impl Read for Socket {
+impl Read for Reading {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        sys::recv(self.0, buf)
+        let n = sys::recv(self.fd, buf)?;
+        self.short = n < buf.len();
+        Ok(n)
     }
 }
+
+/// The socket as rustls writes records to it.
+struct Socket(RawFd);
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
