@@ -137,6 +137,10 @@ fn the_servers_status_and_message_arrive_in_trailers() {
     let server = tine_for(&[grpc.addr], "");
     client(&server, "status");
     server.wait_until("NOT_FOUND counted", |s| s["total"]["grpc_not_found"] == 1);
+    let out = tine().args(["stats", "--stats-path"]).arg(&server.stats_path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("grpc: not_found 1 (answered by tine 0)"), "{text}");
+    assert!(text.contains("http/2: connections 1, streams 1"), "{text}");
 }
 
 #[test]

@@ -196,6 +196,7 @@ pub fn text(s: &Snapshot, worker: Option<usize>) -> String {
     out.push_str(&refused_line(s));
     out.push_str(&tls_lines(s));
     out.push_str(&http2_line(s));
+    out.push_str(&grpc_line(s));
     out.push_str(&limit_lines(s));
     out.push_str(&upstream_lines(s));
     out.push_str(&host_lines(s, None));
@@ -263,6 +264,20 @@ fn http2_line(s: &Snapshot) -> String {
         v("http2_goaway_calm"),
         v("http2_goaway_error"),
     )
+}
+
+/// gRPC responses by grpc-status (the statuses seen), when there were any.
+fn grpc_line(s: &Snapshot) -> String {
+    let t = s.totals();
+    let seen: Vec<String> = SLOT_FIELDS
+        .iter()
+        .filter_map(|f| f.name.strip_prefix("grpc_").filter(|n| *n != "by_tine").map(|n| (f.name, n)))
+        .filter_map(|(field, status)| t.get(field).filter(|&n| n > 0).map(|n| format!("{status} {n}")))
+        .collect();
+    if seen.is_empty() {
+        return String::new();
+    }
+    format!("grpc: {} (answered by tine {})\n", seen.join(", "), t.get("grpc_by_tine").unwrap_or(0))
 }
 
 /// A line per `[[client_limit]]`.
