@@ -55,7 +55,7 @@ fn fixed_offsets_the_document_states() {
     assert_eq!(offset_of!(Slot, latency_us), 184);
     assert_eq!(offset_of!(Slot, sampled_rtt_us), 552);
     assert_eq!(offset_of!(Slot, rejected_malformed), 808);
-    assert_eq!(size_of::<Slot>(), 1024);
+    assert_eq!(size_of::<Slot>(), 1152);
     assert_eq!(offset_of!(Host, interfaces), 128);
     assert_eq!(size_of::<InterfaceEntry>(), 64);
     assert_eq!(offset_of!(InterfaceEntry, rx_bytes), 16);

@@ -78,6 +78,8 @@ impl Downstream for Recorder {
         self.body.extend_from_slice(bytes);
     }
 
+    fn emit_trailers(&mut self, _trailers: &http::HeaderMap) {}
+
     fn emit_chunked(&mut self, decoder: &mut ChunkedDecoder, input: &[u8]) -> Result<usize, ChunkedError> {
         decoder.decode(input, &mut self.body)
     }
