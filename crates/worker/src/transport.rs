@@ -11,6 +11,7 @@ mod plain;
 mod tls;
 
 pub use plain::PlainTcp;
+pub(crate) use tls::Socket;
 pub use tls::{Handshake, HandshakeProgress, Tls, TlsFailure};
 
 use crate::relay::{Pump, Relay, RelayError};

@@ -93,38 +93,15 @@ impl Attempt {
     /// it from the pool (the one `client` used last first) or opens one,
     /// under the connect timeout (a pooled one under io_timeout).
     pub fn connect_next(&mut self, client: &mut impl Downstream, ctx: &mut Ctx) -> Connected {
-        self.end_active(ctx);
-        let Some(server) = ctx.proxy.upstreams.pick(self.group, self.tried, ctx.clock.now) else {
-            return Connected::NoServer;
-        };
-        self.server = server;
-        self.picked_at = ctx.clock.now;
-        self.begin_active(ctx);
-        if server < 64 {
-            self.tried |= 1 << server;
-        }
-        let stats = self.stats(ctx);
+        let Some(server) = self.take_next_server(ctx) else { return Connected::NoServer };
         let wanted = Wanted { group: self.group, server, owner: client.owner(), reuse: self.pooled };
-        match ctx.proxy.upstreams.connect(wanted, ctx.clock.now, &ctx.stats, &ctx.epoll) {
-            Ok(c) => {
-                self.reused = c.reused;
-                if let Some(st) = stats {
-                    st.requests.fetch_add(1, Relaxed);
-                }
-                let config = self.config(ctx);
-                let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
-                client.arm(ctx, timeout);
-                Connected::To(c.conn)
-            }
-            Err(e) => {
-                log::warn!("upstream {}: connect: {e}", self.server_name(ctx));
-                if let Some(st) = stats {
-                    st.failures.fetch_add(1, Relaxed);
-                }
-                self.report(ctx, false);
-                Connected::Failed
-            }
-        }
+        let taken = ctx.proxy.upstreams.connect(wanted, ctx.clock.now, &ctx.stats, &ctx.epoll);
+        let Some(c) = self.count_taken(taken, ctx) else { return Connected::Failed };
+        self.reused = c.reused;
+        let config = self.config(ctx);
+        let timeout = if c.reused { config.io_timeout } else { config.connect_timeout };
+        client.arm(ctx, timeout);
+        Connected::To(c.conn)
     }
 
     /// For an HTTP/2 group: picks a server of the group not yet tried and a
@@ -136,6 +113,20 @@ impl Attempt {
         client: &mut impl Downstream,
         ctx: &mut Ctx,
     ) -> Option<Result<crate::token::LinkId, ()>> {
+        let server = self.take_next_server(ctx)?;
+        let taken = ctx.proxy.upstreams.h2_link(self.group, server, client.owner(), &ctx.stats, &ctx.epoll);
+        Some(match self.count_taken(taken, ctx) {
+            Some((link, reused)) => {
+                self.reused = reused;
+                Ok(link)
+            }
+            None => Err(()),
+        })
+    }
+
+    /// Picks a server of the group not yet tried; the attempt counts among
+    /// its exchanges under way from now.
+    fn take_next_server(&mut self, ctx: &mut Ctx) -> Option<usize> {
         self.end_active(ctx);
         let server = ctx.proxy.upstreams.pick(self.group, self.tried, ctx.clock.now)?;
         self.server = server;
@@ -144,14 +135,19 @@ impl Attempt {
         if server < 64 {
             self.tried |= 1 << server;
         }
+        Some(server)
+    }
+
+    /// Counts how taking a connection to the current server went: a request
+    /// sent its way, or a failure the breaker hears of.
+    fn count_taken<T>(&self, taken: io::Result<T>, ctx: &mut Ctx) -> Option<T> {
         let stats = self.stats(ctx);
-        match ctx.proxy.upstreams.h2_link(self.group, server, client.owner(), &ctx.stats, &ctx.epoll) {
-            Ok((link, reused)) => {
-                self.reused = reused;
+        match taken {
+            Ok(t) => {
                 if let Some(st) = stats {
                     st.requests.fetch_add(1, Relaxed);
                 }
-                Some(Ok(link))
+                Some(t)
             }
             Err(e) => {
                 log::warn!("upstream {}: connect: {e}", self.server_name(ctx));
@@ -159,7 +155,7 @@ impl Attempt {
                     st.failures.fetch_add(1, Relaxed);
                 }
                 self.report(ctx, false);
-                Some(Err(()))
+                None
             }
         }
     }

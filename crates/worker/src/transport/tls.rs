@@ -338,8 +338,9 @@ impl Tls {
     }
 }
 
-/// The socket as rustls writes records to it: one sendmsg for all it queued.
-struct Socket(RawFd);
+/// The socket as rustls writes records to it: one sendmsg for all it queued
+/// (client connections here, upstream ones in upstream/tls.rs).
+pub(crate) struct Socket(pub(crate) RawFd);
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

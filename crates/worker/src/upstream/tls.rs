@@ -10,6 +10,7 @@
 //! once rustls holds it, and nothing is sent twice.
 
 use super::transport::{TcpUpstream, UpstreamIo};
+use crate::transport::Socket;
 use rustls::{ClientConnection, HandshakeKind};
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
@@ -120,23 +121,6 @@ impl Read for Reading {
         let n = sys::recv(self.fd, buf)?;
         self.short = n < buf.len();
         Ok(n)
-    }
-}
-
-/// The socket as rustls writes records to it.
-struct Socket(RawFd);
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        sys::send(self.0, buf, false)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        sys::send_vectored(self.0, bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
