@@ -46,6 +46,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The ACME process, which the master starts and supervises: not for
+    /// running by hand.
+    #[command(name = "acme-process", hide = true)]
+    AcmeProcess,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +118,7 @@ fn main() {
         Command::Tune(args) => tune(args),
         Command::Stats(args) => stats_cmd::run(args),
         Command::Signal { action, pid_file, config } => signal_cmd::run(action, pid_file, config),
+        Command::AcmeProcess => tine_acme::process::run().map_err(anyhow::Error::msg),
     };
     if let Err(e) = result {
         eprintln!("tine: {e:#}");
@@ -184,21 +189,34 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         None => {}
     }
     if config.uses_tls() {
-        let tls = tine_tls::TlsContext::load(&config, None)?;
+        let tls = tine_tls::TlsContext::load(&config, None, None)?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
         for warning in tls.warnings(&config, now) {
             eprintln!("warning: {warning}");
         }
         for c in tls.certificates.iter() {
             println!(
-                "certificate {} ({}, {}) covers {}; expires in {} days",
+                "certificate {} ({}, {}, {}) covers {}; expires in {} days",
                 c.cert_path.display(),
+                c.origin.name(),
                 c.inspection.algorithm.name(),
                 c.key_path.display(),
                 c.inspection.names.join(", "),
                 c.expires_in(now) / 86_400
             );
         }
+    }
+    if let Some(acme) = &config.acme {
+        for warning in tine_tls::acme_storage::warnings(acme, &config) {
+            eprintln!("warning: {warning}");
+        }
+        println!(
+            "acme: {} from {} ({}), stored in {}",
+            acme.challenge.name(),
+            acme.directory,
+            acme.email.as_deref().unwrap_or("no contact email"),
+            acme.storage.display()
+        );
     }
     println!("{}: configuration is valid", path.display());
     Ok(())

@@ -18,6 +18,7 @@ struct RawFile {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     tls_listen: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
+    acme: Option<Spanned<RawAcme>>,
     http2: Option<RawHttp2>,
     proxy_protocol: Option<RawProxyProtocol>,
     health_path: Option<Spanned<String>>,
@@ -97,9 +98,22 @@ struct RawProxyProtocol {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCertificate {
-    cert: Spanned<String>,
-    key: Spanned<String>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    acme: Option<Spanned<Vec<Spanned<String>>>>,
     default: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Option<Spanned<String>>,
+    email: Option<Spanned<String>>,
+    storage: Option<Spanned<String>>,
+    challenge: Option<Spanned<String>>,
+    renew_before: Option<Spanned<String>>,
+    ca: Option<Spanned<String>>,
+    retry: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -915,13 +929,122 @@ fn parse_tls(
         }
     }
     for c in &raw.certificate {
-        let cert = relative_to_file(c.cert.get_ref());
-        let key = relative_to_file(c.key.get_ref());
-        if config.certificates.iter().any(|x| x.cert == cert) {
-            return Err(at.error(c.cert.span(), "this certificate is listed twice"));
-        }
-        config.certificates.push(crate::Certificate { cert, key, default: c.default.unwrap_or(false) });
+        let source = certificate_source(c, at, relative_to_file, config)?;
+        config.certificates.push(crate::Certificate { source, default: c.default.unwrap_or(false) });
     }
+    parse_acme(raw, at, relative_to_file, config)
+}
+
+/// A `[[certificate]]`'s `cert` and `key`, or its `acme` names.
+fn certificate_source(
+    c: &RawCertificate,
+    at: &Locator,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+    config: &Config,
+) -> Result<crate::CertificateSource, ConfigError> {
+    match (&c.cert, &c.key, &c.acme) {
+        (Some(cert_raw), Some(key), None) => {
+            let cert = relative_to_file(cert_raw.get_ref());
+            let key = relative_to_file(key.get_ref());
+            let listed = config.certificates.iter().any(
+                |x| matches!(&x.source, crate::CertificateSource::Files { cert: other, .. } if *other == cert),
+            );
+            if listed {
+                return Err(at.error(cert_raw.span(), "this certificate is listed twice"));
+            }
+            Ok(crate::CertificateSource::Files { cert, key })
+        }
+        (None, None, Some(acme)) => {
+            if acme.get_ref().is_empty() {
+                return Err(at.error(acme.span(), "acme needs at least one name"));
+            }
+            let mut names: Vec<String> = Vec::new();
+            for name in acme.get_ref() {
+                let name_lower = at.check(name, |n| crate::acme::check_acme_name(n))?;
+                let elsewhere = config.certificates.iter().filter_map(|x| x.acme_names()).flatten();
+                if names.contains(&name_lower) || elsewhere.clone().any(|n| *n == name_lower) {
+                    return Err(at.error(name.span(), format!("{name_lower} is listed twice under acme")));
+                }
+                names.push(name_lower);
+            }
+            Ok(crate::CertificateSource::Acme { names })
+        }
+        (_, _, Some(acme)) => {
+            Err(at.error(acme.span(), "a [[certificate]] takes cert and key, or acme, not both"))
+        }
+        (Some(cert), None, None) => Err(at.error(cert.span(), "cert needs key (its private key)")),
+        (None, Some(key), None) => Err(at.error(key.span(), "key needs cert (the chain it signs for)")),
+        (None, None, None) => Err(ConfigError::File {
+            file: at.file.to_owned(),
+            message: "a [[certificate]] needs cert and key (PEM files), or acme (names to obtain a certificate for)"
+                .into(),
+        }),
+    }
+}
+
+/// `[acme]`: needed by, and only by, certificates obtained by ACME.
+fn parse_acme(
+    raw: &RawFile,
+    at: &Locator,
+    relative_to_file: &dyn Fn(&str) -> PathBuf,
+    config: &mut Config,
+) -> Result<(), ConfigError> {
+    let wanted = raw.certificate.iter().find_map(|c| c.acme.as_ref());
+    let Some(table) = &raw.acme else {
+        return match wanted {
+            Some(acme) => {
+                Err(at
+                    .error(acme.span(), "acme needs an [acme] table (directory, email, storage, challenge)"))
+            }
+            None => Ok(()),
+        };
+    };
+    let t = table.get_ref();
+    let storage = match &t.storage {
+        Some(s) => relative_to_file(s.get_ref()),
+        None => PathBuf::from("/var/lib/tine/acme"),
+    };
+    let mut acme = crate::Acme::new(storage);
+    if let Some(v) = &t.directory {
+        acme.directory = at.check(v, |s| crate::acme::check_directory(s))?;
+    }
+    if let Some(v) = &t.email {
+        acme.email = Some(at.check(v, |s| crate::acme::check_email(s))?);
+    }
+    if let Some(v) = &t.challenge {
+        acme.challenge = at.check(v, |s| crate::AcmeChallenge::parse(s))?;
+    }
+    if let Some(v) = &t.renew_before {
+        acme.renew_before = at.check(v, |s| crate::parse_period(s))?;
+    }
+    if let Some(v) = &t.retry {
+        acme.retry = at.check(v, |s| {
+            let d = parse_duration(s)?;
+            if d < Duration::from_secs(1) {
+                return Err("retry must be at least 1s".to_string());
+            }
+            Ok(d)
+        })?;
+    }
+    if let Some(v) = &t.ca {
+        acme.ca = Some(relative_to_file(v.get_ref()));
+    }
+    match acme.challenge {
+        crate::AcmeChallenge::Http01 if raw.listen.as_ref().is_some_and(|l| l.get_ref().is_empty()) => {
+            return Err(at.error(
+                table.span(),
+                "challenge = \"http-01\" is answered on a plain listen address, and listen is empty",
+            ))
+        }
+        crate::AcmeChallenge::TlsAlpn01 if config.tls_listen.is_empty() => {
+            return Err(at.error(
+                table.span(),
+                "challenge = \"tls-alpn-01\" is answered on a tls_listen address, and there is none",
+            ))
+        }
+        _ => {}
+    }
+    config.acme = Some(acme);
     Ok(())
 }
 
@@ -937,6 +1060,13 @@ fn check_tls_users(raw: &RawFile, at: &Locator, config: &Config) -> Result<(), C
                 at.error(s.listen.span(), "a stream with tls = true needs at least one [[certificate]]")
             );
         }
+    }
+    let serves_tls = !config.tls_listen.is_empty() || config.streams.iter().any(|s| s.tls);
+    if let Some(acme) = raw.certificate.iter().find_map(|c| c.acme.as_ref()).filter(|_| !serves_tls) {
+        return Err(at.error(
+            acme.span(),
+            "a certificate obtained by ACME is served on tls_listen addresses (or TLS streams), and there are none",
+        ));
     }
     if config.tls_listen.is_empty() {
         if let Some(r) = raw.route.iter().find_map(|r| r.redirect_to_https.as_ref().filter(|v| *v.get_ref()))

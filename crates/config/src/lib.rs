@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod client_limit;
 mod duration;
 mod file;
@@ -15,14 +16,15 @@ pub mod proxy_protocol;
 pub mod static_site;
 pub mod tcp;
 pub mod tls;
+pub use acme::{Acme, AcmeChallenge};
 pub use client_limit::ClientLimit;
 pub use http2::Http2;
 pub use proxy_protocol::ProxyProtocol;
 pub use static_site::{Compression, ErrorPage, Redirect, StaticSite, TryFile};
 pub use tcp::TcpOptions;
-pub use tls::{Certificate, Tls, TlsVersion, UnknownName};
+pub use tls::{Certificate, CertificateSource, Tls, TlsVersion, UnknownName};
 
-pub use duration::parse_duration;
+pub use duration::{parse_duration, parse_period};
 pub use proxy::{
     Balance, Handler, HostHeader, ProxyVersion, Route, Stream, Upstream, UpstreamAddr, UpstreamProtocol,
     UpstreamServer, UpstreamTls,
@@ -56,6 +58,8 @@ pub struct Config {
     pub certificates: Vec<Certificate>,
     /// The `[tls]` table.
     pub tls: Tls,
+    /// The `[acme]` table; None when no certificate is obtained by ACME.
+    pub acme: Option<Acme>,
     /// The `[http2]` table.
     pub http2: Http2,
     /// The `[proxy_protocol]` table.
@@ -177,6 +181,7 @@ impl Default for Config {
             listen: vec![DEFAULT_LISTEN.parse().expect("default address parses")],
             tls_listen: Vec::new(),
             certificates: Vec::new(),
+            acme: None,
             tls: Tls::default(),
             http2: Http2::default(),
             proxy_protocol: ProxyProtocol::default(),

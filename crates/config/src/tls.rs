@@ -5,13 +5,33 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One `[[certificate]]`: a PEM chain (leaf first) and its private key.
+/// One `[[certificate]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Certificate {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub source: CertificateSource,
     /// Served to clients that send no SNI or a name no certificate covers.
     pub default: bool,
+}
+
+/// Where a certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// `cert` and `key`: a PEM chain (leaf first) and its private key, which
+    /// the operator provides and rotates.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `acme = [...]`: obtained and renewed from the `[acme]` directory for
+    /// these names (lower case; the first names its storage).
+    Acme { names: Vec<String> },
+}
+
+impl Certificate {
+    /// The ACME names, when the certificate is obtained by ACME.
+    pub fn acme_names(&self) -> Option<&[String]> {
+        match &self.source {
+            CertificateSource::Acme { names } => Some(names),
+            CertificateSource::Files { .. } => None,
+        }
+    }
 }
 
 /// The lowest protocol version a TLS listener accepts.

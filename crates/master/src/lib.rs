@@ -4,8 +4,10 @@
 //!
 //! Start reading at [`master_cycle`]; [`spawn`] is the fork into a slot,
 //! [`upgrade`] the hand-over to a new binary, [`pid_file`] and [`paths`] the
-//! files it leaves for operators.
+//! files it leaves for operators, [`acme_process`] the supervision of the
+//! process that obtains certificates.
 
+pub mod acme_process;
 pub mod client_limits;
 pub mod master_cycle;
 pub mod notify;

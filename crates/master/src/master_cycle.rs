@@ -17,6 +17,7 @@
 //!          stopped, remove pid file and region (unless handed to a new master)
 //! ```
 
+use crate::acme_process::{AcmeProcess, Heard};
 use crate::paths::{default_pid_file, default_stats_path};
 use crate::pid_file::PidFile;
 use crate::sampler::Sampler;
@@ -37,8 +38,10 @@ use std::time::{Duration, Instant};
 use tine_config::{Config, ListenerRole, Source, Workers};
 use tine_logging::ErrorLogTarget;
 use tine_net::ListenerSet;
-use tine_stats::{GaugeShare, Region, RegionState, RegionView, SlotState};
-use tine_tls::{TicketKeyRing, TlsContext};
+use tine_stats::{
+    CertificateExpiry, CertificateSource, GaugeShare, Region, RegionState, RegionView, SlotState,
+};
+use tine_tls::{Origin, TicketKeyRing, TlsContext};
 
 /// A worker that exits sooner than this after starting counts as crash-looping.
 const CRASH_WINDOW: Duration = Duration::from_secs(2);
@@ -111,6 +114,8 @@ struct Master {
     tickets: TicketKeyRing,
     /// Certificates and server configurations of the current configuration.
     tls: Option<TlsContext>,
+    /// The ACME process and the challenge board its workers answer from.
+    acme: AcmeProcess,
     pid_file: PidFile,
     signals: SignalFd,
     cpus: Vec<usize>,
@@ -155,7 +160,9 @@ impl Master {
             None => TicketKeyRing::create(),
         }
         .map_err(|e| MasterError::Other(format!("TLS session-ticket keys: {e}")))?;
-        let tls = load_tls(config, &tickets).map_err(MasterError::Other)?;
+        let acme =
+            AcmeProcess::new().map_err(|e| MasterError::Other(format!("ACME challenge board: {e}")))?;
+        let tls = load_tls(config, &tickets, &acme).map_err(MasterError::Other)?;
         let signals = master_signalfd().map_err(MasterError::Signals)?;
         let mut listeners = match &inherited.listeners {
             Some(env) => ListenerSet::inherit(env)?,
@@ -217,7 +224,7 @@ impl Master {
                 region
             }
         };
-        publish_certificates(&region, tls.as_ref());
+        publish_certificates(&region, tls.as_ref(), &acme);
         let client_limits =
             crate::client_limits::ClientLimits::start(config, &region).map_err(MasterError::Other)?;
         let pid_file = PidFile::write(&config.pid_file.clone().unwrap_or_else(|| default_pid_file(port)))?;
@@ -238,6 +245,7 @@ impl Master {
             region,
             tickets,
             tls,
+            acme,
             pid_file,
             signals,
             cpus,
@@ -259,6 +267,8 @@ impl Master {
         master.hand_files_to_workers();
         master.resize_slots(count);
         master.respawn_due();
+        master.acme.configure(&master.launch.config);
+        master.acme.start_if_due();
         if master.tell_old_master.is_none() {
             notify::ready();
         }
@@ -269,10 +279,12 @@ impl Master {
         loop {
             let mut fds = vec![self.signals.as_raw_fd()];
             fds.extend(self.upgrade.as_ref().map(|u| u.ready_fd()));
+            fds.extend(self.acme.report_fd());
             signals::wait_readable(&fds, self.wait_ms());
             for signal in signals::drain(&self.signals) {
                 self.on_signal(signal);
             }
+            self.hear_acme();
             self.reap();
             self.follow_upgrade();
             self.announce_ready_to_old_master();
@@ -283,12 +295,14 @@ impl Master {
                     self.region.heartbeat();
                     self.watchdog();
                     self.respawn_due();
+                    self.acme.start_if_due();
                 }
                 Phase::DelayingStop { stop_at } if Instant::now() >= stop_at => self.stop(true),
                 Phase::DelayingStop { .. } => {
                     self.region.heartbeat();
                     self.watchdog();
                     self.respawn_due();
+                    self.acme.start_if_due();
                 }
                 Phase::HandedOver | Phase::Stopping { .. } if self.live_workers() == 0 => return,
                 Phase::Stopping { deadline, killed: false } if Instant::now() >= deadline => {
@@ -359,12 +373,13 @@ impl Master {
     /// the old ones told to drain. An invalid configuration changes nothing.
     fn reload(&mut self) {
         notify::reloading();
-        match self.apply_reload() {
+        match self.read_configuration().and_then(|config| self.start_generation(config)) {
             Ok(()) => {
                 let master = self.region.master();
                 master.reloads.fetch_add(1, Relaxed);
-                let generation = master.generation.fetch_add(1, Relaxed) + 1;
+                let generation = master.generation.load(Relaxed);
                 log::info!("configuration reloaded: generation {generation}, {} worker(s)", self.slots.len());
+                self.acme.configure(&self.launch.config);
             }
             Err(why) => {
                 self.region.master().reloads_failed.fetch_add(1, Relaxed);
@@ -374,16 +389,9 @@ impl Master {
         notify::ready();
     }
 
-    fn apply_reload(&mut self) -> Result<(), String> {
+    /// The configuration on disk, with what only a restart changes kept.
+    fn read_configuration(&self) -> Result<Config, String> {
         let mut config = self.launch.source.resolve().map_err(|e| e.to_string())?;
-        let run_as = crate::privileges::resolve(&config).map_err(|e| e.to_string())?;
-        let count = worker_count(&config, &self.cpus);
-        if count > self.region.slot_count() {
-            return Err(format!(
-                "{count} workers do not fit the {} slots of the stats region; restart to grow that far",
-                self.region.slot_count()
-            ));
-        }
         for (name, changed) in [
             ("stats_path", config.stats_path != self.launch.config.stats_path),
             ("pid_file", config.pid_file != self.launch.config.pid_file),
@@ -394,10 +402,49 @@ impl Master {
         }
         config.stats_path = self.launch.config.stats_path.clone();
         config.pid_file = self.launch.config.pid_file.clone();
+        Ok(config)
+    }
+
+    /// What the ACME process reported: a stored certificate goes into service
+    /// as a reload would (a new generation of workers with it, the old ones
+    /// drain with theirs, no handshake fails); a state change is published.
+    fn hear_acme(&mut self) {
+        for heard in self.acme.read_reports() {
+            match heard {
+                Heard::Status => publish_certificates(&self.region, self.tls.as_ref(), &self.acme),
+                Heard::Stored(names) if matches!(self.phase, Phase::Running | Phase::DelayingStop { .. }) => {
+                    match self.start_generation(self.launch.config.clone()) {
+                        Ok(()) => log::info!(
+                            "ACME: the new certificate for {} is in service: generation {}",
+                            names.join(", "),
+                            self.region.master().generation.load(Relaxed)
+                        ),
+                        Err(why) => log::error!(
+                            "ACME: the new certificate for {} cannot be put into service, the current one keeps serving: {why}",
+                            names.join(", ")
+                        ),
+                    }
+                }
+                Heard::Stored(_) => {}
+            }
+        }
+    }
+
+    /// Starts a new generation of workers on `config` (new certificates
+    /// included) and retires the current one; nothing changes on an error.
+    fn start_generation(&mut self, config: Config) -> Result<(), String> {
+        let run_as = crate::privileges::resolve(&config).map_err(|e| e.to_string())?;
+        let count = worker_count(&config, &self.cpus);
+        if count > self.region.slot_count() {
+            return Err(format!(
+                "{count} workers do not fit the {} slots of the stats region; restart to grow that far",
+                self.region.slot_count()
+            ));
+        }
         check_access_log(&config).map_err(|e| e.to_string())?;
         // Certificates are read before anything changes: one that cannot be
         // used refuses the reload, and the current ones keep serving.
-        let tls = load_tls(&config, &self.tickets)?;
+        let tls = load_tls(&config, &self.tickets, &self.acme)?;
         if config.error_log != self.launch.config.error_log {
             tine_logging::install(error_log_target(&config)).map_err(|e| e.to_string())?;
         }
@@ -411,7 +458,7 @@ impl Master {
         self.launch.config = config;
         self.run_as = run_as;
         self.hand_files_to_workers();
-        publish_certificates(&self.region, tls.as_ref());
+        publish_certificates(&self.region, tls.as_ref(), &self.acme);
         self.tls = tls;
         self.retired_sockets.extend(retired);
         let old = self.retire_current_workers();
@@ -420,6 +467,7 @@ impl Master {
         for pid in old {
             let _ = kill(pid, Signal::SIGQUIT);
         }
+        self.region.master().generation.fetch_add(1, Relaxed);
         Ok(())
     }
 
@@ -468,6 +516,7 @@ impl Master {
         for pid in self.all_worker_pids() {
             let _ = kill(pid, Signal::SIGUSR1);
         }
+        self.acme.reopen_logs();
         log::info!("logs reopened");
     }
 
@@ -509,6 +558,8 @@ impl Master {
                 self.upgrade = None;
                 self.handed_over = true;
                 self.phase = Phase::HandedOver;
+                // The new master's ACME process takes the storage over.
+                self.acme.stop();
                 let _ = std::fs::remove_file(oldbin);
                 for pid in self.retire_current_workers() {
                     let _ = kill(pid, Signal::SIGQUIT);
@@ -549,6 +600,7 @@ impl Master {
             return;
         }
         notify::stopping();
+        self.acme.stop();
         let (signal, grace) = if graceful {
             (Signal::SIGQUIT, self.launch.config.timeouts.drain + DRAIN_SLACK)
         } else {
@@ -636,6 +688,10 @@ impl Master {
                 Ok(_) => continue,
             };
             self.client_limits.worker_gone(pid);
+            let restart = matches!(self.phase, Phase::Running | Phase::DelayingStop { .. });
+            if self.acme.reaped(pid, &how, restart) {
+                continue;
+            }
             if let Some(index) = self.slots.iter().position(|s| s.pid == Some(pid)) {
                 self.give_back_gauges(pid, index);
                 self.on_worker_exit(index, pid, &how);
@@ -706,6 +762,7 @@ impl Master {
         // keep only the mapping they inherit.
         let mut master_fds =
             vec![self.signals.as_raw_fd(), self.tickets.raw_fd(), self.region.lock_fd().as_raw_fd()];
+        master_fds.extend(self.acme.report_fd());
         master_fds.extend(self.retired_sockets.iter().map(|fd| fd.as_raw_fd()));
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
@@ -728,6 +785,7 @@ impl Master {
                 config: &self.launch.config,
                 region: &self.region,
                 tls: self.tls.as_ref(),
+                acme_challenges: Some(self.acme.board()),
                 run_as: self.run_as.as_ref(),
                 client_limits: limits.as_ref().map(|(region, holds)| {
                     tine_worker::client_limits::LimitsInit {
@@ -819,7 +877,8 @@ impl Master {
         if let Phase::DelayingStop { stop_at } = self.phase {
             wait = wait.min(stop_at.saturating_duration_since(now));
         }
-        if let Some(next) = self.slots.iter().filter_map(|s| s.respawn_at).min() {
+        if let Some(next) = self.slots.iter().filter_map(|s| s.respawn_at).chain(self.acme.respawn_at()).min()
+        {
             wait = wait.min(next.saturating_duration_since(now));
         }
         if self.tell_old_master.is_some() {
@@ -845,30 +904,51 @@ impl Master {
 /// names of the region's upstream table.
 /// Reads the certificates of `config` and builds the workers' TLS
 /// configurations (None when nothing terminates TLS).
-fn load_tls(config: &Config, tickets: &TicketKeyRing) -> Result<Option<TlsContext>, String> {
+fn load_tls(
+    config: &Config,
+    tickets: &TicketKeyRing,
+    acme: &AcmeProcess,
+) -> Result<Option<TlsContext>, String> {
     if !config.uses_tls() {
         return Ok(None);
     }
-    let tls = TlsContext::load(config, Some(tickets)).map_err(|e| format!("TLS: {e}"))?;
+    let tls = TlsContext::load(config, Some(tickets), Some(acme.board())).map_err(|e| format!("TLS: {e}"))?;
     for warning in tls.warnings(config, (tine_stats::unix_millis() / 1000) as i64) {
         log::warn!("TLS: {warning}");
     }
     Ok(Some(tls))
 }
 
-/// Names the served certificates and their expiry in the stats region.
-fn publish_certificates(region: &Region, tls: Option<&TlsContext>) {
-    let entries: Vec<(String, i64)> = tls
+/// Names the served certificates in the stats region: expiry, source, and
+/// the ACME state of those obtained by ACME.
+fn publish_certificates(region: &Region, tls: Option<&TlsContext>, acme: &AcmeProcess) {
+    let entries: Vec<CertificateExpiry> = tls
         .map(|t| {
             t.certificates
                 .iter()
                 .map(|c| {
                     let name =
                         c.inspection.names.first().cloned().unwrap_or_else(|| c.inspection.subject.clone());
-                    (
-                        format!("{} {}", name.replace(' ', "_"), c.cert_path.display()),
-                        c.inspection.not_after_unix,
-                    )
+                    let status = c
+                        .origin
+                        .acme_names()
+                        .and_then(|names| names.first())
+                        .and_then(|first| acme.status(first))
+                        .cloned()
+                        .unwrap_or_default();
+                    CertificateExpiry {
+                        name,
+                        file: c.cert_path.display().to_string(),
+                        not_after_unix: c.inspection.not_after_unix,
+                        source: match c.origin {
+                            Origin::Files => CertificateSource::File,
+                            Origin::Acme { .. } => CertificateSource::Acme,
+                            Origin::Temporary { .. } => CertificateSource::AcmeTemporary,
+                        },
+                        next_attempt_unix: status.next_attempt_unix,
+                        failures: status.failures,
+                        last_error: status.last_error,
+                    }
                 })
                 .collect()
         })

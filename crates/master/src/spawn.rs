@@ -24,6 +24,8 @@ pub struct Spawn<'a> {
     pub config: &'a Config,
     pub region: &'a Region,
     pub tls: Option<&'a tine_tls::TlsContext>,
+    /// The ACME challenge board.
+    pub acme_challenges: Option<&'a tine_tls::ChallengeBoard>,
     /// Who the worker drops to once set up.
     pub run_as: Option<&'a crate::privileges::RunAs>,
     /// The client limits' table, when the configuration has limits.
@@ -64,6 +66,7 @@ pub fn spawn_worker(spec: Spawn<'_>) -> Result<(Pid, GaugeShare), MasterError> {
                 config: spec.config,
                 region: spec.region,
                 tls: spec.tls,
+                acme_challenges: spec.acme_challenges,
                 run_as: spec.run_as.map(|r| (r.uid.as_raw(), r.gid.as_raw())),
                 gauge_share: &share,
                 client_limits: spec.client_limits,

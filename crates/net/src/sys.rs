@@ -566,6 +566,20 @@ pub fn close_inherited(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Takes ownership of a descriptor this process was handed across exec by
+/// number (marking it close-on-exec again); None when the number is not an
+/// open descriptor above stderr.
+pub fn take_handed_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    set_cloexec_to(fd, true);
+    // SAFETY: the parent passed this open descriptor for this process to own,
+    // and nothing else in this process holds it as a value.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Asks the kernel to send SIGQUIT to this process when its parent dies,
 /// however it dies.
 pub fn quit_when_parent_dies() {

@@ -411,8 +411,17 @@ pub struct InterfaceEntry {
 /// Entries of the certificate table: one per `[[certificate]]`.
 pub const CERTIFICATE_CAPACITY: usize = 32;
 /// Bytes per certificate entry: notAfter (seconds since the epoch, i64),
-/// then `NAME FILE` (its first DNS name and its file), NUL-padded.
-pub const CERTIFICATE_ENTRY_SIZE: usize = 128;
+/// then `NAME FILE` (its first DNS name and its file), NUL-padded, up to
+/// [`CERTIFICATE_TEXT_END`]; then where it comes from and its ACME state
+/// (docs/stats-abi.md). Entries were 128 bytes before the ACME fields.
+pub const CERTIFICATE_ENTRY_SIZE: usize = 256;
+/// Where an entry's `NAME FILE` text ends.
+pub const CERTIFICATE_TEXT_END: usize = 128;
+/// Where an entry's ACME fields start: source, next attempt, failures, then
+/// the last error text to the end of the entry.
+pub const CERTIFICATE_ACME_OFFSET: usize = 128;
+/// Where an entry's last error text starts.
+pub const CERTIFICATE_ERROR_OFFSET: usize = 152;
 
 /// Bytes of text naming one upstream server (`group address`), NUL-padded.
 pub const UPSTREAM_NAME_SIZE: usize = 64;

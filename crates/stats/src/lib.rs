@@ -22,7 +22,7 @@ pub mod writer;
 pub use gauges::{GaugeShare, Gauges, UpstreamGauge};
 pub use layout::{Header, MasterSection, RegionState, Slot, SlotState, LAYOUT_VERSION, MAGIC};
 pub use reader::{ReadError, Reader};
-pub use snapshot::{SlotValues, Snapshot, Totals};
+pub use snapshot::{CertificateExpiry, CertificateSource, SlotValues, Snapshot, Totals};
 pub use view::{Liveness, RegionView};
 pub use writer::{CreateError, Region};
 

@@ -181,14 +181,56 @@ fn certificates(out: &mut String, s: &Snapshot) {
         "gauge",
         "seconds until the certificate expires (negative: expired)",
     );
+    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
     for c in &s.certificates {
-        let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
         let _ = writeln!(
             out,
             "tine_tls_certificate_expiry_seconds{{certificate=\"{}\",file=\"{}\"}} {}",
             escape(&c.name),
             escape(&c.file),
             c.expires_in(s.taken_unix_ms)
+        );
+    }
+    let acme: Vec<_> =
+        s.certificates.iter().filter(|c| c.source != crate::snapshot::CertificateSource::File).collect();
+    if acme.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "acme_certificate_info",
+        "gauge",
+        "certificates obtained by ACME: 1, with source acme or acme-temporary (a self-signed stand-in)",
+    );
+    for c in &acme {
+        let _ = writeln!(
+            out,
+            "tine_acme_certificate_info{{certificate=\"{}\",source=\"{}\"}} 1",
+            escape(&c.name),
+            c.source.as_str()
+        );
+    }
+    family(
+        out,
+        "acme_failures",
+        "gauge",
+        "ACME orders failed in a row for the certificate (0 since the last success)",
+    );
+    for c in &acme {
+        let _ = writeln!(out, "tine_acme_failures{{certificate=\"{}\"}} {}", escape(&c.name), c.failures);
+    }
+    family(
+        out,
+        "acme_next_attempt_timestamp_seconds",
+        "gauge",
+        "when the certificate's next ACME order is due",
+    );
+    for c in &acme {
+        let _ = writeln!(
+            out,
+            "tine_acme_next_attempt_timestamp_seconds{{certificate=\"{}\"}} {}",
+            escape(&c.name),
+            c.next_attempt_unix
         );
     }
 }

@@ -41,6 +41,10 @@ pub fn json(s: &Snapshot, worker: Option<usize>) -> Value {
             "file": c.file,
             "not_after_unix": c.not_after_unix,
             "expires_in_seconds": c.expires_in(s.taken_unix_ms),
+            "source": c.source,
+            "next_attempt_unix": c.next_attempt_unix,
+            "acme_failures": c.failures,
+            "last_error": c.last_error,
         })).collect::<Vec<_>>(),
         "client_limits": s.limits,
         "listeners": s.listeners,
@@ -308,8 +312,7 @@ fn tls_lines(s: &Snapshot) -> String {
     ];
     let mut out = String::new();
     for c in &s.certificates {
-        let days = c.expires_in(s.taken_unix_ms) as f64 / 86_400.0;
-        let _ = writeln!(out, "certificate {} ({}) expires in {days:.1} days", c.name, c.file);
+        let _ = writeln!(out, "{}", certificate_line(c, s.taken_unix_ms));
     }
     if v("tls_handshakes") == 0 && failed.iter().all(|f| v(f) == 0) {
         return out;
@@ -536,5 +539,48 @@ fn human_duration(secs: u64) -> String {
         s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
         s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// `certificate NAME (SOURCE, FILE) expires in D days`, and for one
+/// obtained by ACME when it is renewed next, or why its renewal fails.
+fn certificate_line(c: &crate::snapshot::CertificateExpiry, now_unix_ms: u64) -> String {
+    use crate::snapshot::CertificateSource;
+    let days = c.expires_in(now_unix_ms) as f64 / 86_400.0;
+    let mut line =
+        format!("certificate {} ({}, {}) expires in {days:.1} days", c.name, c.source.as_str(), c.file);
+    if c.source == CertificateSource::File {
+        return line;
+    }
+    let next = match c.next_attempt_unix {
+        0 => "not scheduled yet".to_string(),
+        at => {
+            let secs = at.saturating_sub((now_unix_ms / 1000) as i64);
+            if secs <= 0 {
+                "now".to_string()
+            } else {
+                format!("in {}", crate::render::span(secs))
+            }
+        }
+    };
+    if c.failures > 0 {
+        let _ = write!(
+            line,
+            "; ACME renewal FAILING ({} in a row: {}); next attempt {next}",
+            c.failures, c.last_error
+        );
+    } else {
+        let _ = write!(line, "; ACME renewal {next}");
+    }
+    line
+}
+
+/// Seconds as an operator reads them: `45s`, `12m`, `5h`, `59d`.
+pub fn span(secs: i64) -> String {
+    match secs.max(0) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
     }
 }

@@ -90,14 +90,63 @@ pub struct Snapshot {
     pub taken_unix_ms: u64,
 }
 
-/// One served certificate and when it expires.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// One served certificate: when it expires, where it comes from, and for
+/// one obtained by ACME, how its renewal stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CertificateExpiry {
     /// Its first DNS name.
     pub name: String,
     pub file: String,
     /// notAfter, in seconds since the epoch.
     pub not_after_unix: i64,
+    pub source: CertificateSource,
+    /// ACME: when the next order is due, in seconds since the epoch (0: not
+    /// known yet).
+    pub next_attempt_unix: i64,
+    /// ACME: orders failed in a row (0 since the last success).
+    pub failures: u64,
+    /// ACME: why the last order failed, while `failures` is not zero.
+    pub last_error: String,
+}
+
+/// Where a served certificate comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateSource {
+    /// The operator's files.
+    #[default]
+    File,
+    /// Obtained by ACME.
+    Acme,
+    /// A self-signed stand-in until ACME obtains the certificate.
+    AcmeTemporary,
+}
+
+impl CertificateSource {
+    /// The code in the region's certificate table.
+    pub fn code(self) -> u64 {
+        match self {
+            CertificateSource::File => 0,
+            CertificateSource::Acme => 1,
+            CertificateSource::AcmeTemporary => 2,
+        }
+    }
+
+    pub fn from_code(code: u64) -> Self {
+        match code {
+            1 => CertificateSource::Acme,
+            2 => CertificateSource::AcmeTemporary,
+            _ => CertificateSource::File,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertificateSource::File => "file",
+            CertificateSource::Acme => "acme",
+            CertificateSource::AcmeTemporary => "acme-temporary",
+        }
+    }
 }
 
 impl CertificateExpiry {
@@ -161,14 +210,7 @@ impl Snapshot {
             host,
             interfaces,
             upstreams,
-            certificates: reader
-                .certificates()
-                .into_iter()
-                .map(|(text, not_after_unix)| {
-                    let (name, file) = text.split_once(' ').unwrap_or((text.as_str(), ""));
-                    CertificateExpiry { name: name.to_string(), file: file.to_string(), not_after_unix }
-                })
-                .collect(),
+            certificates: reader.certificates(),
             limits: limit_totals(reader),
             slots,
             taken_unix_ms: crate::unix_millis(),
@@ -245,7 +287,12 @@ mod tests {
 
     #[test]
     fn a_damaged_not_after_saturates_instead_of_overflowing() {
-        let cert = |not_after_unix| CertificateExpiry { name: "a".into(), file: "f".into(), not_after_unix };
+        let cert = |not_after_unix| CertificateExpiry {
+            name: "a".into(),
+            file: "f".into(),
+            not_after_unix,
+            ..CertificateExpiry::default()
+        };
         assert_eq!(cert(i64::MIN).expires_in(u64::MAX), i64::MIN);
         assert_eq!(cert(i64::MAX).expires_in(0), i64::MAX);
         assert_eq!(cert(1_000).expires_in(400_000), 600);

@@ -109,9 +109,10 @@ pub trait RegionView {
         }
     }
 
-    /// The certificate table: `(NAME FILE, notAfter)` per certificate, copied
-    /// under the sequence lock as the upstream names are.
-    fn certificates(&self) -> Vec<(String, i64)> {
+    /// The certificate table, copied under the sequence lock as the upstream
+    /// names are. Entries of a region made before the ACME fields read as
+    /// certificates from files.
+    fn certificates(&self) -> Vec<crate::snapshot::CertificateExpiry> {
         let h = self.header();
         let per_entry = h.certificate_entry_size as usize / 8;
         if per_entry < 2 {
@@ -136,14 +137,7 @@ pub trait RegionView {
             }
             std::thread::yield_now();
         }
-        words
-            .chunks_exact(per_entry)
-            .map(|entry| {
-                let text: Vec<u8> = entry[1..].iter().flat_map(|w| w.to_ne_bytes()).collect();
-                let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-                (String::from_utf8_lossy(&text[..end]).into_owned(), entry[0] as i64)
-            })
-            .collect()
+        words.chunks_exact(per_entry).map(certificate_entry).collect()
     }
 
     /// The first `count` certificate entries as atomic words.
@@ -311,4 +305,33 @@ pub fn set_interface_name(entry: &InterfaceEntry, name: &str) {
     bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
     entry.name[0].store(u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")), Relaxed);
     entry.name[1].store(u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes")), Relaxed);
+}
+
+/// Decodes one entry of the certificate table (docs/stats-abi.md).
+fn certificate_entry(entry: &[u64]) -> crate::snapshot::CertificateExpiry {
+    use crate::layout::{CERTIFICATE_ACME_OFFSET, CERTIFICATE_ERROR_OFFSET, CERTIFICATE_TEXT_END};
+    use crate::snapshot::{CertificateExpiry, CertificateSource};
+    let text = text_of(&entry[1..entry.len().min(CERTIFICATE_TEXT_END / 8)]);
+    let (name, file) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+    let mut c = CertificateExpiry {
+        name: name.to_string(),
+        file: file.to_string(),
+        not_after_unix: entry[0] as i64,
+        ..CertificateExpiry::default()
+    };
+    let acme = CERTIFICATE_ACME_OFFSET / 8;
+    if entry.len() > CERTIFICATE_ERROR_OFFSET / 8 {
+        c.source = CertificateSource::from_code(entry[acme]);
+        c.next_attempt_unix = entry[acme + 1] as i64;
+        c.failures = entry[acme + 2];
+        c.last_error = text_of(&entry[CERTIFICATE_ERROR_OFFSET / 8..]);
+    }
+    c
+}
+
+/// NUL-padded text stored in words, in memory order.
+fn text_of(words: &[u64]) -> String {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }

@@ -217,11 +217,11 @@ impl Region {
         true
     }
 
-    /// Records the certificates served (each `NAME FILE` with its notAfter in
-    /// seconds since the epoch), under the same sequence lock as the upstream
-    /// names; false, recording none, when they do not fit (or the region
-    /// predates the table).
-    pub fn set_certificates(&self, certificates: &[(String, i64)]) -> bool {
+    /// Records the certificates served, with their source and ACME state,
+    /// under the same sequence lock as the upstream names; false, recording
+    /// none, when they do not fit (or the region predates the table).
+    pub fn set_certificates(&self, certificates: &[crate::snapshot::CertificateExpiry]) -> bool {
+        use crate::layout::{CERTIFICATE_ACME_OFFSET, CERTIFICATE_ERROR_OFFSET, CERTIFICATE_TEXT_END};
         let h = self.header();
         if certificates.len() > h.certificate_capacity as usize {
             return false;
@@ -229,9 +229,15 @@ impl Region {
         self.rewrite_under_seq(|| {
             let per_entry = h.certificate_entry_size as usize / 8;
             let words = self.certificate_words(certificates.len());
-            for ((name, not_after), entry) in certificates.iter().zip(words.chunks_exact(per_entry)) {
-                entry[0].store(*not_after as u64, Ordering::Relaxed);
-                store_text(&entry[1..], name);
+            for (c, entry) in certificates.iter().zip(words.chunks_exact(per_entry)) {
+                entry[0].store(c.not_after_unix as u64, Ordering::Relaxed);
+                let text = format!("{} {}", c.name.replace(' ', "_"), c.file);
+                store_text(&entry[1..CERTIFICATE_TEXT_END / 8], &text);
+                let acme = CERTIFICATE_ACME_OFFSET / 8;
+                entry[acme].store(c.source.code(), Ordering::Relaxed);
+                entry[acme + 1].store(c.next_attempt_unix as u64, Ordering::Relaxed);
+                entry[acme + 2].store(c.failures, Ordering::Relaxed);
+                store_text(&entry[CERTIFICATE_ERROR_OFFSET / 8..], &c.last_error);
             }
             h.certificate_count.store(certificates.len() as u32, Ordering::Relaxed);
         });

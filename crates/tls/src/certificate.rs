@@ -1,6 +1,9 @@
 //! One `[[certificate]]`: its PEM chain and private key read, checked against
-//! each other, and inspected for what it covers and until when.
+//! each other, and inspected for what it covers and until when. A
+//! certificate obtained by ACME is read from the ACME storage; until ACME has
+//! stored one, a temporary self-signed certificate for its names stands in.
 
+use crate::acme_storage::StoredFiles;
 use crate::TlsError;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -19,7 +22,42 @@ pub struct LoadedCertificate {
     pub default: bool,
     pub key: Arc<CertifiedKey>,
     pub inspection: Inspection,
+    pub origin: Origin,
 }
+
+/// Where a served certificate came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The operator's `cert` and `key` files.
+    Files,
+    /// Obtained by ACME for these names, read from the storage.
+    Acme { names: Vec<String> },
+    /// A self-signed stand-in for these ACME names, until ACME stores a
+    /// certificate; `why` says what was wrong with the stored one, if any.
+    Temporary { names: Vec<String>, why: Option<String> },
+}
+
+impl Origin {
+    /// As the statistics and `tine stats` name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Origin::Files => "file",
+            Origin::Acme { .. } => "acme",
+            Origin::Temporary { .. } => "acme-temporary",
+        }
+    }
+
+    /// The names ACME obtains the certificate for, when it does.
+    pub fn acme_names(&self) -> Option<&[String]> {
+        match self {
+            Origin::Files => None,
+            Origin::Acme { names } | Origin::Temporary { names, .. } => Some(names),
+        }
+    }
+}
+
+/// How long a temporary self-signed certificate is valid.
+const TEMPORARY_VALIDITY_DAYS: i64 = 7;
 
 /// What the leaf certificate says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,19 +93,90 @@ impl KeyAlgorithm {
 
 impl LoadedCertificate {
     /// Reads and checks one `[[certificate]]`; every error names its file.
-    pub fn load(c: &tine_config::Certificate, provider: &CryptoProvider) -> Result<Self, TlsError> {
-        let chain = read_chain(&c.cert)?;
-        let key_der = read_key(&c.key)?;
+    /// An ACME certificate (`acme` being the `[acme]` table) that is not
+    /// stored yet, or not usable, gets a temporary stand-in rather than an
+    /// error: ACME will replace it.
+    pub fn load(
+        c: &tine_config::Certificate,
+        acme: Option<&tine_config::Acme>,
+        provider: &CryptoProvider,
+    ) -> Result<Self, TlsError> {
+        match &c.source {
+            tine_config::CertificateSource::Files { cert, key } => {
+                Self::from_files(cert, key, c.default, Origin::Files, provider)
+            }
+            tine_config::CertificateSource::Acme { names } => {
+                let acme =
+                    acme.ok_or_else(|| TlsError::Config("acme certificates need an [acme] table".into()))?;
+                let files = StoredFiles::for_names(&acme.storage, names);
+                let why = if files.exist() {
+                    let origin = Origin::Acme { names: names.clone() };
+                    match Self::from_files(&files.cert, &files.key, c.default, origin, provider) {
+                        Ok(stored) => return Ok(stored),
+                        Err(e) => Some(e.to_string()),
+                    }
+                } else {
+                    None
+                };
+                Self::temporary(names, why, &files, c.default, provider)
+            }
+        }
+    }
+
+    fn from_files(
+        cert: &Path,
+        key_path: &Path,
+        default: bool,
+        origin: Origin,
+        provider: &CryptoProvider,
+    ) -> Result<Self, TlsError> {
+        let chain = read_chain(cert)?;
+        let key_der = read_key(key_path)?;
         let signing_key = provider
             .key_provider
             .load_private_key(key_der)
-            .map_err(|e| TlsError::file(&c.key, format!("unusable private key: {e}")))?;
+            .map_err(|e| TlsError::file(key_path, format!("unusable private key: {e}")))?;
         let key = CertifiedKey::new(chain, signing_key);
         key.keys_match().map_err(|e| {
-            TlsError::file(&c.cert, format!("does not match its key {}: {e}", c.key.display()))
+            TlsError::file(cert, format!("does not match its key {}: {e}", key_path.display()))
         })?;
-        let leaf = key.end_entity_cert().map_err(|e| TlsError::file(&c.cert, e.to_string()))?;
-        let mut inspection = inspect(leaf.as_ref()).map_err(|m| TlsError::file(&c.cert, m))?;
+        Self::serving(key, cert, key_path, default, origin)
+    }
+
+    /// A self-signed certificate for `names`, made now with a key of its own.
+    fn temporary(
+        names: &[String],
+        why: Option<String>,
+        files: &StoredFiles,
+        default: bool,
+        provider: &CryptoProvider,
+    ) -> Result<Self, TlsError> {
+        let failed =
+            |e: String| TlsError::Config(format!("temporary certificate for {}: {e}", names.join(", ")));
+        let key_pair = rcgen::KeyPair::generate().map_err(|e| failed(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| failed(e.to_string()))?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(TEMPORARY_VALIDITY_DAYS);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "tine temporary certificate");
+        let cert = params.self_signed(&key_pair).map_err(|e| failed(e.to_string()))?;
+        let key_der = PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
+        let signing_key =
+            provider.key_provider.load_private_key(key_der).map_err(|e| failed(e.to_string()))?;
+        let key = CertifiedKey::new(vec![cert.der().clone()], signing_key);
+        let origin = Origin::Temporary { names: names.to_vec(), why };
+        Self::serving(key, &files.cert, &files.key, default, origin)
+    }
+
+    fn serving(
+        key: CertifiedKey,
+        cert: &Path,
+        key_path: &Path,
+        default: bool,
+        origin: Origin,
+    ) -> Result<Self, TlsError> {
+        let leaf = key.end_entity_cert().map_err(|e| TlsError::file(cert, e.to_string()))?;
+        let mut inspection = inspect(leaf.as_ref()).map_err(|m| TlsError::file(cert, m))?;
         inspection.algorithm = match key.key.algorithm() {
             SignatureAlgorithm::ECDSA => KeyAlgorithm::Ecdsa,
             SignatureAlgorithm::RSA => KeyAlgorithm::Rsa,
@@ -75,11 +184,12 @@ impl LoadedCertificate {
             _ => KeyAlgorithm::Other,
         };
         Ok(LoadedCertificate {
-            cert_path: c.cert.clone(),
-            key_path: c.key.clone(),
-            default: c.default,
+            cert_path: cert.to_owned(),
+            key_path: key_path.to_owned(),
+            default,
             key: Arc::new(key),
             inspection,
+            origin,
         })
     }
 
@@ -105,6 +215,20 @@ impl LoadedCertificate {
     pub fn warnings(&self, now_unix: i64, soon_secs: i64) -> Vec<String> {
         let mut warnings = Vec::new();
         let left = self.expires_in(now_unix);
+        match &self.origin {
+            Origin::Temporary { names, why } => {
+                warnings.push(format!(
+                    "{}: no certificate from ACME yet{}; serving a temporary self-signed one until ACME obtains it",
+                    names.join(", "),
+                    why.as_ref().map_or(String::new(), |w| format!(" (the stored one is unusable: {w})")),
+                ));
+                return warnings;
+            }
+            // Renewing in time is the ACME process's job, and it is loud
+            // when it fails.
+            Origin::Acme { .. } => return warnings,
+            Origin::Files => {}
+        }
         if left <= 0 {
             warnings.push(format!("{}: expired {} day(s) ago", self.cert_path.display(), -left / 86_400));
         } else if left < soon_secs {

@@ -14,12 +14,15 @@
 //!
 //! The crypto provider is aws-lc-rs: docs/architecture.md says why.
 
+pub mod acme_challenges;
+pub mod acme_storage;
 pub mod certificate;
 pub mod resolver;
 pub mod ticket_keys;
 pub mod upstream;
 
-pub use certificate::{Inspection, LoadedCertificate};
+pub use acme_challenges::{Challenge, ChallengeBoard, ChallengeType};
+pub use certificate::{Inspection, LoadedCertificate, Origin};
 pub use rustls;
 pub use ticket_keys::{SharedTicketer, TicketKeyRing};
 pub use upstream::{UpstreamClient, VerifyFailure};
@@ -28,12 +31,14 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, ProducesTickets, ServerConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tine_config::{Config, TlsVersion};
+use tine_config::{AcmeChallenge, Config, TlsVersion};
 
 /// HTTP/1.1's ALPN name.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 /// HTTP/2's ALPN name (over TLS).
 pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN name of ACME's tls-alpn-01 validation handshakes (RFC 8737).
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -127,16 +132,30 @@ impl TlsContext {
 
     /// Reads every `[[certificate]]` of `config` and builds the server
     /// configurations. `tickets` is the master's key ring (None turns
-    /// resumption off). Any file that cannot be used fails the whole load,
-    /// naming the file, so that a reload changes nothing.
-    pub fn load(config: &Config, tickets: Option<&TicketKeyRing>) -> Result<Self, TlsError> {
+    /// resumption off); `challenges` the ACME challenge board, answered by
+    /// tls-alpn-01 handshakes when that is the `[acme]` challenge. Any file
+    /// that cannot be used fails the whole load, naming the file, so that a
+    /// reload changes nothing.
+    pub fn load(
+        config: &Config,
+        tickets: Option<&TicketKeyRing>,
+        challenges: Option<&ChallengeBoard>,
+    ) -> Result<Self, TlsError> {
         let provider = provider();
         let certificates = config
             .certificates
             .iter()
-            .map(|c| LoadedCertificate::load(c, &provider))
+            .map(|c| LoadedCertificate::load(c, config.acme.as_ref(), &provider))
             .collect::<Result<Vec<_>, _>>()?;
-        let resolver = Arc::new(resolver::CertResolver::new(&certificates, config.tls.unknown_name));
+        let tls_alpn01 = config.acme.as_ref().is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01);
+        let challenges = challenges.filter(|_| tls_alpn01).cloned();
+        let answers_challenges = challenges.is_some();
+        let resolver = Arc::new(resolver::CertResolver::new(
+            &certificates,
+            config.tls.unknown_name,
+            challenges,
+            provider.clone(),
+        ));
         let ticketer: Option<Arc<dyn ProducesTickets>> = match tickets {
             Some(ring) if config.tls.session_tickets => {
                 Some(Arc::new(ring.ticketer(config.tls.ticket_key_rotation)))
@@ -163,8 +182,12 @@ impl TlsContext {
             }
             Ok(Arc::new(server))
         };
+        let mut https_alpn = http_alpn(config);
+        if answers_challenges {
+            https_alpn.push(ALPN_ACME_TLS.to_vec());
+        }
         Ok(TlsContext {
-            https: build(http_alpn(config))?,
+            https: build(https_alpn)?,
             stream: build(Vec::new())?,
             certificates: Arc::new(certificates),
             upstreams: Arc::new(upstream::load_all(&config.upstreams, &provider)?),

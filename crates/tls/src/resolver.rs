@@ -5,13 +5,24 @@
 //! default, and among the certificates found takes the first whose key can
 //! sign with a scheme the client offers: ECDSA before RSA, since it is the
 //! cheaper handshake.
+//!
+//! A handshake that offers ALPN `acme-tls/1` and nothing else is an ACME
+//! server validating a tls-alpn-01 challenge: it gets the challenge
+//! certificate for its name when the ACME process has published one, and no
+//! certificate otherwise (never a served certificate under that protocol).
 
+use crate::acme_challenges::{challenge_certificate, ChallengeBoard};
 use crate::certificate::{KeyAlgorithm, LoadedCertificate};
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tine_config::UnknownName;
+
+/// Challenge certificates a worker keeps made: a validation comes from a few
+/// vantage points, each a handshake.
+const CHALLENGE_CACHE: usize = 8;
 
 #[derive(Debug)]
 pub struct CertResolver {
@@ -21,10 +32,50 @@ pub struct CertResolver {
     wildcard: HashMap<String, Vec<usize>>,
     /// Empty when unknown names are refused.
     default: Vec<usize>,
+    /// tls-alpn-01: where challenges are published, and the certificates
+    /// made for them (name, key authorization, certificate), newest last.
+    challenges: Option<Challenges>,
+}
+
+#[derive(Debug)]
+struct Challenges {
+    board: ChallengeBoard,
+    provider: Arc<CryptoProvider>,
+    made: Mutex<Vec<(String, String, Arc<CertifiedKey>)>>,
+}
+
+impl Challenges {
+    fn certificate(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = name?.strip_suffix('.').unwrap_or(name?).to_ascii_lowercase();
+        let challenge = self.board.tls_alpn01(&name)?;
+        let mut made = self.made.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, _, key)) =
+            made.iter().find(|(n, ka, _)| *n == name && *ka == challenge.key_authorization)
+        {
+            return Some(key.clone());
+        }
+        let key = match challenge_certificate(&name, &challenge.key_authorization, &self.provider) {
+            Ok(key) => Arc::new(key),
+            Err(e) => {
+                log::error!("cannot make the tls-alpn-01 certificate for {name}: {e}");
+                return None;
+            }
+        };
+        if made.len() == CHALLENGE_CACHE {
+            made.remove(0);
+        }
+        made.push((name, challenge.key_authorization, key.clone()));
+        Some(key)
+    }
 }
 
 impl CertResolver {
-    pub fn new(certificates: &[LoadedCertificate], unknown: UnknownName) -> Self {
+    pub fn new(
+        certificates: &[LoadedCertificate],
+        unknown: UnknownName,
+        board: Option<ChallengeBoard>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
         // ECDSA first: lookups keep this order.
         let mut order: Vec<usize> = (0..certificates.len()).collect();
         order.sort_by_key(|&i| certificates[i].inspection.algorithm != KeyAlgorithm::Ecdsa);
@@ -60,7 +111,13 @@ impl CertResolver {
                 }
             }
         };
-        CertResolver { keys: certificates.iter().map(|c| c.key.clone()).collect(), exact, wildcard, default }
+        CertResolver {
+            keys: certificates.iter().map(|c| c.key.clone()).collect(),
+            exact,
+            wildcard,
+            default,
+            challenges: board.map(|board| Challenges { board, provider, made: Mutex::new(Vec::new()) }),
+        }
     }
 
     /// The candidates for `name` (None: no SNI), best first.
@@ -107,6 +164,11 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(mut offered) = hello.alpn() {
+            if offered.next() == Some(crate::ALPN_ACME_TLS) && offered.next().is_none() {
+                return self.challenges.as_ref()?.certificate(hello.server_name());
+            }
+        }
         self.choose(hello.server_name(), hello.signature_schemes())
     }
 }

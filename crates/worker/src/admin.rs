@@ -99,8 +99,8 @@ fn dashboard(head: &mut ResponseHead, to: &ReplyTo) -> ReplyBody {
     to.body(ReplyBody::Static(DASHBOARD.as_bytes()))
 }
 
-/// A document the admin listener makes for this request, never cached.
-fn document(
+/// A document of tine's own made for this request, never cached.
+pub(crate) fn document(
     head: &mut ResponseHead,
     to: &ReplyTo,
     status: Status,

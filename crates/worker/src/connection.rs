@@ -127,6 +127,9 @@ pub enum AfterHandshake {
 pub enum Protocol {
     Http1,
     Http2,
+    /// An ACME server's tls-alpn-01 validation: the handshake (with the
+    /// challenge certificate) was all it wanted (RFC 8737 section 3).
+    AcmeTls,
 }
 
 impl Protocol {
@@ -134,6 +137,7 @@ impl Protocol {
         match alpn {
             None | Some(b"http/1.1") => Some(Protocol::Http1),
             Some(b"h2") => Some(Protocol::Http2),
+            Some(b"acme-tls/1") => Some(Protocol::AcmeTls),
             Some(_) => None,
         }
     }
@@ -564,6 +568,9 @@ impl Conn {
             (AfterHandshake::Stream(stream), _) => self.start_stream(stream, ctx),
             (AfterHandshake::Http, Some(Protocol::Http1)) => self.phase = Phase::ReadHead,
             (AfterHandshake::Http, Some(Protocol::Http2)) => self.start_http2(&[], ctx),
+            (AfterHandshake::Http, Some(Protocol::AcmeTls)) => {
+                return Some(Outcome::Close(CloseReason::Done))
+            }
             (AfterHandshake::Http, None) => {
                 log::warn!("connection {:?}: ALPN agreed on a protocol tine does not serve", self.io.id);
                 return Some(Outcome::Close(CloseReason::Error));
@@ -947,6 +954,8 @@ enum Routed {
     Admin,
     /// The configured health_path on a public listener.
     Health,
+    /// An http-01 challenge of the ACME process, on a plain listener.
+    AcmeChallenge,
     /// `route` of the route table sends it to upstream group `group`.
     Proxy {
         route: usize,
@@ -1014,6 +1023,8 @@ fn answer(req: &Request<'_>, arrival: Arrival, ctx: &mut Ctx, head: &mut Respons
         Routed::Admin
     } else if is_health_check(req, ctx) {
         Routed::Health
+    } else if !arrival.tls && crate::acme::is_challenge(req, ctx) {
+        Routed::AcmeChallenge
     } else {
         route(req, arrival.tls, ctx)
     };
@@ -1028,6 +1039,7 @@ fn answer(req: &Request<'_>, arrival: Arrival, ctx: &mut Ctx, head: &mut Respons
     Answer::Reply(match routed {
         Routed::Admin => crate::admin::respond(req, ctx, head),
         Routed::Health => crate::admin::health(req, ctx, head),
+        Routed::AcmeChallenge => crate::acme::answer(req, ctx, head),
         other => start_response(req, other, ctx, head),
     })
 }
@@ -1040,7 +1052,7 @@ fn check_client_limits(
     routed: Routed,
     ctx: &mut Ctx,
 ) -> Result<Routed, std::time::Duration> {
-    if arrival.admin || arrival.limits_passed || routed == Routed::Health {
+    if arrival.admin || arrival.limits_passed || matches!(routed, Routed::Health | Routed::AcmeChallenge) {
         return Ok(routed);
     }
     let route_limits = routed.route().map_or(&[][..], |r| &ctx.http.routes[r].client_limits[..]);
@@ -1176,9 +1188,10 @@ fn start_response(req: &Request<'_>, routed: Routed, ctx: &mut Ctx, head: &mut R
                 )
             }
         },
-        (_, Routed::NoRoute | Routed::Admin | Routed::Health | Routed::Proxy { .. }) => {
-            error_page(Status::NOT_FOUND, &to, None, head)
-        }
+        (
+            _,
+            Routed::NoRoute | Routed::Admin | Routed::Health | Routed::AcmeChallenge | Routed::Proxy { .. },
+        ) => error_page(Status::NOT_FOUND, &to, None, head),
     };
     Started { body, keep_alive, discard }
 }

@@ -86,6 +86,9 @@ pub struct Http {
     pub https_port: Option<u16>,
     /// The health check's path on public listeners, if configured.
     pub health_path: Option<String>,
+    /// Where http-01 challenges are published, when ACME validates by
+    /// http-01: plain listeners answer `/.well-known/acme-challenge/TOKEN`.
+    pub acme_http01: Option<tine_tls::ChallengeBoard>,
     /// Host names the admin listener answers besides IP literals and localhost.
     pub admin_hosts: Vec<String>,
     /// What each HTTP/2 connection advertises and holds its client to.

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod acme;
 pub mod admin;
 pub mod buffer_pool;
 pub mod client_limits;
@@ -61,6 +62,9 @@ pub struct WorkerInit<'a> {
     pub region: &'a Region,
     /// Certificates and server configurations, when anything is TLS.
     pub tls: Option<&'a tine_tls::TlsContext>,
+    /// The ACME challenges being validated (answered on plain listeners
+    /// when the `[acme]` challenge is http-01).
+    pub acme_challenges: Option<&'a tine_tls::ChallengeBoard>,
     /// The user and group to drop to once set up (uid, gid).
     pub run_as: Option<(u32, u32)>,
     /// This worker's own part of its slot's gauges.
@@ -103,6 +107,7 @@ pub fn run(init: WorkerInit<'_>) -> Result<Exit, WorkerError> {
         slot: init.slot,
         gauge_share: init.gauge_share,
         tls: init.tls,
+        acme_challenges: init.acme_challenges,
         client_limits: init.client_limits,
     };
     let ctx = worker_context(config, shared, https_port(&init))?;
@@ -138,6 +143,7 @@ pub(crate) struct Shared<'a> {
     pub slot: usize,
     pub gauge_share: &'a tine_stats::GaugeShare,
     pub tls: Option<&'a tine_tls::TlsContext>,
+    pub acme_challenges: Option<&'a tine_tls::ChallengeBoard>,
     pub client_limits: Option<client_limits::LimitsInit<'a>>,
 }
 
@@ -188,6 +194,12 @@ pub(crate) fn worker_context<'a>(
             path: Default::default(),
             https_port,
             health_path: config.health_path.clone(),
+            acme_http01: shared
+                .acme_challenges
+                .filter(|_| {
+                    config.acme.as_ref().is_some_and(|a| a.challenge == tine_config::AcmeChallenge::Http01)
+                })
+                .cloned(),
             admin_hosts: config.admin_hosts.clone(),
             http2: http2_settings(&config.http2),
             h2c: config.http2.h2c,

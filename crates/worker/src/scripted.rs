@@ -218,6 +218,7 @@ impl World {
             slot: 0,
             gauge_share: &self.share,
             tls: None,
+            acme_challenges: None,
             client_limits: None,
         };
         crate::worker_context(&self.config, shared, None).unwrap()
