@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod h2;
+pub mod pebble;
 pub mod tls;
 
 use serde_json::Value;
@@ -189,6 +190,12 @@ impl Server {
 
     /// Polls the stats region until `ready` holds (bounded by PATIENCE).
     pub fn wait_until(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        self.wait_until_for(what, PATIENCE, ready)
+    }
+
+    /// As [`Server::wait_until`], for something that takes longer by design
+    /// (bounded by `patience`).
+    pub fn wait_until_for(&self, what: &str, patience: Duration, ready: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
             if self.stats_path.exists() {
@@ -202,7 +209,7 @@ impl Server {
                     }
                 }
             }
-            assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}; log: {:?}", self.log());
+            assert!(start.elapsed() < patience, "gave up waiting for {what}; log: {:?}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -15,6 +15,7 @@ use crate::schedule::{self, Stored};
 use instant_acme::{Account, AccountCredentials, NewAccount};
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tine_tls::acme_storage::{self, StoredFiles};
@@ -158,6 +159,7 @@ impl Process {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o600)
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
@@ -225,18 +227,24 @@ impl Process {
         self.report_status(i);
     }
 
-    /// The order itself: the account, then the order, then the files.
+    /// The order itself: the account, then the order, then the files. An
+    /// account the CA no longer knows is registered again, once per attempt.
     async fn order(&mut self, names: &[String]) -> Result<Stored, Failure> {
-        let account = self.account().await?;
-        let issued = match order::obtain(&account, names, self.job.challenge(), &self.board).await {
-            Ok(issued) => issued,
-            Err(e) if e.account_is_gone() => {
-                log::warn!("ACME: the CA no longer knows the stored account; registering a new one");
-                self.account = None;
-                let _ = std::fs::remove_file(self.account_file());
-                return Err(Failure::from(e));
+        let mut registered_again = false;
+        let issued = loop {
+            let account = self.account().await?;
+            match order::obtain(&account, names, self.job.challenge(), &self.board).await {
+                Ok(issued) => break issued,
+                Err(e) if e.account_is_gone() && !registered_again => {
+                    log::warn!(
+                        "ACME: the CA no longer knows the stored account ({e}); registering a new one"
+                    );
+                    self.account = None;
+                    let _ = std::fs::remove_file(self.account_file());
+                    registered_again = true;
+                }
+                Err(e) => return Err(Failure::from(e)),
             }
-            Err(e) => return Err(Failure::from(e)),
         };
         let files = StoredFiles::for_names(&self.job.storage, names);
         files.write(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes()).map_err(|e| {
@@ -337,12 +345,29 @@ impl Process {
 /// Why an attempt failed, as logged and reported.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
-    #[error("rate limited by the CA: {0}")]
+    #[error("rate limited by the CA: {}", with_causes(.0))]
     RateLimited(OrderError),
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Order(OrderError),
     #[error("{0}")]
     Other(String),
+}
+
+/// An error and what caused it, as one line (`client error (Connect): tcp
+/// connect error: Connection refused`): the HTTP client's own message alone
+/// says too little.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl From<OrderError> for Failure {
