@@ -25,9 +25,21 @@ fn start_tine(
     storage: &Path,
     renew_before: &str,
 ) -> Server {
+    start_tine_with(plan, challenge, names, storage, renew_before, "")
+}
+
+/// As [`start_tine`], with more top-level configuration.
+fn start_tine_with(
+    plan: &PebblePlan,
+    challenge: &str,
+    names: &[&str],
+    storage: &Path,
+    renew_before: &str,
+    top: &str,
+) -> Server {
     let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
     let toml = format!(
-        "tls_listen = [\"127.0.0.1:0\"]\n{}\n[[certificate]]\nacme = [{}]\n",
+        "tls_listen = [\"127.0.0.1:0\"]\n{top}{}\n[[certificate]]\nacme = [{}]\n",
         plan.acme_toml(challenge, storage, renew_before),
         names.join(", ")
     );
@@ -236,10 +248,11 @@ fn a_restart_reuses_the_stored_account_and_certificate() {
 }
 
 #[test]
-fn challenge_paths_answer_only_what_is_published() {
+fn challenge_paths_answer_only_what_is_published_and_a_failing_order_is_loud() {
     let storage = tempfile::tempdir().unwrap();
     let plan = PebblePlan::new();
-    let server = start_tine(&plan, "http-01", &["paths.test"], storage.path(), "30d");
+    let admin = "admin_listen = \"127.0.0.1:0\"\n";
+    let server = start_tine_with(&plan, "http-01", &["paths.test"], storage.path(), "30d", admin);
     std::fs::create_dir_all(server.root.join(".well-known/acme-challenge")).unwrap();
     std::fs::write(server.root.join(".well-known/acme-challenge/site-file"), "the site's own\n").unwrap();
     // A token nobody published, another name, hostile tokens: routed as any
@@ -257,8 +270,27 @@ fn challenge_paths_answer_only_what_is_published() {
         );
         assert_eq!(common::status_of(&raw), status, "{host}{path}: {}", String::from_utf8_lossy(&raw));
     }
-    // The ACME process, with no CA to reach, keeps retrying and says so.
+    // The ACME process, with no CA to reach, keeps retrying and says so:
+    // in the log, the statistics and the dashboard.
     server.wait_until("a failed order", |s| s["certificates"][0]["acme_failures"].as_u64().unwrap_or(0) > 0);
+    server.wait_for_log("ACME: order for paths.test failed (1 in a row)");
+    let text = common::tine().args(["stats", "--stats-path"]).arg(&server.stats_path).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("certificate paths.test (acme-temporary, "), "{text}");
+    assert!(text.contains("ACME renewal FAILING ("), "{text}");
+    if common::browser_ready() {
+        let out = std::process::Command::new("node")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard_text.mjs"))
+            .arg(format!("http://{}/", common::admin_addr(&server)))
+            .args(["#tls", "FAILING"])
+            .arg(server.dir.path().join("dashboard-acme.png"))
+            .output()
+            .expect("node runs");
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(shown.contains("ACME: paths.test"), "{shown}");
+        assert!(shown.contains("acme-temporary"), "{shown}");
+    }
     drop(plan);
 }
 
@@ -268,7 +300,10 @@ fn check_refuses_what_acme_cannot_do() {
     let tls = "tls_listen = [\"127.0.0.1:0\"]\n";
     for (toml, message) in [
         (format!("{tls}[[certificate]]\nacme = [\"a.test\"]\n"), "acme needs an [acme] table"),
-        (format!("{tls}{acme}[[certificate]]\nacme = [\"*.a.test\"]\n"), "wildcard needs the dns-01 challenge"),
+        (
+            format!("{tls}{acme}[[certificate]]\nacme = [\"*.a.test\"]\n"),
+            "wildcard needs the dns-01 challenge",
+        ),
         (format!("{tls}{acme}[[certificate]]\nacme = [\"127.0.0.1\"]\n"), "an IP address"),
         (format!("{tls}{acme}[[certificate]]\nacme = []\n"), "acme needs at least one name"),
         (format!("{tls}{acme}[[certificate]]\nacme = [\"a.test\", \"A.test\"]\n"), "listed twice"),
@@ -282,7 +317,9 @@ fn check_refuses_what_acme_cannot_do() {
             "challenge must be \"http-01\" or \"tls-alpn-01\"",
         ),
         (
-            format!("{tls}[acme]\ndirectory = \"http://acme.test/dir\"\n[[certificate]]\nacme = [\"a.test\"]\n"),
+            format!(
+                "{tls}[acme]\ndirectory = \"http://acme.test/dir\"\n[[certificate]]\nacme = [\"a.test\"]\n"
+            ),
             "directory must be an https:// URL",
         ),
         (

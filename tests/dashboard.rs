@@ -19,23 +19,6 @@ use std::sync::Arc;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Whether node, chromium and playwright-core are here. Under CI (whose
-/// script installs them) their absence fails the test.
-fn browser_ready() -> bool {
-    let node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    let chromium = Path::new("/usr/bin/chromium").exists();
-    let playwright = Path::new(ROOT).join("tests/browser/node_modules/playwright-core").exists();
-    let ready = node && chromium && playwright;
-    assert!(
-        ready || std::env::var_os("CI").is_none(),
-        "node {node}, chromium {chromium}, playwright-core {playwright}: bash .ci/run installs them"
-    );
-    if !ready {
-        eprintln!("SKIPPED: needs node, /usr/bin/chromium and tests/browser/node_modules (bash .ci/run installs them)");
-    }
-    ready
-}
-
 /// An upstream answering every request with a small page, keep-alive.
 fn upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

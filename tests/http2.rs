@@ -455,19 +455,10 @@ fn curl_speaks_http2_over_tls_to_static_and_proxied_routes() {
 
 #[test]
 fn chromium_loads_a_page_of_many_assets_over_http2() {
-    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let ready = std::path::Path::new("/usr/bin/chromium").exists()
-        && browser.join("node_modules/playwright-core").exists();
-    assert!(
-        ready || std::env::var_os("CI").is_none(),
-        "chromium and playwright-core: bash .ci/run installs them"
-    );
-    if !ready {
-        eprintln!(
-            "SKIPPED: needs /usr/bin/chromium and tests/browser/node_modules (bash .ci/run installs them)"
-        );
+    if !common::browser_ready() {
         return;
     }
+    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let dir = tempfile::tempdir().unwrap();
     let (server, addr) = tls_server(dir.path(), "");
     let mut page = String::from(

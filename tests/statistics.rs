@@ -412,6 +412,10 @@ fn tls_counters_and_certificate_expiry_reach_every_reader() {
     }
     assert_eq!(theirs["certificates"][0]["name"], "a.test");
     assert_eq!(theirs["certificates"][0]["not_after_unix"], certificates[0]["not_after_unix"]);
+    for field in ["source", "next_attempt_unix", "acme_failures", "last_error"] {
+        assert_eq!(theirs["certificates"][0][field], certificates[0][field], "certificate {field}");
+    }
+    assert_eq!(certificates[0]["source"], "file");
 
     let out =
         tine().args(["stats", "--prometheus", "--stats-path"]).arg(&server.stats_path).output().unwrap();

@@ -208,19 +208,31 @@ def under_seq(m, read, empty):
     return empty
 
 
+CERTIFICATE_SOURCES = {0: "file", 1: "acme", 2: "acme-temporary"}
+
+
 def certificate_table(m, offset, capacity, size):
-    """The certificates (notAfter, then `NAME FILE`), under the same sequence
-    lock as the upstream names."""
+    """The certificates (notAfter, then `NAME FILE` up to byte 128, then
+    source, next attempt, failures and last error when the entry is long
+    enough), under the same sequence lock as the upstream names."""
     def read(m):
         (count,) = struct.unpack_from("=I", m, 160)
         table = []
         for c in range(min(count, capacity)):
             e = offset + c * size
             (not_after,) = struct.unpack_from("=q", m, e)
-            text = m[e + 8:e + size].split(b"\0")[0].decode("utf-8", "replace")
+            text = m[e + 8:e + min(size, 128)].split(b"\0")[0].decode("utf-8", "replace")
             name, _, file = text.partition(" ")
-            table.append({"name": name, "file": file, "not_after_unix": not_after,
-                          "expires_in_seconds": not_after - int(time.time())})
+            entry = {"name": name, "file": file, "not_after_unix": not_after,
+                     "expires_in_seconds": not_after - int(time.time()),
+                     "source": "file", "next_attempt_unix": 0, "acme_failures": 0, "last_error": ""}
+            if size > 152:
+                source, next_attempt, failures = struct.unpack_from("=QqQ", m, e + 128)
+                entry["source"] = CERTIFICATE_SOURCES.get(source, "file")
+                entry["next_attempt_unix"] = next_attempt
+                entry["acme_failures"] = failures
+                entry["last_error"] = m[e + 152:e + size].split(b"\0")[0].decode("utf-8", "replace")
+            table.append(entry)
         return table
     return under_seq(m, read, [])
 

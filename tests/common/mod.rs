@@ -689,3 +689,22 @@ fn socket_opts(pid: i32, row: impl Fn(&[&str]) -> bool, level: i32, name: i32) -
     unsafe { libc::close(pidfd) };
     values
 }
+
+/// Whether node, Debian's chromium and playwright-core (tests/browser) are
+/// here for a browser test. Under CI (whose script installs them) their
+/// absence fails the test; elsewhere the test is skipped, and says so.
+pub fn browser_ready() -> bool {
+    let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let chromium = Path::new("/usr/bin/chromium").exists();
+    let playwright = browser.join("node_modules/playwright-core").exists();
+    let ready = node && chromium && playwright;
+    assert!(
+        ready || std::env::var_os("CI").is_none(),
+        "node {node}, chromium {chromium}, playwright-core {playwright}: bash .ci/run installs them"
+    );
+    if !ready {
+        eprintln!("SKIPPED: needs node, /usr/bin/chromium and tests/browser/node_modules (bash .ci/run installs them)");
+    }
+    ready
+}
