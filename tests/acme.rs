@@ -103,7 +103,7 @@ fn http01_obtains_one_certificate_for_two_names() {
     assert!(entry["next_attempt_unix"].as_i64().unwrap() > 0);
     // Keys and the account are the master's user's alone.
     assert_eq!(mode(&storage), 0o700);
-    assert_eq!(mode(&storage.join("certificates/a.test/key.pem")), 0o600);
+    assert_eq!(mode(&storage.join("certificates/a.test/certificate.pem")), 0o600);
     let accounts: Vec<_> = std::fs::read_dir(storage.join("accounts")).unwrap().collect();
     assert_eq!(accounts.len(), 1);
     assert_eq!(mode(&accounts[0].as_ref().unwrap().path()), 0o600);

@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tine_tls::acme_storage::{self, StoredFiles};
+use tine_tls::acme_storage::{self, StoredCertificate};
 use tine_tls::ChallengeBoard;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -57,7 +57,7 @@ pub fn run() -> Result<(), String> {
 /// One certificate's place in the schedule.
 struct Certificate {
     names: Vec<String>,
-    files: StoredFiles,
+    stored: StoredCertificate,
     next_attempt: i64,
     failures: u64,
     last_error: Option<String>,
@@ -78,7 +78,7 @@ impl Process {
             .iter()
             .map(|names| Certificate {
                 names: names.clone(),
-                files: StoredFiles::for_names(&job.storage, names),
+                stored: StoredCertificate::for_names(&job.storage, names),
                 next_attempt: 0,
                 failures: 0,
                 last_error: None,
@@ -100,7 +100,7 @@ impl Process {
         for i in 0..self.certificates.len() {
             let c = &mut self.certificates[i];
             c.next_attempt =
-                schedule::due(Stored::read(&c.files.cert).as_ref(), &c.names, self.job.renew_before(), now);
+                schedule::due(Stored::read(&c.stored.path).as_ref(), &c.names, self.job.renew_before(), now);
             if c.next_attempt > now {
                 log::info!(
                     "ACME: the stored certificate for {} is renewed in {}",
@@ -195,7 +195,7 @@ impl Process {
                 log::info!(
                     "ACME: certificate for {} stored in {}; valid for {}, renewed in {}",
                     c.names.join(", "),
-                    c.files.cert.display(),
+                    c.stored.path.display(),
                     human(stored.not_after - now),
                     human(c.next_attempt - now)
                 );
@@ -214,7 +214,7 @@ impl Process {
                     "ACME: order for {} failed ({} in a row): {text}; {}; next attempt in {}",
                     c.names.join(", "),
                     c.failures,
-                    if c.files.exist() {
+                    if c.stored.exists() {
                         "the current certificate keeps serving"
                     } else {
                         "a temporary self-signed certificate keeps serving"
@@ -246,12 +246,12 @@ impl Process {
                 Err(e) => return Err(Failure::from(e)),
             }
         };
-        let files = StoredFiles::for_names(&self.job.storage, names);
-        files.write(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes()).map_err(|e| {
-            Failure::Other(format!("cannot store the certificate in {}: {e}", files.cert.display()))
+        let stored = StoredCertificate::for_names(&self.job.storage, names);
+        stored.write(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes()).map_err(|e| {
+            Failure::Other(format!("cannot store the certificate in {}: {e}", stored.path.display()))
         })?;
-        Stored::read(&files.cert).ok_or_else(|| {
-            Failure::Other(format!("the CA's chain in {} cannot be read", files.cert.display()))
+        Stored::read(&stored.path).ok_or_else(|| {
+            Failure::Other(format!("the CA's chain in {} cannot be read", stored.path.display()))
         })
     }
 

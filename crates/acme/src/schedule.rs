@@ -15,11 +15,13 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Reads the leaf of a stored chain; None when there is none or it
-    /// cannot be parsed (an order replaces it).
-    pub fn read(cert: &Path) -> Option<Stored> {
-        let pem = std::fs::read(cert).ok()?;
-        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    /// Reads the leaf (the first certificate) of a stored file; None when
+    /// there is none or it cannot be parsed (an order replaces it).
+    pub fn read(path: &Path) -> Option<Stored> {
+        let pem = std::fs::read(path).ok()?;
+        let block = x509_parser::pem::Pem::iter_from_buffer(&pem)
+            .map_while(Result::ok)
+            .find(|block| block.label == "CERTIFICATE")?;
         let leaf = block.parse_x509().ok()?;
         let mut names = Vec::new();
         if let Ok(Some(san)) = leaf.subject_alternative_name() {

@@ -7,44 +7,49 @@
 //! ```text
 //! STORAGE/lock                          flock: one ACME process at a time
 //! STORAGE/accounts/HASH.json            account key and URL, per directory
-//! STORAGE/certificates/NAME/cert.pem    chain, leaf first (NAME: the first name)
-//! STORAGE/certificates/NAME/key.pem     its private key (PKCS#8)
+//! STORAGE/certificates/NAME/certificate.pem
+//!                                       its private key (PKCS#8), then the
+//!                                       chain, leaf first (NAME: the first name)
 //! ```
+//!
+//! Key and chain share one file so that replacing them is one rename: a
+//! crash never leaves a new key beside an old chain.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// The files of the certificate whose first name is `names[0]`.
+/// The file of the certificate whose first name is `names[0]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub struct StoredCertificate {
+    pub path: PathBuf,
 }
 
-impl StoredFiles {
+impl StoredCertificate {
     pub fn for_names(storage: &Path, names: &[String]) -> Self {
         let dir = storage.join("certificates").join(names.first().map_or("_", String::as_str));
-        StoredFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") }
+        StoredCertificate { path: dir.join("certificate.pem") }
     }
 
-    /// True when both files are there (whether they are usable is the
-    /// loader's to say).
-    pub fn exist(&self) -> bool {
-        self.cert.is_file() && self.key.is_file()
+    /// True when the file is there (whether it is usable is the loader's
+    /// to say).
+    pub fn exists(&self) -> bool {
+        self.path.is_file()
     }
 
-    /// Writes a new chain and key: the key first, each file complete on disk
-    /// before it replaces the old one, so that a crash leaves the old pair or
-    /// the new key with the old chain, which the loader refuses as a mismatch
-    /// and the next order replaces.
+    /// Replaces key and chain at once: the new file is complete on disk
+    /// before it is renamed over the old one.
     pub fn write(&self, chain_pem: &[u8], key_pem: &[u8]) -> io::Result<()> {
-        if let Some(dir) = self.cert.parent() {
+        if let Some(dir) = self.path.parent() {
             create_private_dir(dir)?;
         }
-        write_private(&self.key, key_pem)?;
-        write_private(&self.cert, chain_pem)
+        let mut both = key_pem.to_vec();
+        if !both.ends_with(b"\n") {
+            both.push(b'\n');
+        }
+        both.extend_from_slice(chain_pem);
+        write_private(&self.path, &both)
     }
 }
 
@@ -119,14 +124,15 @@ mod tests {
     fn files_are_private_and_replaced_whole() {
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("acme");
-        let files = StoredFiles::for_names(&storage, &["example.com".into(), "www.example.com".into()]);
-        assert!(!files.exist());
-        files.write(b"chain one", b"key one").unwrap();
-        files.write(b"chain two", b"key two").unwrap();
-        assert!(files.exist());
-        assert_eq!(fs::read(&files.cert).unwrap(), b"chain two");
-        assert_eq!(fs::metadata(&files.key).unwrap().permissions().mode() & 0o777, 0o600);
-        let dir_mode = fs::metadata(files.cert.parent().unwrap()).unwrap().permissions().mode();
+        let stored =
+            StoredCertificate::for_names(&storage, &["example.com".into(), "www.example.com".into()]);
+        assert!(!stored.exists());
+        stored.write(b"chain one\n", b"key one\n").unwrap();
+        stored.write(b"chain two\n", b"key two").unwrap();
+        assert!(stored.exists());
+        assert_eq!(fs::read(&stored.path).unwrap(), b"key two\nchain two\n");
+        assert_eq!(fs::metadata(&stored.path).unwrap().permissions().mode() & 0o777, 0o600);
+        let dir_mode = fs::metadata(stored.path.parent().unwrap()).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         assert!(!opened_to_others(&storage));
     }

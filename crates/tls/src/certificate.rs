@@ -3,7 +3,7 @@
 //! certificate obtained by ACME is read from the ACME storage; until ACME has
 //! stored one, a temporary self-signed certificate for its names stands in.
 
-use crate::acme_storage::StoredFiles;
+use crate::acme_storage::StoredCertificate;
 use crate::TlsError;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -108,17 +108,17 @@ impl LoadedCertificate {
             tine_config::CertificateSource::Acme { names } => {
                 let acme =
                     acme.ok_or_else(|| TlsError::Config("acme certificates need an [acme] table".into()))?;
-                let files = StoredFiles::for_names(&acme.storage, names);
-                let why = if files.exist() {
+                let stored = StoredCertificate::for_names(&acme.storage, names);
+                let why = if stored.exists() {
                     let origin = Origin::Acme { names: names.clone() };
-                    match Self::from_files(&files.cert, &files.key, c.default, origin, provider) {
+                    match Self::from_files(&stored.path, &stored.path, c.default, origin, provider) {
                         Ok(stored) => return Ok(stored),
                         Err(e) => Some(e.to_string()),
                     }
                 } else {
                     None
                 };
-                Self::temporary(names, why, &files, c.default, provider)
+                Self::temporary(names, why, &stored, c.default, provider)
             }
         }
     }
@@ -147,7 +147,7 @@ impl LoadedCertificate {
     fn temporary(
         names: &[String],
         why: Option<String>,
-        files: &StoredFiles,
+        stored: &StoredCertificate,
         default: bool,
         provider: &CryptoProvider,
     ) -> Result<Self, TlsError> {
@@ -165,7 +165,7 @@ impl LoadedCertificate {
             provider.key_provider.load_private_key(key_der).map_err(|e| failed(e.to_string()))?;
         let key = CertifiedKey::new(vec![cert.der().clone()], signing_key);
         let origin = Origin::Temporary { names: names.to_vec(), why };
-        Self::serving(key, &files.cert, &files.key, default, origin)
+        Self::serving(key, &stored.path, &stored.path, default, origin)
     }
 
     fn serving(
