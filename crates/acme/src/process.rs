@@ -90,12 +90,23 @@ impl Process {
     async fn run(&mut self) -> Result<(), String> {
         let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
         let mut reopen = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
-        let _lock = tokio::select! {
+        let (_lock, waited) = tokio::select! {
             lock = self.lock_storage() => lock?,
             _ = quit.recv() => return Ok(()),
         };
         // What a previous ACME process left on the board is stale.
         self.board.clear();
+        if waited {
+            // The other holder (the old master's, during an upgrade) may have
+            // stored certificates since our master read them: have it read
+            // them again.
+            for i in 0..self.certificates.len() {
+                if self.certificates[i].stored.exists() {
+                    let report = Report::Stored { names: self.certificates[i].names.clone() };
+                    self.send(&report);
+                }
+            }
+        }
         let now = unix_now();
         for i in 0..self.certificates.len() {
             let c = &mut self.certificates[i];
@@ -141,8 +152,8 @@ impl Process {
     }
 
     /// Creates the storage (0700) and takes its lock, waiting while another
-    /// tine holds it.
-    async fn lock_storage(&self) -> Result<nix::fcntl::Flock<File>, String> {
+    /// tine holds it (then true).
+    async fn lock_storage(&self) -> Result<(nix::fcntl::Flock<File>, bool), String> {
         let storage = &self.job.storage;
         acme_storage::create_private_dir(storage)
             .map_err(|e| format!("cannot create the ACME storage {}: {e}", storage.display()))?;
@@ -163,7 +174,7 @@ impl Process {
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(lock),
+                Ok(lock) => return Ok((lock, told)),
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                     if !told {
                         log::info!("ACME: another tine holds {}; waiting for it", path.display());
