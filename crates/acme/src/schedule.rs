@@ -22,20 +22,8 @@ impl Stored {
         let block = x509_parser::pem::Pem::iter_from_buffer(&pem)
             .map_while(Result::ok)
             .find(|block| block.label == "CERTIFICATE")?;
-        let leaf = block.parse_x509().ok()?;
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = leaf.subject_alternative_name() {
-            for name in &san.value.general_names {
-                if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                    names.push(dns.to_ascii_lowercase());
-                }
-            }
-        }
-        Some(Stored {
-            names,
-            not_before: leaf.validity().not_before.timestamp(),
-            not_after: leaf.validity().not_after.timestamp(),
-        })
+        let leaf = tine_tls::certificate::inspect(&block.contents).ok()?;
+        Some(Stored { names: leaf.names, not_before: leaf.not_before_unix, not_after: leaf.not_after_unix })
     }
 }
 
@@ -87,6 +75,21 @@ mod tests {
         assert_eq!(due(Some(&short), &names(&["a.test"]), Duration::from_secs(50), 5), 30);
         assert_eq!(due(Some(&le), &names(&["a.test", "c.test"]), month, 5), 5, "a new name orders at once");
         assert_eq!(due(None, &names(&["a.test"]), month, 5), 5);
+    }
+
+    #[test]
+    fn the_leaf_is_read_after_the_key_in_a_stored_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(names(&["a.test", "b.test"])).unwrap().self_signed(&key).unwrap();
+        let stored = tine_tls::acme_storage::StoredCertificate::for_names(dir.path(), &names(&["a.test"]));
+        stored.write(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+        let read = Stored::read(&stored.path).expect("a leaf");
+        assert_eq!(read.names, names(&["a.test", "b.test"]));
+        assert!(read.not_after > read.not_before);
+        std::fs::write(&stored.path, key.serialize_pem()).unwrap();
+        assert_eq!(Stored::read(&stored.path), None, "a key alone is no certificate");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!
 //! This crate depends on no other tine crate, so an ops tool can link it alone.
 
+pub mod certificates;
 pub mod gauges;
 pub mod layout;
 pub mod ownership;
@@ -16,13 +17,15 @@ pub mod prometheus;
 pub mod reader;
 pub mod render;
 pub mod snapshot;
+mod text;
 pub mod view;
 pub mod writer;
 
+pub use certificates::{CertificateExpiry, CertificateSource};
 pub use gauges::{GaugeShare, Gauges, UpstreamGauge};
 pub use layout::{Header, MasterSection, RegionState, Slot, SlotState, LAYOUT_VERSION, MAGIC};
 pub use reader::{ReadError, Reader};
-pub use snapshot::{CertificateExpiry, CertificateSource, SlotValues, Snapshot, Totals};
+pub use snapshot::{SlotValues, Snapshot, Totals};
 pub use view::{Liveness, RegionView};
 pub use writer::{CreateError, Region};
 

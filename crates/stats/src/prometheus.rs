@@ -192,7 +192,7 @@ fn certificates(out: &mut String, s: &Snapshot) {
         );
     }
     let acme: Vec<_> =
-        s.certificates.iter().filter(|c| c.source != crate::snapshot::CertificateSource::File).collect();
+        s.certificates.iter().filter(|c| c.source != crate::certificates::CertificateSource::File).collect();
     if acme.is_empty() {
         return;
     }

@@ -544,8 +544,8 @@ fn human_duration(secs: u64) -> String {
 
 /// `certificate NAME (SOURCE, FILE) expires in D days`, and for one
 /// obtained by ACME when it is renewed next, or why its renewal fails.
-fn certificate_line(c: &crate::snapshot::CertificateExpiry, now_unix_ms: u64) -> String {
-    use crate::snapshot::CertificateSource;
+fn certificate_line(c: &crate::certificates::CertificateExpiry, now_unix_ms: u64) -> String {
+    use crate::certificates::CertificateSource;
     let days = c.expires_in(now_unix_ms) as f64 / 86_400.0;
     let mut line =
         format!("certificate {} ({}, {}) expires in {days:.1} days", c.name, c.source.as_str(), c.file);

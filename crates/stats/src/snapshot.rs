@@ -83,79 +83,11 @@ pub struct Snapshot {
     pub interfaces: Vec<Interface>,
     pub upstreams: Vec<UpstreamTotals>,
     /// The TLS certificates served, with their expiry.
-    pub certificates: Vec<CertificateExpiry>,
+    pub certificates: Vec<crate::certificates::CertificateExpiry>,
     /// The `[[client_limit]]`s in force.
     pub limits: Vec<LimitTotals>,
     pub slots: Vec<SlotValues>,
     pub taken_unix_ms: u64,
-}
-
-/// One served certificate: when it expires, where it comes from, and for
-/// one obtained by ACME, how its renewal stands.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CertificateExpiry {
-    /// Its first DNS name.
-    pub name: String,
-    pub file: String,
-    /// notAfter, in seconds since the epoch.
-    pub not_after_unix: i64,
-    pub source: CertificateSource,
-    /// ACME: when the next order is due, in seconds since the epoch (0: not
-    /// known yet).
-    pub next_attempt_unix: i64,
-    /// ACME: orders failed in a row (0 since the last success).
-    pub failures: u64,
-    /// ACME: why the last order failed, while `failures` is not zero.
-    pub last_error: String,
-}
-
-/// Where a served certificate comes from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CertificateSource {
-    /// The operator's files.
-    #[default]
-    File,
-    /// Obtained by ACME.
-    Acme,
-    /// A self-signed stand-in until ACME obtains the certificate.
-    AcmeTemporary,
-}
-
-impl CertificateSource {
-    /// The code in the region's certificate table.
-    pub fn code(self) -> u64 {
-        match self {
-            CertificateSource::File => 0,
-            CertificateSource::Acme => 1,
-            CertificateSource::AcmeTemporary => 2,
-        }
-    }
-
-    pub fn from_code(code: u64) -> Self {
-        match code {
-            1 => CertificateSource::Acme,
-            2 => CertificateSource::AcmeTemporary,
-            _ => CertificateSource::File,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CertificateSource::File => "file",
-            CertificateSource::Acme => "acme",
-            CertificateSource::AcmeTemporary => "acme-temporary",
-        }
-    }
-}
-
-impl CertificateExpiry {
-    /// Seconds until it expires at `now_unix_ms` (negative once expired).
-    /// Saturates: the region is only as sound as its writer, and a damaged
-    /// notAfter must not overflow.
-    pub fn expires_in(&self, now_unix_ms: u64) -> i64 {
-        self.not_after_unix.saturating_sub((now_unix_ms / 1000) as i64)
-    }
 }
 
 impl Snapshot {
@@ -283,7 +215,7 @@ fn limit_totals(reader: &impl RegionView) -> Vec<LimitTotals> {
 
 #[cfg(test)]
 mod tests {
-    use super::CertificateExpiry;
+    use crate::certificates::CertificateExpiry;
 
     #[test]
     fn a_damaged_not_after_saturates_instead_of_overflowing() {

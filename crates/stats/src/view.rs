@@ -112,7 +112,7 @@ pub trait RegionView {
     /// The certificate table, copied under the sequence lock as the upstream
     /// names are. Entries of a region made before the ACME fields read as
     /// certificates from files.
-    fn certificates(&self) -> Vec<crate::snapshot::CertificateExpiry> {
+    fn certificates(&self) -> Vec<crate::certificates::CertificateExpiry> {
         let h = self.header();
         let per_entry = h.certificate_entry_size as usize / 8;
         if per_entry < 2 {
@@ -137,7 +137,7 @@ pub trait RegionView {
             }
             std::thread::yield_now();
         }
-        words.chunks_exact(per_entry).map(certificate_entry).collect()
+        words.chunks_exact(per_entry).map(crate::certificates::decode).collect()
     }
 
     /// The first `count` certificate entries as atomic words.
@@ -199,10 +199,7 @@ pub trait RegionView {
                         .iter()
                         .enumerate()
                         .filter_map(|(i, words)| {
-                            let text: Vec<u8> =
-                                words[..LIMIT_NAME_SIZE / 8].iter().flat_map(|w| w.to_ne_bytes()).collect();
-                            let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-                            let name = String::from_utf8_lossy(&text[..end]).into_owned();
+                            let name = crate::text::load(&words[..LIMIT_NAME_SIZE / 8]);
                             let keys = words[LIMIT_NAME_SIZE / 8];
                             (!name.is_empty()).then(|| (i, name, keys, words[LIMIT_NAME_SIZE / 8 + 1]))
                         })
@@ -292,11 +289,7 @@ fn text_entries(bytes: &[u8], offset: usize, count: usize, size: usize) -> Vec<S
 
 /// Interface names are 16 bytes stored as two atomic words in memory order.
 pub fn interface_name(entry: &InterfaceEntry) -> String {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&entry.name[0].load(Relaxed).to_ne_bytes());
-    bytes[8..].copy_from_slice(&entry.name[1].load(Relaxed).to_ne_bytes());
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(16);
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    crate::text::load(&[entry.name[0].load(Relaxed), entry.name[1].load(Relaxed)])
 }
 
 pub fn set_interface_name(entry: &InterfaceEntry, name: &str) {
@@ -305,33 +298,4 @@ pub fn set_interface_name(entry: &InterfaceEntry, name: &str) {
     bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
     entry.name[0].store(u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")), Relaxed);
     entry.name[1].store(u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes")), Relaxed);
-}
-
-/// Decodes one entry of the certificate table (docs/stats-abi.md).
-fn certificate_entry(entry: &[u64]) -> crate::snapshot::CertificateExpiry {
-    use crate::layout::{CERTIFICATE_ACME_OFFSET, CERTIFICATE_ERROR_OFFSET, CERTIFICATE_TEXT_END};
-    use crate::snapshot::{CertificateExpiry, CertificateSource};
-    let text = text_of(&entry[1..entry.len().min(CERTIFICATE_TEXT_END / 8)]);
-    let (name, file) = text.split_once(' ').unwrap_or((text.as_str(), ""));
-    let mut c = CertificateExpiry {
-        name: name.to_string(),
-        file: file.to_string(),
-        not_after_unix: entry[0] as i64,
-        ..CertificateExpiry::default()
-    };
-    let acme = CERTIFICATE_ACME_OFFSET / 8;
-    if entry.len() > CERTIFICATE_ERROR_OFFSET / 8 {
-        c.source = CertificateSource::from_code(entry[acme]);
-        c.next_attempt_unix = entry[acme + 1] as i64;
-        c.failures = entry[acme + 2];
-        c.last_error = text_of(&entry[CERTIFICATE_ERROR_OFFSET / 8..]);
-    }
-    c
-}
-
-/// NUL-padded text stored in words, in memory order.
-fn text_of(words: &[u64]) -> String {
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 // create_new is O_CREAT|O_EXCL, which never follows a symlink at the path.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 
 /// Why a region could not be created or adopted.
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +210,7 @@ impl Region {
             let per_name = h.upstream_name_size as usize / 8;
             let words = self.upstream_name_words(names.len());
             for (name, entry) in names.iter().zip(words.chunks_exact(per_name)) {
-                store_text(entry, name);
+                crate::text::store(entry, name);
             }
             h.upstream_count.store(names.len() as u32, Ordering::Relaxed);
         });
@@ -220,8 +220,7 @@ impl Region {
     /// Records the certificates served, with their source and ACME state,
     /// under the same sequence lock as the upstream names; false, recording
     /// none, when they do not fit (or the region predates the table).
-    pub fn set_certificates(&self, certificates: &[crate::snapshot::CertificateExpiry]) -> bool {
-        use crate::layout::{CERTIFICATE_ACME_OFFSET, CERTIFICATE_ERROR_OFFSET, CERTIFICATE_TEXT_END};
+    pub fn set_certificates(&self, certificates: &[crate::certificates::CertificateExpiry]) -> bool {
         let h = self.header();
         if certificates.len() > h.certificate_capacity as usize {
             return false;
@@ -230,14 +229,7 @@ impl Region {
             let per_entry = h.certificate_entry_size as usize / 8;
             let words = self.certificate_words(certificates.len());
             for (c, entry) in certificates.iter().zip(words.chunks_exact(per_entry)) {
-                entry[0].store(c.not_after_unix as u64, Ordering::Relaxed);
-                let text = format!("{} {}", c.name.replace(' ', "_"), c.file);
-                store_text(&entry[1..CERTIFICATE_TEXT_END / 8], &text);
-                let acme = CERTIFICATE_ACME_OFFSET / 8;
-                entry[acme].store(c.source.code(), Ordering::Relaxed);
-                entry[acme + 1].store(c.next_attempt_unix as u64, Ordering::Relaxed);
-                entry[acme + 2].store(c.failures, Ordering::Relaxed);
-                store_text(&entry[CERTIFICATE_ERROR_OFFSET / 8..], &c.last_error);
+                crate::certificates::encode(c, entry);
             }
             h.certificate_count.store(certificates.len() as u32, Ordering::Relaxed);
         });
@@ -257,7 +249,7 @@ impl Region {
         self.rewrite_under_seq(|| {
             for (i, info) in self.limit_infos().iter().enumerate() {
                 let (name, max_keys) = limits.get(i).cloned().flatten().unwrap_or_default();
-                store_text(&info[..LIMIT_NAME_SIZE / 8], &name);
+                crate::text::store(&info[..LIMIT_NAME_SIZE / 8], &name);
                 info[LIMIT_NAME_SIZE / 8].store(0, Ordering::Relaxed);
                 info[LIMIT_NAME_SIZE / 8 + 1].store(max_keys, Ordering::Relaxed);
             }
@@ -309,19 +301,6 @@ impl RegionView for Region {
 
     fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-/// Stores `text` into `words` with atomics, NUL-padded, cut short so that
-/// at least one NUL ends it.
-fn store_text(words: &[AtomicU64], text: &str) {
-    let text = &text.as_bytes()[..text.len().min((words.len() * 8).saturating_sub(1))];
-    for (k, word) in words.iter().enumerate() {
-        let mut bytes = [0u8; 8];
-        let from = (k * 8).min(text.len());
-        let part = &text[from..(from + 8).min(text.len())];
-        bytes[..part.len()].copy_from_slice(part);
-        word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
     }
 }
 

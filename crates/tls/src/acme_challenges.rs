@@ -15,13 +15,12 @@
 //! entry has a sequence number, odd while it is rewritten, so a reader never
 //! takes a half-written entry.
 
-use memmap2::{MmapOptions, MmapRaw};
-use nix::sys::memfd::{memfd_create, MFdFlags};
+use memmap2::MmapRaw;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{fence, AtomicU64};
 use std::sync::Arc;
@@ -77,25 +76,13 @@ impl std::fmt::Debug for ChallengeBoard {
 
 impl ChallengeBoard {
     pub fn create() -> io::Result<Self> {
-        let fd = memfd_create(c"tine-acme-challenges", MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
-        nix::unistd::ftruncate(&fd, MAP_LEN as i64).map_err(io::Error::from)?;
-        Self::map(fd)
+        let (fd, map) = crate::shared_memory::create(c"tine-acme-challenges", MAP_LEN)?;
+        Ok(ChallengeBoard { map: Arc::new(map), fd: Arc::new(fd) })
     }
 
     /// The board the master passed to the ACME process by descriptor.
     pub fn adopt(fd: OwnedFd) -> io::Result<Self> {
-        let len = std::fs::File::from(fd.try_clone()?).metadata()?.len();
-        if len < MAP_LEN as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the inherited challenge board is too small",
-            ));
-        }
-        Self::map(fd)
-    }
-
-    fn map(fd: OwnedFd) -> io::Result<Self> {
-        let map = MmapOptions::new().len(MAP_LEN).map_raw(fd.as_fd().as_raw_fd())?;
+        let (fd, map) = crate::shared_memory::adopt(fd, MAP_LEN, "challenge board")?;
         Ok(ChallengeBoard { map: Arc::new(map), fd: Arc::new(fd) })
     }
 

@@ -65,7 +65,8 @@ pub struct Inspection {
     /// DNS names of the subject alternative name extension, lowercased;
     /// wildcards as written (`*.example.com`).
     pub names: Vec<String>,
-    /// notAfter, in seconds since the Unix epoch.
+    /// notBefore and notAfter, in seconds since the Unix epoch.
+    pub not_before_unix: i64,
     pub not_after_unix: i64,
     /// The subject's common name, for messages.
     pub subject: String,
@@ -286,6 +287,7 @@ pub fn inspect(der: &[u8]) -> Result<Inspection, String> {
     }
     Ok(Inspection {
         names,
+        not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
         subject: cert.subject().to_string(),
         algorithm: KeyAlgorithm::Other,

@@ -18,6 +18,7 @@ pub mod acme_challenges;
 pub mod acme_storage;
 pub mod certificate;
 pub mod resolver;
+mod shared_memory;
 pub mod ticket_keys;
 pub mod upstream;
 

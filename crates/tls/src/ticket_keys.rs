@@ -11,11 +11,10 @@
 //! with the key name as associated data.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use memmap2::{MmapOptions, MmapRaw};
-use nix::sys::memfd::{memfd_create, MFdFlags};
+use memmap2::MmapRaw;
 use rustls::server::ProducesTickets;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{fence, AtomicU64};
 use std::sync::Arc;
@@ -66,27 +65,15 @@ pub struct TicketKeyRing {
 impl TicketKeyRing {
     /// A new ring with a fresh current key.
     pub fn create() -> io::Result<Self> {
-        let fd = memfd_create(c"tine-ticket-keys", MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
-        nix::unistd::ftruncate(&fd, MAP_LEN as i64).map_err(io::Error::from)?;
-        let ring = Self::map(fd)?;
+        let (fd, map) = crate::shared_memory::create(c"tine-ticket-keys", MAP_LEN)?;
+        let ring = TicketKeyRing { map: Arc::new(map), fd };
         ring.rotate()?;
         Ok(ring)
     }
 
     /// The ring an old master handed over on a binary upgrade.
     pub fn adopt(fd: OwnedFd) -> io::Result<Self> {
-        let len = std::fs::File::from(fd.try_clone()?).metadata()?.len();
-        if len < MAP_LEN as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the inherited ticket key ring is too small",
-            ));
-        }
-        Self::map(fd)
-    }
-
-    fn map(fd: OwnedFd) -> io::Result<Self> {
-        let map = MmapOptions::new().len(MAP_LEN).map_raw(fd.as_fd().as_raw_fd())?;
+        let (fd, map) = crate::shared_memory::adopt(fd, MAP_LEN, "ticket key ring")?;
         Ok(TicketKeyRing { map: Arc::new(map), fd })
     }
 
