@@ -117,7 +117,7 @@ fn http01_obtains_one_certificate_for_two_names() {
 fn tls_alpn01_obtains_a_certificate() {
     let storage = tempfile::tempdir().unwrap();
     let plan = PebblePlan::new();
-    let server = start_tine(&plan, "tls-alpn-01", &["alpn.test"], storage.path(), "30d");
+    let server = start_tine(&plan, "tls-alpn-01", &["alpn.test"], &storage.path().join("acme"), "30d");
     let pebble = start_pebble(plan, &server, PebbleOptions::default());
     let leaf = wait_for_new_leaf(&server, &pebble, "alpn.test", None);
     assert!(issuer(&leaf).contains("Pebble Intermediate CA"), "issuer {}", issuer(&leaf));
@@ -139,7 +139,7 @@ fn a_renewal_replaces_the_certificate_under_load_without_a_failed_handshake() {
     let storage = tempfile::tempdir().unwrap();
     let plan = PebblePlan::new();
     // 30 s certificates, renewed 15 s before they expire (half their life).
-    let server = start_tine(&plan, "http-01", &["load.test"], storage.path(), "15s");
+    let server = start_tine(&plan, "http-01", &["load.test"], &storage.path().join("acme"), "15s");
     let pebble = start_pebble(plan, &server, PebbleOptions { validity_secs: 30, ..Default::default() });
     let first = wait_for_new_leaf(&server, &pebble, "load.test", None);
     let client = pebble.verifying_client();
@@ -183,7 +183,7 @@ fn a_renewal_replaces_the_certificate_under_load_without_a_failed_handshake() {
 fn pebble_down_keeps_the_old_certificate_serving_until_a_retry_succeeds() {
     let storage = tempfile::tempdir().unwrap();
     let plan = PebblePlan::new();
-    let server = start_tine(&plan, "http-01", &["down.test"], storage.path(), "20s");
+    let server = start_tine(&plan, "http-01", &["down.test"], &storage.path().join("acme"), "20s");
     let mut pebble = start_pebble(plan, &server, PebbleOptions { validity_secs: 40, ..Default::default() });
     let first = wait_for_new_leaf(&server, &pebble, "down.test", None);
     pebble.take_down();
@@ -209,7 +209,7 @@ fn pebble_down_keeps_the_old_certificate_serving_until_a_retry_succeeds() {
 fn nonce_rejections_are_survived() {
     let storage = tempfile::tempdir().unwrap();
     let plan = PebblePlan::new();
-    let server = start_tine(&plan, "http-01", &["nonce.test"], storage.path(), "30d");
+    let server = start_tine(&plan, "http-01", &["nonce.test"], &storage.path().join("acme"), "30d");
     let pebble =
         start_pebble(plan, &server, PebbleOptions { nonce_reject_percent: 25, ..Default::default() });
     let leaf = wait_for_new_leaf(&server, &pebble, "nonce.test", None);
@@ -220,7 +220,7 @@ fn nonce_rejections_are_survived() {
 fn a_restart_reuses_the_stored_account_and_certificate() {
     let storage = tempfile::tempdir().unwrap();
     let plan = PebblePlan::new();
-    let mut first = start_tine(&plan, "http-01", &["again.test"], storage.path(), "40s");
+    let mut first = start_tine(&plan, "http-01", &["again.test"], &storage.path().join("acme"), "40s");
     let relay_port = plan.relay_port;
     let pebble = start_pebble(plan, &first, PebbleOptions { validity_secs: 60, ..Default::default() });
     let leaf = wait_for_new_leaf(&first, &pebble, "again.test", None);
@@ -232,7 +232,7 @@ fn a_restart_reuses_the_stored_account_and_certificate() {
         "listen = [\"{}\"]\ntls_listen = [\"{}\"]\nroot = \"{{root}}\"\nworkers = 2\n{}\n[[certificate]]\nacme = [\"again.test\"]\n",
         first.addr,
         tls_addr(&first),
-        pebble.plan.acme_toml("http-01", storage.path(), "40s"),
+        pebble.plan.acme_toml("http-01", &storage.path().join("acme"), "40s"),
     );
     assert_eq!(pebble.plan.relay_port, relay_port);
     let second = Server::builder().config_only(&toml).start();
@@ -252,7 +252,8 @@ fn challenge_paths_answer_only_what_is_published_and_a_failing_order_is_loud() {
     let storage = tempfile::tempdir().unwrap();
     let plan = PebblePlan::new();
     let admin = "admin_listen = \"127.0.0.1:0\"\n";
-    let server = start_tine_with(&plan, "http-01", &["paths.test"], storage.path(), "30d", admin);
+    let server =
+        start_tine_with(&plan, "http-01", &["paths.test"], &storage.path().join("acme"), "30d", admin);
     std::fs::create_dir_all(server.root.join(".well-known/acme-challenge")).unwrap();
     std::fs::write(server.root.join(".well-known/acme-challenge/site-file"), "the site's own\n").unwrap();
     // A token nobody published, another name, hostile tokens: routed as any
@@ -330,4 +331,39 @@ fn check_refuses_what_acme_cannot_do() {
     ] {
         common::assert_check_refuses(&toml, message);
     }
+}
+
+/// The pids of the ACME processes the log says were started.
+fn acme_pids(server: &Server) -> Vec<i32> {
+    server
+        .log()
+        .iter()
+        .filter_map(|l| l.split("ACME: process ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn an_upgrade_hands_the_acme_work_to_the_new_master() {
+    let storage = tempfile::tempdir().unwrap();
+    let plan = PebblePlan::new();
+    let mut server = start_tine(&plan, "http-01", &["upgrade.test"], &storage.path().join("acme"), "30d");
+    let pebble = start_pebble(plan, &server, PebbleOptions::default());
+    let leaf = wait_for_new_leaf(&server, &pebble, "upgrade.test", None);
+    let old_acme = acme_pids(&server);
+    assert_eq!(old_acme.len(), 1, "{:?}", server.log());
+    server.signal(libc::SIGUSR2);
+    assert!(server.wait_exit().success(), "the old master leaves once the new one serves");
+    let new_master = server.pid_in_pid_file().expect("pid file");
+    // The new master's ACME process takes the storage over once the old
+    // one has stopped, reads the stored certificate, and orders nothing.
+    common::wait_for("the new ACME process", || acme_pids(&server).len() == 2);
+    let new_acme = acme_pids(&server)[1];
+    assert_eq!(common::parent_pid(new_acme), new_master);
+    common::wait_for("the old ACME process to stop", || !common::process_running(old_acme[0]));
+    server.wait_for_log("ACME: the stored certificate for upgrade.test is renewed in");
+    assert_eq!(served_leaf(&pebble.verifying_client(), tls_addr(&server), "upgrade.test").unwrap(), leaf);
+    let issued =
+        server.log().iter().filter(|l| l.contains("ACME: certificate for upgrade.test stored")).count();
+    assert_eq!(issued, 1, "one certificate, obtained before the upgrade: {:?}", server.log());
 }
