@@ -177,6 +177,7 @@ fn a_renewal_replaces_the_certificate_under_load_without_a_failed_handshake() {
     }
     assert_ne!(renewed, first);
     assert!(failures.lock().unwrap().is_empty(), "failed handshakes: {:?}", failures.lock().unwrap());
+    eprintln!("handshakes across the renewal: {}, failed: 0", handshakes.load(Ordering::Relaxed));
 }
 
 #[test]

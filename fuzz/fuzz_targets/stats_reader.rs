@@ -1,5 +1,5 @@
 //! The stats-region reader given a damaged region: a real region (two
-//! worker slots, upstream servers, certificates) with bytes overwritten and
+//! worker slots, upstream servers, certificates from files and ACME) with bytes overwritten and
 //! its length cut as the input says. The reader refuses it or reads it, and
 //! everything an ops tool does with what it read (snapshot, table, JSON,
 //! Prometheus) finishes without reading outside the mapping.
@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use tine_stats::{prometheus, render, Reader, Region, Snapshot};
+use tine_stats::{prometheus, render, CertificateExpiry, CertificateSource, Reader, Region, Snapshot};
 
 struct Template {
     bytes: Vec<u8>,
@@ -26,7 +26,23 @@ fn template() -> &'static Template {
             &["app 10.0.0.1:80".into(), "app 10.0.0.2:80".into()],
         )
         .expect("a region");
-        region.set_certificates(&[("example.test".into(), 1_900_000_000), ("*.example.test".into(), 0)]);
+        region.set_certificates(&[
+            CertificateExpiry {
+                name: "example.test".into(),
+                file: "/etc/tine/example.pem".into(),
+                not_after_unix: 1_900_000_000,
+                ..CertificateExpiry::default()
+            },
+            CertificateExpiry {
+                name: "acme.example.test".into(),
+                file: "/var/lib/tine/acme/certificates/acme.example.test/certificate.pem".into(),
+                not_after_unix: 0,
+                source: CertificateSource::Acme,
+                next_attempt_unix: 1_800_000_000,
+                failures: 3,
+                last_error: "client error (Connect): tcp connect error: Connection refused".into(),
+            },
+        ]);
         let bytes = std::fs::read(&path).expect("the region's bytes");
         drop(region);
         Template { bytes, dir }

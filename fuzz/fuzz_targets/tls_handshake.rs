@@ -39,7 +39,7 @@ fn server_config() -> Arc<rustls::ServerConfig> {
             let text = format!("tls_listen = [\"127.0.0.1:0\"]\n{certificates}");
             let config =
                 tine_config::Config::parse(&text, Path::new("fuzz.toml")).expect("the configuration");
-            let context = tine_tls::TlsContext::load(&config, None).expect("the TLS context");
+            let context = tine_tls::TlsContext::load(&config, None, None).expect("the TLS context");
             context.https.clone()
         })
         .clone()
