@@ -12,7 +12,7 @@
 // Any console error, page error, request outside the admin listener before
 // the stop, or a request rate that went negative or spiked fails the run
 // (exit 1).
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import readline from "node:readline";
 
 const [url, shots] = process.argv.slice(2);
@@ -26,11 +26,7 @@ const wait = { timeout: 20000 };
 
 const problems = [];
 let stopped = false;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
-});
+const browser = await launchChromium();
 let status = 0;
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });

@@ -5,14 +5,10 @@
 //
 // Prints the element's text once it holds TEXT and exits 0; a console or
 // page error, or no such text within 20 s, exits 1.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [url, selector, text, shot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
-});
+const browser = await launchChromium();
 let status = 0;
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });

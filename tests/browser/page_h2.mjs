@@ -3,14 +3,10 @@
 // with and whether each arrived whole (tests/http2.rs starts tine).
 //
 //   node tests/browser/page_h2.mjs URL HOST_RESOLVER_RULE
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [url, rule] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", `--host-resolver-rules=${rule}`],
-});
+const browser = await launchChromium([`--host-resolver-rules=${rule}`]);
 let status = 0;
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });

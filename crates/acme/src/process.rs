@@ -116,7 +116,7 @@ impl Process {
                 log::info!(
                     "ACME: the stored certificate for {} is renewed in {}",
                     c.names.join(", "),
-                    human(c.next_attempt - now)
+                    tine_stats::render::span(c.next_attempt - now)
                 );
             }
             self.report_status(i);
@@ -207,8 +207,8 @@ impl Process {
                     "ACME: certificate for {} stored in {}; valid for {}, renewed in {}",
                     c.names.join(", "),
                     c.stored.path.display(),
-                    human(stored.not_after - now),
-                    human(c.next_attempt - now)
+                    tine_stats::render::span(stored.not_after - now),
+                    tine_stats::render::span(c.next_attempt - now)
                 );
                 let report = Report::Stored { names: c.names.clone() };
                 self.send(&report);
@@ -230,7 +230,7 @@ impl Process {
                     } else {
                         "a temporary self-signed certificate keeps serving"
                     },
-                    human(wait.as_secs() as i64)
+                    tine_stats::render::span(wait.as_secs() as i64)
                 );
                 c.last_error = Some(text);
             }
@@ -393,15 +393,4 @@ impl From<OrderError> for Failure {
 
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
-/// A span of seconds as an operator reads it: `45s`, `12m`, `5h`, `59d`.
-fn human(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 2 * 3600 => format!("{}m", s / 60),
-        s if s < 2 * 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }
